@@ -1,0 +1,94 @@
+-- pg_sink catalog. These tables are the source of truth: sinks, their connections
+-- and secrets, and each sink's delivered progress. Readable with plain SQL; secrets
+-- are readable by no one but superusers (the worker uses them).
+
+CREATE TABLE secrets (
+    name       text PRIMARY KEY,
+    owner      regrole NOT NULL,
+    value      text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON secrets FROM PUBLIC;
+
+CREATE TABLE connections (
+    name       text PRIMARY KEY,
+    connector  text NOT NULL,
+    owner      regrole NOT NULL,
+    -- option values are text; {"secret": "name"} refers to a secret
+    options    jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE sinks (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name             text NOT NULL UNIQUE,
+    owner            regrole NOT NULL,
+    source           regclass NOT NULL,
+    columns          text[],
+    row_filter       text,
+    connector        text NOT NULL,
+    connection       text REFERENCES connections (name),
+    envelope         text NOT NULL,
+    key_format       text NOT NULL,
+    value_format     text NOT NULL,
+    key_columns      text[] NOT NULL DEFAULT '{}',
+    key_not_enforced boolean NOT NULL DEFAULT false,
+    snapshot         boolean NOT NULL,
+    schedule         text NOT NULL CHECK (schedule IN ('continuous', 'manual')),
+    -- the full option map the sink was defined with (sink and connector options)
+    options          jsonb NOT NULL,
+    state            text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'paused', 'failed')),
+    slot_name        name NOT NULL,
+    publication_name name NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE progress (
+    sink_id                bigint PRIMARY KEY REFERENCES sinks (id) ON DELETE CASCADE,
+    -- everything that committed at or before this LSN is durable at the target
+    confirmed_lsn          pg_lsn,
+    confirmed_at           timestamptz,
+    -- commit time of the last delivered transaction
+    last_commit_at         timestamptz,
+    -- last time the sink had nothing pending
+    caught_up_at           timestamptz,
+    snapshot_done          boolean NOT NULL DEFAULT false,
+    rows_delivered         bigint NOT NULL DEFAULT 0,
+    bytes_delivered        bigint NOT NULL DEFAULT 0,
+    transactions_delivered bigint NOT NULL DEFAULT 0,
+    batches                bigint NOT NULL DEFAULT 0,
+    last_error             text,
+    last_error_at          timestamptz,
+    errors                 bigint NOT NULL DEFAULT 0
+);
+
+CREATE VIEW status AS
+SELECT s.name,
+       s.state,
+       s.connector,
+       s.envelope,
+       s.value_format AS format,
+       s.schedule,
+       s.source,
+       p.confirmed_lsn,
+       p.confirmed_at,
+       CASE WHEN p.confirmed_lsn IS NULL THEN NULL
+            ELSE greatest(pg_wal_lsn_diff(pg_current_wal_lsn(), p.confirmed_lsn), 0)::bigint END AS lag_bytes,
+       -- seconds since the sink last had nothing pending (the worker notes it when idle)
+       extract(epoch FROM now() - coalesce(p.caught_up_at, s.created_at))::float8 AS lag_seconds,
+       CASE WHEN r.restart_lsn IS NULL THEN NULL
+            ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), r.restart_lsn)::bigint END AS retained_wal_bytes,
+       r.active AS slot_active,
+       p.snapshot_done,
+       p.rows_delivered,
+       p.bytes_delivered,
+       p.transactions_delivered,
+       p.batches,
+       p.last_error,
+       p.last_error_at,
+       p.errors
+  FROM sinks s
+  LEFT JOIN progress p ON p.sink_id = s.id
+  LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name;
+
+GRANT SELECT ON sinks, connections, progress, status TO PUBLIC;

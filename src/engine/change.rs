@@ -1,0 +1,99 @@
+//! The change model the rest of the engine speaks: relations (a table's shape as
+//! pgoutput describes it), row images made of text-format cells, and committed
+//! transactions holding inserts, updates, deletes and truncates in commit order.
+
+use std::sync::Arc;
+
+use super::lsn::Lsn;
+use super::types::PgType;
+
+/// One column value as pgoutput sends it (text format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    Null,
+    /// An unchanged TOASTed value: pgoutput omits it from UPDATEs. It must never be
+    /// emitted as NULL; the pipeline fills it from the old image or fails.
+    Unchanged,
+    Text(String),
+}
+
+impl Cell {
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Cell::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub name: String,
+    pub ty: PgType,
+    pub type_modifier: i32,
+    /// Part of the replica identity (pgoutput's column flag 1).
+    pub is_identity: bool,
+}
+
+/// A table as the stream describes it. A new `Relation` message replaces the old one
+/// when columns are added, dropped or retyped between changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Relation {
+    pub id: u32,
+    pub namespace: String,
+    pub name: String,
+    /// `d` default, `n` nothing, `f` full, `i` index.
+    pub replica_identity: u8,
+    pub columns: Vec<Column>,
+}
+
+impl Relation {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+}
+
+/// The old row image of an update or delete: only the replica identity columns
+/// (`key_only`, pgoutput `K`) or the whole row (`O`, REPLICA IDENTITY FULL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OldImage {
+    pub key_only: bool,
+    pub cells: Vec<Cell>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Insert { relation: Arc<Relation>, new: Vec<Cell> },
+    Update { relation: Arc<Relation>, old: Option<OldImage>, new: Vec<Cell> },
+    Delete { relation: Arc<Relation>, old: OldImage },
+    Truncate { relations: Vec<Arc<Relation>>, cascade: bool, restart_identity: bool },
+}
+
+impl Change {
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Change::Insert { .. } => "insert",
+            Change::Update { .. } => "update",
+            Change::Delete { .. } => "delete",
+            Change::Truncate { .. } => "truncate",
+        }
+    }
+}
+
+/// A committed transaction. `end_lsn` is the position a sink confirms once the whole
+/// transaction is durable at the target; a restart skips every transaction whose
+/// `end_lsn` is at or below the confirmed position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction {
+    pub xid: u32,
+    pub commit_lsn: Lsn,
+    pub end_lsn: Lsn,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+    /// True for the rows of the initial snapshot (Debezium `op: "r"`).
+    pub snapshot: bool,
+    pub changes: Vec<Change>,
+}

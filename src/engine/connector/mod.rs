@@ -1,0 +1,141 @@
+//! Connectors move encoded records to a target and say when they are durable there.
+//! That is all they do: envelopes and encoders are chosen elsewhere. A connector is
+//! one file in this folder implementing [`Connector`] plus one [`ConnectorSpec`] in
+//! [`REGISTRY`] naming it and its options.
+//!
+//! Progress only advances after [`Connector::deliver`] returns `Ok`: that is the
+//! connector's promise that the whole batch survives a crash of this process.
+
+pub mod file;
+pub mod table;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use super::envelope::{Draft, EnvelopeKind};
+use super::error::{Result, SinkError};
+use super::lsn::Lsn;
+
+/// One encoded record plus the draft it came from (for connectors that apply
+/// changes structurally, like `table`).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+    pub draft: Draft,
+    pub commit_lsn: Lsn,
+    pub commit_time_us: i64,
+}
+
+/// Reserved header prefix (our `materialize-` equivalent).
+pub const HEADER_PREFIX: &str = "pg_sink-";
+
+/// Whole transactions, in commit order.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    /// Commit LSN of the first transaction: names retried output deterministically.
+    pub start_lsn: Lsn,
+    /// End LSN of the last transaction: the position confirmed once durable.
+    pub end_lsn: Lsn,
+    pub transactions: usize,
+    pub changes: usize,
+    /// Whether key / value bytes are JSON documents (connectors may embed them).
+    pub key_is_json: bool,
+    pub value_is_json: bool,
+    /// `Some(n)` for the n-th chunk of the initial snapshot (all share one LSN).
+    pub snapshot_chunk: Option<u32>,
+}
+
+impl Batch {
+    pub fn bytes(&self) -> usize {
+        self.records
+            .iter()
+            .map(|r| r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()))
+            .sum()
+    }
+}
+
+/// SQL access for connectors whose target is this same database (`table`). The glue
+/// implements it over SPI inside the transaction that also records progress, so
+/// such targets are exactly-once.
+pub trait SqlSession {
+    /// Run a statement with text parameters; returns rows affected.
+    fn execute(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64>;
+    /// Run a query with text parameters; every column comes back as text.
+    fn query(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Vec<Vec<Option<String>>>>;
+}
+
+/// What a connector is built from: the sink's settings it may need.
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    pub sink_name: String,
+    pub envelope: EnvelopeKind,
+    pub key_columns: Vec<String>,
+    /// Connector options, validated against [`ConnectorSpec::options`].
+    pub options: BTreeMap<String, String>,
+}
+
+impl ConnectorConfig {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.options.get(name).map(String::as_str)
+    }
+}
+
+#[async_trait(?Send)]
+pub trait Connector {
+    /// Deliver a batch. `Ok` means durable at the target.
+    async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()>;
+}
+
+pub struct ConnectorSpec {
+    pub name: &'static str,
+    /// (option, what it means) — unknown options are refused.
+    pub options: &'static [(&'static str, &'static str)],
+    /// Option names that must be present.
+    pub required: &'static [&'static str],
+    /// Whether the connector can apply an UPDATE whose unchanged TOAST columns are
+    /// absent (it leaves them as they are at the target) instead of needing the value.
+    pub accepts_unchanged_toast: bool,
+    /// Whether the target only takes JSON-encoded values.
+    pub needs_json: bool,
+    pub build: fn(&ConnectorConfig) -> Result<Box<dyn Connector>>,
+}
+
+impl std::fmt::Debug for ConnectorSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+pub const REGISTRY: &[ConnectorSpec] = &[file::SPEC, table::SPEC];
+
+pub fn spec(name: &str) -> Result<&'static ConnectorSpec> {
+    REGISTRY.iter().find(|s| s.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
+        SinkError::config(format!("unknown connector \"{name}\""))
+            .hint(format!("Supported connectors: {}.", REGISTRY.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")))
+    })
+}
+
+/// Check connector options against the spec: all known, all required present.
+pub fn validate_options(spec: &ConnectorSpec, options: &BTreeMap<String, String>) -> Result<()> {
+    for name in options.keys() {
+        if !spec.options.iter().any(|(o, _)| o == name) {
+            return Err(SinkError::config(format!("unknown option \"{name}\" for connector \"{}\"", spec.name))
+                .hint(format!(
+                    "Valid options for \"{}\": {}.",
+                    spec.name,
+                    spec.options.iter().map(|(o, _)| *o).collect::<Vec<_>>().join(", ")
+                )));
+        }
+    }
+    for req in spec.required {
+        if !options.contains_key(*req) {
+            return Err(SinkError::config(format!("connector \"{}\" requires option \"{req}\"", spec.name))
+                .detail(spec.options.iter().find(|(o, _)| o == req).map(|(_, d)| d.to_string()).unwrap_or_default()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! `table`: apply the changes to another table of the same database (Kinetica's
+//! `table://schema.table`). Statements run through the glue's [`SqlSession`] in the
+//! same transaction that records the sink's progress, so a crash either keeps both
+//! the rows and the new LSN or neither: exactly-once.
+//!
+//! Honouring the envelope:
+//! * upsert — `INSERT .. ON CONFLICT (key) DO UPDATE`, tombstone → `DELETE` by key,
+//!   truncate → `TRUNCATE`; unchanged TOAST columns are left out of the update.
+//! * append-only — `INSERT`.
+//! * debezium — one changelog row per event: `(lsn, op, key jsonb, value jsonb)`.
+//!
+//! A column added to the source is added to the target before the first row needing it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Batch, Connector, ConnectorConfig, ConnectorSpec, SqlSession};
+use crate::engine::change::{Cell, Relation};
+use crate::engine::envelope::{EnvelopeKind, Payload, RowImage};
+use crate::engine::error::{Result, SinkError};
+
+pub const SPEC: ConnectorSpec = ConnectorSpec {
+    name: "table",
+    options: &[
+        ("table", "target table, schema-qualified (created at sink creation when missing)"),
+        ("table.name", "RisingWave-style alias of table"),
+        ("location", "Kinetica-style alias: table://schema.table"),
+    ],
+    required: &[],
+    accepts_unchanged_toast: true,
+    needs_json: true,
+    build,
+};
+
+fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
+    let target = target_name(cfg)?;
+    Ok(Box::new(TableConnector {
+        target,
+        envelope: cfg.envelope,
+        key_columns: cfg.key_columns.clone(),
+        shapes: HashMap::new(),
+    }))
+}
+
+/// The target as written in the options (`table`, `table.name` or `table://...`).
+pub fn target_name(cfg: &ConnectorConfig) -> Result<String> {
+    let raw = cfg
+        .get("table")
+        .or_else(|| cfg.get("table.name"))
+        .or_else(|| cfg.get("location").map(|l| l.strip_prefix("table://").unwrap_or(l)))
+        .ok_or_else(|| {
+            SinkError::config("connector \"table\" requires option \"table\"")
+                .hint("Name the target, e.g. table => 'backup.orders' or location => 'table://backup.orders'.")
+        })?;
+    Ok(raw.to_string())
+}
+
+/// Quote an identifier the way Postgres' `quote_ident` does for any name.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Per relation version: SQL type of each column, and whether the target has it.
+struct Shape {
+    relation: Arc<Relation>,
+    types: Vec<String>,
+}
+
+pub struct TableConnector {
+    /// Already quoted and schema-qualified by the glue.
+    target: String,
+    envelope: EnvelopeKind,
+    key_columns: Vec<String>,
+    shapes: HashMap<u32, Shape>,
+}
+
+impl TableConnector {
+    /// Column types for `rel`, and missing target columns added.
+    fn shape(&mut self, rel: &Arc<Relation>, sql: &mut dyn SqlSession) -> Result<&Shape> {
+        let fresh = match self.shapes.get(&rel.id) {
+            Some(s) => !(Arc::ptr_eq(&s.relation, rel) || *s.relation == **rel),
+            None => true,
+        };
+        if fresh {
+            let oids = format!("{{{}}}", rel.columns.iter().map(|c| c.ty.oid.to_string()).collect::<Vec<_>>().join(","));
+            let mods = format!("{{{}}}", rel.columns.iter().map(|c| c.type_modifier.to_string()).collect::<Vec<_>>().join(","));
+            let rows = sql.query(
+                "SELECT format_type(o, m) FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS u(o, m, n) ORDER BY n",
+                &[Some(&oids), Some(&mods)],
+            )?;
+            let types: Vec<String> = rows.into_iter().map(|r| r.into_iter().next().flatten().unwrap_or_else(|| "text".into())).collect();
+            if self.envelope != EnvelopeKind::Debezium {
+                let existing = sql.query(
+                    "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+                    &[Some(&self.target)],
+                )?;
+                let existing: Vec<String> = existing.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+                for (col, ty) in rel.columns.iter().zip(&types) {
+                    if !existing.contains(&col.name) {
+                        sql.execute(&format!("ALTER TABLE {} ADD COLUMN {} {}", self.target, quote_ident(&col.name), ty), &[])?;
+                    }
+                }
+            }
+            self.shapes.insert(rel.id, Shape { relation: rel.clone(), types });
+        }
+        self.shapes.get(&rel.id).ok_or_else(|| SinkError::permanent("relation shape missing"))
+    }
+
+    fn upsert(&mut self, row: &RowImage, sql: &mut dyn SqlSession) -> Result<()> {
+        let shape = self.shape(&row.relation, sql)?;
+        let mut cols = Vec::new();
+        let mut vals = Vec::new();
+        let mut params: Vec<Option<&str>> = Vec::new();
+        for (i, (col, cell)) in row.fields().enumerate() {
+            let idx = row.indices[i];
+            match cell {
+                Cell::Unchanged => continue,
+                Cell::Null => params.push(None),
+                Cell::Text(t) => params.push(Some(t)),
+            }
+            cols.push(quote_ident(&col.name));
+            vals.push(format!("${}::{}", params.len(), shape.types[idx]));
+        }
+        let mut stmt = format!("INSERT INTO {} ({}) VALUES ({})", self.target, cols.join(", "), vals.join(", "));
+        if self.envelope == EnvelopeKind::Upsert {
+            let keys: Vec<String> = self.key_columns.iter().map(|k| quote_ident(k)).collect();
+            let sets: Vec<String> = cols.iter().filter(|c| !keys.contains(c)).map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+            if sets.is_empty() {
+                stmt.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", keys.join(", ")));
+            } else {
+                stmt.push_str(&format!(" ON CONFLICT ({}) DO UPDATE SET {}", keys.join(", "), sets.join(", ")));
+            }
+        }
+        sql.execute(&stmt, &params)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &RowImage, sql: &mut dyn SqlSession) -> Result<()> {
+        let shape = self.shape(&key.relation, sql)?;
+        let mut conds = Vec::new();
+        let mut params: Vec<Option<&str>> = Vec::new();
+        for (i, (col, cell)) in key.fields().enumerate() {
+            let idx = key.indices[i];
+            match cell {
+                Cell::Text(t) => {
+                    params.push(Some(t));
+                    conds.push(format!("{} = ${}::{}", quote_ident(&col.name), params.len(), shape.types[idx]));
+                }
+                _ => conds.push(format!("{} IS NULL", quote_ident(&col.name))),
+            }
+        }
+        sql.execute(&format!("DELETE FROM {} WHERE {}", self.target, conds.join(" AND ")), &params)?;
+        Ok(())
+    }
+}
+
+#[async_trait(?Send)]
+impl Connector for TableConnector {
+    async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()> {
+        for rec in &batch.records {
+            if self.envelope == EnvelopeKind::Debezium {
+                let lsn = rec.commit_lsn.to_string();
+                let key = rec.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
+                let value = rec.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+                sql.execute(
+                    &format!("INSERT INTO {} (lsn, op, key, value) VALUES ($1::pg_lsn, $2, $3::jsonb, $4::jsonb)", self.target),
+                    &[Some(&lsn), Some(rec.draft.op.debezium_code()), key.as_deref(), value.as_deref()],
+                )?;
+                continue;
+            }
+            match &rec.draft.payload {
+                Payload::Row(row) => self.upsert(row, sql)?,
+                Payload::Tombstone => match &rec.draft.key {
+                    Some(key) => self.delete(key, sql)?,
+                    None => return Err(SinkError::permanent("tombstone without a key")),
+                },
+                Payload::Truncate(_) => {
+                    sql.execute(&format!("TRUNCATE {}", self.target), &[])?;
+                }
+                Payload::Debezium(_) => return Err(SinkError::permanent("debezium payload in a non-debezium table sink")),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::change::Change;
+    use crate::engine::connector::Record;
+    use crate::engine::envelope::tests::{relation, t, txn};
+    use crate::engine::envelope::{Draft, Envelope};
+    use crate::engine::change::OldImage;
+
+    /// Records statements; answers the two catalog queries the connector asks.
+    #[derive(Default)]
+    struct Recorder {
+        statements: Vec<(String, Vec<Option<String>>)>,
+        existing: Vec<&'static str>,
+    }
+    impl SqlSession for Recorder {
+        fn execute(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64> {
+            self.statements.push((sql.to_string(), params.iter().map(|p| p.map(str::to_string)).collect()));
+            Ok(1)
+        }
+        fn query(&mut self, sql: &str, _: &[Option<&str>]) -> Result<Vec<Vec<Option<String>>>> {
+            if sql.contains("format_type") {
+                Ok(vec![vec![Some("integer".into())], vec![Some("text".into())]])
+            } else {
+                Ok(self.existing.iter().map(|c| vec![Some(c.to_string())]).collect())
+            }
+        }
+    }
+
+    fn batch_of(env: &mut Envelope, changes: Vec<Change>) -> Batch {
+        let tx = txn(changes.clone());
+        let mut drafts: Vec<Draft> = vec![];
+        for c in &changes {
+            env.apply(&tx, c, &mut drafts).unwrap();
+        }
+        Batch {
+            records: drafts
+                .into_iter()
+                .map(|d| Record { key: None, value: None, headers: vec![], draft: d, commit_lsn: tx.commit_lsn, commit_time_us: 0 })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn upsert_envelope_becomes_insert_on_conflict_delete_and_truncate() {
+        let rel = relation();
+        let cfg = ConnectorConfig {
+            sink_name: "s".into(),
+            envelope: EnvelopeKind::Upsert,
+            key_columns: vec!["id".into()],
+            options: [("table".to_string(), "\"b\".\"t\"".to_string())].into_iter().collect(),
+        };
+        let mut c = build(&cfg).unwrap();
+        let mut env = Envelope::new(EnvelopeKind::Upsert, false, vec!["id".into()], "s", "db");
+        let batch = batch_of(
+            &mut env,
+            vec![
+                Change::Insert { relation: rel.clone(), new: vec![t("1"), t("a")] },
+                Change::Update { relation: rel.clone(), old: None, new: vec![t("1"), Cell::Unchanged] },
+                Change::Delete { relation: rel.clone(), old: OldImage { key_only: true, cells: vec![t("1"), Cell::Null] } },
+                Change::Truncate { relations: vec![rel], cascade: false, restart_identity: false },
+            ],
+        );
+        let mut sql = Recorder { existing: vec!["id"], ..Default::default() };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(c.deliver(&batch, &mut sql)).unwrap();
+        let stmts: Vec<&str> = sql.statements.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            stmts,
+            vec![
+                "ALTER TABLE \"b\".\"t\" ADD COLUMN \"name\" text",
+                "INSERT INTO \"b\".\"t\" (\"id\", \"name\") VALUES ($1::integer, $2::text) ON CONFLICT (\"id\") DO UPDATE SET \"name\" = EXCLUDED.\"name\"",
+                "INSERT INTO \"b\".\"t\" (\"id\") VALUES ($1::integer) ON CONFLICT (\"id\") DO NOTHING",
+                "DELETE FROM \"b\".\"t\" WHERE \"id\" = $1::integer",
+                "TRUNCATE \"b\".\"t\"",
+            ]
+        );
+        assert_eq!(sql.statements[1].1, vec![Some("1".to_string()), Some("a".to_string())]);
+    }
+
+    #[test]
+    fn needs_a_target() {
+        let cfg = ConnectorConfig { sink_name: "s".into(), envelope: EnvelopeKind::Upsert, key_columns: vec![], options: Default::default() };
+        assert!(build(&cfg).is_err());
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,195 @@
+//! A sink's definition as users give it — one flat option map, Materialize and
+//! RisingWave spellings both accepted — parsed and validated into [`SinkDefinition`].
+//! Everything here is checked before anything is created, so a bad option changes
+//! nothing.
+
+use std::collections::BTreeMap;
+
+use super::connector::{self, ConnectorSpec};
+use super::encoder;
+use super::envelope::EnvelopeKind;
+use super::error::{Result, SinkError};
+
+/// How a sink is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// The background worker delivers continuously.
+    Continuous,
+    /// Only `sink.sync()` delivers (e.g. from pg_cron).
+    Manual,
+}
+
+impl Schedule {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Schedule::Continuous => "continuous",
+            Schedule::Manual => "manual",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkDefinition {
+    pub connector: &'static ConnectorSpec,
+    pub envelope: EnvelopeKind,
+    pub key_format: String,
+    pub value_format: String,
+    pub key_columns: Vec<String>,
+    pub key_not_enforced: bool,
+    pub force_append_only: bool,
+    pub snapshot: bool,
+    pub schedule: Schedule,
+    /// Connector-specific options, validated against the connector's spec.
+    pub connector_options: BTreeMap<String, String>,
+}
+
+/// Sink-level option names (everything else belongs to the connector).
+pub const SINK_OPTIONS: &[&str] = &[
+    "envelope",
+    "type",
+    "format",
+    "encode",
+    "key_format",
+    "value_format",
+    "key",
+    "primary_key",
+    "key_not_enforced",
+    "force_append_only",
+    "snapshot",
+    "schedule",
+];
+
+/// `TOPIC PARTITION COUNT` → `topic_partition_count`; dotted names stay dotted.
+pub fn normalize_name(name: &str) -> String {
+    name.trim().to_ascii_lowercase().split_whitespace().collect::<Vec<_>>().join("_")
+}
+
+pub fn parse_bool(name: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" | "t" => Ok(true),
+        "false" | "off" | "no" | "0" | "f" => Ok(false),
+        _ => Err(SinkError::config(format!("invalid value for boolean option \"{name}\": \"{value}\""))
+            .hint("Use true or false.")),
+    }
+}
+
+/// Split `a, b` into column names (a key given as one string).
+pub fn split_columns(value: &str) -> Vec<String> {
+    value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+fn take_alias(opts: &mut BTreeMap<String, String>, a: &str, b: &str) -> Result<Option<String>> {
+    match (opts.remove(a), opts.remove(b)) {
+        (Some(x), Some(y)) if x != y => Err(SinkError::config(format!("conflicting options \"{a}\" and \"{b}\""))
+            .detail(format!("\"{a}\" is \"{x}\" but \"{b}\" is \"{y}\"."))
+            .hint(format!("\"{b}\" is an alias of \"{a}\"; give only one."))),
+        (x, y) => Ok(x.or(y)),
+    }
+}
+
+/// Parse a definition. `options` keys are normalized here.
+pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result<SinkDefinition> {
+    let spec = connector::spec(connector_name)?;
+    let mut opts: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in options {
+        let n = normalize_name(k);
+        if opts.insert(n.clone(), v.clone()).is_some() {
+            return Err(SinkError::config(format!("option \"{n}\" specified more than once")));
+        }
+    }
+    let envelope = match take_alias(&mut opts, "envelope", "type")? {
+        None => EnvelopeKind::Debezium,
+        Some(e) => EnvelopeKind::parse(&e).ok_or_else(|| {
+            SinkError::config(format!("unknown envelope \"{e}\"")).hint("Supported envelopes: append-only, upsert, debezium.")
+        })?,
+    };
+    let format = take_alias(&mut opts, "format", "encode")?;
+    let key_format = opts.remove("key_format").or_else(|| format.clone()).unwrap_or_else(|| "json".into()).to_ascii_lowercase();
+    let value_format = opts.remove("value_format").or(format).unwrap_or_else(|| "json".into()).to_ascii_lowercase();
+    encoder::build(&key_format)?;
+    encoder::build(&value_format)?;
+    let key_columns = take_alias(&mut opts, "key", "primary_key")?.map(|k| split_columns(&k)).unwrap_or_default();
+    let bool_opt = |opts: &mut BTreeMap<String, String>, n: &str, default: bool| -> Result<bool> {
+        opts.remove(n).map(|v| parse_bool(n, &v)).transpose().map(|v| v.unwrap_or(default))
+    };
+    let key_not_enforced = bool_opt(&mut opts, "key_not_enforced", false)?;
+    let force_append_only = bool_opt(&mut opts, "force_append_only", false)?;
+    let snapshot = bool_opt(&mut opts, "snapshot", true)?;
+    let schedule = match opts.remove("schedule").as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("continuous") => Schedule::Continuous,
+        Some("manual") => Schedule::Manual,
+        Some(other) => {
+            return Err(SinkError::config(format!("invalid value for option \"schedule\": \"{other}\""))
+                .hint("Use continuous (the background worker delivers) or manual (only sink.sync() delivers)."))
+        }
+    };
+    if force_append_only && envelope != EnvelopeKind::AppendOnly {
+        return Err(SinkError::config("force_append_only requires the append-only envelope")
+            .detail(format!("The sink's envelope is {}.", envelope.as_str()))
+            .hint("Set envelope => 'append-only', or drop force_append_only."));
+    }
+    if key_not_enforced && key_columns.is_empty() {
+        return Err(SinkError::config("NOT ENFORCED requires a KEY").hint("Give the key columns with key => ARRAY['col'] ."));
+    }
+    if spec.needs_json && value_format != "json" {
+        return Err(SinkError::config(format!("connector \"{}\" requires format json", spec.name))
+            .detail(format!("The value format is {value_format}.")));
+    }
+    connector::validate_options(spec, &opts)?;
+    Ok(SinkDefinition {
+        connector: spec,
+        envelope,
+        key_format,
+        value_format,
+        key_columns,
+        key_not_enforced,
+        force_append_only,
+        snapshot,
+        schedule,
+        connector_options: opts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn parses_risingwave_and_materialize_spellings() {
+        let d = parse("file", &opts(&[("type", "upsert"), ("primary_key", "a, b"), ("PATH", "/tmp/x"), ("SNAPSHOT", "false")])).unwrap();
+        assert_eq!(d.envelope, EnvelopeKind::Upsert);
+        assert_eq!(d.key_columns, vec!["a", "b"]);
+        assert!(!d.snapshot);
+        assert_eq!(d.connector_options.get("path").unwrap(), "/tmp/x");
+        let d = parse("table", &opts(&[("envelope", "append-only"), ("force_append_only", "on"), ("table", "x.y")])).unwrap();
+        assert!(d.force_append_only);
+        assert_eq!(d.schedule, Schedule::Continuous);
+        assert_eq!(normalize_name(" TOPIC  PARTITION COUNT "), "topic_partition_count");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_hints() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("kafkaa", &[], "unknown connector \"kafkaa\""),
+            ("file", &[("envelope", "upsertt")], "unknown envelope"),
+            ("file", &[("format", "xml")], "unknown format"),
+            ("file", &[("bogus", "1")], "unknown option \"bogus\""),
+            ("file", &[("snapshot", "maybe")], "invalid value for boolean option"),
+            ("file", &[("envelope", "upsert"), ("type", "debezium")], "conflicting options"),
+            ("file", &[("envelope", "upsert"), ("force_append_only", "true")], "force_append_only requires"),
+            ("file", &[("key_not_enforced", "true")], "NOT ENFORCED requires a KEY"),
+            ("file", &[("schedule", "hourly")], "invalid value for option \"schedule\""),
+            ("file", &[("path", "a"), ("PATH", "b")], "more than once"),
+        ];
+        for (conn, o, msg) in cases {
+            let err = parse(conn, &opts(o)).unwrap_err();
+            assert!(err.message.contains(msg), "{conn} {o:?}: got {}", err.message);
+            assert_eq!(err.kind, crate::engine::error::ErrorKind::InvalidConfig);
+        }
+        assert!(parse("file", &opts(&[("bogus", "1")])).unwrap_err().hint.unwrap().contains("path"));
+    }
+}

@@ -1,0 +1,245 @@
+//! One sink's path from pgoutput messages to an encoded [`Batch`]: decode, skip what
+//! is already confirmed, resolve unchanged TOAST values, apply the envelope, encode
+//! key and value, stamp headers. The glue feeds messages and hands the batch to the
+//! connector; progress moves only after the connector reports it durable.
+
+use std::sync::Arc;
+
+use super::change::{Cell, Change, Transaction};
+use super::connector::{Batch, Record, HEADER_PREFIX};
+use super::encoder::{self, Encoder};
+use super::envelope::{Draft, Envelope};
+use super::error::{Result, SinkError};
+use super::lsn::Lsn;
+use super::options::SinkDefinition;
+use super::pgoutput::{Decoded, Decoder};
+use super::types::TypeResolver;
+
+pub struct Pipeline {
+    decoder: Decoder,
+    envelope: Envelope,
+    key_encoder: Box<dyn Encoder>,
+    value_encoder: Box<dyn Encoder>,
+    accepts_unchanged: bool,
+    drafts: Vec<Draft>,
+    /// Transactions ending at or before this position are already delivered.
+    pub confirmed: Lsn,
+}
+
+impl Pipeline {
+    pub fn new(def: &SinkDefinition, sink_name: &str, database: &str, confirmed: Lsn) -> Result<Self> {
+        Ok(Pipeline {
+            decoder: Decoder::new(),
+            envelope: Envelope::new(def.envelope, def.force_append_only, def.key_columns.clone(), sink_name, database),
+            key_encoder: encoder::build(&def.key_format)?,
+            value_encoder: encoder::build(&def.value_format)?,
+            accepts_unchanged: def.connector.accepts_unchanged_toast,
+            drafts: Vec::new(),
+            confirmed,
+        })
+    }
+
+    pub fn new_batch(&self) -> Batch {
+        Batch {
+            key_is_json: self.key_encoder.name() == "json",
+            value_is_json: self.value_encoder.name() == "json",
+            ..Default::default()
+        }
+    }
+
+    /// Feed one pgoutput message. A completed transaction past `confirmed` is encoded
+    /// into `batch`; earlier ones (delivered before a crash) are skipped.
+    pub fn feed(&mut self, msg: &[u8], resolver: &mut dyn TypeResolver, batch: &mut Batch) -> Result<()> {
+        match self.decoder.feed(msg)? {
+            Decoded::Nothing => Ok(()),
+            Decoded::Relation(id) => {
+                if let Some(rel) = self.decoder.relation_mut(id) {
+                    if rel.columns.iter().any(|c| !c.ty.is_resolved()) {
+                        let rel = Arc::make_mut(rel);
+                        for col in &mut rel.columns {
+                            if !col.ty.is_resolved() {
+                                if let Some(t) = resolver.resolve(col.ty.oid) {
+                                    col.ty = t;
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Decoded::Commit(txn) => {
+                if txn.end_lsn <= self.confirmed {
+                    return Ok(());
+                }
+                self.add_transaction(txn, batch)
+            }
+        }
+    }
+
+    /// Encode a whole transaction into `batch` (also used for snapshot rows).
+    pub fn add_transaction(&mut self, mut txn: Transaction, batch: &mut Batch) -> Result<()> {
+        if batch.transactions == 0 {
+            batch.start_lsn = txn.commit_lsn;
+        }
+        let changes = std::mem::take(&mut txn.changes);
+        for mut change in changes {
+            self.resolve_unchanged(&mut change)?;
+            self.drafts.clear();
+            self.envelope.apply(&txn, &change, &mut self.drafts)?;
+            for draft in self.drafts.drain(..) {
+                let key = draft.key.as_ref().map(|k| self.key_encoder.encode_key(k)).transpose()?;
+                let value = self.value_encoder.encode_value(&draft.payload)?;
+                let headers = vec![
+                    (format!("{HEADER_PREFIX}lsn"), txn.commit_lsn.to_string()),
+                    (format!("{HEADER_PREFIX}timestamp"), format_millis(txn.commit_time_us)),
+                    (format!("{HEADER_PREFIX}op"), draft.op.as_str().to_string()),
+                ];
+                batch.records.push(Record { key, value, headers, draft, commit_lsn: txn.commit_lsn, commit_time_us: txn.commit_time_us });
+            }
+            batch.changes += 1;
+        }
+        batch.transactions += 1;
+        batch.end_lsn = batch.end_lsn.max(txn.end_lsn);
+        Ok(())
+    }
+
+    /// An UPDATE that left a TOASTed column alone does not carry its value. Take it
+    /// from the old image (REPLICA IDENTITY FULL); otherwise only connectors that can
+    /// leave the column untouched may proceed.
+    fn resolve_unchanged(&self, change: &mut Change) -> Result<()> {
+        let Change::Update { relation, old, new } = change else { return Ok(()) };
+        if !new.iter().any(|c| *c == Cell::Unchanged) {
+            return Ok(());
+        }
+        for (i, cell) in new.iter_mut().enumerate() {
+            if *cell != Cell::Unchanged {
+                continue;
+            }
+            match old.as_ref().filter(|o| !o.key_only).map(|o| &o.cells[i]) {
+                Some(c) if *c != Cell::Unchanged => *cell = c.clone(),
+                _ if self.accepts_unchanged => {}
+                _ => {
+                    return Err(SinkError::permanent(format!(
+                        "unchanged TOASTed value of column \"{}\" in \"{}\" is not in the change stream",
+                        relation.columns[i].name,
+                        relation.qualified_name()
+                    ))
+                    .detail("Postgres does not log a large value that an UPDATE left unchanged unless the table's replica identity is FULL.")
+                    .hint(format!("Run ALTER TABLE {} REPLICA IDENTITY FULL, then resume the sink.", relation.qualified_name())))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Commit time as milliseconds since the epoch with microsecond fraction ("1720032185312.345").
+pub fn format_millis(us: i64) -> String {
+    let ms = us.div_euclid(1000);
+    let frac = us.rem_euclid(1000);
+    if ms < 0 && frac != 0 {
+        // -1.5 ms is written as "-1.500": sign applies to the whole number.
+        let total = -us;
+        return format!("-{}.{:03}", total / 1000, total % 1000);
+    }
+    format!("{ms}.{frac:03}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::options;
+    use crate::engine::pgoutput::wire::*;
+    use crate::engine::types::{PgType, TypeKind};
+    use std::collections::BTreeMap;
+
+    struct Resolver(Vec<u32>);
+    impl TypeResolver for Resolver {
+        fn resolve(&mut self, oid: u32) -> Option<PgType> {
+            self.0.push(oid);
+            Some(PgType::new(oid, "mood", TypeKind::Enum))
+        }
+    }
+
+    fn pipeline(pairs: &[(&str, &str)], confirmed: u64) -> Pipeline {
+        let o: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let def = options::parse("file", &o).unwrap();
+        Pipeline::new(&def, "s", "db", Lsn(confirmed)).unwrap()
+    }
+
+    fn feed_all(p: &mut Pipeline, msgs: &[Vec<u8>]) -> Result<Batch> {
+        let mut b = p.new_batch();
+        let mut r = Resolver(vec![]);
+        for m in msgs {
+            p.feed(m, &mut r, &mut b)?;
+        }
+        Ok(b)
+    }
+
+    fn stream() -> Vec<Vec<u8>> {
+        vec![
+            relation(1, "public", "t", b'd', &[("id", 23, true), ("mood", 90_001, false)]),
+            begin(0x100, 0, 5),
+            insert(1, &[Some("1"), Some("happy")]),
+            commit(0x100, 0x110, 0),
+            begin(0x200, 0, 6),
+            delete(1, b'K', &[Some("1"), None]),
+            commit(0x200, 0x210, 0),
+        ]
+    }
+
+    #[test]
+    fn skips_confirmed_transactions_and_stamps_headers() {
+        let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x")], 0x110);
+        let b = feed_all(&mut p, &stream()).unwrap();
+        assert_eq!(b.transactions, 1, "the first transaction was already confirmed");
+        assert_eq!(b.start_lsn, Lsn(0x200));
+        assert_eq!(b.end_lsn, Lsn(0x210));
+        assert_eq!(b.records.len(), 1);
+        assert_eq!(b.records[0].key.as_deref(), Some(&b"{\"id\":1}"[..]));
+        assert_eq!(b.records[0].value, None, "delete under upsert is a tombstone");
+        let h: Vec<_> = b.records[0].headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(h, vec!["pg_sink-lsn=0/200", "pg_sink-timestamp=946684800000.000", "pg_sink-op=delete"]);
+    }
+
+    #[test]
+    fn resolves_user_types_through_the_glue() {
+        let mut p = pipeline(&[("path", "/x")], 0);
+        let mut b = p.new_batch();
+        let mut r = Resolver(vec![]);
+        for m in stream() {
+            p.feed(&m, &mut r, &mut b).unwrap();
+        }
+        assert_eq!(r.0, vec![90_001]);
+        assert_eq!(b.records.len(), 2);
+        let v: serde_json::Value = serde_json::from_slice(b.records[0].value.as_ref().unwrap()).unwrap();
+        assert_eq!(v["after"]["mood"], "happy");
+        assert_eq!(v["op"], "c");
+    }
+
+    #[test]
+    fn unchanged_toast_is_filled_from_full_old_image_or_refused() {
+        let rel = relation(1, "public", "t", b'f', &[("id", 23, true), ("doc", 25, false)]);
+        let full = vec![
+            rel.clone(),
+            begin(0x300, 0, 7),
+            update(1, Some((b'O', &[Some("1"), Some("big")])), &[Some("1"), Some("\u{0}")]),
+            commit(0x300, 0x310, 0),
+        ];
+        let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x")], 0);
+        let b = feed_all(&mut p, &full).unwrap();
+        assert_eq!(b.records[0].value.as_deref(), Some(&b"{\"id\":1,\"doc\":\"big\"}"[..]));
+        let keyonly = vec![rel, begin(0x300, 0, 7), update(1, None, &[Some("1"), Some("\u{0}")]), commit(0x300, 0x310, 0)];
+        let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x")], 0);
+        let err = feed_all(&mut p, &keyonly).unwrap_err();
+        assert!(err.hint.unwrap().contains("REPLICA IDENTITY FULL"));
+    }
+
+    #[test]
+    fn formats_commit_millis() {
+        assert_eq!(format_millis(1_720_032_185_312_345), "1720032185312.345");
+        assert_eq!(format_millis(0), "0.000");
+        assert_eq!(format_millis(-1_500), "-1.500");
+        assert_eq!(format_millis(-1_000), "-1.000");
+    }
+}

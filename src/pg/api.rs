@@ -1,0 +1,831 @@
+//! The SQL surface, schema `sink`: secrets, connections, and sinks (create, alter,
+//! pause, resume, drop, sync, preview). Every check runs before anything is written,
+//! and the whole call is one transaction, so a bad input changes nothing.
+//!
+//! Functions run as the caller, so privilege checks see the caller; catalog writes,
+//! publications and slots are made under the extension's superuser identity
+//! ([`as_superuser`]), restored at the end of the call or on error.
+
+use std::collections::BTreeMap;
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use crate::engine::connector::{file, table::quote_ident};
+use crate::engine::envelope::EnvelopeKind;
+use crate::engine::error::SinkError;
+use crate::engine::options::{self, Schedule};
+
+use super::catalog::{self, SinkRow};
+use super::delivery::{self, Mode};
+use super::errors::{fail, Code, OrRaise};
+use super::spi::{select, select_one, update};
+
+/// Advisory lock class for "this sink is being processed" ('PS').
+pub const LOCK_CLASS: i32 = 0x5053;
+
+/// Run `f` as the bootstrap superuser; the caller's identity is restored afterwards
+/// (and by transaction abort if `f` raises).
+pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    let mut uid = pg_sys::Oid::INVALID;
+    let mut ctx = 0;
+    // SAFETY: the same save/switch/restore dance Postgres does for SECURITY DEFINER
+    // and maintenance commands; abort restores the saved identity on error.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
+        pg_sys::SetUserIdAndSecContext(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    }
+    let r = f();
+    // SAFETY: restores the identity saved above.
+    unsafe { pg_sys::SetUserIdAndSecContext(uid, ctx) };
+    r
+}
+
+fn current_user() -> String {
+    select_one("SELECT current_user::text", &[]).unwrap_or_default()
+}
+
+fn is_superuser() -> bool {
+    // SAFETY: reads the current user id.
+    unsafe { pg_sys::superuser() }
+}
+
+fn check_owner(sink: &SinkRow) {
+    if is_superuser() {
+        return;
+    }
+    let member = select_one("SELECT pg_has_role(current_user, $1::regrole, 'MEMBER')::text", &[Some(&sink.owner)]);
+    if member.as_deref() != Some("true") {
+        fail(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of sink \"{}\"", sink.name),
+            Some(format!("Sink \"{}\" is owned by {}.", sink.name, sink.owner)),
+            None,
+        );
+    }
+}
+
+/// Take the sink's processing lock for the rest of the transaction (waits for the
+/// worker to finish its current batch).
+fn lock_sink(id: i64) {
+    let id = id.to_string();
+    let class = LOCK_CLASS.to_string();
+    select("SELECT pg_advisory_xact_lock($1::int, $2::int)::text", &[Some(&class), Some(&id)]);
+}
+
+/// Options as text, from a JSON object of strings, numbers and booleans.
+fn option_map(options: &JsonB, what: &str) -> BTreeMap<String, String> {
+    let serde_json::Value::Object(map) = &options.0 else {
+        fail(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what} must be a JSON object"),
+            Some(format!("Got {}.", options.0)),
+            Some("Pass options as jsonb, e.g. '{\"path\": \"/tmp/out\"}'.".into()),
+        )
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            serde_json::Value::Array(items) => items.iter().map(catalog::json_text).collect::<Vec<_>>().join(","),
+            serde_json::Value::Object(o) if o.contains_key("secret") && o.len() == 1 => v.to_string(),
+            other => fail(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid value for option \"{k}\""),
+                Some(format!("Option values must be strings, numbers or booleans; got {other}.")),
+                Some("Refer to a secret as {\"secret\": \"name\"} (connections only).".into()),
+            ),
+        };
+        let name = options::normalize_name(k);
+        if out.insert(name.clone(), text).is_some() {
+            fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("option \"{name}\" specified more than once"), None, None);
+        }
+    }
+    out
+}
+
+fn put_option(opts: &mut BTreeMap<String, String>, name: &str, value: String) {
+    if let Some(old) = opts.get(name) {
+        if *old != value {
+            fail(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("conflicting values for option \"{name}\""),
+                Some(format!("The argument says \"{value}\" but options say \"{old}\".")),
+                Some("Give the option only once.".into()),
+            );
+        }
+    }
+    opts.insert(name.to_string(), value);
+}
+
+fn check_name(kind: &str, name: &str) {
+    if name.is_empty() || name.len() > 63 {
+        fail(
+            Code::ERRCODE_INVALID_NAME,
+            format!("invalid {kind} name \"{name}\""),
+            Some(format!("A {kind} name must have 1 to 63 bytes.")),
+            None,
+        );
+    }
+}
+
+// ---------------------------------------------------------------- secrets
+
+/// Store a secret (e.g. a password). Its value is readable by no one through the
+/// catalog views; only the worker reads it.
+#[pg_extern(volatile)]
+fn create_secret(name: &str, value: &str, if_not_exists: default!(bool, false)) -> bool {
+    check_name("secret", name);
+    let owner = current_user();
+    as_superuser(|| {
+        if select_one("SELECT 1::text FROM sink.secrets WHERE name = $1", &[Some(name)]).is_some() {
+            if if_not_exists {
+                pgrx::notice!("secret \"{name}\" already exists, skipping");
+                return false;
+            }
+            fail(Code::ERRCODE_DUPLICATE_OBJECT, format!("secret \"{name}\" already exists"), None, Some("Use sink.alter_secret() to change its value.".into()));
+        }
+        update("INSERT INTO sink.secrets (name, owner, value) VALUES ($1, $2::regrole, $3)", &[Some(name), Some(&owner), Some(value)]);
+        true
+    })
+}
+
+#[pg_extern(volatile)]
+fn alter_secret(name: &str, value: &str) {
+    let owner = as_superuser(|| select_one("SELECT owner::text FROM sink.secrets WHERE name = $1", &[Some(name)]));
+    let Some(owner) = owner else {
+        fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{name}\" does not exist"), None, None)
+    };
+    if !is_superuser() && select_one("SELECT pg_has_role(current_user, $1::regrole, 'MEMBER')::text", &[Some(&owner)]).as_deref() != Some("true") {
+        fail(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of secret \"{name}\""), None, None);
+    }
+    as_superuser(|| update("UPDATE sink.secrets SET value = $2 WHERE name = $1", &[Some(name), Some(value)]));
+}
+
+#[pg_extern(volatile)]
+fn drop_secret(name: &str, if_exists: default!(bool, false)) -> bool {
+    as_superuser(|| {
+        let used = select_one("SELECT string_agg(name, ', ')::text FROM sink.connections WHERE options::text LIKE '%' || to_json($1::text)::text || '%'", &[Some(name)]);
+        if let Some(conns) = used {
+            fail(Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, format!("cannot drop secret \"{name}\" because connections use it"), Some(format!("Used by: {conns}.")), Some("Drop or alter those connections first.".into()));
+        }
+        let n = update("DELETE FROM sink.secrets WHERE name = $1 RETURNING name", &[Some(name)]).len();
+        if n == 0 && !if_exists {
+            fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{name}\" does not exist"), None, None);
+        }
+        n > 0
+    })
+}
+
+// ---------------------------------------------------------------- connections
+
+/// A reusable connection: a connector and its options; `{"secret": "name"}` values
+/// refer to secrets.
+#[pg_extern(volatile)]
+fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'"), if_not_exists: default!(bool, false)) -> bool {
+    check_name("connection", name);
+    let spec = crate::engine::connector::spec(connector).or_raise();
+    let opts = option_map(&options, "connection options");
+    crate::engine::connector::validate_options(spec, &opts).map_err(|e| e).or_raise();
+    for (k, v) in &opts {
+        if v.starts_with("{\"secret\"") {
+            let secret: serde_json::Value = serde_json::from_str(v).unwrap_or_default();
+            let sname = secret.get("secret").map(catalog::json_text).unwrap_or_default();
+            if as_superuser(|| select_one("SELECT 1::text FROM sink.secrets WHERE name = $1", &[Some(&sname)])).is_none() {
+                fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{sname}\" does not exist"), Some(format!("Option \"{k}\" refers to it.")), Some("Create it with sink.create_secret().".into()));
+            }
+        }
+    }
+    let owner = current_user();
+    let json = serde_json::Value::Object(opts.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).ok().filter(|j: &serde_json::Value| j.is_object()).unwrap_or_else(|| serde_json::Value::String(v.clone())))).collect()).to_string();
+    as_superuser(|| {
+        if select_one("SELECT 1::text FROM sink.connections WHERE name = $1", &[Some(name)]).is_some() {
+            if if_not_exists {
+                pgrx::notice!("connection \"{name}\" already exists, skipping");
+                return false;
+            }
+            fail(Code::ERRCODE_DUPLICATE_OBJECT, format!("connection \"{name}\" already exists"), None, None);
+        }
+        update(
+            "INSERT INTO sink.connections (name, connector, owner, options) VALUES ($1, $2, $3::regrole, $4::jsonb)",
+            &[Some(name), Some(spec.name), Some(&owner), Some(&json)],
+        );
+        true
+    })
+}
+
+#[pg_extern(volatile)]
+fn drop_connection(name: &str, if_exists: default!(bool, false)) -> bool {
+    as_superuser(|| {
+        let users = select_one("SELECT string_agg(name, ', ')::text FROM sink.sinks WHERE connection = $1", &[Some(name)]);
+        if let Some(sinks) = users {
+            fail(Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, format!("cannot drop connection \"{name}\" because sinks use it"), Some(format!("Used by: {sinks}.")), Some("Drop those sinks first.".into()));
+        }
+        let n = update("DELETE FROM sink.connections WHERE name = $1 RETURNING name", &[Some(name)]).len();
+        if n == 0 && !if_exists {
+            fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("connection \"{name}\" does not exist"), None, None);
+        }
+        n > 0
+    })
+}
+
+// ---------------------------------------------------------------- sinks
+
+/// Source given as a table name or as `SELECT cols FROM table [WHERE filter]`.
+struct Source {
+    oid: u32,
+    name: String,
+    columns: Option<Vec<String>>,
+    filter: Option<String>,
+}
+
+fn parse_source(source: &str) -> Source {
+    let trimmed = source.trim().trim_end_matches(';').trim();
+    let lower = trimmed.to_ascii_lowercase();
+    let (table, columns, filter) = if lower.starts_with("select ") || lower.starts_with("select\n") {
+        let from = find_keyword(&lower, " from ").unwrap_or_else(|| bad_query(source, "no FROM clause"));
+        let cols_text = trimmed[6..from].trim();
+        let rest = trimmed[from + 6..].trim();
+        let rest_lower = rest.to_ascii_lowercase();
+        let (table, filter) = match find_keyword(&rest_lower, " where ") {
+            Some(w) => (rest[..w].trim(), Some(rest[w + 7..].trim().to_string())),
+            None => (rest, None),
+        };
+        if table.contains(',') || table.to_ascii_lowercase().contains(" join ") || table.contains(' ') && !table.starts_with('"') {
+            bad_query(source, "only a single table can follow FROM");
+        }
+        let columns = if cols_text == "*" {
+            None
+        } else {
+            Some(cols_text.split(',').map(|c| unquote(c.trim())).collect::<Vec<_>>())
+        };
+        (table.to_string(), columns, filter)
+    } else {
+        (trimmed.to_string(), None, None)
+    };
+    let oid: Option<u32> = select_one("SELECT to_regclass($1)::oid::text", &[Some(&table)]).and_then(|o| o.parse().ok());
+    let Some(oid) = oid else {
+        fail(Code::ERRCODE_UNDEFINED_TABLE, format!("relation \"{table}\" does not exist"), None, None)
+    };
+    let oid_text = oid.to_string();
+    let kind = select_one("SELECT relkind::text FROM pg_class WHERE oid = $1::oid", &[Some(&oid_text)]).unwrap_or_default();
+    if kind != "r" && kind != "p" {
+        fail(
+            Code::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("\"{table}\" is not a table"),
+            Some("Sinks read changes through logical decoding, which only tables produce.".into()),
+            None,
+        );
+    }
+    let name = select_one("SELECT $1::oid::regclass::text", &[Some(&oid_text)]).unwrap_or(table);
+    Source { oid, name, columns, filter }
+}
+
+fn find_keyword(haystack: &str, kw: &str) -> Option<usize> {
+    haystack.replace(['\n', '\t'], " ").find(kw)
+}
+
+fn unquote(s: &str) -> String {
+    if s.len() >= 2 && s.starts_with('"') && s.ends_with('"') {
+        s[1..s.len() - 1].replace("\"\"", "\"")
+    } else {
+        s.to_ascii_lowercase()
+    }
+}
+
+fn bad_query(source: &str, why: &str) -> ! {
+    fail(
+        Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("unsupported sink query: {why}"),
+        Some(format!("Query: {source}")),
+        Some("A sink reads one table: SELECT col, ... FROM table [WHERE condition].".into()),
+    )
+}
+
+struct TableInfo {
+    columns: Vec<String>,
+    pk: Vec<String>,
+    /// Unique, non-partial, plain-column indexes (each a column list).
+    unique_keys: Vec<Vec<String>>,
+    replica_identity: String,
+    identity_columns: Vec<String>,
+}
+
+fn table_info(oid: u32) -> TableInfo {
+    let oid = oid.to_string();
+    let cols = |sql: &str| -> Vec<String> { select(sql, &[Some(&oid)]).into_iter().filter_map(|r| r.into_iter().next().flatten()).collect() };
+    let columns = cols("SELECT attname::text FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum");
+    let index_cols = |cond: &str| -> Vec<Vec<String>> {
+        select(
+            &format!(
+                "SELECT array_to_json(array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k(n, o) \
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o))::text \
+                   FROM pg_index i WHERE i.indrelid = $1::oid AND {cond} AND i.indpred IS NULL AND i.indexprs IS NULL \
+                   ORDER BY NOT i.indisprimary, i.indexrelid"
+            ),
+            &[Some(&oid)],
+        )
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .filter_map(|j| serde_json::from_str(&j).ok())
+        .collect()
+    };
+    let pk = index_cols("i.indisprimary").into_iter().next().unwrap_or_default();
+    let unique_keys = index_cols("i.indisunique");
+    let replica_identity = select_one("SELECT relreplident::text FROM pg_class WHERE oid = $1::oid", &[Some(&oid)]).unwrap_or_default();
+    let identity_columns = match replica_identity.as_str() {
+        "d" => pk.clone(),
+        "i" => index_cols("i.indisreplident").into_iter().next().unwrap_or_default(),
+        "f" => columns.clone(),
+        _ => vec![],
+    };
+    TableInfo { columns, pk, unique_keys, replica_identity, identity_columns }
+}
+
+fn quoted_list(cols: &[String]) -> String {
+    format!("({})", cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "))
+}
+
+/// Create a sink over a table (or a single-table query), delivering through
+/// `connector`. Options follow Materialize and RisingWave names; see README.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile)]
+fn create_sink(
+    name: &str,
+    source: &str,
+    connector: default!(Option<&str>, "NULL"),
+    options: default!(JsonB, "'{}'"),
+    envelope: default!(Option<&str>, "NULL"),
+    format: default!(Option<&str>, "NULL"),
+    key: default!(Option<Vec<String>>, "NULL"),
+    key_not_enforced: default!(bool, false),
+    snapshot: default!(Option<bool>, "NULL"),
+    connection: default!(Option<&str>, "NULL"),
+    if_not_exists: default!(bool, false),
+) -> i64 {
+    check_name("sink", name);
+    if let Some(existing) = catalog::find_by_name(name) {
+        if if_not_exists {
+            pgrx::notice!("sink \"{name}\" already exists, skipping");
+            return existing.id;
+        }
+        fail(Code::ERRCODE_DUPLICATE_OBJECT, format!("sink \"{name}\" already exists"), None, Some("Choose another name, or drop the existing sink first.".into()));
+    }
+    let wal_level = select_one("SELECT current_setting('wal_level')", &[]).unwrap_or_default();
+    if wal_level != "logical" {
+        fail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "sinks require wal_level = logical",
+            Some(format!("The server runs with wal_level = {wal_level}.")),
+            Some("Set wal_level = logical in postgresql.conf and restart the server.".into()),
+        );
+    }
+    let src = parse_source(source);
+    let src_oid = src.oid.to_string();
+    if select_one("SELECT has_table_privilege($1::oid, 'SELECT')::text", &[Some(&src_oid)]).as_deref() != Some("true") {
+        fail(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for table {}", src.name), Some("Creating a sink requires SELECT on its source.".into()), None);
+    }
+
+    // Options: the JSON map plus the named arguments.
+    let mut opts = option_map(&options, "sink options");
+    if let Some(e) = envelope {
+        put_option(&mut opts, "envelope", e.to_string());
+    }
+    if let Some(f) = format {
+        put_option(&mut opts, "format", f.to_string());
+    }
+    if let Some(k) = &key {
+        put_option(&mut opts, "key", k.join(","));
+    }
+    if key_not_enforced {
+        put_option(&mut opts, "key_not_enforced", "true".into());
+    }
+    if let Some(s) = snapshot {
+        put_option(&mut opts, "snapshot", s.to_string());
+    }
+    let mut connector_name = connector.map(str::to_string);
+    let mut effective = opts.clone();
+    if let Some(conn) = connection {
+        let row = select("SELECT connector, options::text FROM sink.connections WHERE name = $1", &[Some(conn)]);
+        let Some(row) = row.into_iter().next() else {
+            fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("connection \"{conn}\" does not exist"), None, None)
+        };
+        let conn_connector = row.first().cloned().flatten().unwrap_or_default();
+        match &connector_name {
+            Some(c) if !c.eq_ignore_ascii_case(&conn_connector) => fail(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("connection \"{conn}\" is a {conn_connector} connection, not {c}"),
+                None,
+                None,
+            ),
+            _ => connector_name = Some(conn_connector),
+        }
+        let conn_opts: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&row.get(1).cloned().flatten().unwrap_or_default()).unwrap_or_default();
+        for (k, v) in conn_opts {
+            effective.entry(k).or_insert_with(|| catalog::json_text(&v));
+        }
+    }
+    let Some(connector_name) = connector_name else {
+        fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "a sink needs a connector", None, Some("Pass connector => 'file' (or 'table', ...) or connection => 'name'.".into()))
+    };
+
+    let info = table_info(src.oid);
+    if let Some(cols) = &src.columns {
+        for c in cols {
+            if !info.columns.contains(c) {
+                fail(Code::ERRCODE_UNDEFINED_COLUMN, format!("column \"{c}\" of relation {} does not exist", src.name), None, None);
+            }
+        }
+    }
+    let mut def = options::parse(&connector_name, &effective).or_raise();
+    if def.key_columns.is_empty() && def.envelope == EnvelopeKind::Upsert {
+        if info.pk.is_empty() {
+            fail(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                "upsert envelope requires a key",
+                Some(format!("Table {} has no primary key to default to.", src.name)),
+                Some("Give the key with key => ARRAY['col', ...].".into()),
+            );
+        }
+        def.key_columns = info.pk.clone();
+        opts.insert("key".into(), info.pk.join(","));
+    }
+    let visible = src.columns.clone().unwrap_or_else(|| info.columns.clone());
+    for k in &def.key_columns {
+        if !visible.contains(k) {
+            fail(Code::ERRCODE_UNDEFINED_COLUMN, format!("key column \"{k}\" does not exist in the sink's columns"), Some(format!("Columns: {}.", visible.join(", "))), None);
+        }
+    }
+    if def.envelope == EnvelopeKind::Upsert && !def.key_not_enforced {
+        let proven = info.unique_keys.iter().any(|u| u.iter().all(|c| def.key_columns.contains(c)));
+        if !proven {
+            let known = if info.unique_keys.is_empty() {
+                "There are no known valid unique keys for the upstream relation.".to_string()
+            } else {
+                format!(
+                    "The following keys are known to be unique for the upstream relation:\n{}",
+                    info.unique_keys.iter().map(|k| format!("  {}", quoted_list(k))).collect::<Vec<_>>().join("\n")
+                )
+            };
+            fail(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                "upsert key could not be validated as unique",
+                Some(format!(
+                    "pg_sink could not prove that the specified upsert envelope key {} is a unique key of the upstream relation. {known}",
+                    quoted_list(&def.key_columns)
+                )),
+                Some("Use a unique key, or add NOT ENFORCED (key_not_enforced => true) if you know the key is unique.".into()),
+            );
+        }
+    }
+    match info.replica_identity.as_str() {
+        "n" => fail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("table {} has no usable replica identity", src.name),
+            Some("Its REPLICA IDENTITY is NOTHING, so updates and deletes cannot be streamed.".into()),
+            Some(format!("Run ALTER TABLE {} REPLICA IDENTITY DEFAULT (with a primary key) or FULL.", src.name)),
+        ),
+        "d" if info.pk.is_empty() => fail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("table {} has no usable replica identity", src.name),
+            Some("It has no primary key and REPLICA IDENTITY DEFAULT, so updates and deletes cannot be streamed.".into()),
+            Some(format!("Add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL.", src.name)),
+        ),
+        _ => {}
+    }
+    if def.envelope != EnvelopeKind::AppendOnly {
+        for k in &def.key_columns {
+            if !info.identity_columns.contains(k) {
+                fail(
+                    Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("key column \"{k}\" is not part of the replica identity of {}", src.name),
+                    Some("Deletes only carry the replica identity columns, so the key of a deleted row would be unknown.".into()),
+                    Some(format!("Use the primary key as the sink key, or run ALTER TABLE {} REPLICA IDENTITY FULL.", src.name)),
+                );
+            }
+        }
+    }
+    if def.connector.name == "file" {
+        let path = def.connector_options.get("path").or(def.connector_options.get("location")).cloned().unwrap_or_default();
+        if path.is_empty() {
+            fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "connector \"file\" requires option \"path\"", None, Some("Give an absolute directory, e.g. path => '/var/lib/pg_sink/out'.".into()));
+        }
+        file::parse_dir(&path).or_raise();
+    }
+
+    // Everything is valid: write the catalog, the publication and the target.
+    let owner = current_user();
+    let schedule = def.schedule.as_str();
+    let opts_json = serde_json::Value::Object(opts.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect()).to_string();
+    let columns_json = src.columns.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
+    let key_json = serde_json::to_string(&def.key_columns).unwrap_or_default();
+    let id: i64 = as_superuser(|| {
+        let id = update(
+            "INSERT INTO sink.sinks (name, owner, source, columns, row_filter, connector, connection, envelope, key_format, value_format, \
+                                     key_columns, key_not_enforced, snapshot, schedule, options, slot_name, publication_name) \
+             VALUES ($1, $2::regrole, $3::oid::regclass, (SELECT array_agg(x) FROM json_array_elements_text($4::json) x), $5, $6, $7, $8, $9, $10, \
+                     (SELECT coalesce(array_agg(x), '{}') FROM json_array_elements_text($11::json) x), $12::boolean, $13::boolean, $14, $15::jsonb, '-', '-') \
+             RETURNING id::text",
+            &[
+                Some(name),
+                Some(&owner),
+                Some(&src_oid),
+                columns_json.as_deref(),
+                src.filter.as_deref(),
+                Some(def.connector.name),
+                connection,
+                Some(def.envelope.as_str()),
+                Some(&def.key_format),
+                Some(&def.value_format),
+                Some(&key_json),
+                Some(if def.key_not_enforced { "true" } else { "false" }),
+                Some(if def.snapshot { "true" } else { "false" }),
+                Some(schedule),
+                Some(&opts_json),
+            ],
+        );
+        let id: i64 = id.into_iter().next().and_then(|r| r.into_iter().next().flatten()).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let object = format!("pg_sink_{id}");
+        update(
+            "UPDATE sink.sinks SET slot_name = $2, publication_name = $2 WHERE id = $1::bigint",
+            &[Some(&id.to_string()), Some(&object)],
+        );
+        update("INSERT INTO sink.progress (sink_id) VALUES ($1::bigint)", &[Some(&id.to_string())]);
+        let cols = src.columns.as_ref().map(|c| format!(" {}", quoted_list(c))).unwrap_or_default();
+        let filter = src.filter.as_ref().map(|f| format!(" WHERE ({f})")).unwrap_or_default();
+        update(&format!("CREATE PUBLICATION {} FOR TABLE {}{cols}{filter}", quote_ident(&object), src.name), &[]);
+        // Let Postgres check now that the column list and row filter cover the
+        // replica identity (otherwise the user's own UPDATEs would start failing).
+        update(&format!("EXPLAIN UPDATE {} SET {} = {} WHERE false", src.name, quote_ident(&info.columns[0]), quote_ident(&info.columns[0])), &[]);
+        update(&format!("EXPLAIN DELETE FROM {} WHERE false", src.name), &[]);
+        id
+    });
+    if def.connector.name == "table" {
+        prepare_table_target(id, &def, &src, &info, &owner);
+    }
+    if def.schedule == Schedule::Continuous && select_one("SELECT current_database()::text", &[]).as_deref() != Some(super::gucs::database().as_str()) {
+        pgrx::warning!(
+            "sink \"{name}\" is in database \"{}\", but the pg_sink worker serves \"{}\"; deliver it with sink.sync()",
+            select_one("SELECT current_database()::text", &[]).unwrap_or_default(),
+            super::gucs::database()
+        );
+    }
+    id
+}
+
+/// Resolve or create the `table` connector's target and store its canonical name.
+fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, info: &TableInfo, owner: &str) {
+    let cfg = crate::engine::connector::ConnectorConfig {
+        sink_name: String::new(),
+        envelope: def.envelope,
+        key_columns: def.key_columns.clone(),
+        options: def.connector_options.clone(),
+    };
+    let target = crate::engine::connector::table::target_name(&cfg).or_raise();
+    let existing = select_one("SELECT to_regclass($1)::oid::text", &[Some(&target)]);
+    let oid = match existing {
+        Some(oid) => {
+            if oid == src.oid.to_string() {
+                fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "a table sink cannot target its own source", None, None);
+            }
+            if select_one("SELECT has_table_privilege($1::oid, 'INSERT, UPDATE, DELETE')::text", &[Some(&oid)]).as_deref() != Some("true") {
+                fail(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for table {target}"), Some("A table sink writes into its target.".into()), None);
+            }
+            if def.envelope == EnvelopeKind::Upsert {
+                let t = table_info(oid.parse().unwrap_or(0));
+                let matches = t.unique_keys.iter().any(|u| {
+                    let mut a = u.clone();
+                    let mut b = def.key_columns.clone();
+                    a.sort();
+                    b.sort();
+                    a == b
+                });
+                if t.pk.is_empty() && t.unique_keys.is_empty() {
+                    fail(
+                        Code::ERRCODE_INVALID_TABLE_DEFINITION,
+                        format!("target table {target} has no primary key"),
+                        Some("An upsert sink into a table applies changes by key, so the target needs one.".into()),
+                        Some(format!("Add PRIMARY KEY {} to the target, or let the sink create the table.", quoted_list(&def.key_columns))),
+                    );
+                }
+                if !matches {
+                    fail(
+                        Code::ERRCODE_INVALID_TABLE_DEFINITION,
+                        format!("target table {target} has no unique key on the sink key {}", quoted_list(&def.key_columns)),
+                        Some(format!("The target's primary key is {}.", quoted_list(&t.pk))),
+                        Some("Leave KEY out to use the target's primary key when it matches the source, or change the target.".into()),
+                    );
+                }
+            }
+            oid
+        }
+        None => as_superuser(|| {
+            if def.envelope == EnvelopeKind::Debezium {
+                update(&format!("CREATE TABLE {target} (lsn pg_lsn NOT NULL, op text NOT NULL, key jsonb, value jsonb)"), &[]);
+            } else {
+                let cols = src.columns.clone().unwrap_or_else(|| info.columns.clone());
+                let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+                update(&format!("CREATE TABLE {target} AS SELECT {} FROM {} WITH NO DATA", list.join(", "), src.name), &[]);
+                if def.envelope == EnvelopeKind::Upsert {
+                    update(&format!("ALTER TABLE {target} ADD PRIMARY KEY {}", quoted_list(&def.key_columns)), &[]);
+                }
+            }
+            update(&format!("ALTER TABLE {target} OWNER TO {}", quote_ident(owner)), &[]);
+            select_one("SELECT to_regclass($1)::oid::text", &[Some(&target)]).unwrap_or_default()
+        }),
+    };
+    let canonical = select_one(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::oid",
+        &[Some(&oid)],
+    )
+    .unwrap_or(target);
+    as_superuser(|| {
+        update(
+            "UPDATE sink.sinks SET options = (options - 'table.name' - 'location') || jsonb_build_object('table', $2::text) WHERE id = $1::bigint",
+            &[Some(&id.to_string()), Some(&canonical)],
+        )
+    });
+}
+
+/// Change a sink's options (merged into the existing ones; a JSON null removes one).
+#[pg_extern(volatile)]
+fn alter_sink(name: &str, options: JsonB) {
+    let sink = catalog::require(name);
+    check_owner(&sink);
+    let serde_json::Value::Object(changes) = &options.0 else {
+        fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "sink options must be a JSON object", None, None)
+    };
+    let mut merged = sink.options.clone();
+    for (k, v) in changes {
+        let n = options::normalize_name(k);
+        if matches!(n.as_str(), "envelope" | "type" | "key" | "primary_key" | "format" | "encode" | "key_format" | "value_format" | "snapshot") {
+            fail(
+                Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("option \"{n}\" cannot be changed on an existing sink"),
+                Some("Changing it would change the meaning of what was already delivered.".into()),
+                Some("Create a new sink instead.".into()),
+            );
+        }
+        if v.is_null() {
+            merged.remove(&n);
+        } else {
+            merged.insert(n, catalog::json_text(v));
+        }
+    }
+    let probe = SinkRow { options: merged.clone(), ..sink.clone() };
+    catalog::definition(&probe).or_raise();
+    lock_sink(sink.id);
+    let json = serde_json::Value::Object(merged.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect()).to_string();
+    as_superuser(|| update("UPDATE sink.sinks SET options = $2::jsonb WHERE id = $1::bigint", &[Some(&sink.id.to_string()), Some(&json)]));
+}
+
+fn set_state(name: &str, state: &str) {
+    let sink = catalog::require(name);
+    check_owner(&sink);
+    lock_sink(sink.id);
+    as_superuser(|| {
+        update("UPDATE sink.sinks SET state = $2 WHERE id = $1::bigint", &[Some(&sink.id.to_string()), Some(state)]);
+        if state == "running" {
+            update("UPDATE sink.progress SET last_error = NULL WHERE sink_id = $1::bigint", &[Some(&sink.id.to_string())]);
+        }
+    });
+}
+
+/// Stop delivering; the slot keeps the changes until `resume_sink`.
+#[pg_extern(volatile)]
+fn pause_sink(name: &str) {
+    set_state(name, "paused");
+}
+
+/// Resume a paused or failed sink.
+#[pg_extern(volatile)]
+fn resume_sink(name: &str) {
+    set_state(name, "running");
+}
+
+/// Drop a sink, its slot and its publication. What it delivered stays at the target.
+#[pg_extern(volatile)]
+fn drop_sink(name: &str, if_exists: default!(bool, false)) -> bool {
+    let Some(sink) = catalog::find_by_name(name) else {
+        if if_exists {
+            pgrx::notice!("sink \"{name}\" does not exist, skipping");
+            return false;
+        }
+        fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("sink \"{name}\" does not exist"), None, None)
+    };
+    check_owner(&sink);
+    lock_sink(sink.id);
+    as_superuser(|| {
+        update("DELETE FROM sink.sinks WHERE id = $1::bigint", &[Some(&sink.id.to_string())]);
+        update(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&sink.publication_name)), &[]);
+        if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(&sink.slot_name)]).is_some() {
+            update("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
+        }
+    });
+    true
+}
+
+/// Text output settings the encoders expect (same as the worker's session).
+pub const OUTPUT_SETTINGS: &[(&str, &str)] = &[
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+
+/// Run `f` with [`OUTPUT_SETTINGS`], restoring the caller's settings afterwards.
+fn with_output_settings<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level like a function's SET clause; popped below.
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    for (k, v) in OUTPUT_SETTINGS {
+        select("SELECT set_config($1, $2, true)", &[Some(k), Some(v)]);
+    }
+    let r = f();
+    // SAFETY: pops the level pushed above, restoring the previous values.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    r
+}
+
+/// Deliver everything up to the current WAL position, then return a summary.
+/// Lets pg_cron drive a sink: `SELECT sink.sync('orders')`.
+#[pg_extern(volatile)]
+fn sync(name: &str) -> JsonB {
+    let sink = catalog::require(name);
+    check_owner(&sink);
+    if sink.state == "paused" {
+        fail(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("sink \"{name}\" is paused"), None, Some("Resume it with sink.resume_sink() first.".into()));
+    }
+    lock_sink(sink.id);
+    let (mut batches, mut txns, mut changes, mut records, mut bytes) = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let mut confirmed = None;
+    let mut initialized = false;
+    let started = std::time::Instant::now();
+    with_output_settings(|| {
+        as_superuser(|| loop {
+            let current = catalog::find_by_id(sink.id).unwrap_or_else(|| sink.clone());
+            let out = match delivery::step(&current, Mode::Deliver { write_idle_progress: true }) {
+                Ok(o) => o,
+                Err(e) => {
+                    let e: SinkError = e;
+                    super::errors::raise(e)
+                }
+            };
+            initialized |= out.initialized;
+            if out.records > 0 || out.transactions > 0 {
+                batches += 1;
+            }
+            txns += out.transactions;
+            changes += out.changes;
+            records += out.records;
+            bytes += out.bytes;
+            confirmed = out.confirmed.or(confirmed);
+            if out.caught_up {
+                break;
+            }
+        })
+    });
+    JsonB(serde_json::json!({
+        "sink": name,
+        "initialized": initialized,
+        "batches": batches,
+        "transactions": txns,
+        "changes": changes,
+        "records": records,
+        "bytes": bytes,
+        "confirmed_lsn": confirmed.map(|l| l.to_string()),
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// The next `n` records the sink would deliver (key, value, headers), without
+/// delivering anything or moving its position.
+#[pg_extern(volatile)]
+fn preview(
+    name: &str,
+    n: default!(i32, 10),
+) -> TableIterator<'static, (name!(lsn, String), name!(op, String), name!(key, Option<String>), name!(value, Option<String>), name!(headers, JsonB))> {
+    let sink = catalog::require(name);
+    check_owner(&sink);
+    if n < 1 {
+        fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "n must be at least 1", None, None);
+    }
+    let out = with_output_settings(|| as_superuser(|| delivery::step(&sink, Mode::Preview(n as usize)))).or_raise();
+    let rows: Vec<_> = out
+        .preview
+        .into_iter()
+        .map(|r| {
+            let headers = serde_json::Value::Object(r.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect());
+            (
+                r.commit_lsn.to_string(),
+                r.draft.op.as_str().to_string(),
+                r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+                r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                JsonB(headers),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}

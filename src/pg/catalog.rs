@@ -1,0 +1,179 @@
+//! Reading and writing the `sink` catalog tables: sink definitions, connections with
+//! their secrets resolved (for the worker only), and progress.
+
+use std::collections::BTreeMap;
+
+use crate::engine::error::SinkError;
+use crate::engine::lsn::Lsn;
+use crate::engine::options::{self, SinkDefinition};
+
+use super::errors::{fail, Code};
+use super::spi::{select, update};
+
+#[derive(Debug, Clone)]
+pub struct SinkRow {
+    pub id: i64,
+    pub name: String,
+    pub owner: String,
+    pub source_oid: u32,
+    pub source_name: String,
+    pub columns: Option<Vec<String>>,
+    pub row_filter: Option<String>,
+    pub connector: String,
+    pub connection: Option<String>,
+    pub options: BTreeMap<String, String>,
+    pub state: String,
+    pub schedule: String,
+    pub snapshot: bool,
+    pub slot_name: String,
+    pub publication_name: String,
+    pub confirmed: Option<Lsn>,
+    pub snapshot_done: bool,
+}
+
+const SINK_COLUMNS: &str = "s.id::text, s.name, s.owner::text, s.source::oid::text, s.source::text, \
+    array_to_json(s.columns)::text, s.row_filter, s.connector, s.connection, s.options::text, s.state, \
+    s.schedule, s.snapshot::text, s.slot_name::text, s.publication_name::text, p.confirmed_lsn::text, \
+    coalesce(p.snapshot_done, false)::text";
+
+fn parse_row(r: Vec<Option<String>>) -> SinkRow {
+    let s = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+    let o = |i: usize| r.get(i).cloned().flatten();
+    let options: BTreeMap<String, String> = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&s(9))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, json_text(&v)))
+        .collect();
+    SinkRow {
+        id: s(0).parse().unwrap_or(0),
+        name: s(1),
+        owner: s(2),
+        source_oid: s(3).parse().unwrap_or(0),
+        source_name: s(4),
+        columns: o(5).and_then(|c| serde_json::from_str(&c).ok()),
+        row_filter: o(6),
+        connector: s(7),
+        connection: o(8),
+        options,
+        state: s(10),
+        schedule: s(11),
+        snapshot: s(12) == "true",
+        slot_name: s(13),
+        publication_name: s(14),
+        confirmed: o(15).and_then(|l| l.parse().ok()),
+        snapshot_done: s(16) == "true",
+    }
+}
+
+/// A JSON option value as text: strings as is, everything else as JSON.
+pub fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn find_by_name(name: &str) -> Option<SinkRow> {
+    select(
+        &format!("SELECT {SINK_COLUMNS} FROM @extschema@.sinks s LEFT JOIN @extschema@.progress p ON p.sink_id = s.id WHERE s.name = $1").replace("@extschema@", "sink"),
+        &[Some(name)],
+    )
+    .into_iter()
+    .next()
+    .map(parse_row)
+}
+
+pub fn find_by_id(id: i64) -> Option<SinkRow> {
+    let id = id.to_string();
+    select(
+        &format!("SELECT {SINK_COLUMNS} FROM sink.sinks s LEFT JOIN sink.progress p ON p.sink_id = s.id WHERE s.id = $1::bigint"),
+        &[Some(&id)],
+    )
+    .into_iter()
+    .next()
+    .map(parse_row)
+}
+
+pub fn require(name: &str) -> SinkRow {
+    find_by_name(name).unwrap_or_else(|| {
+        fail(
+            Code::ERRCODE_UNDEFINED_OBJECT,
+            format!("sink \"{name}\" does not exist"),
+            None,
+            Some("SELECT name FROM sink.sinks lists the sinks.".into()),
+        )
+    })
+}
+
+/// Connection options with secrets resolved, under the sink's own options.
+pub fn effective_options(sink: &SinkRow) -> Result<BTreeMap<String, String>, SinkError> {
+    let mut merged = BTreeMap::new();
+    if let Some(conn) = &sink.connection {
+        let row = select("SELECT options::text FROM sink.connections WHERE name = $1", &[Some(conn)]);
+        let text = row.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| {
+            SinkError::permanent(format!("connection \"{conn}\" of sink \"{}\" does not exist", sink.name))
+        })?;
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        for (k, v) in map {
+            let value = match &v {
+                serde_json::Value::Object(o) if o.contains_key("secret") => {
+                    let secret = o.get("secret").map(json_text).unwrap_or_default();
+                    let row = select("SELECT value FROM sink.secrets WHERE name = $1", &[Some(&secret)]);
+                    row.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| {
+                        SinkError::permanent(format!("secret \"{secret}\" used by connection \"{conn}\" does not exist"))
+                    })?
+                }
+                other => json_text(other),
+            };
+            merged.insert(options::normalize_name(&k), value);
+        }
+    }
+    merged.extend(sink.options.clone());
+    Ok(merged)
+}
+
+pub fn definition(sink: &SinkRow) -> Result<SinkDefinition, SinkError> {
+    options::parse(&sink.connector, &effective_options(sink)?)
+}
+
+/// Record a delivered batch (or an idle advance when `rows == 0`).
+pub fn record_progress(sink_id: i64, confirmed: Lsn, rows: usize, bytes: usize, transactions: usize, last_commit_us: Option<i64>, caught_up: bool) {
+    let id = sink_id.to_string();
+    let lsn = confirmed.to_string();
+    let (rows, bytes, txns) = (rows.to_string(), bytes.to_string(), transactions.to_string());
+    let commit = last_commit_us.map(|us| us.to_string());
+    update(
+        "UPDATE sink.progress SET confirmed_lsn = greatest(coalesce(confirmed_lsn, '0/0'), $2::pg_lsn), \
+                confirmed_at = CASE WHEN $3::bigint > 0 OR confirmed_lsn IS DISTINCT FROM greatest(coalesce(confirmed_lsn, '0/0'), $2::pg_lsn) THEN now() ELSE confirmed_at END, \
+                rows_delivered = rows_delivered + $3::bigint, bytes_delivered = bytes_delivered + $4::bigint, \
+                transactions_delivered = transactions_delivered + $5::bigint, \
+                batches = batches + CASE WHEN $3::bigint > 0 THEN 1 ELSE 0 END, \
+                last_commit_at = coalesce(to_timestamp($6::bigint / 1e6), last_commit_at), \
+                caught_up_at = CASE WHEN $7::boolean THEN now() ELSE caught_up_at END, \
+                last_error = CASE WHEN $3::bigint > 0 OR $7::boolean THEN NULL ELSE last_error END \
+          WHERE sink_id = $1::bigint",
+        &[Some(&id), Some(&lsn), Some(&rows), Some(&bytes), Some(&txns), commit.as_deref(), Some(if caught_up { "true" } else { "false" })],
+    );
+}
+
+pub fn mark_snapshot_done(sink_id: i64, consistent_point: Lsn) {
+    let id = sink_id.to_string();
+    let lsn = consistent_point.to_string();
+    update(
+        "UPDATE sink.progress SET snapshot_done = true, confirmed_lsn = $2::pg_lsn, confirmed_at = now() WHERE sink_id = $1::bigint",
+        &[Some(&id), Some(&lsn)],
+    );
+}
+
+/// Note an error in the sink's status (own transaction, by the caller); `failed`
+/// stops the sink until it is resumed.
+pub fn record_error(sink_id: i64, message: &str, failed: bool) {
+    let id = sink_id.to_string();
+    update(
+        "UPDATE sink.progress SET last_error = $2, last_error_at = now(), errors = errors + 1 WHERE sink_id = $1::bigint",
+        &[Some(&id), Some(message)],
+    );
+    if failed {
+        update("UPDATE sink.sinks SET state = 'failed' WHERE id = $1::bigint AND state = 'running'", &[Some(&id)]);
+    }
+}

@@ -1,0 +1,25 @@
+//! The Postgres glue: everything that touches `pgrx`. It stays thin — SQL functions
+//! ([`api`]), the catalog ([`catalog`]), settings ([`gucs`]), the batch step shared
+//! by the worker, `sync` and `preview` ([`delivery`]), SPI adapters for the engine
+//! ([`spi`]), and the background workers ([`worker`]). Only the backend's own thread
+//! runs this code; the engine's async connectors run on a current-thread runtime
+//! driven from the same thread.
+
+pub mod api;
+pub mod catalog;
+pub mod delivery;
+pub mod errors;
+pub mod gucs;
+pub mod spi;
+pub mod worker;
+
+use pgrx::pg_sys;
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    // SAFETY: reading a postmaster global during library load.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register_launcher();
+    }
+}

@@ -1,0 +1,149 @@
+//! SPI adapters: text-in/text-out queries for the glue, the engine's
+//! [`SqlSession`] (used by the `table` connector inside the batch's transaction) and
+//! [`TypeResolver`] (user-defined types from `pg_type`).
+
+use std::collections::HashMap;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+
+use crate::engine::connector::SqlSession;
+use crate::engine::error::{Result, SinkError};
+use crate::engine::types::{self, PgType, TypeKind, TypeResolver};
+
+pub type Rows = Vec<Vec<Option<String>>>;
+
+fn args<'a>(params: &'a [Option<&'a str>]) -> Vec<DatumWithOid<'a>> {
+    params.iter().map(|p| DatumWithOid::from(*p)).collect()
+}
+
+fn collect(table: pgrx::spi::SpiTupleTable<'_>) -> pgrx::spi::Result<Rows> {
+    let mut rows = Vec::new();
+    for row in table {
+        let n = row.columns();
+        let mut out = Vec::with_capacity(n);
+        for i in 1..=n {
+            out.push(row.get::<String>(i)?);
+        }
+        rows.push(out);
+    }
+    Ok(rows)
+}
+
+/// Read-only query; every output column must be text.
+pub fn select(sql: &str, params: &[Option<&str>]) -> Rows {
+    Spi::connect(|c| c.select(sql, None, &args(params)).and_then(collect)).unwrap_or_else(|e| spi_fail(sql, e))
+}
+
+/// Statement that may write; output columns (if any) must be text.
+pub fn update(sql: &str, params: &[Option<&str>]) -> Rows {
+    Spi::connect_mut(|c| c.update(sql, None, &args(params)).and_then(collect)).unwrap_or_else(|e| spi_fail(sql, e))
+}
+
+pub fn select_one(sql: &str, params: &[Option<&str>]) -> Option<String> {
+    select(sql, params).into_iter().next().and_then(|r| r.into_iter().next().flatten())
+}
+
+fn spi_fail(sql: &str, e: pgrx::spi::Error) -> ! {
+    super::errors::fail(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("pg_sink internal query failed: {e}"),
+        Some(format!("Query: {sql}")),
+        None,
+    )
+}
+
+/// The engine's SQL access, inside the current transaction.
+pub struct SpiSession;
+
+impl SqlSession for SpiSession {
+    fn execute(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64> {
+        Spi::connect_mut(|c| c.update(sql, None, &args(params)).map(|t| t.len() as u64))
+            .map_err(|e| SinkError::permanent(format!("statement failed: {e}")))
+    }
+    fn query(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Rows> {
+        Spi::connect(|c| c.select(sql, None, &args(params)).and_then(collect))
+            .map_err(|e| SinkError::permanent(format!("query failed: {e}")))
+    }
+}
+
+/// Resolves domains, enums, composites and arrays of them from `pg_type`.
+#[derive(Default)]
+pub struct CatalogTypes {
+    cache: HashMap<u32, PgType>,
+}
+
+impl CatalogTypes {
+    fn lookup(&mut self, oid: u32, depth: u32) -> PgType {
+        if let Some(t) = types::builtin(oid) {
+            return t;
+        }
+        if let Some(t) = self.cache.get(&oid) {
+            return t.clone();
+        }
+        let oid_text = oid.to_string();
+        let row = select(
+            "SELECT typtype::text, typcategory::text, typelem::text, typbasetype::text, typrelid::text, \
+                    format_type(oid, NULL) FROM pg_type WHERE oid = $1::oid",
+            &[Some(&oid_text)],
+        );
+        let Some(r) = row.into_iter().next() else {
+            return PgType::new(oid, format!("oid {oid}"), TypeKind::Other);
+        };
+        let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+        let (typtype, category, elem, base, relid, name) = (get(0), get(1), get(2), get(3), get(4), get(5));
+        let num = |s: &str| s.parse::<u32>().unwrap_or(0);
+        let kind = if depth > 8 {
+            TypeKind::Other
+        } else if typtype == "d" {
+            self.lookup(num(&base), depth + 1).kind
+        } else if typtype == "e" {
+            TypeKind::Enum
+        } else if typtype == "c" {
+            let fields = select(
+                "SELECT attname::text, atttypid::text FROM pg_attribute \
+                  WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                &[Some(&relid)],
+            );
+            TypeKind::Composite(
+                fields
+                    .into_iter()
+                    .map(|f| {
+                        let fname = f.first().cloned().flatten().unwrap_or_default();
+                        let ftype = num(&f.get(1).cloned().flatten().unwrap_or_default());
+                        (fname, self.lookup(ftype, depth + 1))
+                    })
+                    .collect(),
+            )
+        } else if category == "A" && num(&elem) != 0 {
+            TypeKind::Array(Box::new(self.lookup(num(&elem), depth + 1)))
+        } else {
+            TypeKind::Other
+        };
+        let t = PgType::new(oid, name, kind);
+        self.cache.insert(oid, t.clone());
+        t
+    }
+}
+
+impl TypeResolver for CatalogTypes {
+    fn resolve(&mut self, oid: u32) -> Option<PgType> {
+        Some(self.lookup(oid, 0))
+    }
+}
+
+/// The text form of a datum, exactly as pgoutput would send it (the type's output
+/// function).
+pub fn output_text(datum: pg_sys::Datum, type_oid: pg_sys::Oid) -> String {
+    let mut func = pg_sys::Oid::INVALID;
+    let mut is_varlena = false;
+    // SAFETY: valid type OID from the tuple descriptor; the datum belongs to it; the
+    // returned C string is palloc'd in the current memory context and copied at once.
+    unsafe {
+        pg_sys::getTypeOutputInfo(type_oid, &mut func, &mut is_varlena);
+        let cstr = pg_sys::OidOutputFunctionCall(func, datum);
+        let s = std::ffi::CStr::from_ptr(cstr).to_string_lossy().into_owned();
+        pg_sys::pfree(cstr.cast());
+        s
+    }
+}

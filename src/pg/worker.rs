@@ -1,0 +1,261 @@
+//! Background workers. The launcher (one, started with the postmaster) watches
+//! `sink.sinks` in `pg_sink.database` and keeps one dynamic worker per running,
+//! continuous sink: it starts them as sinks are created or resumed, stops them as
+//! sinks are paused or dropped, and restarts crashed ones with backoff. Each sink
+//! worker loops over [`delivery::step`], one transaction per batch, sleeping on its
+//! latch when caught up or backing off after transient errors.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::*;
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+
+use crate::engine::error::{ErrorKind, SinkError};
+use crate::engine::retry::Backoff;
+
+use super::api::{as_superuser, LOCK_CLASS, OUTPUT_SETTINGS};
+use super::delivery::{self, Mode};
+use super::spi::{select, select_one};
+use super::{catalog, gucs};
+
+pub fn register_launcher() {
+    BackgroundWorkerBuilder::new("pg_sink launcher")
+        .set_type("pg_sink launcher")
+        .set_function("pg_sink_launcher_main")
+        .set_library("pg_sink")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+/// Run `f` in its own transaction; a Postgres ERROR inside is caught, the
+/// transaction aborted, and the error returned as a transient engine error.
+fn in_transaction<R>(f: impl FnOnce() -> Result<R, SinkError> + std::panic::UnwindSafe) -> Result<R, SinkError> {
+    // SAFETY: worker main loop, not inside a transaction.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = PgTryBuilder::new(f)
+        .catch_others(|cause| {
+            let message = match &cause {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                    let mut m = r.message().to_string();
+                    if let Some(d) = r.detail() {
+                        m.push_str(": ");
+                        m.push_str(d);
+                    }
+                    m
+                }
+            };
+            Err(SinkError::transient(message))
+        })
+        .execute();
+    match result {
+        Ok(v) => {
+            // SAFETY: closes the transaction opened above.
+            unsafe {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            // SAFETY: aborting the failed transaction; this also releases SPI,
+            // snapshots, locks and restores the user id.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            Err(e)
+        }
+    }
+}
+
+fn extension_installed() -> bool {
+    select_one("SELECT 1::text FROM pg_extension WHERE extname = 'pg_sink'", &[]).is_some()
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = gucs::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    log!("pg_sink launcher started for database \"{db}\"");
+    let mut workers: HashMap<i64, DynamicBackgroundWorker> = HashMap::new();
+    let mut next_start: HashMap<i64, (Instant, Backoff)> = HashMap::new();
+    while BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: reload postgresql.conf in the worker's own process.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let wanted = in_transaction(|| {
+            if !extension_installed() {
+                return Ok(Vec::new());
+            }
+            Ok(select(
+                "SELECT id::text FROM sink.sinks WHERE state = 'running' AND schedule = 'continuous' ORDER BY id",
+                &[],
+            )
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten().and_then(|s| s.parse::<i64>().ok()))
+            .collect::<Vec<i64>>())
+        });
+        let wanted = match wanted {
+            Ok(w) => w,
+            Err(e) => {
+                warning!("pg_sink launcher could not read the catalog: {}", e.message);
+                continue;
+            }
+        };
+        // Stop workers of sinks that were paused, failed or dropped.
+        let stale: Vec<i64> = workers.keys().filter(|id| !wanted.contains(id)).copied().collect();
+        for id in stale {
+            if let Some(w) = workers.remove(&id) {
+                let _ = w.terminate();
+            }
+            next_start.remove(&id);
+        }
+        // Forget workers that exited; they are restarted below after a backoff.
+        let exited: Vec<i64> = workers
+            .iter()
+            .filter(|(_, w)| matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in exited {
+            workers.remove(&id);
+            let entry = next_start.entry(id).or_insert_with(|| (Instant::now(), Backoff::new(Duration::from_secs(1), gucs::retry_max())));
+            entry.0 = Instant::now() + entry.1.next_delay();
+            log!("pg_sink worker for sink {id} exited; restarting it later");
+        }
+        for id in wanted {
+            if workers.contains_key(&id) {
+                continue;
+            }
+            if let Some((at, _)) = next_start.get(&id) {
+                if Instant::now() < *at {
+                    continue;
+                }
+            }
+            // SAFETY: reading this process's pid.
+            let me = unsafe { pg_sys::MyProcPid };
+            match BackgroundWorkerBuilder::new(&format!("pg_sink sink {id}"))
+                .set_type("pg_sink worker")
+                .set_function("pg_sink_worker_main")
+                .set_library("pg_sink")
+                .set_argument(id.into_datum())
+                .enable_spi_access()
+                .set_restart_time(None)
+                .set_notify_pid(me)
+                .load_dynamic()
+            {
+                Ok(w) => {
+                    workers.insert(id, w);
+                }
+                Err(_) => {
+                    warning!("pg_sink could not start a worker for sink {id}");
+                    let hint_entry = next_start.entry(id).or_insert_with(|| (Instant::now(), Backoff::new(Duration::from_secs(1), gucs::retry_max())));
+                    hint_entry.0 = Instant::now() + hint_entry.1.next_delay();
+                }
+            }
+        }
+    }
+    for (_, w) in workers.drain() {
+        let _ = w.terminate();
+    }
+}
+
+enum Next {
+    Continue,
+    Idle,
+    Stop,
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
+    // SAFETY: the launcher passes the sink id as an int8 datum.
+    let sink_id = unsafe { i64::from_datum(arg, false) }.unwrap_or(0);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = gucs::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    let settings = in_transaction(|| {
+        for (k, v) in OUTPUT_SETTINGS {
+            select("SELECT set_config($1, $2, false)", &[Some(k), Some(v)]);
+        }
+        Ok(())
+    });
+    if let Err(e) = settings {
+        warning!("pg_sink worker for sink {sink_id} could not start: {}", e.message);
+        return;
+    }
+    let mut backoff = Backoff::new(Duration::from_millis(200), gucs::retry_max());
+    let mut last_idle_write = Instant::now() - Duration::from_secs(10);
+    let class = LOCK_CLASS.to_string();
+    let id_text = sink_id.to_string();
+    loop {
+        if BackgroundWorker::sigterm_received() {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: reload postgresql.conf in this process.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let write_idle = last_idle_write.elapsed() >= Duration::from_secs(1);
+        let step = in_transaction(|| {
+            let locked = select_one("SELECT pg_try_advisory_xact_lock($1::int, $2::int)::text", &[Some(&class), Some(&id_text)]);
+            if locked.as_deref() != Some("true") {
+                // sync() or a DDL call holds the sink; try again shortly.
+                return Ok((Next::Idle, false));
+            }
+            let Some(sink) = catalog::find_by_id(sink_id) else { return Ok((Next::Stop, false)) };
+            if sink.state != "running" || sink.schedule != "continuous" {
+                return Ok((Next::Stop, false));
+            }
+            let out = as_superuser(|| delivery::step(&sink, Mode::Deliver { write_idle_progress: write_idle }))?;
+            let wrote_idle = out.caught_up && out.transactions == 0 && write_idle;
+            Ok((if out.caught_up && !out.initialized { Next::Idle } else { Next::Continue }, wrote_idle))
+        });
+        match step {
+            Ok((next, wrote_idle)) => {
+                if wrote_idle {
+                    last_idle_write = Instant::now();
+                }
+                backoff.reset();
+                match next {
+                    Next::Continue => {
+                        if BackgroundWorker::sigterm_received() {
+                            break;
+                        }
+                    }
+                    Next::Idle => {
+                        if !BackgroundWorker::wait_latch(Some(gucs::poll_interval())) {
+                            break;
+                        }
+                    }
+                    Next::Stop => break,
+                }
+            }
+            Err(e) => {
+                let permanent = e.kind != ErrorKind::Transient;
+                let summary = e.summary();
+                let hint = e.hint.clone().unwrap_or_default();
+                warning!("pg_sink sink {sink_id}: {summary} {hint}");
+                let _ = in_transaction(|| {
+                    as_superuser(|| catalog::record_error(sink_id, &summary, permanent));
+                    Ok(())
+                });
+                if permanent {
+                    break;
+                }
+                if !BackgroundWorker::wait_latch(Some(backoff.next_delay())) {
+                    break;
+                }
+            }
+        }
+    }
+}
