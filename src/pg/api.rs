@@ -100,7 +100,7 @@ fn option_map(options: &JsonB, what: &str) -> BTreeMap<String, String> {
         };
         let name = options::normalize_name(k);
         if out.insert(name.clone(), text).is_some() {
-            fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("option \"{name}\" specified more than once"), None, None);
+            fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, format!("option \"{name}\" specified more than once"), Some("Option names are case-insensitive; spaces count as underscores.".into()), Some("Give each option once.".into()));
         }
     }
     out
@@ -156,10 +156,10 @@ fn create_secret(name: &str, value: &str, if_not_exists: default!(bool, false)) 
 fn alter_secret(name: &str, value: &str) {
     let owner = as_superuser(|| select_one("SELECT owner::text FROM sink.secrets WHERE name = $1", &[Some(name)]));
     let Some(owner) = owner else {
-        fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{name}\" does not exist"), None, None)
+        fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{name}\" does not exist"), None, Some("SELECT name FROM sink.secrets (as a superuser) lists the secrets.".into()))
     };
     if !is_superuser() && select_one("SELECT pg_has_role(current_user, $1::regrole, 'MEMBER')::text", &[Some(&owner)]).as_deref() != Some("true") {
-        fail(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of secret \"{name}\""), None, None);
+        fail(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("must be owner of secret \"{name}\""), Some(format!("Secret \"{name}\" is owned by {owner}.")), None);
     }
     as_superuser(|| update("UPDATE sink.secrets SET value = $2 WHERE name = $1", &[Some(name), Some(value)]));
 }
@@ -173,7 +173,7 @@ fn drop_secret(name: &str, if_exists: default!(bool, false)) -> bool {
         }
         let n = update("DELETE FROM sink.secrets WHERE name = $1 RETURNING name", &[Some(name)]).len();
         if n == 0 && !if_exists {
-            fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{name}\" does not exist"), None, None);
+            fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{name}\" does not exist"), None, Some("SELECT name FROM sink.secrets (as a superuser) lists the secrets.".into()));
         }
         n > 0
     })
@@ -206,7 +206,7 @@ fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'
                 pgrx::notice!("connection \"{name}\" already exists, skipping");
                 return false;
             }
-            fail(Code::ERRCODE_DUPLICATE_OBJECT, format!("connection \"{name}\" already exists"), None, None);
+            fail(Code::ERRCODE_DUPLICATE_OBJECT, format!("connection \"{name}\" already exists"), None, Some("Choose another name, or pass if_not_exists => true.".into()));
         }
         update(
             "INSERT INTO sink.connections (name, connector, owner, options) VALUES ($1, $2, $3::regrole, $4::jsonb)",
@@ -225,7 +225,7 @@ fn drop_connection(name: &str, if_exists: default!(bool, false)) -> bool {
         }
         let n = update("DELETE FROM sink.connections WHERE name = $1 RETURNING name", &[Some(name)]).len();
         if n == 0 && !if_exists {
-            fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("connection \"{name}\" does not exist"), None, None);
+            fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("connection \"{name}\" does not exist"), None, Some("SELECT name FROM sink.connections lists the connections.".into()));
         }
         n > 0
     })
@@ -267,7 +267,7 @@ fn parse_source(source: &str) -> Source {
     };
     let oid: Option<u32> = select_one("SELECT to_regclass($1)::oid::text", &[Some(&table)]).and_then(|o| o.parse().ok());
     let Some(oid) = oid else {
-        fail(Code::ERRCODE_UNDEFINED_TABLE, format!("relation \"{table}\" does not exist"), None, None)
+        fail(Code::ERRCODE_UNDEFINED_TABLE, format!("relation \"{table}\" does not exist"), Some("The sink source must be an existing table.".into()), Some("Check the name and the search_path, or schema-qualify it.".into()))
     };
     let oid_text = oid.to_string();
     let kind = select_one("SELECT relkind::text FROM pg_class WHERE oid = $1::oid", &[Some(&oid_text)]).unwrap_or_default();
@@ -408,23 +408,21 @@ fn create_sink(
     let mut connector_name = connector.map(str::to_string);
     let mut effective = opts.clone();
     if let Some(conn) = connection {
-        let row = select("SELECT connector, options::text FROM sink.connections WHERE name = $1", &[Some(conn)]);
-        let Some(row) = row.into_iter().next() else {
-            fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("connection \"{conn}\" does not exist"), None, None)
-        };
-        let conn_connector = row.first().cloned().flatten().unwrap_or_default();
+        if select_one("SELECT 1::text FROM sink.connections WHERE name = $1", &[Some(conn)]).is_none() {
+            fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("connection \"{conn}\" does not exist"), None, Some("Create it with sink.create_connection(), or list them with SELECT name FROM sink.connections.".into()))
+        }
+        let (conn_connector, conn_opts) = as_superuser(|| catalog::connection_options(conn)).or_raise();
         match &connector_name {
             Some(c) if !c.eq_ignore_ascii_case(&conn_connector) => fail(
                 Code::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("connection \"{conn}\" is a {conn_connector} connection, not {c}"),
                 None,
-                None,
+                Some("Leave connector out to use the connection's.".into()),
             ),
             _ => connector_name = Some(conn_connector),
         }
-        let conn_opts: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&row.get(1).cloned().flatten().unwrap_or_default()).unwrap_or_default();
         for (k, v) in conn_opts {
-            effective.entry(k).or_insert_with(|| catalog::json_text(&v));
+            effective.entry(k).or_insert(v);
         }
     }
     let Some(connector_name) = connector_name else {
@@ -435,7 +433,7 @@ fn create_sink(
     if let Some(cols) = &src.columns {
         for c in cols {
             if !info.columns.contains(c) {
-                fail(Code::ERRCODE_UNDEFINED_COLUMN, format!("column \"{c}\" of relation {} does not exist", src.name), None, None);
+                fail(Code::ERRCODE_UNDEFINED_COLUMN, format!("column \"{c}\" of relation {} does not exist", src.name), Some(format!("Columns: {}.", info.columns.join(", "))), None);
             }
         }
     }
@@ -588,7 +586,7 @@ fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, in
     let oid = match existing {
         Some(oid) => {
             if oid == src.oid.to_string() {
-                fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "a table sink cannot target its own source", None, None);
+                fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "a table sink cannot target its own source", Some(format!("Both are {target}.")), Some("Name another table as the target.".into()));
             }
             if select_one("SELECT has_table_privilege($1::oid, 'INSERT, UPDATE, DELETE')::text", &[Some(&oid)]).as_deref() != Some("true") {
                 fail(Code::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied for table {target}"), Some("A table sink writes into its target.".into()), None);
@@ -655,7 +653,7 @@ fn alter_sink(name: &str, options: JsonB) {
     let sink = catalog::require(name);
     check_owner(&sink);
     let serde_json::Value::Object(changes) = &options.0 else {
-        fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "sink options must be a JSON object", None, None)
+        fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "sink options must be a JSON object", Some(format!("Got {}.", options.0)), Some("Pass options as jsonb, e.g. '{\"path\": \"/tmp/out\"}'.".into()))
     };
     let mut merged = sink.options.clone();
     for (k, v) in changes {
@@ -713,7 +711,7 @@ fn drop_sink(name: &str, if_exists: default!(bool, false)) -> bool {
             pgrx::notice!("sink \"{name}\" does not exist, skipping");
             return false;
         }
-        fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("sink \"{name}\" does not exist"), None, None)
+        fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("sink \"{name}\" does not exist"), None, Some("SELECT name FROM sink.sinks lists the sinks; pass if_exists => true to ignore.".into()))
     };
     check_owner(&sink);
     lock_sink(sink.id);
@@ -810,7 +808,7 @@ fn preview(
     let sink = catalog::require(name);
     check_owner(&sink);
     if n < 1 {
-        fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "n must be at least 1", None, None);
+        fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "n must be at least 1", Some(format!("Got {n}.")), None);
     }
     let out = with_output_settings(|| as_superuser(|| delivery::step(&sink, Mode::Preview(n as usize)))).or_raise();
     let rows: Vec<_> = out

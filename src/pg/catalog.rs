@@ -105,29 +105,36 @@ pub fn require(name: &str) -> SinkRow {
     })
 }
 
+/// A connection's connector and options, with `{"secret": name}` values resolved.
+pub fn connection_options(conn: &str) -> Result<(String, BTreeMap<String, String>), SinkError> {
+    let row = select("SELECT connector, options::text FROM sink.connections WHERE name = $1", &[Some(conn)]);
+    let row = row.into_iter().next().ok_or_else(|| SinkError::permanent(format!("connection \"{conn}\" does not exist")))?;
+    let connector = row.first().cloned().flatten().unwrap_or_default();
+    let text = row.get(1).cloned().flatten().unwrap_or_default();
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let value = match &v {
+            serde_json::Value::Object(o) if o.contains_key("secret") => {
+                let secret = o.get("secret").map(json_text).unwrap_or_default();
+                let row = select("SELECT value FROM sink.secrets WHERE name = $1", &[Some(&secret)]);
+                row.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| {
+                    SinkError::permanent(format!("secret \"{secret}\" used by connection \"{conn}\" does not exist"))
+                })?
+            }
+            other => json_text(other),
+        };
+        out.insert(options::normalize_name(&k), value);
+    }
+    Ok((connector, out))
+}
+
 /// Connection options with secrets resolved, under the sink's own options.
 pub fn effective_options(sink: &SinkRow) -> Result<BTreeMap<String, String>, SinkError> {
-    let mut merged = BTreeMap::new();
-    if let Some(conn) = &sink.connection {
-        let row = select("SELECT options::text FROM sink.connections WHERE name = $1", &[Some(conn)]);
-        let text = row.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| {
-            SinkError::permanent(format!("connection \"{conn}\" of sink \"{}\" does not exist", sink.name))
-        })?;
-        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
-        for (k, v) in map {
-            let value = match &v {
-                serde_json::Value::Object(o) if o.contains_key("secret") => {
-                    let secret = o.get("secret").map(json_text).unwrap_or_default();
-                    let row = select("SELECT value FROM sink.secrets WHERE name = $1", &[Some(&secret)]);
-                    row.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| {
-                        SinkError::permanent(format!("secret \"{secret}\" used by connection \"{conn}\" does not exist"))
-                    })?
-                }
-                other => json_text(other),
-            };
-            merged.insert(options::normalize_name(&k), value);
-        }
-    }
+    let mut merged = match &sink.connection {
+        Some(conn) => connection_options(conn)?.1,
+        None => BTreeMap::new(),
+    };
     merged.extend(sink.options.clone());
     Ok(merged)
 }
