@@ -169,7 +169,7 @@ t = time.monotonic()
 try:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
 except subprocess.TimeoutExpired:
-    fail(f"pg_recvlogical did not reach {END} within {TIMEOUT:.0f} s")
+    fail(f"pg_recvlogical did not reach {END} within {TIMEOUT:g} s")
 base_s = time.monotonic() - t
 if r.returncode != 0:
     fail(f"pg_recvlogical exited {r.returncode}: {r.stderr.strip()}")
@@ -212,7 +212,7 @@ while True:
     if first_worker_s is None and peak_hwm:
         first_worker_s = time.monotonic() - t
     if now - t > TIMEOUT:
-        fail(f"the sink did not reach {END} within {TIMEOUT:.0f} s; last_error: {sink_error()}")
+        fail(f"the sink did not reach {END} within {TIMEOUT:g} s; last_error: {sink_error()}")
     time.sleep(0.05)
 sample()  # the worker stays up (idle); VmHWM now holds its lifetime peak
 status = conn.execute(

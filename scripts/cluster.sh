@@ -15,7 +15,9 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 SOCK=$DATA
 
 as_user() {
-  if [ "$(id -un)" = "$OSUSER" ]; then "$@"; else runuser -u "$OSUSER" -- "$@"; fi
+  # No Rust backtraces in error details the server sends to clients.
+  if [ "$(id -un)" = "$OSUSER" ]; then env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"
+  else runuser -u "$OSUSER" -- env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"; fi
 }
 
 init() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::change::{Cell, Change, Transaction};
 use super::connector::{Batch, Record, HEADER_PREFIX};
 use super::encoder::{self, Encoder};
-use super::envelope::{Draft, Envelope};
+use super::envelope::{Draft, Envelope, EnvelopeKind};
 use super::error::{Result, SinkError};
 use super::lsn::Lsn;
 use super::options::SinkDefinition;
@@ -21,6 +21,8 @@ pub struct Pipeline {
     key_encoder: Box<dyn Encoder>,
     value_encoder: Box<dyn Encoder>,
     accepts_unchanged: bool,
+    /// Encode keys and values (off when the connector applies rows itself).
+    pub encode: bool,
     drafts: Vec<Draft>,
     /// Transactions ending at or before this position are already delivered.
     pub confirmed: Lsn,
@@ -34,6 +36,7 @@ impl Pipeline {
             key_encoder: encoder::build(&def.key_format)?,
             value_encoder: encoder::build(&def.value_format)?,
             accepts_unchanged: def.connector.accepts_unchanged_toast,
+            encode: !(def.connector.applies_rows && def.envelope != EnvelopeKind::Debezium),
             drafts: Vec::new(),
             confirmed,
         })
@@ -87,8 +90,11 @@ impl Pipeline {
             self.drafts.clear();
             self.envelope.apply(&txn, &change, &mut self.drafts)?;
             for draft in self.drafts.drain(..) {
-                let key = draft.key.as_ref().map(|k| self.key_encoder.encode_key(k)).transpose()?;
-                let value = self.value_encoder.encode_value(&draft.payload)?;
+                let (key, value) = if self.encode {
+                    (draft.key.as_ref().map(|k| self.key_encoder.encode_key(k)).transpose()?, self.value_encoder.encode_value(&draft.payload)?)
+                } else {
+                    (None, None)
+                };
                 let headers = vec![
                     (format!("{HEADER_PREFIX}lsn"), txn.commit_lsn.to_string()),
                     (format!("{HEADER_PREFIX}timestamp"), format_millis(txn.commit_time_us)),

@@ -556,8 +556,27 @@ fn create_sink(
         update(&format!("CREATE PUBLICATION {} FOR TABLE {}{cols}{filter}", quote_ident(&object), src.name), &[]);
         // Let Postgres check now that the column list and row filter cover the
         // replica identity (otherwise the user's own UPDATEs would start failing).
-        update(&format!("EXPLAIN UPDATE {} SET {} = {} WHERE false", src.name, quote_ident(&info.columns[0]), quote_ident(&info.columns[0])), &[]);
-        update(&format!("EXPLAIN DELETE FROM {} WHERE false", src.name), &[]);
+        let probe = || {
+            update(&format!("EXPLAIN UPDATE {} SET {} = {} WHERE false", src.name, quote_ident(&info.columns[0]), quote_ident(&info.columns[0])), &[]);
+            update(&format!("EXPLAIN DELETE FROM {} WHERE false", src.name), &[]);
+        };
+        pgrx::PgTryBuilder::new(probe)
+            .catch_when(PgSqlErrorCode::ERRCODE_INVALID_COLUMN_REFERENCE, |e| {
+                let detail = match &e {
+                    pg_sys::panic::CaughtError::PostgresError(r) => r.detail().unwrap_or_default().to_string(),
+                    _ => String::new(),
+                };
+                fail(
+                    Code::ERRCODE_INVALID_COLUMN_REFERENCE,
+                    format!("the sink's column list or filter would block updates of {}", src.name),
+                    Some(detail),
+                    Some(format!(
+                        "Include the replica identity columns in the column list and use only them in WHERE, or run ALTER TABLE {} REPLICA IDENTITY FULL (then the column list must include every column).",
+                        src.name
+                    )),
+                )
+            })
+            .execute();
         id
     });
     if def.connector.name == "table" {

@@ -101,6 +101,7 @@ pub fn step(sink: &SinkRow, mode: Mode) -> Result<Outcome, SinkError> {
 
     let write_idle = match mode {
         Mode::Preview(limit) => {
+            pipeline.encode = true;
             return match slot {
                 None => preview_snapshot(sink, &mut pipeline, &mut types, limit),
                 Some(_) => preview_changes(sink, &mut pipeline, &mut types, limit),

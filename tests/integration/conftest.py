@@ -116,3 +116,12 @@ def sqlstate_of(conn, sql, *params):
     except psycopg.Error as e:
         return e.sqlstate, e.diag.message_primary, e.diag.message_detail, e.diag.message_hint
     raise AssertionError(f"expected an error from: {sql}")
+
+
+def wait_started(conn, sink, timeout=60):
+    """Wait until the worker has created the sink's slot (and delivered its snapshot)."""
+    wait_for(
+        lambda: one(conn, "SELECT p.snapshot_done FROM sink.progress p JOIN sink.sinks s ON s.id = p.sink_id WHERE s.name = %s", sink),
+        timeout,
+        f"sink {sink} to start",
+    )

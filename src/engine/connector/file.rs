@@ -28,6 +28,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
     required: &[],
     accepts_unchanged_toast: false,
     needs_json: false,
+    applies_rows: false,
     build,
 };
 

@@ -101,6 +101,9 @@ pub struct ConnectorSpec {
     pub accepts_unchanged_toast: bool,
     /// Whether the target only takes JSON-encoded values.
     pub needs_json: bool,
+    /// Whether the connector applies the drafts' rows itself and needs encoded
+    /// bytes only for the Debezium envelope (`table`).
+    pub applies_rows: bool,
     pub build: fn(&ConnectorConfig) -> Result<Box<dyn Connector>>,
 }
 

@@ -31,6 +31,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
     required: &[],
     accepts_unchanged_toast: true,
     needs_json: true,
+    applies_rows: true,
     build,
 };
 
