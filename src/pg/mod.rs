@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod errors;
 pub mod gucs;
 pub mod spi;
+mod tests;
 pub mod worker;
 
 use pgrx::pg_sys;

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what pg_sink needs on a fresh Debian 12 machine, then builds and installs
+# the extension into Debian's PostgreSQL 15. Idempotent: what is present is reused
+# (cargo-pgrx takes ~10 minutes to build the first time).
+#
+#   scripts/setup.sh [--release]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PROFILE=()
+[ "${1:-}" = "--release" ] && PROFILE=(--release)
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+pkgs=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "${missing[@]}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q '0\.18\.0'; then
+  log "building cargo-pgrx 0.18.0 (about 10 minutes, once)"
+  cargo install cargo-pgrx --version =0.18.0 --locked
+fi
+if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
+  log "cargo pgrx init --pg15 $PG_CONFIG"
+  cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+fi
+
+if ! python3 -c 'import psycopg, pytest' 2>/dev/null; then
+  log "installing Python test dependencies (psycopg, pytest)"
+  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]==3.3.*' 'pytest==8.*' 2>&1 | grep -v 'Running pip as the' || true
+fi
+
+log "building and installing the pg_sink extension ${PROFILE[*]:-(debug)}"
+cargo pgrx install "${PROFILE[@]}" --pg-config "$PG_CONFIG" 2>&1 | grep -E '^(error|warning: unused)|Finished' || true
+test -f /usr/lib/postgresql/15/lib/pg_sink.so
