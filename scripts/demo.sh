@@ -29,6 +29,12 @@ SELECT sink.create_sink('orders_files', 'orders', 'file', '{"path": "$OUT"}', en
 SELECT sink.create_sink('orders_copy', 'orders', 'table', '{"table": "public.orders_copy"}', envelope => 'upsert');
 SQL
 
+# The worker picks the sinks up, creates their slots and delivers the snapshot.
+for _ in $(seq 1 100); do
+  [ "$(psql_ -At -c "SELECT count(*) FROM sink.progress WHERE snapshot_done")" = 2 ] && break
+  sleep 0.2
+done
+
 echo "== changes"
 psql_ <<'SQL'
 INSERT INTO orders (id, customer, amount) VALUES (3, 'edsger', 7.25);
