@@ -211,12 +211,13 @@ impl Envelope {
 
     /// Append the drafts for one change of `txn` to `out`. Unchanged TOAST cells must
     /// already be resolved by the caller (see `pipeline`).
-    pub fn apply(&mut self, txn: &Transaction, change: &Change, out: &mut Vec<Draft>) -> Result<()> {
+    pub fn apply(&mut self, txn: &Transaction, change: Change, out: &mut Vec<Draft>) -> Result<()> {
         let insert_op = if txn.snapshot { Op::Snapshot } else { Op::Insert };
         match change {
             Change::Insert { relation, new } => {
+                let relation = &relation;
                 let (key, all) = self.indices(relation)?;
-                let cells: Arc<[Cell]> = new.clone().into();
+                let cells: Arc<[Cell]> = new.into();
                 let key = self.key_of(relation, &key, &cells);
                 let payload = match self.kind {
                     EnvelopeKind::Debezium => Payload::Debezium(Box::new(DebeziumEvent {
@@ -230,8 +231,9 @@ impl Envelope {
                 out.push(Draft { key, payload, op: insert_op });
             }
             Change::Update { relation, old, new } => {
+                let relation = &relation;
                 let (key, all) = self.indices(relation)?;
-                let cells: Arc<[Cell]> = new.clone().into();
+                let cells: Arc<[Cell]> = new.into();
                 match self.kind {
                     EnvelopeKind::AppendOnly => {
                         if !self.force_append_only {
@@ -242,7 +244,7 @@ impl Envelope {
                     }
                     EnvelopeKind::Upsert => {
                         if let Some(old) = old {
-                            let old_cells: Arc<[Cell]> = old.cells.clone().into();
+                            let old_cells: Arc<[Cell]> = old.cells.into();
                             let key_changed = key.iter().any(|&i| old_cells[i] != cells[i]);
                             if key_changed {
                                 out.push(Draft {
@@ -259,7 +261,7 @@ impl Envelope {
                         });
                     }
                     EnvelopeKind::Debezium => {
-                        let before = old.as_ref().map(|o| Self::image(relation, &all, &o.cells.clone().into()));
+                        let before = old.map(|o| Self::image(relation, &all, &o.cells.into()));
                         out.push(Draft {
                             key: self.key_of(relation, &key, &cells),
                             payload: Payload::Debezium(Box::new(DebeziumEvent {
@@ -274,9 +276,10 @@ impl Envelope {
                 }
             }
             Change::Delete { relation, old } => {
+                let relation = &relation;
                 let (key, all) = self.indices(relation)?;
                 let OldImage { cells, .. } = old;
-                let cells: Arc<[Cell]> = cells.clone().into();
+                let cells: Arc<[Cell]> = cells.into();
                 match self.kind {
                     EnvelopeKind::AppendOnly => {
                         if !self.force_append_only {
@@ -307,11 +310,11 @@ impl Envelope {
                 }
                 EnvelopeKind::Upsert => out.push(Draft {
                     key: None,
-                    payload: Payload::Truncate(relations.clone()),
+                    payload: Payload::Truncate(relations),
                     op: Op::Truncate,
                 }),
                 EnvelopeKind::Debezium => {
-                    for rel in relations {
+                    for rel in &relations {
                         out.push(Draft {
                             key: None,
                             payload: Payload::Debezium(Box::new(DebeziumEvent {
@@ -378,7 +381,7 @@ pub(crate) mod tests {
     fn run(env: &mut Envelope, change: Change) -> Result<Vec<Draft>> {
         let tx = txn(vec![change.clone()]);
         let mut out = vec![];
-        env.apply(&tx, &change, &mut out)?;
+        env.apply(&tx, change, &mut out)?;
         Ok(out)
     }
 

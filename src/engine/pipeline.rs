@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::change::{Cell, Change, Transaction};
-use super::connector::{Batch, Record, HEADER_PREFIX};
+use super::connector::{Batch, Record, TxnStamp};
 use super::encoder::{self, Encoder};
 use super::envelope::{Draft, Envelope, EnvelopeKind};
 use super::error::{Result, SinkError};
@@ -85,22 +85,18 @@ impl Pipeline {
             batch.start_lsn = txn.commit_lsn;
         }
         let changes = std::mem::take(&mut txn.changes);
+        let stamp = Arc::new(TxnStamp { lsn: txn.commit_lsn.to_string(), timestamp: format_millis(txn.commit_time_us) });
         for mut change in changes {
             self.resolve_unchanged(&mut change)?;
             self.drafts.clear();
-            self.envelope.apply(&txn, &change, &mut self.drafts)?;
+            self.envelope.apply(&txn, change, &mut self.drafts)?;
             for draft in self.drafts.drain(..) {
                 let (key, value) = if self.encode {
                     (draft.key.as_ref().map(|k| self.key_encoder.encode_key(k)).transpose()?, self.value_encoder.encode_value(&draft.payload)?)
                 } else {
                     (None, None)
                 };
-                let headers = vec![
-                    (format!("{HEADER_PREFIX}lsn"), txn.commit_lsn.to_string()),
-                    (format!("{HEADER_PREFIX}timestamp"), format_millis(txn.commit_time_us)),
-                    (format!("{HEADER_PREFIX}op"), draft.op.as_str().to_string()),
-                ];
-                batch.records.push(Record { key, value, headers, draft, commit_lsn: txn.commit_lsn, commit_time_us: txn.commit_time_us });
+                batch.records.push(Record { key, value, draft, commit_lsn: txn.commit_lsn, commit_time_us: txn.commit_time_us, stamp: stamp.clone() });
             }
             batch.changes += 1;
         }
@@ -204,7 +200,7 @@ mod tests {
         assert_eq!(b.records.len(), 1);
         assert_eq!(b.records[0].key.as_deref(), Some(&b"{\"id\":1}"[..]));
         assert_eq!(b.records[0].value, None, "delete under upsert is a tombstone");
-        let h: Vec<_> = b.records[0].headers.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let h: Vec<_> = b.records[0].headers().iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(h, vec!["pg_sink-lsn=0/200", "pg_sink-timestamp=946684800000.000", "pg_sink-op=delete"]);
     }
 
@@ -247,5 +243,52 @@ mod tests {
         assert_eq!(format_millis(0), "0.000");
         assert_eq!(format_millis(-1_500), "-1.500");
         assert_eq!(format_millis(-1_000), "-1.000");
+    }
+}
+
+#[cfg(test)]
+mod throughput {
+    use super::*;
+    use crate::engine::options;
+    use crate::engine::pgoutput::wire::*;
+    use std::collections::BTreeMap;
+
+    struct NoTypes;
+    impl TypeResolver for NoTypes {
+        fn resolve(&mut self, _: u32) -> Option<crate::engine::types::PgType> {
+            None
+        }
+    }
+
+    /// Rough per-row cost of decode + envelope + JSON encode (not a test of behaviour:
+    /// run with `cargo test --release --lib throughput -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn pipeline_rows_per_second() {
+        let o: BTreeMap<String, String> = [("envelope", "upsert"), ("key", "id"), ("path", "/x")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let def = options::parse("file", &o).unwrap();
+        let mut p = Pipeline::new(&def, "s", "db", Lsn(0)).unwrap();
+        let n = 200_000;
+        let payload = "x".repeat(100);
+        let mut msgs = vec![relation(1, "public", "bench", b'd', &[("id", 20, true), ("payload", 25, false), ("amount", 1700, false), ("at", 1184, false), ("tags", 1009, false)]), begin(1, 0, 1)];
+        for i in 0..n {
+            let id = i.to_string();
+            msgs.push(insert(1, &[Some(&id), Some(&payload), Some("12.50"), Some("2024-07-03 18:43:05.312345+00"), Some("{a,b,c}")]));
+        }
+        msgs.push(commit(1, 2, 0));
+        let start = std::time::Instant::now();
+        let mut b = p.new_batch();
+        for m in &msgs {
+            p.feed(m, &mut NoTypes, &mut b).unwrap();
+        }
+        let encoded = start.elapsed();
+        let rendered = crate::engine::connector::file::render(&b);
+        let total = start.elapsed();
+        eprintln!(
+            "{n} rows: decode+envelope+encode {:.2} us/row, +render {:.2} us/row ({} bytes)",
+            encoded.as_secs_f64() * 1e6 / n as f64,
+            total.as_secs_f64() * 1e6 / n as f64,
+            rendered.len()
+        );
     }
 }

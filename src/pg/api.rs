@@ -834,7 +834,7 @@ fn preview(
         .preview
         .into_iter()
         .map(|r| {
-            let headers = serde_json::Value::Object(r.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect());
+            let headers = serde_json::Value::Object(r.headers().iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect());
             (
                 r.commit_lsn.to_string(),
                 r.draft.op.as_str().to_string(),

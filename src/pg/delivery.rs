@@ -131,30 +131,80 @@ pub fn step(sink: &SinkRow, mode: Mode) -> Result<Outcome, SinkError> {
     }
 
     let flushed: Lsn = select_one("SELECT pg_current_wal_flush_lsn()::text", &[]).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
-    let limit = gucs::max_batch_changes();
-    let mut batch = pipeline.new_batch();
-    let messages = peek(sink, limit, &mut pipeline, &mut types, &mut batch)?;
-    let caught_up = (messages as i64) < limit;
-
-    let mut outcome = Outcome { caught_up, ..Default::default() };
-    if batch.transactions > 0 {
-        deliver(&rt, connector.as_mut(), &batch)?;
-        outcome.transactions = batch.transactions;
-        outcome.changes = batch.changes;
-        outcome.records = batch.records.len();
-        outcome.bytes = batch.bytes();
+    let step_limit = gucs::max_step_changes();
+    let batch_limit = gucs::max_batch_changes() as usize;
+    let mut outcome = Outcome::default();
+    let mut end = confirmed;
+    let mut last_commit = None;
+    let limit_text = step_limit.to_string();
+    // One decoding pass: the peek's output is read through a cursor and delivered in
+    // batches of whole transactions as they fill up. Batch boundaries depend only on
+    // the stream and the settings, so a step retried after a crash produces the same
+    // batches (and the file connector overwrites the same objects).
+    let messages = Spi::connect(|client| -> Result<usize, SinkError> {
+        let mut cursor = client
+            .try_open_cursor(PEEK_SQL, &[sink.slot_name.as_str().into(), limit_text.as_str().into(), sink.publication_name.as_str().into()])
+            .map_err(|e| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name)))?;
+        let mut n = 0usize;
+        let mut batch = pipeline.new_batch();
+        let mut flush = |batch: &mut Batch, pipeline: &Pipeline, outcome: &mut Outcome| -> Result<(), SinkError> {
+            if batch.transactions == 0 {
+                return Ok(());
+            }
+            deliver(&rt, connector.as_mut(), batch)?;
+            outcome.transactions += batch.transactions;
+            outcome.changes += batch.changes;
+            outcome.records += batch.records.len();
+            outcome.bytes += batch.bytes();
+            end = end.max(batch.end_lsn);
+            last_commit = batch.records.last().map(|r| r.commit_time_us).or(last_commit);
+            *batch = pipeline.new_batch();
+            Ok(())
+        };
+        loop {
+            let table = cursor.fetch(10_000).map_err(|e| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name)))?;
+            if table.is_empty() {
+                break;
+            }
+            for row in table {
+                n += 1;
+                let data: Option<&[u8]> = row.get(1).map_err(|e| SinkError::permanent(format!("bad slot row: {e}")))?;
+                if let Some(msg) = data {
+                    pipeline.feed(msg, &mut types, &mut batch)?;
+                }
+                if batch.changes >= batch_limit {
+                    flush(&mut batch, &pipeline, &mut outcome)?;
+                }
+            }
+            // SAFETY: the rows of this fetch were consumed above; free them now
+            // instead of at the end of the step.
+            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+        }
+        flush(&mut batch, &pipeline, &mut outcome)?;
+        Ok(n)
+    })?;
+    let caught_up = (messages as i64) < step_limit;
+    outcome.caught_up = caught_up;
+    if outcome.transactions > 0 {
+        // Decoding restarts at the slot's restart_lsn, which only moves past a
+        // running-transactions record. Log one now so later steps do not re-decode
+        // from far behind.
+        // SAFETY: writes one WAL record; needs wal_level >= replica (we have logical).
+        unsafe { pg_sys::LogStandbySnapshot() };
     }
-    let mut new_confirmed = confirmed.max(batch.end_lsn);
+    let mut new_confirmed = end;
     if caught_up {
         new_confirmed = new_confirmed.max(flushed);
     }
-    let last_commit = batch.records.last().map(|r| r.commit_time_us);
-    if batch.transactions > 0 || (write_idle && new_confirmed > confirmed) {
+    if outcome.transactions > 0 || (write_idle && new_confirmed > confirmed) {
         catalog::record_progress(sink.id, new_confirmed, outcome.records, outcome.bytes, outcome.transactions, last_commit, caught_up);
     }
     outcome.confirmed = Some(new_confirmed);
     Ok(outcome)
 }
+
+const PEEK_SQL: &str = "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
+                        'proto_version', '1', 'publication_names', $3)";
 
 /// Peek up to `limit` pgoutput messages and feed them to the pipeline. Returns the
 /// number of messages read.
@@ -163,8 +213,7 @@ fn peek(sink: &SinkRow, limit: i64, pipeline: &mut Pipeline, types: &mut dyn Typ
     Spi::connect(|client| {
         let table = client
             .select(
-                "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
-                 'proto_version', '1', 'publication_names', $3)",
+                PEEK_SQL,
                 None,
                 &[sink.slot_name.as_str().into(), limit_text.as_str().into(), sink.publication_name.as_str().into()],
             )

@@ -18,6 +18,12 @@ pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
 /// transaction larger than this is still delivered whole.
 pub static MAX_BATCH_CHANGES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
 
+/// Changes decoded per step (one transaction, one decoding pass over the slot).
+/// Each step restarts decoding at the slot's restart point, so a large step makes
+/// catching up on a backlog one pass instead of many; 1M changes keeps a step to
+/// seconds. The step is delivered in batches of `max_batch_changes`.
+pub static MAX_STEP_CHANGES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
+
 /// Upper bound of the retry backoff after transient errors (ms). 30 s: a broker
 /// restart is noticed quickly, a long outage does not spin.
 pub static RETRY_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
@@ -55,6 +61,16 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"pg_sink.max_step_changes",
+        c"Maximum changes decoded in one step (one transaction) of a sink.",
+        c"A step is delivered in batches of pg_sink.max_batch_changes.",
+        &MAX_STEP_CHANGES,
+        1,
+        100_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"pg_sink.retry_max",
         c"Maximum backoff between retries of a failing sink.",
         c"",
@@ -76,6 +92,10 @@ pub fn poll_interval() -> std::time::Duration {
 
 pub fn max_batch_changes() -> i64 {
     MAX_BATCH_CHANGES.get().max(1) as i64
+}
+
+pub fn max_step_changes() -> i64 {
+    MAX_STEP_CHANGES.get().max(1) as i64
 }
 
 pub fn retry_max() -> std::time::Duration {

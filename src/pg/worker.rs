@@ -184,7 +184,7 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
     let db = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     let settings = in_transaction(|| {
-        for (k, v) in OUTPUT_SETTINGS {
+        for (k, v) in OUTPUT_SETTINGS.iter().chain([("work_mem", "64MB")].iter()) {
             select("SELECT set_config($1, $2, false)", &[Some(k), Some(v)]);
         }
         Ok(())

@@ -78,20 +78,24 @@ fn embed(bytes: &Option<Vec<u8>>, is_json: bool, out: &mut Vec<u8>) {
 }
 
 pub fn render(batch: &Batch) -> Vec<u8> {
-    let mut out = Vec::with_capacity(batch.bytes() + batch.records.len() * 96);
+    let mut out = Vec::with_capacity(batch.bytes() + batch.records.len() * 128);
     for r in &batch.records {
         out.extend_from_slice(b"{\"key\":");
         embed(&r.key, batch.key_is_json, &mut out);
         out.extend_from_slice(b",\"value\":");
         embed(&r.value, batch.value_is_json, &mut out);
         out.extend_from_slice(b",\"headers\":{");
-        for (i, (k, v)) in r.headers.iter().enumerate() {
+        for (i, (k, v)) in r.headers().iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend(serde_json::to_vec(k).unwrap_or_default());
-            out.push(b':');
-            out.extend(serde_json::to_vec(v).unwrap_or_default());
+            // Header names and values are ASCII without quotes or backslashes
+            // (LSNs, decimal timestamps, operation names).
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"\":\"");
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
         }
         out.extend_from_slice(b"}}\n");
     }
@@ -163,7 +167,7 @@ mod tests {
         Record {
             key: Some(key.as_bytes().to_vec()),
             value: value.map(|v| v.as_bytes().to_vec()),
-            headers: vec![("pg_sink-lsn".into(), "0/10".into())],
+            stamp: std::sync::Arc::new(crate::engine::connector::TxnStamp { lsn: "0/10".into(), timestamp: "0.000".into() }),
             draft: Draft { key: None, payload: Payload::Tombstone, op: Op::Delete },
             commit_lsn: Lsn(16),
             commit_time_us: 0,
@@ -189,7 +193,7 @@ mod tests {
         batch.records.truncate(1);
         rt.block_on(c.deliver(&batch, &mut NoSql)).unwrap();
         let text = std::fs::read_to_string(dir.join("s1/00000000000000AB.jsonl")).unwrap();
-        assert_eq!(text, "{\"key\":{\"id\":1},\"value\":{\"id\":1,\"v\":\"a\"},\"headers\":{\"pg_sink-lsn\":\"0/10\"}}\n");
+        assert_eq!(text, "{\"key\":{\"id\":1},\"value\":{\"id\":1,\"v\":\"a\"},\"headers\":{\"pg_sink-lsn\":\"0/10\",\"pg_sink-timestamp\":\"0.000\",\"pg_sink-op\":\"delete\"}}\n");
         assert_eq!(std::fs::read_dir(dir.join("s1")).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }

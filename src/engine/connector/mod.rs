@@ -10,6 +10,7 @@ pub mod file;
 pub mod table;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -23,14 +24,35 @@ use super::lsn::Lsn;
 pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
-    pub headers: Vec<(String, String)>,
     pub draft: Draft,
     pub commit_lsn: Lsn,
     pub commit_time_us: i64,
+    /// The transaction's header values, shared by its records.
+    pub stamp: Arc<TxnStamp>,
+}
+
+/// Header values common to a transaction's records, formatted once.
+#[derive(Debug, Clone, Default)]
+pub struct TxnStamp {
+    pub lsn: String,
+    pub timestamp: String,
+}
+
+impl Record {
+    /// The headers every record carries: commit LSN, commit time, operation.
+    pub fn headers(&self) -> [(&'static str, &str); 3] {
+        [(HEADER_LSN, &self.stamp.lsn), (HEADER_TIMESTAMP, &self.stamp.timestamp), (HEADER_OP, self.draft.op.as_str())]
+    }
 }
 
 /// Reserved header prefix (our `materialize-` equivalent).
 pub const HEADER_PREFIX: &str = "pg_sink-";
+/// Commit LSN of the change's transaction.
+pub const HEADER_LSN: &str = "pg_sink-lsn";
+/// Commit time, epoch milliseconds with microsecond fraction.
+pub const HEADER_TIMESTAMP: &str = "pg_sink-timestamp";
+/// `read` (snapshot), `insert`, `update`, `delete` or `truncate`.
+pub const HEADER_OP: &str = "pg_sink-op";
 
 /// Whole transactions, in commit order.
 #[derive(Debug, Clone, Default)]

@@ -219,13 +219,13 @@ mod tests {
     fn batch_of(env: &mut Envelope, changes: Vec<Change>) -> Batch {
         let tx = txn(changes.clone());
         let mut drafts: Vec<Draft> = vec![];
-        for c in &changes {
+        for c in changes {
             env.apply(&tx, c, &mut drafts).unwrap();
         }
         Batch {
             records: drafts
                 .into_iter()
-                .map(|d| Record { key: None, value: None, headers: vec![], draft: d, commit_lsn: tx.commit_lsn, commit_time_us: 0 })
+                .map(|d| Record { key: None, value: None, draft: d, commit_lsn: tx.commit_lsn, commit_time_us: 0, stamp: Default::default() })
                 .collect(),
             ..Default::default()
         }

@@ -22,7 +22,7 @@
 use serde_json::{Map, Number, Value};
 
 use super::Encoder;
-use crate::engine::change::Cell;
+use crate::engine::change::{Cell, Column};
 use crate::engine::envelope::{DebeziumEvent, Payload, RowImage};
 use crate::engine::error::{Result, SinkError};
 use crate::engine::types::{PgType, TypeKind};
@@ -36,21 +36,141 @@ impl Encoder for JsonEncoder {
     }
 
     fn encode_key(&self, key: &RowImage) -> Result<Vec<u8>> {
-        to_bytes(&row_to_json(key)?)
+        let mut out = Vec::with_capacity(64);
+        write_row(key, &mut out)?;
+        Ok(out)
     }
 
     fn encode_value(&self, payload: &Payload) -> Result<Option<Vec<u8>>> {
+        let mut out = Vec::with_capacity(256);
         match payload {
-            Payload::Tombstone | Payload::Truncate(_) => Ok(None),
-            Payload::Row(row) => Ok(Some(to_bytes(&row_to_json(row)?)?)),
-            Payload::Debezium(event) => Ok(Some(to_bytes(&debezium_to_json(event)?)?)),
+            Payload::Tombstone | Payload::Truncate(_) => return Ok(None),
+            Payload::Row(row) => write_row(row, &mut out)?,
+            Payload::Debezium(event) => write_debezium(event, &mut out)?,
         }
+        Ok(Some(out))
     }
 }
 
-fn to_bytes(value: &Value) -> Result<Vec<u8>> {
-    serde_json::to_vec(value)
-        .map_err(|e| SinkError::permanent(format!("could not serialize JSON record: {e}")))
+/// Append `s` as a JSON string.
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn write_value(value: &Value, out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+fn unchanged_error(column: &Column, row: &RowImage) -> SinkError {
+    SinkError::permanent(format!(
+        "column \"{}\" of relation \"{}\" holds an unchanged TOAST value that was not filled in",
+        column.name,
+        row.relation.qualified_name()
+    ))
+    .detail("pgoutput omits unchanged TOASTed values from updates; encoding one would lose data.")
+    .hint("Set REPLICA IDENTITY FULL on the table so updates carry the old value.")
+}
+
+fn column_error(column: &Column, row: &RowImage, e: SinkError) -> SinkError {
+    SinkError::permanent(format!(
+        "could not encode column \"{}\" of relation \"{}\" as JSON: {}",
+        column.name,
+        row.relation.qualified_name(),
+        e.message
+    ))
+}
+
+/// Append a row image as a JSON object `{column: value}`. This is the hot path:
+/// scalar columns are written straight from their text, without building a `Value`.
+pub fn write_row(row: &RowImage, out: &mut Vec<u8>) -> Result<()> {
+    out.push(b'{');
+    for (i, (column, cell)) in row.fields().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(&column.name, out);
+        out.push(b':');
+        match cell {
+            Cell::Null => out.extend_from_slice(b"null"),
+            Cell::Unchanged => return Err(unchanged_error(column, row)),
+            Cell::Text(text) => write_cell(&column.ty, text, out).map_err(|e| column_error(column, row, e))?,
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Canonical integer text (what Postgres prints): can be copied as a JSON number.
+fn is_integer_text(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'))
+}
+
+fn write_cell(ty: &PgType, text: &str, out: &mut Vec<u8>) -> Result<()> {
+    match &ty.kind {
+        TypeKind::Bool => match text {
+            "t" => out.extend_from_slice(b"true"),
+            "f" => out.extend_from_slice(b"false"),
+            _ => return Err(malformed(ty, "expected \"t\" or \"f\"")),
+        },
+        TypeKind::Int2 | TypeKind::Int4 | TypeKind::Int8 if is_integer_text(text) => out.extend_from_slice(text.as_bytes()),
+        TypeKind::Timestamp | TypeKind::TimestampTz => {
+            let text = timestamp_text(ty, text, ty.kind == TypeKind::TimestampTz)?;
+            write_str(&text, out);
+        }
+        TypeKind::Numeric
+        | TypeKind::Text
+        | TypeKind::Bytea
+        | TypeKind::Date
+        | TypeKind::Time
+        | TypeKind::TimeTz
+        | TypeKind::Interval
+        | TypeKind::Uuid
+        | TypeKind::Enum
+        | TypeKind::Other
+        | TypeKind::Unresolved => write_str(text, out),
+        _ => write_value(&cell_to_json(ty, text)?, out),
+    }
+    Ok(())
+}
+
+/// The Debezium envelope, field for field in the order Debezium's Postgres connector
+/// writes it.
+fn write_debezium(event: &DebeziumEvent, out: &mut Vec<u8>) -> Result<()> {
+    let image = |row: &Option<RowImage>, out: &mut Vec<u8>| match row {
+        Some(r) => write_row(r, out),
+        None => {
+            out.extend_from_slice(b"null");
+            Ok(())
+        }
+    };
+    let src = &event.source;
+    let ts_ms = src.commit_time_us.div_euclid(1000);
+    out.extend_from_slice(b"{\"before\":");
+    image(&event.before, out)?;
+    out.extend_from_slice(b",\"after\":");
+    image(&event.after, out)?;
+    out.extend_from_slice(
+        concat!(",\"source\":{\"version\":\"pg_sink-", env!("CARGO_PKG_VERSION"), "\",\"connector\":\"postgresql\",\"name\":").as_bytes(),
+    );
+    write_str(&src.sink_name, out);
+    out.extend_from_slice(format!(",\"ts_ms\":{ts_ms},\"snapshot\":\"{}\",\"db\":", src.snapshot).as_bytes());
+    write_str(&src.database, out);
+    out.extend_from_slice(b",\"sequence\":null,\"schema\":");
+    write_str(&src.schema, out);
+    out.extend_from_slice(b",\"table\":");
+    write_str(&src.table, out);
+    out.extend_from_slice(
+        format!(
+            ",\"txId\":{},\"lsn\":{},\"xmin\":null}},\"op\":\"{}\",\"ts_ms\":{ts_ms},\"transaction\":null}}",
+            src.xid,
+            src.lsn.0,
+            event.op.debezium_code()
+        )
+        .as_bytes(),
+    );
+    Ok(())
 }
 
 /// A row image as a JSON object `{column: value}`, in the image's column order.
@@ -124,36 +244,6 @@ fn malformed(ty: &PgType, reason: &str) -> SinkError {
     SinkError::permanent(format!("malformed {} value: {reason}", ty.name))
 }
 
-/// The Debezium envelope, field for field in the order Debezium's Postgres connector
-/// writes it.
-fn debezium_to_json(event: &DebeziumEvent) -> Result<Value> {
-    let image = |row: &Option<RowImage>| row.as_ref().map_or(Ok(Value::Null), row_to_json);
-    let src = &event.source;
-    let ts_ms = src.commit_time_us.div_euclid(1000);
-    let mut source = Map::new();
-    source.insert("version".into(), Value::from(concat!("pg_sink-", env!("CARGO_PKG_VERSION"))));
-    source.insert("connector".into(), Value::from("postgresql"));
-    source.insert("name".into(), Value::from(src.sink_name.as_str()));
-    source.insert("ts_ms".into(), Value::from(ts_ms));
-    source.insert("snapshot".into(), Value::from(if src.snapshot { "true" } else { "false" }));
-    source.insert("db".into(), Value::from(src.database.as_str()));
-    source.insert("sequence".into(), Value::Null);
-    source.insert("schema".into(), Value::from(src.schema.as_str()));
-    source.insert("table".into(), Value::from(src.table.as_str()));
-    source.insert("txId".into(), Value::from(src.xid));
-    source.insert("lsn".into(), Value::from(src.lsn.0));
-    source.insert("xmin".into(), Value::Null);
-
-    let mut out = Map::new();
-    out.insert("before".into(), image(&event.before)?);
-    out.insert("after".into(), image(&event.after)?);
-    out.insert("source".into(), Value::Object(source));
-    out.insert("op".into(), Value::from(event.op.debezium_code()));
-    out.insert("ts_ms".into(), Value::from(ts_ms));
-    out.insert("transaction".into(), Value::Null);
-    Ok(Value::Object(out))
-}
-
 // ---------------------------------------------------------------------------------
 // Floats
 
@@ -182,13 +272,17 @@ fn float_to_json(ty: &PgType, text: &str) -> Result<Value> {
 /// with exactly three fractional digits (microseconds), e.g. `"1720032185312.345"`.
 /// The value is the exact decimal, so 1.5 ms before the epoch is `"-1.500"`.
 fn timestamp_to_json(ty: &PgType, text: &str, with_zone: bool) -> Result<Value> {
+    timestamp_text(ty, text, with_zone).map(Value::String)
+}
+
+fn timestamp_text(ty: &PgType, text: &str, with_zone: bool) -> Result<String> {
     if text == "infinity" || text == "-infinity" {
-        return Ok(Value::String(text.to_owned()));
+        return Ok(text.to_owned());
     }
     let micros = timestamp_micros(text, with_zone).map_err(|reason| malformed(ty, reason))?;
     let sign = if micros < 0 { "-" } else { "" };
     let abs = micros.unsigned_abs();
-    Ok(Value::String(format!("{sign}{}.{:03}", abs / 1000, abs % 1000)))
+    Ok(format!("{sign}{}.{:03}", abs / 1000, abs % 1000))
 }
 
 /// Microseconds since 1970-01-01 00:00:00 UTC of an ISO-style timestamp:
@@ -918,7 +1012,7 @@ mod tests {
         };
         let mut env = Envelope::new(EnvelopeKind::Debezium, false, vec!["id".into()], "orders_sink", "shop");
         let mut out = vec![];
-        env.apply(&txn(vec![change.clone()]), &change, &mut out).unwrap();
+        env.apply(&txn(vec![change.clone()]), change, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         let expected = concat!(
             r#"{"before":{"id":1,"name":null},"after":{"id":1,"name":"b"},"#,
