@@ -88,7 +88,7 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
     log!("pg_sink launcher started for database \"{db}\"");
     let mut workers: HashMap<i64, DynamicBackgroundWorker> = HashMap::new();
     let mut next_start: HashMap<i64, (Instant, Backoff)> = HashMap::new();
-    while BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {
+    while BackgroundWorker::wait_latch(Some(gucs::poll_interval())) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reload postgresql.conf in the worker's own process.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
