@@ -101,6 +101,25 @@ pub fn write_row(row: &RowImage, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+/// Types whose JSON form is their text as a string (numeric keeps its exact digits,
+/// as Materialize does; the rest have no JSON shape of their own).
+fn carried_as_text(kind: &TypeKind) -> bool {
+    matches!(
+        kind,
+        TypeKind::Numeric
+            | TypeKind::Text
+            | TypeKind::Bytea
+            | TypeKind::Date
+            | TypeKind::Time
+            | TypeKind::TimeTz
+            | TypeKind::Interval
+            | TypeKind::Uuid
+            | TypeKind::Enum
+            | TypeKind::Other
+            | TypeKind::Unresolved
+    )
+}
+
 /// Canonical integer text (what Postgres prints): can be copied as a JSON number.
 fn is_integer_text(text: &str) -> bool {
     let digits = text.strip_prefix('-').unwrap_or(text);
@@ -119,17 +138,7 @@ fn write_cell(ty: &PgType, text: &str, out: &mut Vec<u8>) -> Result<()> {
             let text = timestamp_text(ty, text, ty.kind == TypeKind::TimestampTz)?;
             write_str(&text, out);
         }
-        TypeKind::Numeric
-        | TypeKind::Text
-        | TypeKind::Bytea
-        | TypeKind::Date
-        | TypeKind::Time
-        | TypeKind::TimeTz
-        | TypeKind::Interval
-        | TypeKind::Uuid
-        | TypeKind::Enum
-        | TypeKind::Other
-        | TypeKind::Unresolved => write_str(text, out),
+        kind if carried_as_text(kind) => write_str(text, out),
         _ => write_value(&cell_to_json(ty, text)?, out),
     }
     Ok(())
@@ -225,18 +234,9 @@ pub fn cell_to_json(ty: &PgType, text: &str) -> Result<Value> {
         TypeKind::TimestampTz => timestamp_to_json(ty, text, true),
         TypeKind::Array(element) => array_to_json(ty, element, text),
         TypeKind::Composite(fields) => composite_to_json(ty, fields, text),
-        // Numeric keeps its exact decimal text (including "NaN"), as Materialize does.
-        TypeKind::Numeric
-        | TypeKind::Text
-        | TypeKind::Bytea
-        | TypeKind::Date
-        | TypeKind::Time
-        | TypeKind::TimeTz
-        | TypeKind::Interval
-        | TypeKind::Uuid
-        | TypeKind::Enum
-        | TypeKind::Other
-        | TypeKind::Unresolved => Ok(Value::String(text.to_owned())),
+        // Numeric keeps its exact decimal text (including "NaN"), as Materialize does;
+        // the rest (see `carried_as_text`) have no JSON shape of their own.
+        _ => Ok(Value::String(text.to_owned())),
     }
 }
 
