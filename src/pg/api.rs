@@ -505,6 +505,22 @@ fn create_sink(
             }
         }
     }
+    // Reachability check (Kinetica validates Kafka sinks on creation), unless
+    // validate => false.
+    {
+        let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
+        let cfg = crate::engine::connector::ConnectorConfig {
+            sink_name: name.to_string(),
+            database,
+            sink_uid: String::new(),
+            envelope: def.envelope,
+            key_columns: def.key_columns.clone(),
+            options: def.connector_options.clone(),
+        };
+        let mut connector = (def.connector.build)(&cfg).or_raise();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(|e| SinkError::transient(e.to_string())).or_raise();
+        rt.block_on(connector.check()).or_raise();
+    }
     if def.connector.name == "file" {
         let path = def.connector_options.get("path").or(def.connector_options.get("location")).cloned().unwrap_or_default();
         if path.is_empty() {
@@ -596,6 +612,8 @@ fn create_sink(
 fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, info: &TableInfo, owner: &str) {
     let cfg = crate::engine::connector::ConnectorConfig {
         sink_name: String::new(),
+        database: String::new(),
+        sink_uid: String::new(),
         envelope: def.envelope,
         key_columns: def.key_columns.clone(),
         options: def.connector_options.clone(),
@@ -780,10 +798,11 @@ fn sync(name: &str) -> JsonB {
     let mut confirmed = None;
     let mut initialized = false;
     let started = std::time::Instant::now();
+    let mut session = delivery::Session::default();
     with_output_settings(|| {
         as_superuser(|| loop {
             let current = catalog::find_by_id(sink.id).unwrap_or_else(|| sink.clone());
-            let out = match delivery::step(&current, Mode::Deliver { write_idle_progress: true }) {
+            let out = match delivery::step(&current, Mode::Deliver { write_idle_progress: true }, &mut session) {
                 Ok(o) => o,
                 Err(e) => {
                     let e: SinkError = e;
@@ -829,7 +848,7 @@ fn preview(
     if n < 1 {
         fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "n must be at least 1", Some(format!("Got {n}.")), None);
     }
-    let out = with_output_settings(|| as_superuser(|| delivery::step(&sink, Mode::Preview(n as usize)))).or_raise();
+    let out = with_output_settings(|| as_superuser(|| delivery::step(&sink, Mode::Preview(n as usize), &mut delivery::Session::default()))).or_raise();
     let rows: Vec<_> = out
         .preview
         .into_iter()

@@ -29,12 +29,21 @@ pub struct SinkRow {
     pub publication_name: String,
     pub confirmed: Option<Lsn>,
     pub snapshot_done: bool,
+    /// Creation time, microseconds since the epoch.
+    pub created_us: i64,
+}
+
+impl SinkRow {
+    /// Identifies this sink across drops and re-creations of the same name.
+    pub fn uid(&self, database: &str) -> String {
+        format!("{database}-{}-{}", self.id, self.created_us)
+    }
 }
 
 const SINK_COLUMNS: &str = "s.id::text, s.name, s.owner::text, s.source::oid::text, s.source::text, \
     array_to_json(s.columns)::text, s.row_filter, s.connector, s.connection, s.options::text, s.state, \
     s.schedule, s.snapshot::text, s.slot_name::text, s.publication_name::text, p.confirmed_lsn::text, \
-    coalesce(p.snapshot_done, false)::text";
+    coalesce(p.snapshot_done, false)::text, (extract(epoch FROM s.created_at) * 1000000)::bigint::text";
 
 fn parse_row(r: Vec<Option<String>>) -> SinkRow {
     let s = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
@@ -62,6 +71,7 @@ fn parse_row(r: Vec<Option<String>>) -> SinkRow {
         publication_name: s(14),
         confirmed: o(15).and_then(|l| l.parse().ok()),
         snapshot_done: s(16) == "true",
+        created_us: s(17).parse().unwrap_or(0),
     }
 }
 

@@ -56,18 +56,34 @@ struct Parts {
     connector: Box<dyn Connector>,
 }
 
-fn parts(sink: &SinkRow) -> Result<Parts, SinkError> {
-    let def = catalog::definition(sink)?;
-    let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
-    let pipeline = Pipeline::new(&def, &sink.name, &database, sink.confirmed.unwrap_or(Lsn::ZERO))?;
-    let cfg = ConnectorConfig {
-        sink_name: sink.name.clone(),
-        envelope: def.envelope,
-        key_columns: def.key_columns.clone(),
-        options: def.connector_options.clone(),
-    };
-    let connector = (def.connector.build)(&cfg)?;
-    Ok(Parts { def, pipeline, connector })
+/// A sink's pipeline and connector, kept across steps while its definition does not
+/// change, so connectors keep their clients (Kafka producers, ...) between batches.
+#[derive(Default)]
+pub struct Session {
+    cached: Option<(String, Parts)>,
+}
+
+fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, SinkError> {
+    let options = catalog::effective_options(sink)?;
+    let fingerprint = format!("{}|{}|{:?}|{:?}|{:?}", sink.id, sink.connector, options, sink.columns, sink.row_filter);
+    if session.cached.as_ref().map(|(f, _)| f != &fingerprint).unwrap_or(true) {
+        let def = crate::engine::options::parse(&sink.connector, &options)?;
+        let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
+        let pipeline = Pipeline::new(&def, &sink.name, &database, Lsn::ZERO)?;
+        let cfg = ConnectorConfig {
+            sink_name: sink.name.clone(),
+            database: database.clone(),
+            sink_uid: sink.uid(&database),
+            envelope: def.envelope,
+            key_columns: def.key_columns.clone(),
+            options: def.connector_options.clone(),
+        };
+        let connector = (def.connector.build)(&cfg)?;
+        session.cached = Some((fingerprint, Parts { def, pipeline, connector }));
+    }
+    let (_, parts) = session.cached.as_mut().ok_or_else(|| SinkError::transient("sink parts unavailable"))?;
+    parts.pipeline.confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
+    Ok(parts)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, SinkError> {
@@ -93,8 +109,18 @@ fn slot_position(slot: &str) -> Option<Option<Lsn>> {
 }
 
 /// Run one step for `sink`. Errors are engine errors; Postgres errors propagate.
-pub fn step(sink: &SinkRow, mode: Mode) -> Result<Outcome, SinkError> {
-    let Parts { def, mut pipeline, mut connector } = parts(sink)?;
+pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome, SinkError> {
+    let result = step_with(sink, mode, session);
+    if matches!(&result, Err(e) if e.is_transient()) {
+        // Rebuild clients after a transient failure.
+        session.cached = None;
+    }
+    result
+}
+
+fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome, SinkError> {
+    let Parts { def, pipeline, connector } = parts(sink, session)?;
+    let def = &*def;
     let rt = runtime()?;
     let mut types = CatalogTypes::default();
     let slot = slot_position(&sink.slot_name);
@@ -103,8 +129,8 @@ pub fn step(sink: &SinkRow, mode: Mode) -> Result<Outcome, SinkError> {
         Mode::Preview(limit) => {
             pipeline.encode = true;
             return match slot {
-                None => preview_snapshot(sink, &mut pipeline, &mut types, limit),
-                Some(_) => preview_changes(sink, &mut pipeline, &mut types, limit),
+                None => preview_snapshot(sink, pipeline, &mut types, limit),
+                Some(_) => preview_changes(sink, pipeline, &mut types, limit),
             }
         }
         Mode::Deliver { write_idle_progress } => write_idle_progress,
@@ -120,7 +146,7 @@ pub fn step(sink: &SinkRow, mode: Mode) -> Result<Outcome, SinkError> {
         Some(_) => sink.confirmed.is_none(),
     };
     if needs_init {
-        return initialize(sink, &def, &mut pipeline, connector.as_mut(), &rt, &mut types);
+        return initialize(sink, &def, pipeline, connector.as_mut(), &rt, &mut types);
     }
     let confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
     if let Some(Some(slot_lsn)) = slot {

@@ -197,6 +197,7 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
     let mut last_idle_write = Instant::now() - Duration::from_secs(10);
     let class = LOCK_CLASS.to_string();
     let id_text = sink_id.to_string();
+    let mut session = delivery::Session::default();
     loop {
         if BackgroundWorker::sigterm_received() {
             break;
@@ -206,8 +207,11 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let write_idle = last_idle_write.elapsed() >= Duration::from_secs(1);
-        let step = in_transaction(|| {
-            let locked = select_one("SELECT pg_try_advisory_xact_lock($1::int, $2::int)::text", &[Some(&class), Some(&id_text)]);
+        let session_ref = std::panic::AssertUnwindSafe(&mut session);
+        let (class, id_text) = (&class, &id_text);
+        let step = in_transaction(move || {
+            let session = session_ref;
+            let locked = select_one("SELECT pg_try_advisory_xact_lock($1::int, $2::int)::text", &[Some(class), Some(id_text)]);
             if locked.as_deref() != Some("true") {
                 // sync() or a DDL call holds the sink; try again shortly.
                 return Ok((Next::Idle, false));
@@ -216,7 +220,7 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
             if sink.state != "running" || sink.schedule != "continuous" {
                 return Ok((Next::Stop, false));
             }
-            let out = as_superuser(|| delivery::step(&sink, Mode::Deliver { write_idle_progress: write_idle }))?;
+            let out = as_superuser(|| delivery::step(&sink, Mode::Deliver { write_idle_progress: write_idle }, session.0))?;
             let wrote_idle = out.caught_up && out.transactions == 0 && write_idle;
             Ok((if out.caught_up && !out.initialized { Next::Idle } else { Next::Continue }, wrote_idle))
         });

@@ -26,6 +26,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
         ("location", "Kinetica-style alias of path: file:///dir"),
     ],
     required: &[],
+    option_prefixes: &[],
     accepts_unchanged_toast: false,
     needs_json: false,
     applies_rows: false,
@@ -180,6 +181,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let cfg = ConnectorConfig {
             sink_name: "s1".into(),
+            database: "db".into(),
+            sink_uid: "db-1-0".into(),
             envelope: crate::engine::envelope::EnvelopeKind::Upsert,
             key_columns: vec![],
             options: [("path".to_string(), format!("file://{}", dir.display()))].into_iter().collect(),

@@ -7,6 +7,7 @@
 //! connector's promise that the whole batch survives a crash of this process.
 
 pub mod file;
+pub mod kafka;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -94,6 +95,11 @@ pub trait SqlSession {
 #[derive(Debug, Clone)]
 pub struct ConnectorConfig {
     pub sink_name: String,
+    /// Database the sink lives in (names transactional ids and the like).
+    pub database: String,
+    /// Identifies this sink across drops and re-creations of the same name
+    /// (`<database>-<id>-<creation time>`): keys its progress at the target.
+    pub sink_uid: String,
     pub envelope: EnvelopeKind,
     pub key_columns: Vec<String>,
     /// Connector options, validated against [`ConnectorSpec::options`].
@@ -108,6 +114,11 @@ impl ConnectorConfig {
 
 #[async_trait(?Send)]
 pub trait Connector {
+    /// Check that the target is reachable and usable (at sink creation, unless the
+    /// user says `validate = false`).
+    async fn check(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Deliver a batch. `Ok` means durable at the target.
     async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()>;
 }
@@ -118,6 +129,9 @@ pub struct ConnectorSpec {
     pub options: &'static [(&'static str, &'static str)],
     /// Option names that must be present.
     pub required: &'static [&'static str],
+    /// Prefixes of free-form options passed through to the client library
+    /// (`properties.` for librdkafka, as RisingWave spells it).
+    pub option_prefixes: &'static [&'static str],
     /// Whether the connector can apply an UPDATE whose unchanged TOAST columns are
     /// absent (it leaves them as they are at the target) instead of needing the value.
     pub accepts_unchanged_toast: bool,
@@ -135,7 +149,7 @@ impl std::fmt::Debug for ConnectorSpec {
     }
 }
 
-pub const REGISTRY: &[ConnectorSpec] = &[file::SPEC, table::SPEC];
+pub const REGISTRY: &[ConnectorSpec] = &[file::SPEC, kafka::SPEC, table::SPEC];
 
 pub fn spec(name: &str) -> Result<&'static ConnectorSpec> {
     REGISTRY.iter().find(|s| s.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
@@ -147,7 +161,7 @@ pub fn spec(name: &str) -> Result<&'static ConnectorSpec> {
 /// Check connector options against the spec: all known, all required present.
 pub fn validate_options(spec: &ConnectorSpec, options: &BTreeMap<String, String>) -> Result<()> {
     for name in options.keys() {
-        if !spec.options.iter().any(|(o, _)| o == name) {
+        if !spec.options.iter().any(|(o, _)| o == name) && !spec.option_prefixes.iter().any(|p| name.starts_with(p)) {
             return Err(SinkError::config(format!("unknown option \"{name}\" for connector \"{}\"", spec.name))
                 .hint(format!(
                     "Valid options for \"{}\": {}.",

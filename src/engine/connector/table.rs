@@ -29,6 +29,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
         ("location", "Kinetica-style alias: table://schema.table"),
     ],
     required: &[],
+    option_prefixes: &[],
     accepts_unchanged_toast: true,
     needs_json: true,
     applies_rows: true,
@@ -236,6 +237,8 @@ mod tests {
         let rel = relation();
         let cfg = ConnectorConfig {
             sink_name: "s".into(),
+            database: "db".into(),
+            sink_uid: "db-1-0".into(),
             envelope: EnvelopeKind::Upsert,
             key_columns: vec!["id".into()],
             options: [("table".to_string(), "\"b\".\"t\"".to_string())].into_iter().collect(),
@@ -270,7 +273,7 @@ mod tests {
 
     #[test]
     fn needs_a_target() {
-        let cfg = ConnectorConfig { sink_name: "s".into(), envelope: EnvelopeKind::Upsert, key_columns: vec![], options: Default::default() };
+        let cfg = ConnectorConfig { sink_name: "s".into(), database: "db".into(), sink_uid: "db-1-0".into(), envelope: EnvelopeKind::Upsert, key_columns: vec![], options: Default::default() };
         assert!(build(&cfg).is_err());
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }

@@ -2,6 +2,7 @@
 //! mix formats (`KEY FORMAT .. VALUE FORMAT ..`). They also own partition hashing of
 //! the encoded key. A new format is one file here plus one arm in [`build`].
 
+pub mod hash;
 pub mod json;
 
 use super::envelope::{Payload, RowImage};

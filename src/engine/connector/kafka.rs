@@ -1,0 +1,614 @@
+//! `kafka`: Kafka and Redpanda (any Kafka-protocol broker), following Materialize's
+//! Kafka sink.
+//!
+//! ```text
+//!  Batch ──► begin txn ──► data records ──► topic (partition = seahash(key) % n)
+//!                    └──► progress record (sink uid → end LSN) ──► progress topic
+//!            commit txn ──► durable: the glue records the LSN in sink.progress
+//! ```
+//!
+//! Exactly-once (the default): each batch's records and a progress record go to
+//! Kafka in one transaction of a transactional producer (`transactional.id` =
+//! prefix + sink). When the connector starts, it reads the progress topic with
+//! `read_committed` and skips every transaction Kafka already has. This covers the
+//! case where Postgres crashed after the Kafka commit but before the catalog update.
+//! A producer that starts with the same transactional id fences any zombie.
+//!
+//! With `exactly_once = false` the producer is idempotent and a batch is durable
+//! once flushed with `acks=all` (at-least-once).
+//!
+//! The data topic and the progress topic are created when missing. The progress
+//! topic gets 1 partition, compaction, and no retention.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::{Batch, Connector, ConnectorConfig, ConnectorSpec, SqlSession};
+use crate::engine::encoder::hash;
+use crate::engine::error::{Result, SinkError};
+use crate::engine::lsn::Lsn;
+use crate::engine::options::parse_bool;
+
+pub const SPEC: ConnectorSpec = ConnectorSpec {
+    name: "kafka",
+    options: &[
+        ("topic", "topic to write to (Materialize TOPIC)"),
+        ("kafka_topic_name", "Kinetica alias of topic"),
+        ("brokers", "bootstrap servers, host:port[,host:port...]"),
+        ("broker", "Materialize alias of brokers"),
+        ("bootstrap.servers", "librdkafka alias of brokers"),
+        ("properties.bootstrap.server", "RisingWave alias of brokers"),
+        ("location", "Kinetica-style alias of brokers: kafka://host:port"),
+        ("security_protocol", "plaintext, ssl, sasl_plaintext or sasl_ssl"),
+        ("sasl_mechanisms", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+        ("sasl_username", "SASL user"),
+        ("sasl_password", "SASL password (use a secret)"),
+        ("ssl_certificate_authority", "CA certificate, PEM"),
+        ("ssl_certificate", "client certificate, PEM"),
+        ("ssl_key", "client key, PEM (use a secret)"),
+        ("compression_type", "none, gzip, snappy, lz4 or zstd (default none)"),
+        ("transactional_id_prefix", "prefix of the transactional id (default pg_sink-<database>-)"),
+        ("progress_group_id_prefix", "prefix of the consumer group that reads the progress topic"),
+        ("progress_topic", "topic holding sink progress (default _pg_sink-progress-<database>)"),
+        ("progress_topic_replication_factor", "replication factor of a progress topic pg_sink creates"),
+        ("topic_partition_count", "partitions of a topic pg_sink creates (default: broker's)"),
+        ("topic_replication_factor", "replication factor of a topic pg_sink creates (default: broker's)"),
+        ("topic_config", "topic configs for a topic pg_sink creates: JSON object or k=v,k=v"),
+        ("exactly_once", "true (default): transactions and a progress topic; false: at-least-once"),
+        ("validate", "check at creation that the broker is reachable (default true)"),
+        ("timeout_ms", "how long one broker operation may take before it is retried (default 30000)"),
+    ],
+    required: &[],
+    option_prefixes: &["properties."],
+    accepts_unchanged_toast: false,
+    needs_json: false,
+    applies_rows: false,
+    build,
+};
+
+/// Settings parsed from the options.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub topic: String,
+    pub brokers: String,
+    pub exactly_once: bool,
+    pub validate: bool,
+    pub transactional_id: String,
+    pub progress_group_id: String,
+    pub progress_topic: String,
+    pub progress_key: String,
+    pub progress_replication_factor: i32,
+    pub partition_count: i32,
+    pub replication_factor: i32,
+    pub topic_config: BTreeMap<String, String>,
+    pub timeout: Duration,
+    /// librdkafka properties (security, compression, pass-through).
+    pub client: BTreeMap<String, String>,
+}
+
+fn int_option(cfg: &ConnectorConfig, name: &str, default: i32, min: i32) -> Result<i32> {
+    match cfg.get(name) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<i32>() {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(SinkError::config(format!("invalid value for option \"{name}\": \"{v}\""))
+                .hint(format!("Give an integer of at least {min}."))),
+        },
+    }
+}
+
+/// `{"k": "v"}` or `k=v,k2=v2`.
+pub fn parse_map(name: &str, text: &str) -> Result<BTreeMap<String, String>> {
+    let text = text.trim();
+    if text.starts_with('{') {
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| SinkError::config(format!("invalid value for option \"{name}\": {e}")).hint("Give a JSON object of strings, or k=v,k2=v2."))?;
+        return Ok(map
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect());
+    }
+    let mut out = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            SinkError::config(format!("invalid value for option \"{name}\": \"{pair}\" is not key=value"))
+                .hint("Give a JSON object of strings, or k=v,k2=v2.")
+        })?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+pub fn settings(cfg: &ConnectorConfig) -> Result<KafkaSettings> {
+    let topic = cfg.get("topic").or_else(|| cfg.get("kafka_topic_name")).map(str::to_string).ok_or_else(|| {
+        SinkError::config("connector \"kafka\" requires option \"topic\"").hint("Name the topic, e.g. topic => 'orders'.")
+    })?;
+    if topic.is_empty() || topic.len() > 249 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return Err(SinkError::config(format!("invalid Kafka topic name \"{topic}\""))
+            .detail("Topic names have 1 to 249 characters among ASCII letters, digits, '.', '_' and '-'."));
+    }
+    let brokers = cfg
+        .get("brokers")
+        .or_else(|| cfg.get("broker"))
+        .or_else(|| cfg.get("bootstrap.servers"))
+        .or_else(|| cfg.get("properties.bootstrap.server"))
+        .or_else(|| cfg.get("location"))
+        .map(|b| b.split(',').map(|s| s.trim().trim_start_matches("kafka://").trim_end_matches('/')).collect::<Vec<_>>().join(","))
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| {
+            SinkError::config("connector \"kafka\" requires option \"brokers\"")
+                .hint("Give the bootstrap servers, e.g. brokers => 'localhost:9092', or use a connection.")
+        })?;
+    let bool_opt = |name: &str, default: bool| cfg.get(name).map(|v| parse_bool(name, v)).transpose().map(|v| v.unwrap_or(default));
+    let exactly_once = bool_opt("exactly_once", true)?;
+    let validate = bool_opt("validate", true)?;
+    let tx_prefix = cfg.get("transactional_id_prefix").map(str::to_string).unwrap_or_else(|| format!("pg_sink-{}-", cfg.database));
+    let group_prefix = cfg.get("progress_group_id_prefix").map(str::to_string).unwrap_or_else(|| format!("pg_sink-{}-", cfg.database));
+    let progress_topic = cfg.get("progress_topic").map(str::to_string).unwrap_or_else(|| format!("_pg_sink-progress-{}", cfg.database));
+    let mut client = BTreeMap::new();
+    for (opt, prop) in [
+        ("security_protocol", "security.protocol"),
+        ("sasl_mechanisms", "sasl.mechanisms"),
+        ("sasl_username", "sasl.username"),
+        ("sasl_password", "sasl.password"),
+        ("ssl_certificate_authority", "ssl.ca.pem"),
+        ("ssl_certificate", "ssl.certificate.pem"),
+        ("ssl_key", "ssl.key.pem"),
+    ] {
+        if let Some(v) = cfg.get(opt) {
+            client.insert(prop.to_string(), v.to_string());
+        }
+    }
+    if let Some(m) = cfg.get("sasl_mechanisms") {
+        let m = m.to_ascii_uppercase();
+        if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m.as_str()) {
+            return Err(SinkError::config(format!("unsupported SASL mechanism \"{m}\"")).hint("Use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."));
+        }
+        client.insert("sasl.mechanisms".into(), m);
+        client.entry("security.protocol".into()).or_insert_with(|| "sasl_ssl".into());
+    }
+    let compression = cfg.get("compression_type").unwrap_or("none").to_ascii_lowercase();
+    if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&compression.as_str()) {
+        return Err(SinkError::config(format!("invalid COMPRESSION TYPE \"{compression}\"")).hint("Use none, gzip, snappy, lz4 or zstd."));
+    }
+    client.insert("compression.type".into(), compression);
+    for (k, v) in &cfg.options {
+        if let Some(prop) = k.strip_prefix("properties.") {
+            if prop != "bootstrap.server" {
+                client.insert(prop.to_string(), v.clone());
+            }
+        }
+    }
+    Ok(KafkaSettings {
+        topic,
+        brokers,
+        exactly_once,
+        validate,
+        transactional_id: format!("{tx_prefix}{}", cfg.sink_name),
+        progress_group_id: format!("{group_prefix}{}", cfg.sink_name),
+        progress_topic,
+        progress_key: cfg.sink_uid.clone(),
+        progress_replication_factor: int_option(cfg, "progress_topic_replication_factor", -1, 1)?,
+        partition_count: int_option(cfg, "topic_partition_count", -1, 1)?,
+        replication_factor: int_option(cfg, "topic_replication_factor", -1, 1)?,
+        topic_config: cfg.get("topic_config").map(|t| parse_map("topic_config", t)).transpose()?.unwrap_or_default(),
+        timeout: Duration::from_millis(int_option(cfg, "timeout_ms", 30_000, 100)? as u64),
+        client,
+    })
+}
+
+fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
+    Ok(Box::new(KafkaConnector { settings: settings(cfg)?, state: None }))
+}
+
+/// Collects the first per-message delivery error, so a failed batch can say why.
+#[derive(Default)]
+pub struct DeliveryContext {
+    first_error: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((KafkaError::MessageProduction(code), msg)) = result {
+            if let Ok(mut slot) = self.first_error.lock() {
+                if slot.is_none() {
+                    let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                    *slot = Some((*code, key));
+                }
+            }
+        }
+    }
+}
+
+impl DeliveryContext {
+    fn take(&self) -> Option<(RDKafkaErrorCode, String)> {
+        self.first_error.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+struct Running {
+    producer: BaseProducer<DeliveryContext>,
+    partitions: i32,
+    /// End LSN of the last transaction Kafka has (from the progress topic).
+    committed: Lsn,
+}
+
+pub struct KafkaConnector {
+    settings: KafkaSettings,
+    state: Option<Running>,
+}
+
+/// Whether a librdkafka error code means retrying cannot help.
+pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        MessageSizeTooLarge
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | GroupAuthorizationFailed
+            | TransactionalIdAuthorizationFailed
+            | SaslAuthenticationFailed
+            | Authentication
+            | InvalidRecord
+            | InvalidTopic
+            | UnsupportedVersion
+            | UnsupportedCompressionType
+            | MessageBatchTooLarge
+            | InvalidConfig
+            | PolicyViolation
+    )
+}
+
+fn classify(what: &str, e: &KafkaError) -> SinkError {
+    let code = e.rdkafka_error_code();
+    let message = format!("Kafka {what} failed: {e}");
+    match code {
+        Some(c) if is_permanent(c) => SinkError::permanent(message).hint(permanent_hint(c)),
+        _ => SinkError::transient(message),
+    }
+}
+
+fn permanent_hint(code: RDKafkaErrorCode) -> String {
+    use RDKafkaErrorCode::*;
+    match code {
+        MessageSizeTooLarge | MessageBatchTooLarge => "Raise the topic's max.message.bytes (and the producer's message.max.bytes via properties.message.max.bytes), then resume the sink.".into(),
+        TopicAuthorizationFailed | ClusterAuthorizationFailed | TransactionalIdAuthorizationFailed | GroupAuthorizationFailed => {
+            "Grant the sink's principal Write on the topic, Read/Write on the progress topic, Write on its transactional id and Read on its group, then resume the sink.".into()
+        }
+        SaslAuthenticationFailed | Authentication => "Check the connection's SASL user and password.".into(),
+        _ => "Fix the cause, then resume the sink with sink.resume_sink().".into(),
+    }
+}
+
+impl KafkaConnector {
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.settings.brokers);
+        c.set("client.id", "pg_sink");
+        for (k, v) in &self.settings.client {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn admin(&self) -> Result<AdminClient<DefaultClientContext>> {
+        let mut c = self.client_config();
+        c.remove("compression.type");
+        c.create().map_err(|e| classify("admin client creation", &e))
+    }
+
+    /// Create the data and progress topics when missing.
+    async fn ensure_topics(&self) -> Result<()> {
+        let admin = self.admin()?;
+        let meta = admin.inner().fetch_metadata(None, self.settings.timeout).map_err(|e| classify("metadata fetch", &e))?;
+        let exists = |t: &str| meta.topics().iter().any(|m| m.name() == t && m.error().is_none());
+        let rf = |n: i32| TopicReplication::Fixed(n);
+        let opts = AdminOptions::new().operation_timeout(Some(self.settings.timeout));
+        let mut wanted = Vec::new();
+        if !exists(&self.settings.topic) {
+            let mut t = NewTopic::new(&self.settings.topic, self.settings.partition_count, rf(self.settings.replication_factor));
+            for (k, v) in &self.settings.topic_config {
+                t = t.set(k, v);
+            }
+            wanted.push(t);
+        }
+        if self.settings.exactly_once && !exists(&self.settings.progress_topic) {
+            wanted.push(
+                NewTopic::new(&self.settings.progress_topic, 1, rf(self.settings.progress_replication_factor))
+                    .set("cleanup.policy", "compact")
+                    .set("retention.ms", "-1")
+                    .set("retention.bytes", "-1"),
+            );
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let results = admin.create_topics(wanted.iter(), &opts).await.map_err(|e| classify("topic creation", &e))?;
+        for r in results {
+            match r {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    let e = error_for_code(code, format!("could not create Kafka topic \"{topic}\": {code}"));
+                    return Err(e.hint("Create the topic yourself, or check topic_partition_count, topic_replication_factor and topic_config."));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The end LSN of the last batch committed to Kafka for this sink.
+    fn read_progress(&self) -> Result<Lsn> {
+        let mut c = self.client_config();
+        c.remove("compression.type");
+        c.set("group.id", &self.settings.progress_group_id)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer = c.create().map_err(|e| classify("progress consumer creation", &e))?;
+        let topic = &self.settings.progress_topic;
+        let (low, high) = consumer.fetch_watermarks(topic, 0, self.settings.timeout).map_err(|e| classify("progress watermark fetch", &e))?;
+        if high <= low {
+            return Ok(Lsn::ZERO);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning).map_err(|e| classify("progress assignment", &e))?;
+        consumer.assign(&tpl).map_err(|e| classify("progress assignment", &e))?;
+        let mut committed = Lsn::ZERO;
+        let deadline = std::time::Instant::now() + self.settings.timeout;
+        loop {
+            if std::time::Instant::now() > deadline {
+                return Err(SinkError::transient(format!("timed out reading progress topic \"{topic}\"")));
+            }
+            match consumer.poll(Duration::from_millis(500)) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(classify("progress read", &e)),
+                Some(Ok(msg)) => {
+                    if msg.key() == Some(self.settings.progress_key.as_bytes()) {
+                        if let Some(lsn) = msg.payload().and_then(progress_lsn) {
+                            committed = committed.max(lsn);
+                        }
+                    }
+                    if msg.offset() + 1 >= high {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(committed)
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        self.ensure_topics().await?;
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", &self.settings.timeout.as_millis().to_string());
+        if self.settings.exactly_once {
+            c.set("transactional.id", &self.settings.transactional_id)
+                .set("transaction.timeout.ms", &(self.settings.timeout.as_millis().max(60_000)).to_string());
+        }
+        let producer: BaseProducer<DeliveryContext> = c.create_with_context(DeliveryContext::default()).map_err(|e| classify("producer creation", &e))?;
+        let meta = producer.client().fetch_metadata(Some(&self.settings.topic), self.settings.timeout).map_err(|e| classify("metadata fetch", &e))?;
+        let partitions = meta.topics().iter().find(|t| t.name() == self.settings.topic).map_or(0, |t| t.partitions().len() as i32);
+        if partitions == 0 {
+            return Err(SinkError::transient(format!("Kafka topic \"{}\" has no partitions yet", self.settings.topic)));
+        }
+        let committed = if self.settings.exactly_once {
+            // Fences any older producer with this id (a zombie) before we read.
+            producer.init_transactions(self.settings.timeout).map_err(|e| classify("transaction initialisation", &e))?;
+            self.read_progress()?
+        } else {
+            Lsn::ZERO
+        };
+        self.state = Some(Running { producer, partitions, committed });
+        Ok(())
+    }
+}
+
+/// The LSN in a progress record's value: `{"lsn": <u64>, ...}`.
+pub fn progress_lsn(payload: &[u8]) -> Option<Lsn> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    v.get("lsn").and_then(|l| l.as_u64()).map(Lsn)
+}
+
+/// A progress record's value.
+pub fn progress_value(lsn: Lsn, sink: &str) -> Vec<u8> {
+    serde_json::json!({"lsn": lsn.0, "lsn_text": lsn.to_string(), "sink": sink}).to_string().into_bytes()
+}
+
+fn error_for_code(code: RDKafkaErrorCode, message: String) -> SinkError {
+    if is_permanent(code) {
+        SinkError::permanent(message)
+    } else {
+        SinkError::transient(message)
+    }
+}
+
+fn send_all(running: &Running, topic: &str, batch: &Batch) -> Result<()> {
+    for r in &batch.records {
+        if r.commit_lsn < running.committed {
+            continue;
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(3);
+        for (k, v) in r.headers() {
+            headers = headers.insert(Header { key: k, value: Some(v) });
+        }
+        let partition = hash::default_partition(r.key.as_deref(), running.partitions);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition).headers(headers);
+        if let Some(k) = &r.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &r.value {
+            record = record.payload(v.as_slice());
+        }
+        let mut pending = record;
+        loop {
+            match running.producer.send(pending) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    running.producer.poll(Duration::from_millis(50));
+                    pending = back;
+                }
+                Err((e, _)) => {
+                    let key = r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                    return Err(classify("produce", &e).detail(format!("Record with key {key} at LSN {}.", r.commit_lsn)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait(?Send)]
+impl Connector for KafkaConnector {
+    async fn check(&mut self) -> Result<()> {
+        if !self.settings.validate {
+            return Ok(());
+        }
+        let admin = self.admin()?;
+        admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(5).min(self.settings.timeout))
+            .map(|_| ())
+            .map_err(|e| {
+                SinkError::transient(format!("could not reach Kafka brokers \"{}\": {e}", self.settings.brokers))
+                    .hint("Check the brokers option and that the broker is running, or pass validate => false to create the sink anyway.")
+            })
+    }
+
+    async fn deliver(&mut self, batch: &Batch, _sql: &mut dyn SqlSession) -> Result<()> {
+        if batch.records.is_empty() {
+            return Ok(());
+        }
+        if self.state.is_none() {
+            self.start().await?;
+        }
+        let Some(running) = self.state.as_mut() else { return Err(SinkError::transient("Kafka producer unavailable")) };
+        if batch.end_lsn <= running.committed {
+            // Kafka already has this batch (Postgres crashed after the Kafka commit).
+            return Ok(());
+        }
+        let topic = self.settings.topic.clone();
+        let timeout = self.settings.timeout;
+        let result = if self.settings.exactly_once {
+            (|| -> Result<()> {
+                running.producer.begin_transaction().map_err(|e| classify("transaction begin", &e))?;
+                send_all(running, &topic, batch)?;
+                let value = progress_value(batch.end_lsn, &self.settings.progress_key);
+                let progress = BaseRecord::to(&self.settings.progress_topic).partition(0).key(self.settings.progress_key.as_bytes()).payload(&value);
+                running.producer.send(progress).map_err(|(e, _)| classify("progress produce", &e))?;
+                running.producer.commit_transaction(timeout).map_err(|e| classify("transaction commit", &e))
+            })()
+        } else {
+            send_all(running, &topic, batch).and_then(|_| running.producer.flush(timeout).map_err(|e| classify("flush", &e)))
+        };
+        let delivery_error = running.producer.context().take();
+        match result {
+            Ok(()) => {
+                if let Some((code, key)) = delivery_error {
+                    // At-least-once: a message failed although the flush finished.
+                    self.state = None;
+                    return Err(error_for_code(code, format!("Kafka rejected a record: {code}"))
+                        .detail(format!("Record with key {key}."))
+                        .hint(permanent_hint(code)));
+                }
+                running.committed = batch.end_lsn;
+                Ok(())
+            }
+            Err(mut e) => {
+                if self.settings.exactly_once {
+                    let _ = running.producer.abort_transaction(timeout);
+                }
+                if let Some((code, key)) = delivery_error {
+                    e = error_for_code(code, format!("Kafka rejected a record: {code}"))
+                        .detail(format!("Record with key {key}; {}", e.message))
+                        .hint(permanent_hint(code));
+                }
+                // Start over with a fresh producer (and re-read progress) next time.
+                self.state = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::envelope::EnvelopeKind;
+
+    fn cfg(pairs: &[(&str, &str)]) -> ConnectorConfig {
+        ConnectorConfig {
+            sink_name: "orders".into(),
+            database: "shop".into(),
+            sink_uid: "shop-7-123".into(),
+            envelope: EnvelopeKind::Upsert,
+            key_columns: vec!["id".into()],
+            options: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn settings_follow_materialize_and_defaults() {
+        let s = settings(&cfg(&[("topic", "t1"), ("broker", "kafka://h:9092"), ("compression_type", "ZSTD"), ("topic_config", "cleanup.policy=compact, min.insync.replicas=2"), ("properties.linger.ms", "20")])).unwrap();
+        assert_eq!(s.brokers, "h:9092");
+        assert!(s.exactly_once);
+        assert_eq!(s.transactional_id, "pg_sink-shop-orders");
+        assert_eq!(s.progress_topic, "_pg_sink-progress-shop");
+        assert_eq!(s.progress_key, "shop-7-123");
+        assert_eq!(s.client.get("compression.type").unwrap(), "zstd");
+        assert_eq!(s.client.get("linger.ms").unwrap(), "20");
+        assert_eq!(s.topic_config.get("cleanup.policy").unwrap(), "compact");
+        assert_eq!(s.partition_count, -1);
+        let s = settings(&cfg(&[("kafka_topic_name", "t2"), ("brokers", "a:1,b:2"), ("sasl_mechanisms", "scram-sha-256"), ("exactly_once", "false")])).unwrap();
+        assert_eq!(s.topic, "t2");
+        assert!(!s.exactly_once);
+        assert_eq!(s.client.get("security.protocol").unwrap(), "sasl_ssl");
+        assert_eq!(s.client.get("sasl.mechanisms").unwrap(), "SCRAM-SHA-256");
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        for (opts, msg) in [
+            (&[("brokers", "h:1")][..], "requires option \"topic\""),
+            (&[("topic", "t")][..], "requires option \"brokers\""),
+            (&[("topic", "bad topic"), ("brokers", "h:1")][..], "invalid Kafka topic name"),
+            (&[("topic", "t"), ("brokers", "h:1"), ("compression_type", "brotli")][..], "COMPRESSION TYPE"),
+            (&[("topic", "t"), ("brokers", "h:1"), ("sasl_mechanisms", "GSSAPI")][..], "unsupported SASL mechanism"),
+            (&[("topic", "t"), ("brokers", "h:1"), ("topic_partition_count", "0")][..], "topic_partition_count"),
+            (&[("topic", "t"), ("brokers", "h:1"), ("topic_config", "nonsense")][..], "not key=value"),
+            (&[("topic", "t"), ("brokers", "h:1"), ("exactly_once", "sometimes")][..], "boolean option"),
+        ] {
+            let err = settings(&cfg(opts)).unwrap_err();
+            assert!(err.message.contains(msg), "{opts:?}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn progress_records_round_trip_and_errors_are_classified() {
+        assert_eq!(progress_lsn(&progress_value(Lsn(0x1_0000_0010), "u")), Some(Lsn(0x1_0000_0010)));
+        assert_eq!(progress_lsn(b"garbage"), None);
+        assert!(is_permanent(RDKafkaErrorCode::MessageSizeTooLarge));
+        assert!(is_permanent(RDKafkaErrorCode::TopicAuthorizationFailed));
+        assert!(!is_permanent(RDKafkaErrorCode::BrokerTransportFailure));
+        assert!(classify("x", &KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown)).is_transient());
+    }
+}
