@@ -24,21 +24,17 @@ case "$PORT" in '' | *[!0-9]*) die "KAFKA_PORT must be a number, not '$PORT'" ;;
 case "$DATA" in /*) ;; *) die "KAFKA_DATA must be an absolute path, not '$DATA'" ;; esac
 [ "$DATA" != / ] || die "KAFKA_DATA must not be /"
 
-# The noida-db binary: on PATH, else in cargo's bin directory, else installed there.
-noida_bin() {
-  if command -v noida-db >/dev/null 2>&1; then command -v noida-db
-  elif [ -x "$CARGO_BIN/noida-db" ]; then echo "$CARGO_BIN/noida-db"
-  else return 1
-  fi
-}
+# rustup's cargo and what `cargo install` puts there, also from a non-login shell.
+case ":$PATH:" in *":$CARGO_BIN:"*) ;; *) PATH=$PATH:$CARGO_BIN ;; esac
 
+# The noida-db binary: reused when present, else built with cargo (into $CARGO_BIN).
 install_noida() {
-  noida_bin >/dev/null && return 0
-  command -v cargo >/dev/null 2>&1 || [ -x "$CARGO_BIN/cargo" ] || die "noida-db is not installed and cargo is not available"
-  local cargo; cargo=$(command -v cargo || echo "$CARGO_BIN/cargo")
+  command -v noida-db >/dev/null 2>&1 && return 0
+  command -v cargo >/dev/null 2>&1 || die "noida-db is not installed and cargo is not on PATH"
   log "installing noida-db $NOIDA_VERSION with cargo (about a minute, once)"
-  "$cargo" install "noida-db@$NOIDA_VERSION" --locked --no-default-features --features kafka >&2
-  noida_bin >/dev/null || die "cargo install finished but no noida-db binary was found"
+  cargo install "noida-db@$NOIDA_VERSION" --locked --no-default-features --features kafka >&2
+  hash -r
+  command -v noida-db >/dev/null 2>&1 || die "cargo install finished but noida-db is not on PATH"
 }
 
 # The pid in the pid file, if that process is alive and is noida-db.
@@ -110,7 +106,7 @@ stop_broker() {
 start_broker() {
   local bin pid i
   install_noida
-  bin=$(noida_bin)
+  bin=$(command -v noida-db)
   stop_broker
   if [ -e "$DATA" ]; then
     # Only wipe a directory this script made (or an empty one).

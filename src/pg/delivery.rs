@@ -218,6 +218,9 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
         // SAFETY: writes one WAL record; needs wal_level >= replica (we have logical).
         unsafe { pg_sys::LogStandbySnapshot() };
     }
+    if outcome.transactions > 0 && gucs::FAIL_AFTER_DELIVER.get() {
+        return Err(SinkError::transient("pg_sink.fail_after_deliver: failing after delivery, before recording progress"));
+    }
     let mut new_confirmed = end;
     if caught_up {
         new_confirmed = new_confirmed.max(flushed);

@@ -28,6 +28,10 @@ pub static MAX_STEP_CHANGES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000)
 /// restart is noticed quickly, a long outage does not spin.
 pub static RETRY_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 
+/// Testing aid: fail every step after the connector reported its batches durable
+/// and before progress is recorded — the crash window exactly-once must survive.
+pub static FAIL_AFTER_DELIVER: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 pub fn init() {
     // SAFETY: reading a postmaster global during library load.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
@@ -67,6 +71,14 @@ pub fn init() {
         &MAX_STEP_CHANGES,
         1,
         100_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_sink.fail_after_deliver",
+        c"Testing aid: make each step fail after delivery, before recording progress.",
+        c"Simulates a crash between a durable write at the target and the catalog update.",
+        &FAIL_AFTER_DELIVER,
         GucContext::Suset,
         GucFlags::default(),
     );

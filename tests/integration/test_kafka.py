@@ -1,0 +1,225 @@
+"""Kafka connector against a real Kafka-protocol broker (noida-db, started by
+scripts/kafka.sh and stopped at the end), read back by an independent consumer
+(confluent-kafka, isolation.level=read_committed)."""
+import collections
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from conftest import ROOT, cluster, connect, one, sqlstate_of, wait_caught_up, wait_for, wait_started
+
+PORT = int(os.environ.get("PGSINK_TEST_KAFKA_PORT", "19093"))
+BROKERS = f"127.0.0.1:{PORT}"
+KENV = dict(os.environ, KAFKA_PORT=str(PORT), KAFKA_DATA="/tmp/pg_sink_test_kafka")
+
+
+def kafka(*args):
+    subprocess.run([os.path.join(ROOT, "scripts", "kafka.sh"), *args], env=KENV, check=True)
+
+
+@pytest.fixture(scope="module")
+def broker(server):
+    kafka("start")
+    yield BROKERS
+    kafka("stop")
+
+
+def read_topic(topic, timeout=30):
+    """Every committed message of every partition: (partition, key, value, headers)."""
+    admin = AdminClient({"bootstrap.servers": BROKERS})
+    md = admin.list_topics(topic, timeout=10)
+    parts = sorted(md.topics[topic].partitions)
+    c = Consumer({"bootstrap.servers": BROKERS, "group.id": f"test-{time.time()}", "isolation.level": "read_committed",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    out = []
+    try:
+        ends = {}
+        for p in parts:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            ends[p] = hi
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        done = {p for p in parts if ends[p] == 0}
+        deadline = time.time() + timeout
+        while len(done) < len(parts) and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            if m.error():
+                if m.error().code() == -191:  # partition EOF
+                    done.add(m.partition())
+                continue
+            hdrs = {k: (v.decode() if v is not None else None) for k, v in (m.headers() or [])}
+            out.append((m.partition(), m.key(), m.value(), hdrs))
+            if m.offset() + 1 >= ends[m.partition()]:
+                done.add(m.partition())
+    finally:
+        c.close()
+    return out
+
+
+def lsn_int(text):
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def test_upsert_json_with_keys_tombstones_headers_and_partitioning(db, broker):
+    db.execute("DROP TABLE IF EXISTS k_orders")
+    db.execute("CREATE TABLE k_orders (id int PRIMARY KEY, customer text, amount numeric(10,2))")
+    db.execute("INSERT INTO k_orders VALUES (1, 'ann', 10.00), (2, 'bob', 20.00)")
+    db.execute(
+        "SELECT sink.create_sink('k_upsert', 'k_orders', 'kafka', %s::jsonb, envelope => 'upsert')",
+        (json.dumps({"brokers": broker, "topic": "k-orders", "topic_partition_count": 3, "topic_config": {"cleanup.policy": "compact"}}),),
+    )
+    wait_started(db, "k_upsert")
+    db.execute("INSERT INTO k_orders VALUES (3, 'cy', 30.00)")
+    db.execute("UPDATE k_orders SET amount = 11 WHERE id = 1")
+    db.execute("UPDATE k_orders SET id = 4 WHERE id = 2")
+    db.execute("DELETE FROM k_orders WHERE id = 3")
+    wait_caught_up(db, "k_upsert")
+    msgs = read_topic("k-orders")
+    admin = AdminClient({"bootstrap.servers": broker})
+    assert len(admin.list_topics("k-orders", timeout=10).topics["k-orders"].partitions) == 3
+    state = {}
+    for part, key, value, headers in msgs:
+        k = json.loads(key)
+        # Default partitioning: seahash of the encoded key modulo the partition count.
+        assert part == int(one(db, "SELECT sink.seahash(%s::text) %% 3", key.decode()))
+        assert set(headers) >= {"pg_sink-lsn", "pg_sink-timestamp", "pg_sink-op"}
+        if value is None:
+            state.pop(k["id"], None)
+        else:
+            state[k["id"]] = json.loads(value)
+    src = {r[0]: {"id": r[0], "customer": r[1], "amount": str(r[2])} for r in db.execute("SELECT id, customer, amount::text FROM k_orders").fetchall()}
+    assert state == src
+    ops = collections.Counter(h["pg_sink-op"] for _, _, _, h in msgs)
+    assert ops == {"read": 2, "insert": 1, "update": 2, "delete": 2}, ops
+    tombstones = [json.loads(k)["id"] for _, k, v, _ in msgs if v is None]
+    assert sorted(tombstones) == [2, 3]
+    db.execute("SELECT sink.drop_sink('k_upsert')")
+    assert "k-orders" in admin.list_topics(timeout=10).topics, "drop leaves the topic alone"
+
+
+def test_debezium_and_append_only_envelopes(db, broker):
+    db.execute("DROP TABLE IF EXISTS k_events")
+    db.execute("CREATE TABLE k_events (id int PRIMARY KEY, body text)")
+    opts = lambda t: json.dumps({"brokers": broker, "topic": t})
+    db.execute("SELECT sink.create_sink('k_dbz', 'k_events', 'kafka', %s::jsonb, envelope => 'debezium', snapshot => false)", (opts("k-dbz"),))
+    db.execute("SELECT sink.create_sink('k_app', 'k_events', 'kafka', %s::jsonb, envelope => 'append-only', snapshot => false)", (opts("k-app"),))
+    wait_started(db, "k_dbz")
+    wait_started(db, "k_app")
+    db.execute("INSERT INTO k_events SELECT g, 'b' || g FROM generate_series(1, 50) g")
+    wait_caught_up(db, "k_dbz")
+    wait_caught_up(db, "k_app")
+    app = read_topic("k-app")
+    assert sorted(json.loads(v)["id"] for _, _, v, _ in app) == list(range(1, 51))
+    assert all(k is None for _, k, _, _ in app) and all(p == 0 for p, _, _, _ in app), "keyless records go to partition 0"
+    db.execute("UPDATE k_events SET body = 'x' WHERE id = 1")
+    db.execute("DELETE FROM k_events WHERE id = 2")
+    wait_caught_up(db, "k_dbz")
+    dbz = [json.loads(v) for _, _, v, _ in read_topic("k-dbz")]
+    assert [e["op"] for e in dbz].count("c") == 50
+    upd = [e for e in dbz if e["op"] == "u"][0]
+    assert upd["after"] == {"id": 1, "body": "x"} and upd["source"]["table"] == "k_events"
+    dele = [e for e in dbz if e["op"] == "d"][0]
+    assert dele["before"]["id"] == 2 and dele["after"] is None
+    # The append-only sink stops on the update, with the reason in its status.
+    row = wait_for(lambda: db.execute("SELECT state, last_error FROM sink.status WHERE name = 'k_app' AND state = 'failed'").fetchone(), what="append-only sink to fail")
+    assert "append-only sink received an UPDATE" in row[1]
+    db.execute("SELECT sink.drop_sink('k_dbz')")
+    db.execute("SELECT sink.drop_sink('k_app')")
+
+
+def test_bad_kafka_options_are_refused(db, broker):
+    db.execute("DROP TABLE IF EXISTS k_bad")
+    db.execute("CREATE TABLE k_bad (id int PRIMARY KEY)")
+    cases = [
+        ({"brokers": broker}, "22023", "requires option \"topic\""),
+        ({"topic": "t"}, "22023", "requires option \"brokers\""),
+        ({"brokers": broker, "topic": "bad topic"}, "22023", "invalid Kafka topic name"),
+        ({"brokers": broker, "topic": "t", "compression_type": "brotli"}, "22023", "COMPRESSION TYPE"),
+        ({"brokers": broker, "topic": "t", "topic_partition_count": 0}, "22023", "topic_partition_count"),
+        ({"brokers": broker, "topic": "t", "sasl_mechanisms": "GSSAPI"}, "22023", "SASL mechanism"),
+        ({"brokers": "127.0.0.1:1", "topic": "t"}, "08000", "could not reach Kafka brokers"),
+    ]
+    for opts, state, msg in cases:
+        st, m, detail, hint = sqlstate_of(db, "SELECT sink.create_sink('k_bad', 'k_bad', 'kafka', %s::jsonb)", json.dumps(opts))
+        assert st == state and msg in m, (opts, st, m)
+        assert detail or hint
+        assert one(db, "SELECT count(*) FROM sink.sinks WHERE name = 'k_bad'") == 0
+    # validate => false creates the sink anyway; the worker then retries with the error in status.
+    db.execute("SELECT sink.create_sink('k_bad', 'k_bad', 'kafka', %s::jsonb)", (json.dumps({"brokers": "127.0.0.1:1", "topic": "t", "validate": False, "timeout_ms": 2000}),))
+    db.execute("INSERT INTO k_bad VALUES (1)")
+    row = wait_for(lambda: db.execute("SELECT state, last_error FROM sink.status WHERE name = 'k_bad' AND last_error IS NOT NULL").fetchone(), timeout=60, what="a transient error in status")
+    assert row[0] == "running" and "Kafka" in row[1]
+    db.execute("SELECT sink.drop_sink('k_bad')")
+
+
+def test_exactly_once_across_kafka_commit_then_catalog_failure_and_crashes(db, broker):
+    db.execute("DROP TABLE IF EXISTS k_eo")
+    db.execute("CREATE TABLE k_eo (id int PRIMARY KEY, v int)")
+    db.execute("SELECT sink.create_sink('k_eo', 'k_eo', 'kafka', %s::jsonb, envelope => 'debezium', snapshot => false)", (json.dumps({"brokers": broker, "topic": "k-eo"}),))
+    wait_started(db, "k_eo")
+    # 1. Kafka commits, then the Postgres side fails before recording progress: the
+    #    retried batch must be skipped thanks to the progress topic.
+    db.execute("ALTER SYSTEM SET pg_sink.fail_after_deliver = on")
+    db.execute("SELECT pg_reload_conf()")
+    db.execute("INSERT INTO k_eo SELECT g, 0 FROM generate_series(1, 100) g")
+    wait_for(lambda: one(db, "SELECT errors FROM sink.status WHERE name = 'k_eo'") >= 2, what="failed attempts")
+    db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
+    db.execute("SELECT pg_reload_conf()")
+    wait_caught_up(db, "k_eo")
+    first = read_topic("k-eo")
+    assert len(first) == 100, f"{len(first)} records after retries of a batch Kafka already had"
+    # 2. Crashes mid-stream: SIGKILL the worker, then an immediate Postgres restart.
+    stop = threading.Event()
+
+    def writer():
+        conn = None
+        i = 0
+        while i < 200:
+            try:
+                conn = conn or connect()
+                conn.execute("UPDATE k_eo SET v = %s::int WHERE id = %s::int", (i, 1 + i % 100))
+                i += 1
+            except Exception:
+                conn = None
+                time.sleep(0.2)
+        stop.set()
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    wait_for(lambda: one(db, "SELECT rows_delivered FROM sink.status WHERE name = 'k_eo'") > 120, what="streaming")
+    pid = one(db, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_sink worker'")
+    os.kill(pid, signal.SIGKILL)
+    db.close()
+    db = wait_for(lambda: _try(connect), timeout=60, what="server back")
+    wait_for(lambda: one(db, "SELECT rows_delivered FROM sink.status WHERE name = 'k_eo'") > 200, timeout=60, what="more streaming")
+    db.close()
+    cluster("kill")
+    cluster("start")
+    db = wait_for(lambda: _try(connect), timeout=60, what="server back")
+    t.join(timeout=120)
+    assert stop.is_set()
+    wait_caught_up(db, "k_eo", timeout=120)
+    events = [json.loads(v) for _, _, v, _ in read_topic("k-eo")]
+    seen = collections.Counter((e["source"]["lsn"], (e["after"] or e["before"])["id"], e["op"]) for e in events)
+    assert [k for k, n in seen.items() if n > 1] == [], "duplicates in a read_committed read"
+    assert len(events) == 100 + 200, len(events)
+    final = {e["after"]["id"]: e["after"]["v"] for e in events}
+    assert final == dict(db.execute("SELECT id, v FROM k_eo").fetchall())
+    db.execute("SELECT sink.drop_sink('k_eo')")
+    db.close()
+
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception:
+        return None
