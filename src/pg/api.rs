@@ -90,11 +90,12 @@ fn option_map(options: &JsonB, what: &str) -> BTreeMap<String, String> {
             serde_json::Value::Number(n) => n.to_string(),
             serde_json::Value::Bool(b) => b.to_string(),
             serde_json::Value::Array(items) => items.iter().map(catalog::json_text).collect::<Vec<_>>().join(","),
-            serde_json::Value::Object(o) if o.contains_key("secret") && o.len() == 1 => v.to_string(),
+            // A secret reference, or a map-valued option such as topic_config.
+            serde_json::Value::Object(_) => v.to_string(),
             other => fail(
                 Code::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("invalid value for option \"{k}\""),
-                Some(format!("Option values must be strings, numbers or booleans; got {other}.")),
+                Some(format!("Option values must be strings, numbers, booleans, lists or maps; got {other}.")),
                 Some("Refer to a secret as {\"secret\": \"name\"} (connections only).".into()),
             ),
         };

@@ -140,7 +140,8 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
         None => true,
         Some(_) if def.snapshot && !sink.snapshot_done => {
             // A slot left by an initialisation that crashed before it committed.
-            update("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
+            // Read-only SPI: assigning an xid here would forbid creating the new slot.
+            select("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
             true
         }
         Some(_) => sink.confirmed.is_none(),

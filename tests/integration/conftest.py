@@ -125,3 +125,18 @@ def wait_started(conn, sink, timeout=60):
         timeout,
         f"sink {sink} to start",
     )
+
+
+def fresh_one(sql, *params):
+    """One value over a new connection; None while the server is down or restarting
+    (after a crash the postmaster kills every backend, including fresh ones)."""
+    try:
+        conn = connect()
+    except psycopg.OperationalError:
+        return None
+    try:
+        return one(conn, sql, *params)
+    except psycopg.OperationalError:
+        return None
+    finally:
+        conn.close()

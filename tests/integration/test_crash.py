@@ -10,7 +10,7 @@ import time
 
 import psycopg
 
-from conftest import cluster, connect, file_records, one, out_dir, upsert_state, wait_caught_up, wait_for, wait_started
+from conftest import cluster, connect, file_records, fresh_one, one, out_dir, upsert_state, wait_caught_up, wait_for, wait_started
 
 ROWS_PER_TXN = 200
 TXNS = 300
@@ -77,12 +77,10 @@ def test_kill_workers_and_crash_postgres_mid_stream(db):
     for p in pids:
         os.kill(p, signal.SIGKILL)
     db.close()
-    db = reconnect()
 
     # 2. Immediate shutdown (a crash: no checkpoint) and restart, mid-stream.
-    wait_for(lambda: one(db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_sink worker'") == 3, what="workers to restart")
-    wait_for(lambda: one(db, "SELECT min(rows_delivered) FROM sink.status WHERE name LIKE 'crash%%'") > 20000, timeout=120, what="more delivery")
-    db.close()
+    wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_sink worker'") == 3, what="workers to restart")
+    wait_for(lambda: (fresh_one("SELECT min(rows_delivered) FROM sink.status WHERE name LIKE 'crash%%'") or 0) > 20000, timeout=120, what="more delivery")
     cluster("kill")
     cluster("start")
     db = reconnect()

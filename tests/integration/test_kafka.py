@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from conftest import ROOT, cluster, connect, one, sqlstate_of, wait_caught_up, wait_for, wait_started
+from conftest import ROOT, cluster, connect, fresh_one, one, sqlstate_of, wait_caught_up, wait_for, wait_started
 
 PORT = int(os.environ.get("PGSINK_TEST_KAFKA_PORT", "19093"))
 BROKERS = f"127.0.0.1:{PORT}"
@@ -199,9 +199,7 @@ def test_exactly_once_across_kafka_commit_then_catalog_failure_and_crashes(db, b
     pid = one(db, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_sink worker'")
     os.kill(pid, signal.SIGKILL)
     db.close()
-    db = wait_for(lambda: _try(connect), timeout=60, what="server back")
-    wait_for(lambda: one(db, "SELECT rows_delivered FROM sink.status WHERE name = 'k_eo'") > 200, timeout=60, what="more streaming")
-    db.close()
+    wait_for(lambda: (fresh_one("SELECT rows_delivered FROM sink.status WHERE name = 'k_eo'") or 0) > 200, timeout=60, what="more streaming")
     cluster("kill")
     cluster("start")
     db = wait_for(lambda: _try(connect), timeout=60, what="server back")
