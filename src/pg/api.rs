@@ -506,6 +506,25 @@ fn create_sink(
             }
         }
     }
+    if let Some(col) = def.connector_options.get("headers") {
+        if !visible.contains(col) {
+            fail(Code::ERRCODE_UNDEFINED_COLUMN, format!("HEADERS column \"{col}\" does not exist in the sink's columns"), Some(format!("Columns: {}.", visible.join(", "))), None);
+        }
+        let ty = select_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::oid AND attname = $2", &[Some(&src_oid), Some(col)]).unwrap_or_default();
+        if ty != "jsonb" {
+            fail(
+                Code::ERRCODE_DATATYPE_MISMATCH,
+                format!("HEADERS column \"{col}\" has type {ty}"),
+                Some("The headers column must be a jsonb object of header names to text values.".into()),
+                Some("Add a jsonb column (e.g. a generated column) holding the headers.".into()),
+            );
+        }
+    }
+    if let Some(expr) = def.connector_options.get("partition_by") {
+        // Compile the expression against the source, with the caller's privileges:
+        // unknown columns, syntax errors and non-numeric results are reported now.
+        select(&format!("SELECT (({expr}))::numeric FROM {} LIMIT 0", src.name), &[]);
+    }
     // Reachability check (Kinetica validates Kafka sinks on creation), unless
     // validate => false.
     {

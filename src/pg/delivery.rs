@@ -26,7 +26,7 @@ use crate::engine::types::{PgType, TypeResolver};
 
 use super::catalog::{self, SinkRow};
 use super::gucs;
-use super::spi::{output_text, select, select_one, update, CatalogTypes, SpiSession};
+use super::spi::{output_text, select, select_one, CatalogTypes, SpiSession};
 
 /// Rows of the snapshot delivered per connector call.
 const SNAPSHOT_CHUNK: i64 = 10_000;
@@ -93,8 +93,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, SinkError> {
         .map_err(|e| SinkError::transient(format!("could not start the async runtime: {e}")))
 }
 
-fn deliver(rt: &tokio::runtime::Runtime, connector: &mut dyn Connector, batch: &Batch) -> Result<(), SinkError> {
-    rt.block_on(connector.deliver(batch, &mut SpiSession))
+fn deliver(rt: &tokio::runtime::Runtime, connector: &mut dyn Connector, batch: &Batch, sql: &mut SpiSession) -> Result<(), SinkError> {
+    rt.block_on(connector.deliver(batch, sql))
 }
 
 /// `Some(confirmed_flush_lsn)` if the slot exists.
@@ -164,6 +164,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
     let mut end = confirmed;
     let mut last_commit = None;
     let limit_text = step_limit.to_string();
+    let mut sql = SpiSession::for_owner(&sink.owner);
     // One decoding pass: the peek's output is read through a cursor and delivered in
     // batches of whole transactions as they fill up. Batch boundaries depend only on
     // the stream and the settings, so a step retried after a crash produces the same
@@ -178,7 +179,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
             if batch.transactions == 0 {
                 return Ok(());
             }
-            deliver(&rt, connector.as_mut(), batch)?;
+            deliver(&rt, connector.as_mut(), batch, &mut sql)?;
             outcome.transactions += batch.transactions;
             outcome.changes += batch.changes;
             outcome.records += batch.records.len();
@@ -395,6 +396,7 @@ fn initialize(
     .ok_or_else(|| SinkError::transient("could not create the replication slot"))?;
 
     let mut outcome = Outcome { initialized: true, confirmed: Some(start), ..Default::default() };
+    let mut sql = SpiSession::for_owner(&sink.owner);
     if snapshot {
         let rel = snapshot_relation(sink, types);
         let query = snapshot_query(sink, &rel);
@@ -410,7 +412,7 @@ fn initialize(
                 let mut batch = pipeline.new_batch();
                 batch.snapshot_chunk = Some(chunk);
                 pipeline.add_transaction(txn, &mut batch)?;
-                deliver(rt, connector, &batch)?;
+                deliver(rt, connector, &batch, &mut sql)?;
                 outcome.changes += batch.changes;
                 outcome.records += batch.records.len();
                 outcome.bytes += batch.bytes();

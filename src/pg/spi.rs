@@ -53,17 +53,73 @@ fn spi_fail(sql: &str, e: pgrx::spi::Error) -> ! {
     )
 }
 
-/// The engine's SQL access, inside the current transaction.
-pub struct SpiSession;
+/// The engine's SQL access, inside the current transaction, with the privileges of
+/// the sink's owner (so a connector cannot do more than the user who created it).
+pub struct SpiSession {
+    pub owner: pg_sys::Oid,
+}
+
+impl SpiSession {
+    pub fn for_owner(owner: &str) -> SpiSession {
+        let oid = select_one("SELECT $1::regrole::oid::text", &[Some(owner)]).and_then(|o| o.parse::<u32>().ok()).unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID);
+        SpiSession { owner: pg_sys::Oid::from(oid) }
+    }
+
+    fn as_owner<R>(&self, f: impl FnOnce() -> R) -> R {
+        let mut uid = pg_sys::Oid::INVALID;
+        let mut ctx = 0;
+        // SAFETY: save, switch and restore the user id, as SECURITY DEFINER calls do;
+        // an error inside aborts the (sub)transaction, which restores it too.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
+            pg_sys::SetUserIdAndSecContext(self.owner, ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        }
+        let r = f();
+        // SAFETY: restores the identity saved above.
+        unsafe { pg_sys::SetUserIdAndSecContext(uid, ctx) };
+        r
+    }
+}
 
 impl SqlSession for SpiSession {
     fn execute(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64> {
-        Spi::connect_mut(|c| c.update(sql, None, &args(params)).map(|t| t.len() as u64))
+        self.as_owner(|| Spi::connect_mut(|c| c.update(sql, None, &args(params)).map(|t| t.len() as u64)))
             .map_err(|e| SinkError::permanent(format!("statement failed: {e}")))
     }
     fn query(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Rows> {
-        Spi::connect(|c| c.select(sql, None, &args(params)).and_then(collect))
+        self.as_owner(|| Spi::connect(|c| c.select(sql, None, &args(params)).and_then(collect)))
             .map_err(|e| SinkError::permanent(format!("query failed: {e}")))
+    }
+
+    fn query_or_none(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<Rows>> {
+        // The PL/pgSQL exception-block pattern: a subtransaction that is rolled back
+        // when the query raises, restoring memory context and resource owner.
+        // SAFETY: we are inside a transaction; every path below ends the
+        // subtransaction it began and restores the saved context and owner.
+        unsafe {
+            let context = pg_sys::CurrentMemoryContext;
+            let owner = pg_sys::CurrentResourceOwner;
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            pg_sys::MemoryContextSwitchTo(context);
+            let result = pgrx::PgTryBuilder::new(|| self.as_owner(|| Spi::connect(|c| c.select(sql, None, &args(params)).and_then(collect)).ok()))
+                .catch_others(|_| None)
+                .execute();
+            match result {
+                Some(rows) => {
+                    pg_sys::ReleaseCurrentSubTransaction();
+                    pg_sys::MemoryContextSwitchTo(context);
+                    pg_sys::CurrentResourceOwner = owner;
+                    Ok(Some(rows))
+                }
+                None => {
+                    pg_sys::MemoryContextSwitchTo(context);
+                    pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                    pg_sys::MemoryContextSwitchTo(context);
+                    pg_sys::CurrentResourceOwner = owner;
+                    Ok(None)
+                }
+            }
+        }
     }
 }
 

@@ -221,3 +221,64 @@ def _try(fn):
         return fn()
     except Exception:
         return None
+
+
+def test_headers_partition_by_compression_and_hash_functions(db, broker):
+    # murmur2 equals the Java client's for Kafka's published reference vectors.
+    for text, java in [("21", -973932308), ("foobar", -790332482), ("a-little-bit-long-string", -985981536),
+                       ("a-little-bit-longer-string", -1486304829), ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971), ("abc", 479470107)]:
+        assert one(db, "SELECT sink.kafka_murmur2(%s::text)", text) == java & 0x7FFFFFFF
+        assert one(db, "SELECT sink.kafka_murmur2(convert_to(%s, 'UTF8'))", text) == java & 0x7FFFFFFF
+    assert one(db, "SELECT sink.crc32('123456789'::text)") == 0xCBF43926
+    assert one(db, "SELECT sink.seahash('to be or not to be'::text)") == 1988685042348123509
+
+    db.execute("DROP TABLE IF EXISTS k_cust")
+    db.execute("CREATE TABLE k_cust (customer_id int, order_id int, note text, hdrs jsonb, PRIMARY KEY (customer_id, order_id))")
+    opts = {"brokers": broker, "topic": "k-cust", "topic_partition_count": 4, "compression_type": "gzip",
+            "partition_by": "sink.seahash(customer_id::text)", "headers": "hdrs"}
+    db.execute("SELECT sink.create_sink('k_cust', 'k_cust', 'kafka', %s::jsonb, envelope => 'upsert', snapshot => false)", (json.dumps(opts),))
+    wait_started(db, "k_cust")
+    db.execute("""INSERT INTO k_cust SELECT c, o, 'n', jsonb_build_object('trace', 't' || o, 'pg_sink-lsn', 'spoofed', 'n', o)
+                  FROM generate_series(1, 10) c, generate_series(1, 5) o""")
+    db.execute("UPDATE k_cust SET hdrs = NULL WHERE customer_id = 1 AND order_id = 1")
+    wait_caught_up(db, "k_cust")
+    msgs = read_topic("k-cust")
+    assert len(msgs) == 51
+    for part, key, value, headers in msgs:
+        k = json.loads(key)
+        # PARTITION BY: every order of a customer lands where seahash(customer_id) says.
+        assert part == int(one(db, "SELECT sink.seahash(%s::text) %% 4", str(k["customer_id"])))
+        v = json.loads(value)
+        if v["hdrs"] is None:
+            assert set(headers) == {"pg_sink-lsn", "pg_sink-timestamp", "pg_sink-op"}
+        else:
+            assert headers["trace"] == f"t{k['order_id']}" and headers["n"] == str(k["order_id"])
+            assert headers["pg_sink-lsn"] != "spoofed", "reserved header keys are ignored"
+    bad = [
+        ({"brokers": broker, "topic": "x", "headers": "note"}, "42804", "has type text"),
+        ({"brokers": broker, "topic": "x", "headers": "nope"}, "42703", "does not exist"),
+        ({"brokers": broker, "topic": "x", "partition_by": "nope + 1"}, "42703", "does not exist"),
+        ({"brokers": broker, "topic": "x", "partition_by": "point(customer_id, 1)"}, "42846", "cannot cast"),
+    ]
+    for o, state, msg in bad:
+        st, m, _, _ = sqlstate_of(db, "SELECT sink.create_sink('k_bad2', 'k_cust', 'kafka', %s::jsonb, envelope => 'upsert')", json.dumps(o))
+        assert st == state and msg in m, (o, st, m)
+    st, m, _, hint = sqlstate_of(db, "SELECT sink.create_sink('k_bad2', 'k_cust', 'kafka', %s::jsonb, envelope => 'debezium')", json.dumps({"brokers": broker, "topic": "x", "headers": "hdrs"}))
+    assert st == "22023" and "HEADERS requires the upsert envelope" in m
+    db.execute("SELECT sink.drop_sink('k_cust')")
+
+
+def test_message_too_large_stops_the_sink_naming_the_key(db, broker):
+    db.execute("DROP TABLE IF EXISTS k_big")
+    db.execute("CREATE TABLE k_big (id int PRIMARY KEY, body text)")
+    db.execute("SELECT sink.create_sink('k_big', 'k_big', 'kafka', %s::jsonb, envelope => 'upsert', snapshot => false)",
+               (json.dumps({"brokers": broker, "topic": "k-big", "topic_config": {"max.message.bytes": "5000"}}),))
+    wait_started(db, "k_big")
+    db.execute("INSERT INTO k_big VALUES (1, 'small')")
+    wait_caught_up(db, "k_big")
+    db.execute("INSERT INTO k_big VALUES (42, repeat('x', 20000))")
+    row = wait_for(lambda: db.execute("SELECT state, last_error FROM sink.status WHERE name = 'k_big' AND state = 'failed'").fetchone(), timeout=90, what="the sink to stop")
+    assert "MessageSizeTooLarge" in row[1] or "too large" in row[1].lower(), row[1]
+    assert '{"id":42}' in row[1]
+    assert len(read_topic("k-big")) == 1, "nothing of the failed batch is visible"
+    db.execute("SELECT sink.drop_sink('k_big')")

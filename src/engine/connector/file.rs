@@ -162,6 +162,9 @@ mod tests {
         fn query(&mut self, _: &str, _: &[Option<&str>]) -> Result<Vec<Vec<Option<String>>>> {
             unreachable!()
         }
+        fn query_or_none(&mut self, _: &str, _: &[Option<&str>]) -> Result<Option<Vec<Vec<Option<String>>>>> {
+            unreachable!()
+        }
     }
 
     fn record(key: &str, value: Option<&str>) -> Record {

@@ -20,7 +20,8 @@
 //! The data topic and the progress topic are created when missing. The progress
 //! topic gets 1 partition, compaction, and no retention.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,7 +34,10 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{Batch, Connector, ConnectorConfig, ConnectorSpec, SqlSession};
+use super::{Batch, Connector, ConnectorConfig, ConnectorSpec, Record, SqlSession};
+use crate::engine::change::{Cell, Relation};
+use crate::engine::connector::table::quote_ident;
+use crate::engine::envelope::{Payload, RowImage};
 use crate::engine::encoder::hash;
 use crate::engine::error::{Result, SinkError};
 use crate::engine::lsn::Lsn;
@@ -67,6 +71,8 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
         ("exactly_once", "true (default): transactions and a progress topic; false: at-least-once"),
         ("validate", "check at creation that the broker is reachable (default true)"),
         ("timeout_ms", "how long one broker operation may take before it is retried (default 30000)"),
+        ("headers", "jsonb column whose object becomes message headers (Materialize HEADERS; upsert envelope)"),
+        ("partition_by", "SQL expression hashing a row to a partition (Materialize PARTITION BY)"),
     ],
     required: &[],
     option_prefixes: &["properties."],
@@ -94,6 +100,10 @@ pub struct KafkaSettings {
     pub timeout: Duration,
     /// librdkafka properties (security, compression, pass-through).
     pub client: BTreeMap<String, String>,
+    /// Column holding extra headers (a JSON object).
+    pub headers_column: Option<String>,
+    /// SQL expression computing the partition hash.
+    pub partition_by: Option<String>,
 }
 
 fn int_option(cfg: &ConnectorConfig, name: &str, default: i32, min: i32) -> Result<i32> {
@@ -189,7 +199,15 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<KafkaSettings> {
             }
         }
     }
+    let headers_column = cfg.get("headers").map(str::to_string);
+    if headers_column.is_some() && cfg.envelope != crate::engine::envelope::EnvelopeKind::Upsert {
+        return Err(SinkError::config("HEADERS requires the upsert envelope")
+            .detail(format!("The sink's envelope is {}.", cfg.envelope.as_str()))
+            .hint("Use envelope => 'upsert', or drop the headers option."));
+    }
     Ok(KafkaSettings {
+        headers_column,
+        partition_by: cfg.get("partition_by").map(str::to_string).filter(|e| !e.trim().is_empty()),
         topic,
         brokers,
         exactly_once,
@@ -208,7 +226,7 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<KafkaSettings> {
 }
 
 fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
-    Ok(Box::new(KafkaConnector { settings: settings(cfg)?, state: None }))
+    Ok(Box::new(KafkaConnector { settings: settings(cfg)?, state: None, partitioner: HashMap::new() }))
 }
 
 /// Collects the first per-message delivery error, so a failed batch can say why.
@@ -249,6 +267,46 @@ struct Running {
 pub struct KafkaConnector {
     settings: KafkaSettings,
     state: Option<Running>,
+    /// `PARTITION BY` query per relation (id), with the relation it was built for.
+    partitioner: HashMap<u32, (Arc<Relation>, String)>,
+}
+
+/// The row a `PARTITION BY` expression or `HEADERS` column is read from: the new row
+/// (upsert, append-only), else the key (tombstones, Debezium).
+fn record_row(r: &Record) -> Option<&RowImage> {
+    match &r.draft.payload {
+        Payload::Row(row) => Some(row),
+        _ => r.draft.key.as_ref(),
+    }
+}
+
+/// Headers from the `HEADERS` column: a JSON object; keys with our reserved prefix
+/// are ignored, as Materialize ignores `materialize-` keys.
+pub fn user_headers(r: &Record, column: &str) -> Vec<(String, Option<String>)> {
+    let Payload::Row(row) = &r.draft.payload else { return Vec::new() };
+    let Some(idx) = row.relation.column_index(column) else { return Vec::new() };
+    let Some(text) = row.cells[idx].as_text() else { return Vec::new() };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else { return Vec::new() };
+    map.into_iter()
+        .filter(|(k, _)| !k.starts_with(super::HEADER_PREFIX))
+        .map(|(k, v)| {
+            let value = match v {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some(s),
+                other => Some(other.to_string()),
+            };
+            (k, value)
+        })
+        .collect()
+}
+
+/// `hash % partitions` for a `PARTITION BY` result; NULL, negative, fractional or
+/// failed hashes go to partition 0.
+pub fn partition_from_hash(hash: Option<&str>, partitions: i32) -> i32 {
+    match hash.and_then(|h| h.trim().parse::<u128>().ok()) {
+        Some(h) if partitions > 0 => (h % partitions as u128) as i32,
+        _ => 0,
+    }
 }
 
 /// Whether a librdkafka error code means retrying cannot help.
@@ -442,8 +500,8 @@ fn error_for_code(code: RDKafkaErrorCode, message: String) -> SinkError {
     }
 }
 
-fn send_all(running: &Running, topic: &str, batch: &Batch) -> Result<()> {
-    for r in &batch.records {
+fn send_all(running: &Running, topic: &str, batch: &Batch, partitions: &[i32], headers_column: Option<&str>) -> Result<()> {
+    for (i, r) in batch.records.iter().enumerate() {
         if r.commit_lsn < running.committed {
             continue;
         }
@@ -451,8 +509,12 @@ fn send_all(running: &Running, topic: &str, batch: &Batch) -> Result<()> {
         for (k, v) in r.headers() {
             headers = headers.insert(Header { key: k, value: Some(v) });
         }
-        let partition = hash::default_partition(r.key.as_deref(), running.partitions);
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partition).headers(headers);
+        if let Some(col) = headers_column {
+            for (k, v) in user_headers(r, col) {
+                headers = headers.insert(Header { key: &k, value: v.as_deref() });
+            }
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partitions[i]).headers(headers);
         if let Some(k) = &r.key {
             record = record.key(k.as_slice());
         }
@@ -477,6 +539,43 @@ fn send_all(running: &Running, topic: &str, batch: &Batch) -> Result<()> {
     Ok(())
 }
 
+impl KafkaConnector {
+    /// The partition of every record of the batch.
+    fn partitions(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<Vec<i32>> {
+        let n = self.state.as_ref().map_or(1, |s| s.partitions);
+        let Some(expr) = self.settings.partition_by.clone() else {
+            return Ok(batch.records.iter().map(|r| hash::default_partition(r.key.as_deref(), n)).collect());
+        };
+        let mut out = Vec::with_capacity(batch.records.len());
+        for r in &batch.records {
+            let Some(row) = record_row(r) else {
+                out.push(0);
+                continue;
+            };
+            let rel = &row.relation;
+            let fresh = self.partitioner.get(&rel.id).map(|(cached, _)| !(Arc::ptr_eq(cached, rel) || **cached == **rel)).unwrap_or(true);
+            if fresh {
+                let types = super::sql_types(rel, sql)?;
+                let cols: Vec<String> = rel.columns.iter().zip(&types).enumerate().map(|(i, (c, t))| format!("${}::{} AS {}", i + 1, t, quote_ident(&c.name))).collect();
+                let query = format!("SELECT (({expr}))::numeric::text FROM (SELECT {}) AS r", cols.join(", "));
+                self.partitioner.insert(rel.id, (rel.clone(), query));
+            }
+            let query = self.partitioner.get(&rel.id).map(|(_, q)| q.clone()).unwrap_or_default();
+            // Columns outside the image (non-key columns of a tombstone) are NULL.
+            let mut params: Vec<Option<&str>> = vec![None; rel.columns.len()];
+            for &i in row.indices.iter() {
+                params[i] = match &row.cells[i] {
+                    Cell::Text(t) => Some(t.as_str()),
+                    _ => None,
+                };
+            }
+            let hash = sql.query_or_none(&query, &params)?.and_then(|rows| rows.into_iter().next()).and_then(|r| r.into_iter().next().flatten());
+            out.push(partition_from_hash(hash.as_deref(), n));
+        }
+        Ok(out)
+    }
+}
+
 #[async_trait(?Send)]
 impl Connector for KafkaConnector {
     async fn check(&mut self) -> Result<()> {
@@ -494,13 +593,15 @@ impl Connector for KafkaConnector {
             })
     }
 
-    async fn deliver(&mut self, batch: &Batch, _sql: &mut dyn SqlSession) -> Result<()> {
+    async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()> {
         if batch.records.is_empty() {
             return Ok(());
         }
         if self.state.is_none() {
             self.start().await?;
         }
+        let partitions = self.partitions(batch, sql)?;
+        let headers_column = self.settings.headers_column.clone();
         let Some(running) = self.state.as_mut() else { return Err(SinkError::transient("Kafka producer unavailable")) };
         if batch.end_lsn <= running.committed {
             // Kafka already has this batch (Postgres crashed after the Kafka commit).
@@ -511,14 +612,14 @@ impl Connector for KafkaConnector {
         let result = if self.settings.exactly_once {
             (|| -> Result<()> {
                 running.producer.begin_transaction().map_err(|e| classify("transaction begin", &e))?;
-                send_all(running, &topic, batch)?;
+                send_all(running, &topic, batch, &partitions, headers_column.as_deref())?;
                 let value = progress_value(batch.end_lsn, &self.settings.progress_key);
                 let progress = BaseRecord::to(&self.settings.progress_topic).partition(0).key(self.settings.progress_key.as_bytes()).payload(&value);
                 running.producer.send(progress).map_err(|(e, _)| classify("progress produce", &e))?;
                 running.producer.commit_transaction(timeout).map_err(|e| classify("transaction commit", &e))
             })()
         } else {
-            send_all(running, &topic, batch).and_then(|_| running.producer.flush(timeout).map_err(|e| classify("flush", &e)))
+            send_all(running, &topic, batch, &partitions, headers_column.as_deref()).and_then(|_| running.producer.flush(timeout).map_err(|e| classify("flush", &e)))
         };
         let delivery_error = running.producer.context().take();
         match result {
@@ -600,6 +701,19 @@ mod tests {
             let err = settings(&cfg(opts)).unwrap_err();
             assert!(err.message.contains(msg), "{opts:?}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn partition_by_results_and_headers_rules() {
+        assert_eq!(partition_from_hash(Some("10"), 4), 2);
+        assert_eq!(partition_from_hash(Some("18446744073709551615"), 7), (u64::MAX % 7) as i32);
+        assert_eq!(partition_from_hash(None, 4), 0);
+        assert_eq!(partition_from_hash(Some("-3"), 4), 0);
+        assert_eq!(partition_from_hash(Some("1.5"), 4), 0);
+        let mut c = cfg(&[("topic", "t"), ("brokers", "h:1"), ("headers", "h")]);
+        assert!(settings(&c).is_ok());
+        c.envelope = EnvelopeKind::Debezium;
+        assert!(settings(&c).unwrap_err().message.contains("HEADERS requires the upsert envelope"));
     }
 
     #[test]

@@ -89,6 +89,20 @@ pub trait SqlSession {
     fn execute(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64>;
     /// Run a query with text parameters; every column comes back as text.
     fn query(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Vec<Vec<Option<String>>>>;
+    /// Like `query`, inside a subtransaction: a failing query gives `Ok(None)` and
+    /// leaves the surrounding transaction usable.
+    fn query_or_none(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<Vec<Vec<Option<String>>>>>;
+}
+
+/// SQL type names (`format_type`) of a relation's columns, for casting text values.
+pub fn sql_types(rel: &crate::engine::change::Relation, sql: &mut dyn SqlSession) -> Result<Vec<String>> {
+    let oids = format!("{{{}}}", rel.columns.iter().map(|c| c.ty.oid.to_string()).collect::<Vec<_>>().join(","));
+    let mods = format!("{{{}}}", rel.columns.iter().map(|c| c.type_modifier.to_string()).collect::<Vec<_>>().join(","));
+    let rows = sql.query(
+        "SELECT format_type(o, m) FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS u(o, m, n) ORDER BY n",
+        &[Some(&oids), Some(&mods)],
+    )?;
+    Ok(rows.into_iter().map(|r| r.into_iter().next().flatten().unwrap_or_else(|| "text".into())).collect())
 }
 
 /// What a connector is built from: the sink's settings it may need.

@@ -86,13 +86,7 @@ impl TableConnector {
             None => true,
         };
         if fresh {
-            let oids = format!("{{{}}}", rel.columns.iter().map(|c| c.ty.oid.to_string()).collect::<Vec<_>>().join(","));
-            let mods = format!("{{{}}}", rel.columns.iter().map(|c| c.type_modifier.to_string()).collect::<Vec<_>>().join(","));
-            let rows = sql.query(
-                "SELECT format_type(o, m) FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS u(o, m, n) ORDER BY n",
-                &[Some(&oids), Some(&mods)],
-            )?;
-            let types: Vec<String> = rows.into_iter().map(|r| r.into_iter().next().flatten().unwrap_or_else(|| "text".into())).collect();
+            let types = super::sql_types(rel, sql)?;
             if self.envelope != EnvelopeKind::Debezium {
                 let existing = sql.query(
                     "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
@@ -207,6 +201,9 @@ mod tests {
         fn execute(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64> {
             self.statements.push((sql.to_string(), params.iter().map(|p| p.map(str::to_string)).collect()));
             Ok(1)
+        }
+        fn query_or_none(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<Vec<Vec<Option<String>>>>> {
+            self.query(sql, params).map(Some)
         }
         fn query(&mut self, sql: &str, _: &[Option<&str>]) -> Result<Vec<Vec<Option<String>>>> {
             if sql.contains("format_type") {
