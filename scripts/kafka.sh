@@ -4,7 +4,7 @@
 # when missing (about a minute, once), wipes the data directory and waits until
 # the broker answers a Metadata request.
 #
-#   scripts/kafka.sh start|stop|status
+#   scripts/kafka.sh start|restart|stop|status   (restart keeps the data)
 #
 # KAFKA_PORT (default 19092), KAFKA_DATA (default /tmp/pg_sink_kafka). The pid is
 # in $KAFKA_DATA/broker.pid, the log in $KAFKA_DATA/broker.log.
@@ -104,11 +104,13 @@ stop_broker() {
 }
 
 start_broker() {
-  local bin pid i
+  local bin pid i keep=${1:-}
   install_noida
   bin=$(command -v noida-db)
   stop_broker
-  if [ -e "$DATA" ]; then
+  if [ "$keep" = keep ] && [ -e "$MARKER" ]; then
+    : # restart: keep the broker's data
+  elif [ -e "$DATA" ]; then
     # Only wipe a directory this script made (or an empty one).
     if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$DATA" 2>/dev/null)" ]; then
       die "$DATA exists, is not empty and was not made by this script; refusing to wipe it"
@@ -147,6 +149,7 @@ start_broker() {
 
 case "${1:-}" in
   start) start_broker ;;
+  restart) start_broker keep ;;  # stop, then start on the same data
   stop) stop_broker ;;
   status)
     if pid=$(running_pid) && metadata_ok; then
@@ -160,7 +163,7 @@ case "${1:-}" in
     fi
     ;;
   *)
-    echo "usage: $0 start|stop|status   (env: KAFKA_PORT=$PORT KAFKA_DATA=$DATA)" >&2
+    echo "usage: $0 start|restart|stop|status   (env: KAFKA_PORT=$PORT KAFKA_DATA=$DATA)" >&2
     exit 2
     ;;
 esac

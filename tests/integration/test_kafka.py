@@ -37,7 +37,9 @@ def read_topic(topic, timeout=30):
     md = admin.list_topics(topic, timeout=10)
     parts = sorted(md.topics[topic].partitions)
     c = Consumer({"bootstrap.servers": BROKERS, "group.id": f"test-{time.time()}", "isolation.level": "read_committed",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True})
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True,
+                  # noida-db ignores fetch byte limits: allow large responses.
+                  "receive.message.max.bytes": 1000000000})
     out = []
     try:
         ends = {}
@@ -282,3 +284,118 @@ def test_message_too_large_stops_the_sink_naming_the_key(db, broker):
     assert '{"id":42}' in row[1]
     assert len(read_topic("k-big")) == 1, "nothing of the failed batch is visible"
     db.execute("SELECT sink.drop_sink('k_big')")
+
+
+def _ledger_writer(total_changes, done, progress, pause=0.0):
+    """Writes ledger rows (each id once, even when a commit's ack is lost) and bumps
+    per-key counters (each bump a new change), reconnecting through crashes."""
+    conn = None
+    i = 0
+    changes = 0
+    while changes < total_changes:
+        try:
+            conn = conn or connect()
+            with conn.transaction():
+                conn.execute("INSERT INTO k_ledger SELECT g, %s::int FROM generate_series(%s::int, %s::int) g ON CONFLICT (id) DO NOTHING", (i, i * 100, i * 100 + 99))
+                conn.execute("UPDATE k_counter SET seq = seq + 1 WHERE k %% 20 = %s::int %% 20", (i,))
+            i += 1
+            changes += 100 + 5
+            progress[0] = changes
+            time.sleep(pause)
+        except Exception:
+            conn = None
+            time.sleep(0.3)
+    done.set()
+
+
+def _check_ledger(db, topic):
+    events = [json.loads(v) for _, _, v, _ in read_topic(topic, timeout=120)]
+    ledger = [e for e in events if e["source"]["table"] == "k_ledger"]
+    ids = collections.Counter(e["after"]["id"] for e in ledger if e["op"] in ("c", "r"))
+    assert [i for i, n in ids.items() if n > 1] == [], "a ledger row arrived twice"
+    assert set(ids) == {r[0] for r in db.execute("SELECT id FROM k_ledger").fetchall()}, "ledger rows missing"
+    per_key = collections.defaultdict(list)
+    for e in events:
+        if e["source"]["table"] == "k_counter" and e["op"] in ("u", "c", "r"):
+            per_key[e["after"]["k"]].append(e["after"]["seq"])
+    final = dict(db.execute("SELECT k, seq FROM k_counter").fetchall())
+    for k, seqs in per_key.items():
+        # Per-key commit order, every bump exactly once: 0 (snapshot), 1, 2, 3, ...
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"key {k}: {seqs[:10]}..."
+        assert seqs[-1] == final[k]
+    return len(events)
+
+
+@pytest.fixture
+def ledger(db):
+    db.execute("DROP TABLE IF EXISTS k_ledger, k_counter")
+    db.execute("CREATE TABLE k_ledger (id int PRIMARY KEY, txn int)")
+    db.execute("CREATE TABLE k_counter (k int PRIMARY KEY, seq int NOT NULL)")
+    db.execute("INSERT INTO k_counter SELECT g, 0 FROM generate_series(0, 99) g")
+    yield
+
+
+def test_exactly_once_through_ten_random_crashes(db, broker, ledger):
+    import random
+    rnd = random.Random(7)
+    db.execute("SELECT sink.create_sink('k_chaos', 'SELECT * FROM k_ledger', 'kafka', %s::jsonb, envelope => 'debezium')", (json.dumps({"brokers": broker, "topic": "k-chaos"}),))
+    db.execute("SELECT sink.create_sink('k_chaos2', 'k_counter', 'kafka', %s::jsonb, envelope => 'debezium')", (json.dumps({"brokers": broker, "topic": "k-chaos"}),))
+    wait_started(db, "k_chaos")
+    wait_started(db, "k_chaos2")
+    db.close()
+    done, progress = threading.Event(), [0]
+    t = threading.Thread(target=_ledger_writer, args=(200_000, done, progress), daemon=True)
+    t.start()
+    crashes = 0
+    while crashes < 10 or not done.is_set():
+        time.sleep(rnd.uniform(0.5, 2.5))
+        if crashes >= 10:
+            continue
+        if rnd.random() < 0.5:
+            pids = [p for p in [fresh_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_sink worker' ORDER BY random() LIMIT 1")] if p]
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        else:
+            cluster("kill")
+            cluster("start")
+        crashes += 1
+    t.join(timeout=300)
+    assert done.is_set() and progress[0] >= 200_000
+    # Back after the last crash: both workers running again (after any reinit).
+    wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_sink worker'") == 2, timeout=60, what="workers back")
+    db = wait_for(lambda: _try(connect), timeout=60, what="server back")
+    wait_caught_up(db, "k_chaos", timeout=300)
+    wait_caught_up(db, "k_chaos2", timeout=300)
+    n = _check_ledger(db, "k-chaos")
+    assert n >= 200_000
+    db.execute("SELECT sink.drop_sink('k_chaos')")
+    db.execute("SELECT sink.drop_sink('k_chaos2')")
+
+
+def test_broker_down_for_30_seconds_loses_and_duplicates_nothing(db, broker, ledger):
+    db.execute("SELECT sink.create_sink('k_down', 'k_ledger', 'kafka', %s::jsonb, envelope => 'debezium')", (json.dumps({"brokers": broker, "topic": "k-down", "timeout_ms": 5000}),))
+    db.execute("SELECT sink.create_sink('k_down2', 'k_counter', 'kafka', %s::jsonb, envelope => 'debezium')", (json.dumps({"brokers": broker, "topic": "k-down", "timeout_ms": 5000}),))
+    wait_started(db, "k_down")
+    wait_started(db, "k_down2")
+    done, progress = threading.Event(), [0]
+    # About 40 s of writes, so they go on while the broker is down.
+    t = threading.Thread(target=_ledger_writer, args=(40_000, done, progress, 0.1), daemon=True)
+    t.start()
+    wait_for(lambda: progress[0] > 5_000, what="writes")
+    kafka("stop")
+    time.sleep(30)
+    assert not done.is_set(), "the writer should still be writing"
+    row = db.execute("SELECT state, last_error FROM sink.status WHERE name = 'k_down'").fetchone()
+    assert row[0] == "running" and row[1] and "Kafka" in row[1], row
+    kafka("restart")
+    t.join(timeout=300)
+    assert done.is_set()
+    wait_caught_up(db, "k_down", timeout=300)
+    wait_caught_up(db, "k_down2", timeout=300)
+    _check_ledger(db, "k-down")
+    assert one(db, "SELECT last_error FROM sink.status WHERE name = 'k_down'") is None
+    db.execute("SELECT sink.drop_sink('k_down')")
+    db.execute("SELECT sink.drop_sink('k_down2')")

@@ -417,7 +417,9 @@ impl KafkaConnector {
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // Some Kafka-protocol brokers ignore fetch byte limits; accept large responses.
+            .set("receive.message.max.bytes", "1000000000");
         let consumer: BaseConsumer = c.create().map_err(|e| classify("progress consumer creation", &e))?;
         let topic = &self.settings.progress_topic;
         let (low, high) = consumer.fetch_watermarks(topic, 0, self.settings.timeout).map_err(|e| classify("progress watermark fetch", &e))?;
