@@ -199,6 +199,22 @@ fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'
             }
         }
     }
+    if spec.name == "kafka" {
+        let resolved = opts
+            .iter()
+            .map(|(k, v)| {
+                let value = if v.starts_with("{\"secret\"") {
+                    let s: serde_json::Value = serde_json::from_str(v).unwrap_or_default();
+                    let name = s.get("secret").map(catalog::json_text).unwrap_or_default();
+                    as_superuser(|| select_one("SELECT value FROM sink.secrets WHERE name = $1", &[Some(&name)])).unwrap_or_default()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), value)
+            })
+            .collect();
+        crate::engine::connector::kafka::check_connection(&resolved).or_raise();
+    }
     let owner = current_user();
     let json = serde_json::Value::Object(opts.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).ok().filter(|j: &serde_json::Value| j.is_object()).unwrap_or_else(|| serde_json::Value::String(v.clone())))).collect()).to_string();
     as_superuser(|| {

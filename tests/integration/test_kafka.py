@@ -11,7 +11,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import ROOT, cluster, connect, fresh_one, one, sqlstate_of, wait_caught_up, wait_for, wait_started
 
@@ -155,6 +155,22 @@ def test_bad_kafka_options_are_refused(db, broker):
         assert st == state and msg in m, (opts, st, m)
         assert detail or hint
         assert one(db, "SELECT count(*) FROM sink.sinks WHERE name = 'k_bad'") == 0
+    # An existing progress topic must follow the guidance (1 partition, no retention).
+    admin = AdminClient({"bootstrap.servers": broker})
+    admin.create_topics([NewTopic("bad-progress", 3, 1)])["bad-progress"].result(10)
+    st, m, detail, hint = sqlstate_of(db, "SELECT sink.create_sink('k_bad', 'k_bad', 'kafka', %s::jsonb)", json.dumps({"brokers": broker, "topic": "t", "progress_topic": "bad-progress"}))
+    assert st == "22000" and "has 3 partitions" in m and "1 partition" in detail, (st, m)
+    # Connections are validated too, and reusable with secrets.
+    st, m, _, hint = sqlstate_of(db, "SELECT sink.create_connection('kc_bad', 'kafka', %s::jsonb)", json.dumps({"brokers": "127.0.0.1:1"}))
+    assert st == "08000" and "could not reach Kafka brokers" in m and hint
+    db.execute("SELECT sink.create_connection('kc', 'kafka', %s::jsonb)", (json.dumps({"brokers": broker}),))
+    db.execute("SELECT sink.create_sink('k_conn', 'k_bad', connection => 'kc', options => '{\"topic\": \"k-conn\"}', envelope => 'upsert')")
+    db.execute("INSERT INTO k_bad VALUES (7)")
+    wait_caught_up(db, "k_conn")
+    assert [json.loads(k) for _, k, _, _ in read_topic("k-conn")] == [{"id": 7}]
+    db.execute("SELECT sink.drop_sink('k_conn')")
+    db.execute("SELECT sink.drop_connection('kc')")
+    db.execute("DELETE FROM k_bad")
     # validate => false creates the sink anyway; the worker then retries with the error in status.
     db.execute("SELECT sink.create_sink('k_bad', 'k_bad', 'kafka', %s::jsonb)", (json.dumps({"brokers": "127.0.0.1:1", "topic": "t", "validate": False, "timeout_ms": 2000}),))
     db.execute("INSERT INTO k_bad VALUES (1)")

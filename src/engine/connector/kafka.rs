@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -392,6 +392,10 @@ impl KafkaConnector {
                     .set("retention.bytes", "-1"),
             );
         }
+        if self.settings.exactly_once && exists(&self.settings.progress_topic) {
+            let partitions = meta.topics().iter().find(|m| m.name() == self.settings.progress_topic).map_or(0, |m| m.partitions().len());
+            self.check_progress_topic(&admin, partitions).await?;
+        }
         if wanted.is_empty() {
             return Ok(());
         }
@@ -403,6 +407,32 @@ impl KafkaConnector {
                 Err((topic, code)) => {
                     let e = error_for_code(code, format!("could not create Kafka topic \"{topic}\": {code}"));
                     return Err(e.hint("Create the topic yourself, or check topic_partition_count, topic_replication_factor and topic_config."));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Enforce the seed's guidance for an existing progress topic: exactly one
+    /// partition and no retention (either would break exactly-once).
+    async fn check_progress_topic(&self, admin: &AdminClient<DefaultClientContext>, partitions: usize) -> Result<()> {
+        let topic = &self.settings.progress_topic;
+        let guidance = "The progress topic must have 1 partition and no retention (retention.ms = -1, retention.bytes = -1); compaction is recommended.";
+        if partitions != 1 {
+            return Err(SinkError::permanent(format!("progress topic \"{topic}\" has {partitions} partitions"))
+                .detail(guidance)
+                .hint("Recreate it with one partition, or name another with progress_topic."));
+        }
+        let opts = AdminOptions::new().request_timeout(Some(self.settings.timeout));
+        let spec = ResourceSpecifier::Topic(topic);
+        let results = admin.describe_configs([&spec], &opts).await.map_err(|e| classify("progress topic describe", &e))?;
+        for r in results.into_iter().flatten() {
+            for name in ["retention.ms", "retention.bytes"] {
+                let value = r.get(name).and_then(|e| e.value.clone()).unwrap_or_else(|| "-1".into());
+                if value.trim() != "-1" {
+                    return Err(SinkError::permanent(format!("progress topic \"{topic}\" has {name} = {value}"))
+                        .detail(guidance)
+                        .hint(format!("Set {name} = -1 on the topic (kafka-configs --alter), or name another with progress_topic.")));
                 }
             }
         }
@@ -481,6 +511,29 @@ impl KafkaConnector {
         self.state = Some(Running { producer, partitions, committed });
         Ok(())
     }
+}
+
+/// Check that a Kafka connection's brokers answer (Kinetica validates Kafka data
+/// sinks when they are created), unless `validate` is false.
+pub fn check_connection(options: &BTreeMap<String, String>) -> Result<()> {
+    let mut opts = options.clone();
+    opts.entry("topic".into()).or_insert_with(|| "pg_sink-connection-check".into());
+    let cfg = ConnectorConfig {
+        sink_name: String::new(),
+        database: String::new(),
+        sink_uid: String::new(),
+        envelope: crate::engine::envelope::EnvelopeKind::Upsert,
+        key_columns: vec![],
+        options: opts,
+    };
+    let connector = KafkaConnector { settings: settings(&cfg)?, state: None, partitioner: HashMap::new() };
+    if !connector.settings.validate {
+        return Ok(());
+    }
+    connector.admin()?.inner().fetch_metadata(None, Duration::from_secs(5).min(connector.settings.timeout)).map(|_| ()).map_err(|e| {
+        SinkError::transient(format!("could not reach Kafka brokers \"{}\": {e}", connector.settings.brokers))
+            .hint("Check the brokers option and that the broker is running, or pass validate => false.")
+    })
 }
 
 /// The LSN in a progress record's value: `{"lsn": <u64>, ...}`.
@@ -585,14 +638,13 @@ impl Connector for KafkaConnector {
             return Ok(());
         }
         let admin = self.admin()?;
-        admin
-            .inner()
-            .fetch_metadata(None, Duration::from_secs(5).min(self.settings.timeout))
-            .map(|_| ())
-            .map_err(|e| {
-                SinkError::transient(format!("could not reach Kafka brokers \"{}\": {e}", self.settings.brokers))
-                    .hint("Check the brokers option and that the broker is running, or pass validate => false to create the sink anyway.")
-            })
+        admin.inner().fetch_metadata(None, Duration::from_secs(5).min(self.settings.timeout)).map_err(|e| {
+            SinkError::transient(format!("could not reach Kafka brokers \"{}\": {e}", self.settings.brokers))
+                .hint("Check the brokers option and that the broker is running, or pass validate => false to create the sink anyway.")
+        })?;
+        // Like Materialize, create the topics when the sink is created (and check an
+        // existing progress topic against the guidance).
+        self.ensure_topics().await
     }
 
     async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()> {
