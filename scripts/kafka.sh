@@ -93,9 +93,11 @@ stop_broker() {
   local pid i
   pid=$(running_pid) || { rm -f "$PIDFILE"; return 0; }
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 50); do running_pid >/dev/null || break; sleep 0.1; done
+  # noida-db saves its whole state on SIGTERM; a large state takes a while, and
+  # killing it earlier would lose acknowledged writes.
+  for i in $(seq 1200); do running_pid >/dev/null || break; sleep 0.1; done
   if running_pid >/dev/null; then
-    log "broker pid $pid ignored SIGTERM for 5s; sending SIGKILL"
+    log "broker pid $pid ignored SIGTERM for 120s; sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
     for i in $(seq 50); do running_pid >/dev/null || break; sleep 0.1; done
     running_pid >/dev/null && die "broker pid $pid did not exit"

@@ -187,6 +187,9 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
         for (k, v) in OUTPUT_SETTINGS.iter().chain([("work_mem", "64MB")].iter()) {
             select("SELECT set_config($1, $2, false)", &[Some(k), Some(v)]);
         }
+        // Visible in pg_stat_activity.application_name.
+        let name = select_one("SELECT name FROM sink.sinks WHERE id = $1::bigint", &[Some(&sink_id.to_string())]).unwrap_or_default();
+        select("SELECT set_config('application_name', $1, false)", &[Some(&format!("pg_sink sink {name}"))]);
         Ok(())
     });
     if let Err(e) = settings {

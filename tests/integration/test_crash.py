@@ -40,7 +40,7 @@ def writer(stop_after, done):
 
 
 def worker_pids(conn):
-    return [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_sink worker'").fetchall()]
+    return [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pg_sink sink crash%%'").fetchall()]
 
 
 def reconnect():
@@ -79,7 +79,7 @@ def test_kill_workers_and_crash_postgres_mid_stream(db):
     db.close()
 
     # 2. Immediate shutdown (a crash: no checkpoint) and restart, mid-stream.
-    wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_sink worker'") == 3, what="workers to restart")
+    wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_sink sink crash%%'") == 3, what="workers to restart")
     wait_for(lambda: (fresh_one("SELECT min(rows_delivered) FROM sink.status WHERE name LIKE 'crash%%'") or 0) > 20000, timeout=120, what="more delivery")
     cluster("kill")
     cluster("start")

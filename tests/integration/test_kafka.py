@@ -214,7 +214,7 @@ def test_exactly_once_across_kafka_commit_then_catalog_failure_and_crashes(db, b
     t = threading.Thread(target=writer, daemon=True)
     t.start()
     wait_for(lambda: one(db, "SELECT rows_delivered FROM sink.status WHERE name = 'k_eo'") > 120, what="streaming")
-    pid = one(db, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_sink worker'")
+    pid = one(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_sink sink k_eo'")
     os.kill(pid, signal.SIGKILL)
     db.close()
     wait_for(lambda: (fresh_one("SELECT rows_delivered FROM sink.status WHERE name = 'k_eo'") or 0) > 200, timeout=60, what="more streaming")
@@ -353,6 +353,7 @@ def ledger(db):
 
 def test_exactly_once_through_ten_random_crashes(db, broker, ledger):
     import random
+    kafka("start")  # a fresh, small broker state (noida-db rewrites all of it every second)
     rnd = random.Random(7)
     db.execute("SELECT sink.create_sink('k_chaos', 'SELECT * FROM k_ledger', 'kafka', %s::jsonb, envelope => 'debezium')", (json.dumps({"brokers": broker, "topic": "k-chaos"}),))
     db.execute("SELECT sink.create_sink('k_chaos2', 'k_counter', 'kafka', %s::jsonb, envelope => 'debezium')", (json.dumps({"brokers": broker, "topic": "k-chaos"}),))
@@ -368,7 +369,7 @@ def test_exactly_once_through_ten_random_crashes(db, broker, ledger):
         if crashes >= 10:
             continue
         if rnd.random() < 0.5:
-            pids = [p for p in [fresh_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_sink worker' ORDER BY random() LIMIT 1")] if p]
+            pids = [p for p in [fresh_one("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pg_sink sink k_chaos%%' ORDER BY random() LIMIT 1")] if p]
             for p in pids:
                 try:
                     os.kill(p, signal.SIGKILL)
@@ -381,7 +382,7 @@ def test_exactly_once_through_ten_random_crashes(db, broker, ledger):
     t.join(timeout=300)
     assert done.is_set() and progress[0] >= 200_000
     # Back after the last crash: both workers running again (after any reinit).
-    wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_sink worker'") == 2, timeout=60, what="workers back")
+    wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_sink sink k_chaos%%'") == 2, timeout=60, what="workers back")
     db = wait_for(lambda: _try(connect), timeout=60, what="server back")
     wait_caught_up(db, "k_chaos", timeout=300)
     wait_caught_up(db, "k_chaos2", timeout=300)
@@ -392,6 +393,7 @@ def test_exactly_once_through_ten_random_crashes(db, broker, ledger):
 
 
 def test_broker_down_for_30_seconds_loses_and_duplicates_nothing(db, broker, ledger):
+    kafka("start")  # a fresh, small broker state, so a stop saves it quickly
     db.execute("SELECT sink.create_sink('k_down', 'k_ledger', 'kafka', %s::jsonb, envelope => 'debezium')", (json.dumps({"brokers": broker, "topic": "k-down", "timeout_ms": 5000}),))
     db.execute("SELECT sink.create_sink('k_down2', 'k_counter', 'kafka', %s::jsonb, envelope => 'debezium')", (json.dumps({"brokers": broker, "topic": "k-down", "timeout_ms": 5000}),))
     wait_started(db, "k_down")

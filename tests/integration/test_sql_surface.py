@@ -105,7 +105,7 @@ def test_lifecycle_create_pause_resume_alter_drop(db, tables):
     db.execute("INSERT INTO s_pk VALUES (1, 'a@x', 'one', 1)")
     wait_caught_up(db, "life")
     db.execute("SELECT sink.pause_sink('life')")
-    wait_for(lambda: one(db, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_sink worker'") == 0, what="worker to stop")
+    wait_for(lambda: one(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_sink sink life'") == 0, what="worker to stop")
     db.execute("INSERT INTO s_pk VALUES (2, 'b@x', 'two', 2)")
     import time
     time.sleep(0.5)
