@@ -125,7 +125,12 @@ wait_port_free() {
   for i in $(seq 300); do port_free && return 0; sleep 0.1; done
   echo "[bench] note: 127.0.0.1:$KAFKA_PORT is still in use after 30 s" >&2
 }
+PYPID=
 cleanup() {
+  if [ -n "$PYPID" ] && kill -0 "$PYPID" 2>/dev/null; then
+    kill -TERM "$PYPID" 2>/dev/null || true
+    wait "$PYPID" 2>/dev/null || true
+  fi
   if [ -f "$CHILDREN" ]; then
     while read -r pid comm; do
       [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] && kill -TERM "$pid" 2>/dev/null || true
@@ -148,7 +153,9 @@ id postgres >/dev/null 2>&1 || useradd --system --create-home postgres
 "$HERE/cluster.sh" start >&2
 "$HERE/kafka.sh" start >&2
 
-python3 - <<'PY'
+# In the background, so a signal to this script ends the run at once (a foreground
+# child would delay the traps until it finished).
+python3 - <<'PY' &
 import json, os, re, resource, subprocess, sys, time
 import psycopg
 import psycopg.sql
@@ -166,6 +173,8 @@ BROKERS = f"127.0.0.1:{os.environ['KAFKA_PORT']}"
 TIMEOUT = float(os.environ["BENCH_TIMEOUT"])
 BATCH = os.environ.get("PGSINK_BATCH") or None
 SINK_EXTRA = json.loads(os.environ.get("BENCH_SINK_OPTIONS") or "{}")
+EXACTLY_ONCE = str(SINK_EXTRA.get("exactly_once", True)).lower() not in ("false", "0", "off", "no")
+MODE = "exactly-once" if EXACTLY_ONCE else "at-least-once"
 CHILDREN = os.path.join(ROOT, "children.pids")
 TXN_ROWS = 50000
 TICK = 0.01  # the latency writer commits every 10 ms
@@ -649,7 +658,7 @@ print(f"1. throughput: N = {N} inserts in {TXN_ROWS}-row transactions, {wal_byte
 print(f"  a. decode limit (pg_recvlogical, pgoutput -> /dev/null): {decode_s:9.3f} s {decode_rps:12,.0f} rows/s")
 print(f"  b. pipe (pg_recvlogical wal2json | kcat -P):             {pipe_s:9.3f} s {pipe_rps:12,.0f} rows/s"
       f"   bench-pipe: {pipe_msgs} messages" + ("  OK" if pipe_ok else f"  SHORT: expected >= {N}"))
-print(f"  c. sink (kafka, upsert, exactly-once):                   {sink_s:9.3f} s {sink_rps:12,.0f} rows/s"
+print(f"  c. sink (kafka, upsert, {MODE + '):':<33}{sink_s:9.3f} s {sink_rps:12,.0f} rows/s"
       + (f"   (worker up after {first_worker_s:.2f} s; " if first_worker_s is not None else "   (")
       + f"sink.status.batches {batches})")
 print(f"  CPU during a / b / c (cores busy, whole machine, of {os.cpu_count()}): "
@@ -661,10 +670,12 @@ print(f"  ratio c/a (sink / decode limit):                         {ca:9.3f}   (
 print(f"  worker peak RSS (VmHWM):                                 {fmt_mib(hwm_mib)}   (private RssAnon peak {fmt_mib(anon_mib)})")
 print(f"  sink delivered:                                          {rows_delivered} rows, {bytes_delivered / 2**20:.1f} MiB"
       + ("  OK" if rows_delivered == N else f"  MISMATCH: expected {N}")
-      + f"; bench-sink high watermark {sink_hw} in {sink_parts} partition(s) = rows + {markers} commit markers"
+      + f"; bench-sink high watermark {sink_hw} in {sink_parts} partition(s) = rows + {markers}"
+      + (" commit markers" if EXACTLY_ONCE else "")
       + ("" if readback is None else f"; read_committed read-back {readback}" + ("  OK" if readback == N else "  MISMATCH")))
-print(f"2. latency: commit -> visible to a read_committed consumer (includes the sink's idle poll and the Kafka "
-      f"transaction commit), {rows_per_tick} rows per commit every {TICK * 1000:.0f} ms for {SECONDS} s")
+print(f"2. latency: commit -> visible to a read_committed consumer (includes the sink's idle poll and "
+      + ("the Kafka transaction commit, i.e. the ack" if EXACTLY_ONCE else "the producer's flush (at-least-once)")
+      + f"), {rows_per_tick} rows per commit every {TICK * 1000:.0f} ms for {SECONDS} s")
 print(f"  sink warm-up (first delivery after creation, not counted): {warmup_s:.2f} s")
 print(f"  write rate achieved:  {achieved:12,.0f} rows/s (target {RATE:,}; {rows} rows, {late} of {ticks} commits > 10 ms late)")
 fmt_ms = lambda v: "n/a" if v is None else f"{v:8.1f} ms"
@@ -707,6 +718,7 @@ print(json.dumps({
     "pipe_tools_cpu_s": round(pipe_tools_cpu_s, 2),
     "sink_worker_cpu_s": round(sink_worker_cpu_s, 2),
     "sink_options_extra": SINK_EXTRA,
+    "sink_mode": MODE,
     "batches": batches,
     "rows_delivered": rows_delivered,
     "bytes_delivered": bytes_delivered,
@@ -739,3 +751,5 @@ print(json.dumps({
 }), flush=True)
 sys.exit(0 if ok else 1)
 PY
+PYPID=$!
+wait "$PYPID"

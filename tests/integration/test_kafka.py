@@ -61,6 +61,7 @@ def read_topic(topic, timeout=30):
             out.append((m.partition(), m.key(), m.value(), hdrs))
             if m.offset() + 1 >= ends[m.partition()]:
                 done.add(m.partition())
+        assert len(done) == len(parts), f"read of {topic} timed out after {timeout}s with {len(out)} messages"
     finally:
         c.close()
     return out
@@ -325,7 +326,7 @@ def _ledger_writer(total_changes, done, progress, pause=0.0):
 
 
 def _check_ledger(db, topic):
-    events = [json.loads(v) for _, _, v, _ in read_topic(topic, timeout=120)]
+    events = [json.loads(v) for _, _, v, _ in read_topic(topic, timeout=600)]
     ledger = [e for e in events if e["source"]["table"] == "k_ledger"]
     ids = collections.Counter(e["after"]["id"] for e in ledger if e["op"] in ("c", "r"))
     assert [i for i, n in ids.items() if n > 1] == [], "a ledger row arrived twice"
