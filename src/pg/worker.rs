@@ -184,7 +184,9 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
     let db = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     let settings = in_transaction(|| {
-        for (k, v) in OUTPUT_SETTINGS.iter().chain([("work_mem", "64MB")].iter()) {
+        // work_mem: the peek's tuplestore stays in memory for a batch; log level:
+        // every step starts a decoding session, which Postgres logs at LOG.
+        for (k, v) in OUTPUT_SETTINGS.iter().chain([("work_mem", "64MB"), ("log_min_messages", "warning")].iter()) {
             select("SELECT set_config($1, $2, false)", &[Some(k), Some(v)]);
         }
         // Visible in pg_stat_activity.application_name.
@@ -225,7 +227,10 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
             }
             let out = as_superuser(|| delivery::step(&sink, Mode::Deliver { write_idle_progress: write_idle }, session.0))?;
             let wrote_idle = out.caught_up && out.transactions == 0 && write_idle;
-            Ok((if out.caught_up && !out.initialized { Next::Idle } else { Next::Continue }, wrote_idle))
+            // Sleep only when nothing was found: while changes flow, go straight to
+            // the next step (latency = step time, not poll interval).
+            let idle = out.caught_up && !out.initialized && out.transactions == 0;
+            Ok((if idle { Next::Idle } else { Next::Continue }, wrote_idle))
         });
         match step {
             Ok((next, wrote_idle)) => {

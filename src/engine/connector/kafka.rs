@@ -555,6 +555,15 @@ fn error_for_code(code: RDKafkaErrorCode, message: String) -> SinkError {
     }
 }
 
+/// Serve delivery reports in short slices until nothing is in flight (or `timeout`).
+/// rdkafka's own flush waits in 100 ms steps, which would put 100 ms on every batch.
+fn drain(producer: &BaseProducer<DeliveryContext>, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+        producer.poll(Duration::from_millis(1));
+    }
+}
+
 fn send_all(running: &Running, topic: &str, batch: &Batch, partitions: &[i32], headers_column: Option<&str>) -> Result<()> {
     for (i, r) in batch.records.iter().enumerate() {
         if r.commit_lsn < running.committed {
@@ -670,10 +679,14 @@ impl Connector for KafkaConnector {
                 let value = progress_value(batch.end_lsn, &self.settings.progress_key);
                 let progress = BaseRecord::to(&self.settings.progress_topic).partition(0).key(self.settings.progress_key.as_bytes()).payload(&value);
                 running.producer.send(progress).map_err(|(e, _)| classify("progress produce", &e))?;
+                drain(&running.producer, timeout);
                 running.producer.commit_transaction(timeout).map_err(|e| classify("transaction commit", &e))
             })()
         } else {
-            send_all(running, &topic, batch, &partitions, headers_column.as_deref()).and_then(|_| running.producer.flush(timeout).map_err(|e| classify("flush", &e)))
+            send_all(running, &topic, batch, &partitions, headers_column.as_deref()).and_then(|_| {
+                drain(&running.producer, timeout);
+                running.producer.flush(timeout).map_err(|e| classify("flush", &e))
+            })
         };
         let delivery_error = running.producer.context().take();
         match result {
