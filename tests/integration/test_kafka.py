@@ -89,6 +89,15 @@ def test_upsert_json_with_keys_tombstones_headers_and_partitioning(db, broker):
     msgs = read_topic("k-orders")
     admin = AdminClient({"bootstrap.servers": broker})
     assert len(admin.list_topics("k-orders", timeout=10).topics["k-orders"].partitions) == 3
+    # TOPIC CONFIG applied to the created topic; the progress topic is compacted with no retention.
+    from confluent_kafka.admin import ConfigResource
+    def config(topic):
+        res = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+        return {k: v.value for k, v in list(res.values())[0].result(10).items()}
+    assert config("k-orders")["cleanup.policy"] == "compact"
+    progress = config("_pg_sink-progress-postgres")
+    assert progress["cleanup.policy"] == "compact" and progress["retention.ms"] == "-1" and progress["retention.bytes"] == "-1"
+    assert len(admin.list_topics("_pg_sink-progress-postgres", timeout=10).topics["_pg_sink-progress-postgres"].partitions) == 1
     state = {}
     for part, key, value, headers in msgs:
         k = json.loads(key)
@@ -115,11 +124,18 @@ def test_debezium_and_append_only_envelopes(db, broker):
     opts = lambda t: json.dumps({"brokers": broker, "topic": t})
     db.execute("SELECT sink.create_sink('k_dbz', 'k_events', 'kafka', %s::jsonb, envelope => 'debezium', snapshot => false)", (opts("k-dbz"),))
     db.execute("SELECT sink.create_sink('k_app', 'k_events', 'kafka', %s::jsonb, envelope => 'append-only', snapshot => false)", (opts("k-app"),))
+    # At-least-once mode: an idempotent producer, no transactions.
+    alo = json.dumps({"brokers": broker, "topic": "k-alo", "exactly_once": False})
+    db.execute("SELECT sink.create_sink('k_alo', 'k_events', 'kafka', %s::jsonb, envelope => 'upsert', snapshot => false)", (alo,))
+    wait_started(db, "k_alo")
     wait_started(db, "k_dbz")
     wait_started(db, "k_app")
     db.execute("INSERT INTO k_events SELECT g, 'b' || g FROM generate_series(1, 50) g")
     wait_caught_up(db, "k_dbz")
     wait_caught_up(db, "k_app")
+    wait_caught_up(db, "k_alo")
+    assert sorted(json.loads(k)["id"] for _, k, _, _ in read_topic("k-alo")) == list(range(1, 51))
+    db.execute("SELECT sink.drop_sink('k_alo')")
     app = read_topic("k-app")
     assert sorted(json.loads(v)["id"] for _, _, v, _ in app) == list(range(1, 51))
     assert all(k is None for _, k, _, _ in app) and all(p == 0 for p, _, _, _ in app), "keyless records go to partition 0"
