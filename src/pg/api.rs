@@ -554,7 +554,7 @@ fn create_sink(
             options: def.connector_options.clone(),
         };
         let mut connector = (def.connector.build)(&cfg).or_raise();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(|e| SinkError::transient(e.to_string())).or_raise();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| SinkError::transient(e.to_string())).or_raise();
         rt.block_on(connector.check()).or_raise();
     }
     if def.connector.name == "file" {

@@ -61,6 +61,24 @@ struct Parts {
 #[derive(Default)]
 pub struct Session {
     cached: Option<(String, Parts)>,
+    /// Lives as long as the session: clients (NATS, ...) run background tasks on it.
+    rt: Option<std::sync::Arc<tokio::runtime::Runtime>>,
+}
+
+impl Session {
+    fn runtime(&mut self) -> Result<std::sync::Arc<tokio::runtime::Runtime>, SinkError> {
+        if self.rt.is_none() {
+            // One worker thread for clients' background tasks (pings, reconnects);
+            // connector calls themselves run on this backend's thread via block_on.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(|e| SinkError::transient(format!("could not start the async runtime: {e}")))?;
+            self.rt = Some(std::sync::Arc::new(rt));
+        }
+        self.rt.clone().ok_or_else(|| SinkError::transient("async runtime unavailable"))
+    }
 }
 
 fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, SinkError> {
@@ -84,13 +102,6 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
     let (_, parts) = session.cached.as_mut().ok_or_else(|| SinkError::transient("sink parts unavailable"))?;
     parts.pipeline.confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
     Ok(parts)
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, SinkError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|e| SinkError::transient(format!("could not start the async runtime: {e}")))
 }
 
 fn deliver(rt: &tokio::runtime::Runtime, connector: &mut dyn Connector, batch: &Batch, sql: &mut SpiSession) -> Result<(), SinkError> {
@@ -119,9 +130,9 @@ pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome
 }
 
 fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome, SinkError> {
+    let rt = session.runtime()?;
     let Parts { def, pipeline, connector } = parts(sink, session)?;
     let def = &*def;
-    let rt = runtime()?;
     let mut types = CatalogTypes::default();
     let slot = slot_position(&sink.slot_name);
 

@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod nats;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -163,7 +164,7 @@ impl std::fmt::Debug for ConnectorSpec {
     }
 }
 
-pub const REGISTRY: &[ConnectorSpec] = &[file::SPEC, kafka::SPEC, table::SPEC];
+pub const REGISTRY: &[ConnectorSpec] = &[file::SPEC, kafka::SPEC, nats::SPEC, table::SPEC];
 
 pub fn spec(name: &str) -> Result<&'static ConnectorSpec> {
     REGISTRY.iter().find(|s| s.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
