@@ -189,7 +189,7 @@ fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'
     check_name("connection", name);
     let spec = crate::engine::connector::spec(connector).or_raise();
     let opts = option_map(&options, "connection options");
-    crate::engine::connector::validate_options(spec, &opts).map_err(|e| e).or_raise();
+    crate::engine::connector::validate_known(spec, &opts).or_raise();
     for (k, v) in &opts {
         if v.starts_with("{\"secret\"") {
             let secret: serde_json::Value = serde_json::from_str(v).unwrap_or_default();

@@ -192,9 +192,8 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
     let db = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     let settings = in_transaction(|| {
-        // work_mem: the peek's tuplestore stays in memory for a batch; log level:
-        // every step starts a decoding session, which Postgres logs at LOG.
-        for (k, v) in OUTPUT_SETTINGS.iter().chain([("work_mem", "64MB"), ("log_min_messages", "warning")].iter()) {
+        // work_mem: the peek's tuplestore stays in memory for a batch.
+        for (k, v) in OUTPUT_SETTINGS.iter().chain([("work_mem", "64MB")].iter()) {
             select("SELECT set_config($1, $2, false)", &[Some(k), Some(v)]);
         }
         // Visible in pg_stat_activity.application_name.

@@ -143,7 +143,79 @@ def test_bad_nats_options(db, table):
     # JetStream without a stream for the subject stops the sink with a clear error.
     db.execute("SELECT sink.create_sink('n_bad', 'n_items', 'nats', %s::jsonb, snapshot => false)",
                (json.dumps({"server_url": SYSTEM, "subject": "nostream.here", "jetstream": True}),))
+    wait_started(db, "n_bad")
     db.execute("INSERT INTO n_items VALUES (1, 'a')")
     row = wait_for(lambda: db.execute("SELECT state, last_error FROM sink.status WHERE name = 'n_bad' AND state = 'failed'").fetchone(), timeout=60, what="failure")
     assert "no JetStream stream" in row[1]
     db.execute("SELECT sink.drop_sink('n_bad')")
+
+
+@pytest.fixture(scope="module")
+def auth_servers(server):
+    env = dict(os.environ, NATS_PORT="14222", NATS_DATA="/tmp/pg_sink_nats")
+    subprocess.run([os.path.join(ROOT, "scripts", "nats.sh"), "start"], env=env, check=True)
+    yield "/tmp/pg_sink_nats"
+    subprocess.run([os.path.join(ROOT, "scripts", "nats.sh"), "stop"], env=env, check=True)
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def test_every_connect_mode_and_wrong_credentials(db, table, auth_servers):
+    d = auth_servers
+    modes = {
+        "n_plain": {"server_url": "127.0.0.1:14222", "subject": "auth.plain", "connect_mode": "plain"},
+        "n_userpass": {"server_url": "127.0.0.1:14222", "subject": "auth.up", "connect_mode": "user_and_password", "username": "sinkuser", "password": "sinkpass"},
+        "n_jwt": {"server_url": "127.0.0.1:14223", "subject": "auth.jwt", "connect_mode": "credential", "jwt": _read(f"{d}/user.jwt"), "nkey": _read(f"{d}/user_jwt.nk")},
+    }
+    got = {}
+
+    async def listen(url, subject, **kw):
+        nc = await nats.connect(url, **kw)
+        msgs = []
+
+        async def cb(m):
+            msgs.append(json.loads(m.data))
+
+        await nc.subscribe(subject, cb=cb)
+        await nc.flush()
+        return nc, msgs
+
+    loop = asyncio.new_event_loop()
+    subs = {
+        "n_plain": loop.run_until_complete(listen("nats://127.0.0.1:14222", "auth.plain")),
+        "n_userpass": loop.run_until_complete(listen("nats://127.0.0.1:14222", "auth.up", user="sinkuser", password="sinkpass")),
+        "n_jwt": loop.run_until_complete(listen("nats://127.0.0.1:14223", "auth.jwt", user_credentials=f"{d}/user.creds")),
+    }
+    # Secrets for the password and the seed, through connections.
+    db.execute("SELECT sink.create_secret('nats_pw', 'sinkpass')")
+    db.execute("SELECT sink.create_connection('nats_up', 'nats', %s::jsonb)",
+               (json.dumps({"server_url": "127.0.0.1:14222", "connect_mode": "user_and_password", "username": "sinkuser", "password": {"secret": "nats_pw"}}),))
+    for name, opts in modes.items():
+        if name == "n_userpass":
+            db.execute("SELECT sink.create_sink(%s, 'n_items', connection => 'nats_up', options => %s::jsonb, envelope => 'upsert', snapshot => false)", (name, json.dumps({"subject": "auth.up"})))
+        else:
+            db.execute("SELECT sink.create_sink(%s, 'n_items', 'nats', %s::jsonb, envelope => 'upsert', snapshot => false)", (name, json.dumps(opts)))
+        wait_started(db, name)
+    db.execute("INSERT INTO n_items SELECT g, 'v' FROM generate_series(1, 30) g")
+    for name in modes:
+        wait_caught_up(db, name)
+    deadline = time.time() + 10
+    while time.time() < deadline and not all(len(subs[n][1]) == 30 for n in modes):
+        loop.run_until_complete(asyncio.sleep(0.1))
+    for name in modes:
+        assert sorted(v["id"] for v in subs[name][1]) == list(range(1, 31)), name
+        loop.run_until_complete(subs[name][0].close())
+        db.execute("SELECT sink.drop_sink(%s)", (name,))
+    db.execute("SELECT sink.drop_connection('nats_up')")
+    db.execute("SELECT sink.drop_secret('nats_pw')")
+    # Wrong credentials are refused at creation with a clear error.
+    for opts in [
+        {"server_url": "127.0.0.1:14222", "subject": "x", "connect_mode": "user_and_password", "username": "sinkuser", "password": "nope"},
+        {"server_url": "127.0.0.1:14223", "subject": "x", "connect_mode": "credential", "jwt": _read(f"{d}/user.jwt"), "nkey": _read(f"{d}/user.nk")},
+    ]:
+        st, m, _, hint = sqlstate_of(db, "SELECT sink.create_sink('n_wrong', 'n_items', 'nats', %s::jsonb)", json.dumps(opts))
+        assert st == "22000" and "refused the credentials" in m and hint, (st, m)
+        assert one(db, "SELECT count(*) FROM sink.sinks WHERE name = 'n_wrong'") == 0

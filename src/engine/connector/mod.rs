@@ -173,8 +173,21 @@ pub fn spec(name: &str) -> Result<&'static ConnectorSpec> {
     })
 }
 
-/// Check connector options against the spec: all known, all required present.
+/// Check connector options against the spec: all known, and (for a sink, not for a
+/// connection that sinks complete) all required present.
 pub fn validate_options(spec: &ConnectorSpec, options: &BTreeMap<String, String>) -> Result<()> {
+    validate_known(spec, options)?;
+    for req in spec.required {
+        if !options.contains_key(*req) {
+            return Err(SinkError::config(format!("connector \"{}\" requires option \"{req}\"", spec.name))
+                .detail(spec.options.iter().find(|(o, _)| o == req).map(|(_, d)| d.to_string()).unwrap_or_default()));
+        }
+    }
+    Ok(())
+}
+
+/// Check that every option is one the connector knows.
+pub fn validate_known(spec: &ConnectorSpec, options: &BTreeMap<String, String>) -> Result<()> {
     for name in options.keys() {
         if !spec.options.iter().any(|(o, _)| o == name) && !spec.option_prefixes.iter().any(|p| name.starts_with(p)) {
             return Err(SinkError::config(format!("unknown option \"{name}\" for connector \"{}\"", spec.name))
@@ -183,12 +196,6 @@ pub fn validate_options(spec: &ConnectorSpec, options: &BTreeMap<String, String>
                     spec.name,
                     spec.options.iter().map(|(o, _)| *o).collect::<Vec<_>>().join(", ")
                 )));
-        }
-    }
-    for req in spec.required {
-        if !options.contains_key(*req) {
-            return Err(SinkError::config(format!("connector \"{}\" requires option \"{req}\"", spec.name))
-                .detail(spec.options.iter().find(|(o, _)| o == req).map(|(_, d)| d.to_string()).unwrap_or_default()));
         }
     }
     Ok(())

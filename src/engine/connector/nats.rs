@@ -257,7 +257,7 @@ impl Connector for NatsConnector {
                         Err(_) => return Err(transient("JetStream ack", "timed out")),
                         Ok(Err(e)) => {
                             let text = e.to_string();
-                            if text.contains("no responders") {
+                            if text.contains("no responders") || text.contains("no stream") {
                                 return Err(SinkError::permanent(format!("no JetStream stream captures subject \"{}\"", self.settings.subject))
                                     .hint("Create a stream for the subject (with a duplicate window), or set jetstream => false."));
                             }
