@@ -31,7 +31,8 @@
 # no network hop). Small N is dominated by fixed costs (worker start, polling),
 # so compare ratios only at the same N.
 #
-# Env: BENCH_N (changes), PGSINK_BATCH (if set: ALTER SYSTEM SET
+# Env: BENCH_SINK (file, the default, or nats: core NATS on BENCH_NATS, default
+# 127.0.0.1:4222), BENCH_N (changes), PGSINK_BATCH (if set: ALTER SYSTEM SET
 # pg_sink.max_batch_changes + reload before resuming), BENCH_TIMEOUT (seconds per
 # timed phase, default 3600).
 # The last line of output is one JSON object with all the numbers. The cluster is
@@ -130,9 +131,18 @@ conn.execute("CREATE PUBLICATION bench_pub FOR TABLE bench")
 conn.execute("SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')")
 
 # 4. the sink: wait for its slot, then pause it and wait for its worker to leave
+SINK = os.environ.get("BENCH_SINK", "file")
+if SINK == "file":
+    connector, sink_opts = "file", {"path": OUT}
+elif SINK == "nats":
+    # Core NATS on the machine's server; nothing subscribes, so this measures the
+    # sink up to a flushed publish.
+    connector, sink_opts = "nats", {"server_url": os.environ.get("BENCH_NATS", "127.0.0.1:4222"), "subject": "pgsink.bench"}
+else:
+    fail(f"BENCH_SINK must be file or nats, not {SINK!r}")
 conn.execute(
-    "SELECT sink.create_sink('bench', 'bench', 'file', %s::jsonb, envelope => 'upsert', snapshot => false)",
-    (json.dumps({"path": OUT}),),
+    "SELECT sink.create_sink('bench', 'bench', %s, %s::jsonb, envelope => 'upsert', snapshot => false)",
+    (connector, json.dumps(sink_opts)),
 )
 wait_for("the sink's slot (sink.status.confirmed_lsn)",
          lambda: one("SELECT confirmed_lsn IS NOT NULL FROM sink.status WHERE name = 'bench'") or bool(sink_error()))
@@ -239,19 +249,23 @@ sink_rps = N / sink_s
 ratio = sink_rps / base_rps
 hwm_mib = max(peak_hwm.values()) / 1024 if peak_hwm else None
 anon_mib = max(peak_anon.values()) / 1024 if peak_anon else None
-ok = lines == N
+ok = lines == N if SINK == "file" else rows_delivered == N
 fmt_mib = lambda v: "n/a (worker never seen)" if v is None else f"{v:.1f} MiB"
 print(f"pg_sink benchmark: N = {N} inserts in {TXN_ROWS}-row transactions, "
       f"{wal_bytes / 2**20:.1f} MiB WAL, pg_sink.max_batch_changes = {batch_setting}")
 print(f"  baseline (pg_recvlogical, pgoutput -> /dev/null): {base_s:9.3f} s {base_rps:12,.0f} rows/s")
-print(f"  sink     (file, upsert, JSON lines):              {sink_s:9.3f} s {sink_rps:12,.0f} rows/s"
+print(f"  {'sink     (' + SINK + ', upsert, JSON)':<52}{sink_s:9.3f} s {sink_rps:12,.0f} rows/s"
       + (f"   (worker up after {first_worker_s:.2f} s; {batches} batches)" if first_worker_s is not None else f"   ({batches} batches)"))
 print(f"  ratio (sink rows/s / baseline rows/s):           {ratio:9.3f}")
 print(f"  worker peak RSS (VmHWM):                          {fmt_mib(hwm_mib)}   (private RssAnon peak {fmt_mib(anon_mib)})")
-print(f"  output lines:                                     {lines} in {len(files)} files, {out_bytes / 2**20:.1f} MiB"
-      + ("  OK" if ok else f"  MISMATCH: expected {N}"))
+if SINK == "file":
+    print(f"  output lines:                                     {lines} in {len(files)} files, {out_bytes / 2**20:.1f} MiB"
+          + ("  OK" if ok else f"  MISMATCH: expected {N}"))
+else:
+    print(f"  rows delivered (sink.status):                     {rows_delivered}" + ("  OK" if ok else f"  MISMATCH: expected {N}"))
 print(json.dumps({
     "n": N,
+    "sink": SINK,
     "txn_rows": TXN_ROWS,
     "max_batch_changes": int(batch_setting),
     "wal_bytes": wal_bytes,
