@@ -254,7 +254,7 @@ fmt_mib = lambda v: "n/a (worker never seen)" if v is None else f"{v:.1f} MiB"
 print(f"pg_sink benchmark: N = {N} inserts in {TXN_ROWS}-row transactions, "
       f"{wal_bytes / 2**20:.1f} MiB WAL, pg_sink.max_batch_changes = {batch_setting}")
 print(f"  baseline (pg_recvlogical, pgoutput -> /dev/null): {base_s:9.3f} s {base_rps:12,.0f} rows/s")
-print(f"  {'sink     (' + SINK + ', upsert, JSON)':<52}{sink_s:9.3f} s {sink_rps:12,.0f} rows/s"
+print(f"  {'sink     (' + SINK + ', upsert, JSON)':<50}{sink_s:9.3f} s {sink_rps:12,.0f} rows/s"
       + (f"   (worker up after {first_worker_s:.2f} s; {batches} batches)" if first_worker_s is not None else f"   ({batches} batches)"))
 print(f"  ratio (sink rows/s / baseline rows/s):           {ratio:9.3f}")
 print(f"  worker peak RSS (VmHWM):                          {fmt_mib(hwm_mib)}   (private RssAnon peak {fmt_mib(anon_mib)})")
