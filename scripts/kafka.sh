@@ -4,7 +4,8 @@
 # when missing (about a minute, once), wipes the data directory and waits until
 # the broker answers a Metadata request.
 #
-#   scripts/kafka.sh start|restart|stop|status   (restart keeps the data)
+#   scripts/kafka.sh start|restart|stop|status|pause|resume
+#   (restart keeps the data; pause/resume freeze and thaw the broker process)
 #
 # KAFKA_PORT (default 19092), KAFKA_DATA (default /tmp/pg_sink_kafka). The pid is
 # in $KAFKA_DATA/broker.pid, the log in $KAFKA_DATA/broker.log.
@@ -92,6 +93,7 @@ port_busy() {
 stop_broker() {
   local pid i
   pid=$(running_pid) || { rm -f "$PIDFILE"; return 0; }
+  kill -CONT "$pid" 2>/dev/null || true  # in case it was paused
   kill -TERM "$pid" 2>/dev/null || true
   # noida-db saves its whole state on SIGTERM; a large state takes a while, and
   # killing it earlier would lose acknowledged writes.
@@ -152,6 +154,12 @@ start_broker() {
 case "${1:-}" in
   start) start_broker ;;
   restart) start_broker keep ;;  # stop, then start on the same data
+  pause)  # freeze the broker (SIGSTOP): clients see it down until resume
+    pid=$(running_pid) || die "broker is not running"
+    kill -STOP "$pid" ;;
+  resume)
+    pid=$(running_pid) || die "broker is not running"
+    kill -CONT "$pid" ;;
   stop) stop_broker ;;
   status)
     if pid=$(running_pid) && metadata_ok; then
@@ -165,7 +173,7 @@ case "${1:-}" in
     fi
     ;;
   *)
-    echo "usage: $0 start|restart|stop|status   (env: KAFKA_PORT=$PORT KAFKA_DATA=$DATA)" >&2
+    echo "usage: $0 start|restart|stop|status|pause|resume   (env: KAFKA_PORT=$PORT KAFKA_DATA=$DATA)" >&2
     exit 2
     ;;
 esac

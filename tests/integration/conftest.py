@@ -31,7 +31,8 @@ def server():
     conn.execute("CREATE EXTENSION pg_sink")
     conn.close()
     yield
-    cluster("stop")
+    if not os.environ.get("PGSINK_KEEP_SERVERS"):  # debugging aid
+        cluster("stop")
 
 
 def connect(user="postgres", dbname="postgres"):
