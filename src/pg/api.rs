@@ -190,29 +190,19 @@ fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'
     let spec = crate::engine::connector::spec(connector).or_raise();
     let opts = option_map(&options, "connection options");
     crate::engine::connector::validate_known(spec, &opts).or_raise();
+    // Resolve secret references now: a missing secret is an error, and the Kafka
+    // reachability check needs the real values.
+    let mut resolved = BTreeMap::new();
     for (k, v) in &opts {
-        if v.starts_with("{\"secret\"") {
-            let secret: serde_json::Value = serde_json::from_str(v).unwrap_or_default();
-            let sname = secret.get("secret").map(catalog::json_text).unwrap_or_default();
-            if as_superuser(|| select_one("SELECT 1::text FROM sink.secrets WHERE name = $1", &[Some(&sname)])).is_none() {
-                fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{sname}\" does not exist"), Some(format!("Option \"{k}\" refers to it.")), Some("Create it with sink.create_secret().".into()));
-            }
-        }
+        let value = match catalog::secret_ref(v) {
+            None => v.clone(),
+            Some(sname) => as_superuser(|| catalog::secret_value(&sname)).unwrap_or_else(|| {
+                fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{sname}\" does not exist"), Some(format!("Option \"{k}\" refers to it.")), Some("Create it with sink.create_secret().".into()))
+            }),
+        };
+        resolved.insert(k.clone(), value);
     }
     if spec.name == "kafka" {
-        let resolved = opts
-            .iter()
-            .map(|(k, v)| {
-                let value = if v.starts_with("{\"secret\"") {
-                    let s: serde_json::Value = serde_json::from_str(v).unwrap_or_default();
-                    let name = s.get("secret").map(catalog::json_text).unwrap_or_default();
-                    as_superuser(|| select_one("SELECT value FROM sink.secrets WHERE name = $1", &[Some(&name)])).unwrap_or_default()
-                } else {
-                    v.clone()
-                };
-                (k.clone(), value)
-            })
-            .collect();
         crate::engine::connector::kafka::check_connection(&resolved).or_raise();
     }
     let owner = current_user();
@@ -543,11 +533,11 @@ fn create_sink(
     }
     // Reachability check (Kinetica validates Kafka sinks on creation), unless
     // validate => false.
+    let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
     {
-        let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
         let cfg = crate::engine::connector::ConnectorConfig {
             sink_name: name.to_string(),
-            database,
+            database: database.clone(),
             sink_uid: String::new(),
             envelope: def.envelope,
             key_columns: def.key_columns.clone(),
@@ -634,10 +624,9 @@ fn create_sink(
     if def.connector.name == "table" {
         prepare_table_target(id, &def, &src, &info, &owner);
     }
-    if def.schedule == Schedule::Continuous && select_one("SELECT current_database()::text", &[]).as_deref() != Some(super::gucs::database().as_str()) {
+    if def.schedule == Schedule::Continuous && database != super::gucs::database() {
         pgrx::warning!(
-            "sink \"{name}\" is in database \"{}\", but the pg_sink worker serves \"{}\"; deliver it with sink.sync()",
-            select_one("SELECT current_database()::text", &[]).unwrap_or_default(),
+            "sink \"{name}\" is in database \"{database}\", but the pg_sink worker serves \"{}\"; deliver it with sink.sync()",
             super::gucs::database()
         );
     }

@@ -83,25 +83,35 @@ pub fn json_text(v: &serde_json::Value) -> String {
     }
 }
 
-pub fn find_by_name(name: &str) -> Option<SinkRow> {
+fn find(condition: &str, param: &str) -> Option<SinkRow> {
     select(
-        &format!("SELECT {SINK_COLUMNS} FROM @extschema@.sinks s LEFT JOIN @extschema@.progress p ON p.sink_id = s.id WHERE s.name = $1").replace("@extschema@", "sink"),
-        &[Some(name)],
+        &format!("SELECT {SINK_COLUMNS} FROM sink.sinks s LEFT JOIN sink.progress p ON p.sink_id = s.id WHERE {condition}"),
+        &[Some(param)],
     )
     .into_iter()
     .next()
     .map(parse_row)
 }
 
+pub fn find_by_name(name: &str) -> Option<SinkRow> {
+    find("s.name = $1", name)
+}
+
 pub fn find_by_id(id: i64) -> Option<SinkRow> {
-    let id = id.to_string();
-    select(
-        &format!("SELECT {SINK_COLUMNS} FROM sink.sinks s LEFT JOIN sink.progress p ON p.sink_id = s.id WHERE s.id = $1::bigint"),
-        &[Some(&id)],
-    )
-    .into_iter()
-    .next()
-    .map(parse_row)
+    find("s.id = $1::bigint", &id.to_string())
+}
+
+/// A secret's value (callers run as superuser; the table is closed to others).
+pub fn secret_value(name: &str) -> Option<String> {
+    select("SELECT value FROM sink.secrets WHERE name = $1", &[Some(name)]).into_iter().next().and_then(|r| r.into_iter().next().flatten())
+}
+
+/// The secret name of an option value `{"secret": "name"}`, if it is one.
+pub fn secret_ref(value: &str) -> Option<String> {
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Object(o)) if o.contains_key("secret") => o.get("secret").map(json_text),
+        _ => None,
+    }
 }
 
 pub fn require(name: &str) -> SinkRow {
@@ -127,8 +137,7 @@ pub fn connection_options(conn: &str) -> Result<(String, BTreeMap<String, String
         let value = match &v {
             serde_json::Value::Object(o) if o.contains_key("secret") => {
                 let secret = o.get("secret").map(json_text).unwrap_or_default();
-                let row = select("SELECT value FROM sink.secrets WHERE name = $1", &[Some(&secret)]);
-                row.into_iter().next().and_then(|r| r.into_iter().next().flatten()).ok_or_else(|| {
+                secret_value(&secret).ok_or_else(|| {
                     SinkError::permanent(format!("secret \"{secret}\" used by connection \"{conn}\" does not exist"))
                 })?
             }
