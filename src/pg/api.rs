@@ -544,7 +544,7 @@ fn create_sink(
             options: def.connector_options.clone(),
         };
         let mut connector = (def.connector.build)(&cfg).or_raise();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| SinkError::transient(e.to_string())).or_raise();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().on_thread_start(delivery::block_signals).build().map_err(|e| SinkError::transient(e.to_string())).or_raise();
         rt.block_on(connector.check()).or_raise();
     }
     if def.connector.name == "file" {

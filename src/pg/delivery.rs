@@ -73,11 +73,23 @@ impl Session {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
+                .on_thread_start(block_signals)
                 .build()
                 .map_err(|e| SinkError::transient(format!("could not start the async runtime: {e}")))?;
             self.rt = Some(std::sync::Arc::new(rt));
         }
         self.rt.clone().ok_or_else(|| SinkError::transient("async runtime unavailable"))
+    }
+}
+
+/// Runtime threads must never run a Postgres signal handler (a SIGHUP landing on
+/// one would call into Postgres from a foreign thread): block every signal there.
+pub fn block_signals() {
+    // SAFETY: only changes this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

@@ -219,3 +219,22 @@ def test_every_connect_mode_and_wrong_credentials(db, table, auth_servers):
         st, m, _, hint = sqlstate_of(db, "SELECT sink.create_sink('n_wrong', 'n_items', 'nats', %s::jsonb)", json.dumps(opts))
         assert st == "22000" and "refused the credentials" in m and hint, (st, m)
         assert one(db, "SELECT count(*) FROM sink.sinks WHERE name = 'n_wrong'") == 0
+
+
+def test_reloads_while_delivering_do_not_crash_the_worker(db, table):
+    # Regression: a SIGHUP landing on one of the worker's runtime threads used to
+    # run Postgres' signal handler there and abort the process (seen once in CI).
+    # Which thread the kernel picks is not controllable, so this applies pressure
+    # (many reloads during delivery) rather than forcing the case.
+    db.execute("SELECT sink.create_sink('n_hup', 'n_items', 'nats', %s::jsonb, snapshot => false)",
+               (json.dumps({"server_url": SYSTEM, "subject": "pgs.hup"}),))
+    wait_started(db, "n_hup")
+    pid = one(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_sink sink n_hup'")
+    started = one(db, "SELECT pg_postmaster_start_time()")
+    for i in range(300):
+        db.execute("INSERT INTO n_items VALUES (%s, 'x')", (i,))
+        db.execute("SELECT pg_reload_conf()")
+    wait_caught_up(db, "n_hup")
+    assert one(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_sink sink n_hup'") == pid
+    assert one(db, "SELECT pg_postmaster_start_time()") == started
+    db.execute("SELECT sink.drop_sink('n_hup')")
