@@ -30,9 +30,9 @@ if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
   cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
 fi
 
-if ! python3 -c 'import psycopg, pytest, confluent_kafka, nats, nkeys' 2>/dev/null; then
-  log "installing Python test dependencies (psycopg, pytest, confluent-kafka, nats-py, nkeys)"
-  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]==3.3.*' 'pytest==8.*' 'confluent-kafka==2.*' 'nats-py==2.*' 'nkeys' 2>&1 | grep -v 'Running pip as the' || true
+if ! python3 -c 'import psycopg, pytest, confluent_kafka, nats, nkeys, boto3, moto.server' 2>/dev/null; then
+  log "installing Python test dependencies (psycopg, pytest, confluent-kafka, nats-py, nkeys, moto, boto3)"
+  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]==3.3.*' 'pytest==8.*' 'confluent-kafka==2.*' 'nats-py==2.*' 'nkeys' 'moto[server]==5.*' 'boto3' 2>&1 | grep -v 'Running pip as the' || true
 fi
 
 log "building and installing the pg_sink extension ${PROFILE[*]:-(debug)}"

@@ -3,7 +3,7 @@
 //!
 //! 1. advance the slot to the catalog's confirmed LSN (the catalog is the truth; the
 //!    slot only trails it, so a crash between the two loses nothing);
-//! 2. on first run, create the slot and deliver the snapshot consistent with it;
+//! 2. on first run, create the slot and deliver the snapshot (see [`initialize`]);
 //! 3. peek up to `pg_sink.max_batch_changes` changes, decode, encode;
 //! 4. hand the batch to the connector; once it reports durable, record the new
 //!    confirmed LSN in `sink.progress` (same transaction).
@@ -381,10 +381,16 @@ fn preview_snapshot(sink: &SinkRow, pipeline: &mut Pipeline, types: &mut dyn Typ
     Ok(Outcome { records: batch.records.len(), preview: batch.records, ..Default::default() })
 }
 
-/// Create the slot and, with `SNAPSHOT`, deliver the table's rows as of the slot's
-/// consistent point. The source is locked against writes (SHARE) from before the
-/// snapshot is taken until this transaction ends, so the snapshot holds exactly the
-/// transactions that commit before the slot's starting point.
+/// Create the slot and, with `SNAPSHOT`, deliver the table's rows.
+///
+/// The slot is created first, with no lock held: creating it waits for every running
+/// transaction, and holding a lock the waited-for transactions need would deadlock.
+/// Then the source is locked against writes (SHARE, until this transaction ends),
+/// which waits for its writers to commit, and the WAL insert position `L` is read.
+/// Every transaction that wrote the source before the lock has committed before
+/// `L` and is in the snapshot taken next; every later one commits after `L`. So the
+/// snapshot is labelled `L`, progress starts at `L`, and the stream's transactions
+/// ending at or before `L` (already in the snapshot) are skipped.
 fn initialize(
     sink: &SinkRow,
     def: &SinkDefinition,
@@ -401,28 +407,29 @@ fn initialize(
             .hint("Call sink.sync() as the first statement of its own transaction."));
     }
     let snapshot = def.snapshot;
-    let mut pushed = false;
-    if snapshot {
-        // SAFETY: locking a relation we resolved from the catalog; released at
-        // transaction end. The fresh snapshot is popped below (or at abort).
-        unsafe {
-            pg_sys::LockRelationOid(pg_sys::Oid::from(sink.source_oid), pg_sys::ShareLock as i32);
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        }
-        pushed = true;
-    }
-    let start: Lsn = select_one(
+    let slot_start: Lsn = select_one(
         "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
         &[Some(&sink.slot_name)],
     )
     .and_then(|l| l.parse().ok())
     .ok_or_else(|| SinkError::transient("could not create the replication slot"))?;
-
+    let mut start = slot_start;
+    if snapshot {
+        // SAFETY: locking a relation we resolved from the catalog; released at
+        // transaction end. The fresh snapshot is popped below (or at abort).
+        unsafe { pg_sys::LockRelationOid(pg_sys::Oid::from(sink.source_oid), pg_sys::ShareLock as i32) };
+        start = select_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .and_then(|l| l.parse::<Lsn>().ok())
+            .ok_or_else(|| SinkError::transient("could not read the WAL position"))?
+            .max(slot_start);
+    }
     let mut outcome = Outcome { initialized: true, confirmed: Some(start), ..Default::default() };
     let mut sql = SpiSession::for_owner(&sink.owner);
     if snapshot {
         let rel = snapshot_relation(sink, types);
         let query = snapshot_query(sink, &rel);
+        // SAFETY: a snapshot taken after the lock; popped below.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
         let result: Result<(), SinkError> = Spi::connect(|client| {
             let mut cursor = client.open_cursor(query.as_str(), &[]);
             let mut chunk = 0u32;
@@ -446,10 +453,8 @@ fn initialize(
             }
             Ok(())
         });
-        if pushed {
-            // SAFETY: pops the snapshot pushed above.
-            unsafe { pg_sys::PopActiveSnapshot() };
-        }
+        // SAFETY: pops the snapshot pushed above.
+        unsafe { pg_sys::PopActiveSnapshot() };
         result?;
     }
     catalog::mark_snapshot_done(sink.id, start);

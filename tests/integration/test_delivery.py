@@ -248,3 +248,38 @@ def test_column_list_row_filter_and_schema_changes(db, docs):
     assert copy == [(1, "a", 1, None), (2, "b2", 0, "e"), (3, "c", 5, "new"), (4, "d", 6, "z")]
     db.execute("SELECT sink.drop_sink('shape')")
     db.execute("SELECT sink.drop_sink('shape_tab')")
+
+
+def test_sink_start_does_not_deadlock_with_a_writer_holding_an_xid(db):
+    # Creating the slot waits for every transaction that has an xid. A transaction
+    # that wrote elsewhere and then writes the source must not deadlock with the
+    # sink's start (it did while the source was locked before the slot existed).
+    from conftest import connect
+    db.execute("DROP TABLE IF EXISTS dl_src, dl_other")
+    db.execute("CREATE TABLE dl_src (id int PRIMARY KEY, v text)")
+    db.execute("CREATE TABLE dl_other (id int)")
+    db.execute("INSERT INTO dl_src SELECT g, 'a' FROM generate_series(1, 100) g")
+    d = out_dir("dl")
+    writer = connect()
+    writer.autocommit = False
+    writer.execute("INSERT INTO dl_other VALUES (1)")  # takes an xid
+    db.execute("SELECT sink.create_sink('dl', 'dl_src', 'file', %s::jsonb, envelope => 'upsert')", (json.dumps({"path": d}),))
+    # The worker is now waiting for the writer to finish before its slot exists.
+    wait_for(lambda: one(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_sink sink dl' AND wait_event_type = 'Lock'") == 1,
+             what="the sink to wait for the writer")
+    # ... and holds no lock on the source while it waits.
+    assert one(db, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                   "WHERE a.application_name = 'pg_sink sink dl' AND l.relation = 'dl_src'::regclass") == 0
+    writer.execute("INSERT INTO dl_src VALUES (101, 'from the writer')")
+    writer.execute("UPDATE dl_src SET v = 'b' WHERE id = 1")
+    writer.commit()
+    writer.close()
+    wait_started(db, "dl")
+    db.execute("INSERT INTO dl_src VALUES (102, 'after')")
+    wait_caught_up(db, "dl")
+    recs = file_records(d, "dl")
+    keys = [json.dumps(r["key"], sort_keys=True) for r in recs]
+    assert len(keys) == len(set(keys)) == 102, "every row exactly once"
+    assert one(db, "SELECT errors FROM sink.status WHERE name = 'dl'") == 0
+    assert upsert_state(recs) == {json.dumps({"id": i}): {"id": i, "v": v} for i, v in db.execute("SELECT id, v FROM dl_src").fetchall()}
+    db.execute("SELECT sink.drop_sink('dl')")

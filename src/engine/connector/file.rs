@@ -16,7 +16,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 
-use super::{Batch, Connector, ConnectorConfig, ConnectorSpec, SqlSession};
+use super::{write_wrapped, Batch, Connector, ConnectorConfig, ConnectorSpec, SqlSession};
 use crate::engine::error::{Result, SinkError};
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
@@ -67,38 +67,12 @@ pub fn snapshot_object_name(prefix: &str, seq: u32) -> String {
     format!("{prefix}/snapshot/{seq:08}.jsonl")
 }
 
-fn embed(bytes: &Option<Vec<u8>>, is_json: bool, out: &mut Vec<u8>) {
-    match bytes {
-        None => out.extend_from_slice(b"null"),
-        Some(b) if is_json => out.extend_from_slice(b),
-        Some(b) => {
-            let s = String::from_utf8_lossy(b);
-            out.extend(serde_json::to_vec(&s).unwrap_or_else(|_| b"null".to_vec()));
-        }
-    }
-}
-
+/// The batch as JSON lines, one [`write_wrapped`] document per record.
 pub fn render(batch: &Batch) -> Vec<u8> {
     let mut out = Vec::with_capacity(batch.bytes() + batch.records.len() * 128);
     for r in &batch.records {
-        out.extend_from_slice(b"{\"key\":");
-        embed(&r.key, batch.key_is_json, &mut out);
-        out.extend_from_slice(b",\"value\":");
-        embed(&r.value, batch.value_is_json, &mut out);
-        out.extend_from_slice(b",\"headers\":{");
-        for (i, (k, v)) in r.headers().iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            // Header names and values are ASCII without quotes or backslashes
-            // (LSNs, decimal timestamps, operation names).
-            out.push(b'"');
-            out.extend_from_slice(k.as_bytes());
-            out.extend_from_slice(b"\":\"");
-            out.extend_from_slice(v.as_bytes());
-            out.push(b'"');
-        }
-        out.extend_from_slice(b"}}\n");
+        write_wrapped(r, batch.key_is_json, batch.value_is_json, &mut out);
+        out.push(b'\n');
     }
     out
 }

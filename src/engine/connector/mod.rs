@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod kinesis;
 pub mod nats;
 pub mod table;
 
@@ -55,6 +56,41 @@ pub const HEADER_LSN: &str = "pg_sink-lsn";
 pub const HEADER_TIMESTAMP: &str = "pg_sink-timestamp";
 /// `read` (snapshot), `insert`, `update`, `delete` or `truncate`.
 pub const HEADER_OP: &str = "pg_sink-op";
+
+/// Write `{"key": K, "value": V, "headers": {"pg_sink-lsn": .., ..}}` for a record:
+/// the self-describing layout of targets without headers of their own (files,
+/// Kinesis). K and V are embedded as they are when the encoder wrote JSON, as JSON
+/// strings otherwise, and `null` when absent.
+pub fn write_wrapped(r: &Record, key_is_json: bool, value_is_json: bool, out: &mut Vec<u8>) {
+    fn embed(bytes: &Option<Vec<u8>>, is_json: bool, out: &mut Vec<u8>) {
+        match bytes {
+            None => out.extend_from_slice(b"null"),
+            Some(b) if is_json => out.extend_from_slice(b),
+            Some(b) => {
+                let s = String::from_utf8_lossy(b);
+                out.extend(serde_json::to_vec(&s).unwrap_or_else(|_| b"null".to_vec()));
+            }
+        }
+    }
+    out.extend_from_slice(b"{\"key\":");
+    embed(&r.key, key_is_json, out);
+    out.extend_from_slice(b",\"value\":");
+    embed(&r.value, value_is_json, out);
+    out.extend_from_slice(b",\"headers\":{");
+    for (i, (k, v)) in r.headers().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Header names and values are ASCII without quotes or backslashes (LSNs,
+        // decimal timestamps, operation names).
+        out.push(b'"');
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"\":\"");
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"}}");
+}
 
 /// Whole transactions, in commit order.
 #[derive(Debug, Clone, Default)]
@@ -164,7 +200,7 @@ impl std::fmt::Debug for ConnectorSpec {
     }
 }
 
-pub const REGISTRY: &[ConnectorSpec] = &[file::SPEC, kafka::SPEC, nats::SPEC, table::SPEC];
+pub const REGISTRY: &[ConnectorSpec] = &[file::SPEC, kafka::SPEC, kinesis::SPEC, nats::SPEC, table::SPEC];
 
 pub fn spec(name: &str) -> Result<&'static ConnectorSpec> {
     REGISTRY.iter().find(|s| s.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
