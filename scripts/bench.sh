@@ -31,8 +31,8 @@
 # no network hop). Small N is dominated by fixed costs (worker start, polling),
 # so compare ratios only at the same N.
 #
-# Env: BENCH_SINK (file, the default, or nats: core NATS on BENCH_NATS, default
-# 127.0.0.1:4222), BENCH_N (changes), PGSINK_BATCH (if set: ALTER SYSTEM SET
+# Env: BENCH_SINK (file, the default; nats: core NATS on BENCH_NATS, default
+# 127.0.0.1:4222; kinesis: a 4-shard stream on a moto server this script starts), BENCH_N (changes), PGSINK_BATCH (if set: ALTER SYSTEM SET
 # pg_sink.max_batch_changes + reload before resuming), BENCH_TIMEOUT (seconds per
 # timed phase, default 3600).
 # The last line of output is one JSON object with all the numbers. The cluster is
@@ -47,6 +47,7 @@ export BENCH_N=${1:-${BENCH_N:-1000000}}
 export BENCH_OUT=$ROOT/out
 export BENCH_TIMEOUT=${BENCH_TIMEOUT:-3600}
 export PGSINK_BATCH=${PGSINK_BATCH:-}
+export BENCH_HERE=$HERE
 
 case "$BENCH_N" in ''|*[!0-9]*) echo "bench.sh: N must be a positive integer, got '$BENCH_N'" >&2; exit 2 ;; esac
 [ "$BENCH_N" -gt 0 ] || { echo "bench.sh: N must be > 0" >&2; exit 2; }
@@ -138,8 +139,21 @@ elif SINK == "nats":
     # Core NATS on the machine's server; nothing subscribes, so this measures the
     # sink up to a flushed publish.
     connector, sink_opts = "nats", {"server_url": os.environ.get("BENCH_NATS", "127.0.0.1:4222"), "subject": "pgsink.bench"}
+elif SINK == "kinesis":
+    # Kinesis on a moto server started here (scripts/moto.sh, port 15020, stopped at
+    # exit): a Python emulator, so this measures the sink against moto's speed.
+    import atexit
+    import boto3
+    menv = dict(os.environ, MOTO_PORT="15020", MOTO_DATA="/tmp/pg_sink_bench_moto")
+    moto_sh = os.path.join(os.environ["BENCH_HERE"], "moto.sh")
+    subprocess.run([moto_sh, "start"], env=menv, check=True, stdout=sys.stderr)
+    atexit.register(lambda: subprocess.run([moto_sh, "stop"], env=menv, stdout=sys.stderr))
+    kin = boto3.client("kinesis", endpoint_url="http://127.0.0.1:15020", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+    kin.create_stream(StreamName="bench", ShardCount=4)
+    connector, sink_opts = "kinesis", {"stream": "bench", "aws.region": "us-east-1", "endpoint": "http://127.0.0.1:15020",
+                                       "aws.credentials.access_key_id": "a", "aws.credentials.secret_access_key": "b"}
 else:
-    fail(f"BENCH_SINK must be file or nats, not {SINK!r}")
+    fail(f"BENCH_SINK must be file, nats or kinesis, not {SINK!r}")
 conn.execute(
     "SELECT sink.create_sink('bench', 'bench', %s, %s::jsonb, envelope => 'upsert', snapshot => false)",
     (connector, json.dumps(sink_opts)),
@@ -242,6 +256,18 @@ for path in files:
         while chunk := f.read(1 << 20):
             lines += chunk.count(b"\n")
 out_bytes = sum(os.path.getsize(p) for p in files)
+if SINK == "kinesis":
+    # Every record in the stream, read back shard by shard (after timing).
+    lines = 0
+    for shard in kin.list_shards(StreamName="bench")["Shards"]:
+        it = kin.get_shard_iterator(StreamName="bench", ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while it:
+            resp = kin.get_records(ShardIterator=it, Limit=10000)
+            if not resp["Records"]:
+                break
+            lines += len(resp["Records"])
+            it = resp.get("NextShardIterator")
+    log(f"records in the Kinesis stream: {lines}")
 
 # 9. report
 base_rps = N / base_s
@@ -249,7 +275,7 @@ sink_rps = N / sink_s
 ratio = sink_rps / base_rps
 hwm_mib = max(peak_hwm.values()) / 1024 if peak_hwm else None
 anon_mib = max(peak_anon.values()) / 1024 if peak_anon else None
-ok = lines == N if SINK == "file" else rows_delivered == N
+ok = lines == N if SINK in ("file", "kinesis") else rows_delivered == N
 fmt_mib = lambda v: "n/a (worker never seen)" if v is None else f"{v:.1f} MiB"
 print(f"pg_sink benchmark: N = {N} inserts in {TXN_ROWS}-row transactions, "
       f"{wal_bytes / 2**20:.1f} MiB WAL, pg_sink.max_batch_changes = {batch_setting}")

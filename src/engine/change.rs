@@ -45,6 +45,22 @@ pub struct Relation {
     /// `d` default, `n` nothing, `f` full, `i` index.
     pub replica_identity: u8,
     pub columns: Vec<Column>,
+    /// What the catalog adds (NOT NULL, comments), for formats that need it (Avro).
+    pub meta: Option<Arc<RelationMeta>>,
+}
+
+/// Catalog facts about a relation that pgoutput does not send.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RelationMeta {
+    /// Per column (by index): declared NOT NULL.
+    pub not_null: Vec<bool>,
+    /// `COMMENT ON TABLE`.
+    pub comment: Option<String>,
+    /// Per column (by index): `COMMENT ON COLUMN`.
+    pub column_comments: Vec<Option<String>>,
+    /// Composite types used by the columns, by type OID: the type's comment and its
+    /// attributes' comments.
+    pub type_docs: std::collections::BTreeMap<u32, (Option<String>, std::collections::BTreeMap<String, String>)>,
 }
 
 impl Relation {

@@ -360,6 +360,7 @@ pub(crate) mod tests {
             name: "t".into(),
             replica_identity: b'd',
             columns: vec![col("id", 23, true), col("name", 25, false)],
+            meta: None,
         })
     }
 

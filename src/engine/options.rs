@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 
 use super::connector::{self, ConnectorSpec};
+use super::encoder::avro::{self, AvroOptions, COMPATIBILITY_LEVELS};
+use super::encoder::registry::RegistrySettings;
 use super::encoder;
 use super::envelope::EnvelopeKind;
 use super::error::{Result, SinkError};
@@ -41,6 +43,10 @@ pub struct SinkDefinition {
     pub schedule: Schedule,
     /// Connector-specific options, validated against the connector's spec.
     pub connector_options: BTreeMap<String, String>,
+    /// Avro options (fullnames, NULL DEFAULTS, DOC ON, compatibility levels).
+    pub avro: AvroOptions,
+    /// The schema registry, if the sink uses one.
+    pub registry: Option<RegistrySettings>,
 }
 
 /// Sink-level option names (everything else belongs to the connector).
@@ -57,6 +63,18 @@ pub const SINK_OPTIONS: &[&str] = &[
     "force_append_only",
     "snapshot",
     "schedule",
+    "csr_connection",
+    "schema.registry",
+    "schema.registry.username",
+    "schema.registry.password",
+    "schema.registry.ssl_ca",
+    "schema.registry.ssl_certificate",
+    "schema.registry.ssl_key",
+    "avro_key_fullname",
+    "avro_value_fullname",
+    "null_defaults",
+    "key_compatibility_level",
+    "value_compatibility_level",
 ];
 
 /// `TOPIC PARTITION COUNT` → `topic_partition_count`; dotted names stay dotted.
@@ -106,8 +124,8 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
     let format = take_alias(&mut opts, "format", "encode")?;
     let key_format = opts.remove("key_format").or_else(|| format.clone()).unwrap_or_else(|| "json".into()).to_ascii_lowercase();
     let value_format = opts.remove("value_format").or(format).unwrap_or_else(|| "json".into()).to_ascii_lowercase();
-    encoder::build(&key_format)?;
-    encoder::build(&value_format)?;
+    encoder::check_format(&key_format)?;
+    encoder::check_format(&value_format)?;
     let key_columns = take_alias(&mut opts, "key", "primary_key")?.map(|k| split_columns(&k)).unwrap_or_default();
     let bool_opt = |opts: &mut BTreeMap<String, String>, n: &str, default: bool| -> Result<bool> {
         opts.remove(n).map(|v| parse_bool(n, &v)).transpose().map(|v| v.unwrap_or(default))
@@ -131,6 +149,12 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
     if key_not_enforced && key_columns.is_empty() {
         return Err(SinkError::config("NOT ENFORCED requires a KEY").hint("Give the key columns with key => ARRAY['col'] ."));
     }
+    if envelope == EnvelopeKind::Debezium && matches!(value_format.as_str(), "text" | "bytes") {
+        return Err(SinkError::config(format!("the debezium envelope cannot be encoded as {}", value_format.to_ascii_uppercase()))
+            .detail("A Debezium event has several fields; TEXT and BYTES encode one column.")
+            .hint("Use VALUE FORMAT JSON or AVRO, or another envelope."));
+    }
+    let (avro, registry) = parse_avro(&mut opts, &key_format, &value_format, !key_columns.is_empty())?;
     if spec.needs_json && value_format != "json" {
         return Err(SinkError::config(format!("connector \"{}\" requires format json", spec.name))
             .detail(format!("The value format is {value_format}.")));
@@ -147,7 +171,83 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         snapshot,
         schedule,
         connector_options: opts,
+        avro,
+        registry,
     })
+}
+
+/// Avro and schema registry options (taken out of `opts`).
+fn parse_avro(
+    opts: &mut BTreeMap<String, String>,
+    key_format: &str,
+    value_format: &str,
+    explicit_key: bool,
+) -> Result<(AvroOptions, Option<RegistrySettings>)> {
+    let uses_avro = key_format == "avro" || value_format == "avro";
+    let mut a = AvroOptions::default();
+    let doc_names: Vec<String> = opts.keys().filter(|k| k.contains("doc_on_")).cloned().collect();
+    for name in doc_names {
+        let value = opts.remove(&name).unwrap_or_default();
+        match avro::parse_doc_option(&name, &value) {
+            Some(doc) => a.docs.push(doc?),
+            None => return Err(SinkError::config(format!("unknown option \"{name}\"")).hint("DOC ON options are spelled \"[KEY|VALUE] DOC ON TYPE t\" or \"... DOC ON COLUMN t.c\".")),
+        }
+    }
+    a.key_fullname = opts.remove("avro_key_fullname");
+    a.value_fullname = opts.remove("avro_value_fullname");
+    a.null_defaults = opts.remove("null_defaults").map(|v| parse_bool("null_defaults", &v)).transpose()?.unwrap_or(false);
+    for (opt, slot) in [("key_compatibility_level", &mut a.key_compatibility), ("value_compatibility_level", &mut a.value_compatibility)] {
+        if let Some(v) = opts.remove(opt) {
+            let up = v.trim().to_ascii_uppercase();
+            if !COMPATIBILITY_LEVELS.contains(&up.as_str()) {
+                return Err(SinkError::config(format!("invalid value for option \"{opt}\": \"{v}\"")).hint(format!("Use one of {}.", COMPATIBILITY_LEVELS.join(", "))));
+            }
+            *slot = Some(up);
+        }
+    }
+    for (opt, v) in [("avro_key_fullname", &a.key_fullname), ("avro_value_fullname", &a.value_fullname)] {
+        if let Some(v) = v {
+            avro::check_fullname(opt, v)?;
+        }
+    }
+    if a.key_fullname.is_some() && a.value_fullname.is_none() {
+        return Err(SinkError::config("AVRO KEY FULLNAME requires AVRO VALUE FULLNAME").hint("Give avro_value_fullname too, as Materialize requires."));
+    }
+    if a.value_fullname.is_some() && a.key_fullname.is_none() && explicit_key {
+        return Err(SinkError::config("AVRO VALUE FULLNAME with a KEY requires AVRO KEY FULLNAME").hint("Give avro_key_fullname too, as Materialize requires."));
+    }
+    let url = opts.remove("schema.registry");
+    let reg = RegistrySettings {
+        url: url.clone().unwrap_or_default(),
+        username: opts.remove("schema.registry.username"),
+        password: opts.remove("schema.registry.password"),
+        ca_pem: opts.remove("schema.registry.ssl_ca"),
+        cert_pem: opts.remove("schema.registry.ssl_certificate"),
+        key_pem: opts.remove("schema.registry.ssl_key"),
+        timeout: std::time::Duration::from_secs(10),
+    };
+    opts.remove("csr_connection");
+    let has_registry_options = url.is_some() || reg.username.is_some() || reg.password.is_some() || reg.ca_pem.is_some() || reg.cert_pem.is_some();
+    let has_avro_options = a != AvroOptions::default();
+    if !uses_avro && (has_registry_options || has_avro_options) {
+        return Err(SinkError::config("schema registry and Avro options require FORMAT AVRO")
+            .detail(format!("The key format is {key_format} and the value format is {value_format}."))
+            .hint("Set format => 'avro' (or key_format / value_format), or drop those options."));
+    }
+    if has_registry_options && url.is_none() {
+        return Err(SinkError::config("schema registry options without a registry URL").hint("Give schema.registry (or csr_connection)."));
+    }
+    if (a.key_compatibility.is_some() || a.value_compatibility.is_some()) && url.is_none() {
+        return Err(SinkError::config("compatibility levels require a schema registry").hint("Give schema.registry (or csr_connection)."));
+    }
+    let registry = match url {
+        Some(_) => {
+            reg.validate()?;
+            Some(reg)
+        }
+        None => None,
+    };
+    Ok((a, registry))
 }
 
 #[cfg(test)]

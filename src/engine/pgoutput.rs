@@ -163,7 +163,7 @@ impl Decoder {
                     columns.push(Column { name: cname, ty: PgType::from_oid(oid), type_modifier, is_identity: flags & 1 == 1 });
                 }
                 let namespace = if namespace.is_empty() { "pg_catalog".to_string() } else { namespace };
-                self.relations.insert(id, Arc::new(Relation { id, namespace, name, replica_identity, columns }));
+                self.relations.insert(id, Arc::new(Relation { id, namespace, name, replica_identity, columns, meta: None }));
                 Ok(Decoded::Relation(id))
             }
             b'I' => {

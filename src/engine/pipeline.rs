@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::change::{Cell, Change, Transaction};
 use super::connector::{Batch, Record, TxnStamp};
-use super::encoder::{self, Encoder};
+use super::encoder::{self, Encoder, EncoderContext, Role};
 use super::envelope::{Draft, Envelope, EnvelopeKind};
 use super::error::{Result, SinkError};
 use super::lsn::Lsn;
@@ -21,6 +21,8 @@ pub struct Pipeline {
     key_encoder: Box<dyn Encoder>,
     value_encoder: Box<dyn Encoder>,
     accepts_unchanged: bool,
+    /// Ask the resolver for NOT NULL flags and comments of each relation (Avro).
+    needs_meta: bool,
     /// Encode keys and values (off when the connector applies rows itself).
     pub encode: bool,
     drafts: Vec<Draft>,
@@ -30,11 +32,18 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(def: &SinkDefinition, sink_name: &str, database: &str, confirmed: Lsn) -> Result<Self> {
+        let ctx = EncoderContext {
+            avro: def.avro.clone(),
+            registry: def.registry.clone(),
+            subject_base: def.connector_options.get("topic").cloned().unwrap_or_else(|| sink_name.to_string()),
+            debezium: def.envelope == EnvelopeKind::Debezium,
+        };
         Ok(Pipeline {
             decoder: Decoder::new(),
             envelope: Envelope::new(def.envelope, def.force_append_only, def.key_columns.clone(), sink_name, database),
-            key_encoder: encoder::build(&def.key_format)?,
-            value_encoder: encoder::build(&def.value_format)?,
+            key_encoder: encoder::build(&def.key_format, Role::Key, &ctx)?,
+            value_encoder: encoder::build(&def.value_format, Role::Value, &ctx)?,
+            needs_meta: def.key_format == "avro" || def.value_format == "avro",
             accepts_unchanged: def.connector.accepts_unchanged_toast,
             encode: !(def.connector.applies_rows && def.envelope != EnvelopeKind::Debezium),
             drafts: Vec::new(),
@@ -42,9 +51,19 @@ impl Pipeline {
         })
     }
 
+    /// Framing bytes at the start of encoded keys (see [`Encoder::strip_prefix`]).
+    pub fn key_prefix_len(&self) -> usize {
+        self.key_encoder.strip_prefix()
+    }
+
+    pub fn needs_meta(&self) -> bool {
+        self.needs_meta
+    }
+
     pub fn new_batch(&self) -> Batch {
         Batch {
             key_is_json: self.key_encoder.name() == "json",
+            key_prefix: self.key_encoder.strip_prefix(),
             value_is_json: self.value_encoder.name() == "json",
             ..Default::default()
         }
@@ -57,6 +76,11 @@ impl Pipeline {
             Decoded::Nothing => Ok(()),
             Decoded::Relation(id) => {
                 if let Some(rel) = self.decoder.relation_mut(id) {
+                    if self.needs_meta && rel.meta.is_none() {
+                        if let Some(meta) = resolver.relation_meta(rel) {
+                            Arc::make_mut(rel).meta = Some(Arc::new(meta));
+                        }
+                    }
                     if rel.columns.iter().any(|c| !c.ty.is_resolved()) {
                         let rel = Arc::make_mut(rel);
                         for col in &mut rel.columns {

@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use crate::engine::connector::{file, table::quote_ident};
+use crate::engine::encoder::registry;
 use crate::engine::envelope::EnvelopeKind;
 use crate::engine::error::SinkError;
 use crate::engine::options::{self, Schedule};
@@ -187,9 +188,15 @@ fn drop_secret(name: &str, if_exists: default!(bool, false)) -> bool {
 #[pg_extern(volatile)]
 fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'"), if_not_exists: default!(bool, false)) -> bool {
     check_name("connection", name);
-    let spec = crate::engine::connector::spec(connector).or_raise();
     let opts = option_map(&options, "connection options");
-    crate::engine::connector::validate_known(spec, &opts).or_raise();
+    let is_registry = registry::is_registry_kind(connector);
+    let kind = if is_registry {
+        "confluent_schema_registry"
+    } else {
+        let spec = crate::engine::connector::spec(connector).or_raise();
+        crate::engine::connector::validate_known(spec, &opts).or_raise();
+        spec.name
+    };
     // Resolve secret references now: a missing secret is an error, and the Kafka
     // reachability check needs the real values.
     let mut resolved = BTreeMap::new();
@@ -202,8 +209,17 @@ fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'
         };
         resolved.insert(k.clone(), value);
     }
-    if spec.name == "kafka" {
+    if kind == "kafka" {
         crate::engine::connector::kafka::check_connection(&resolved).or_raise();
+    }
+    if is_registry {
+        // Known options, a URL, and a registry that answers and takes the credentials.
+        let mut sink_opts = registry::connection_to_sink_options(name, &resolved).or_raise();
+        sink_opts.insert("format".into(), "avro".into());
+        let def = options::parse("file", &sink_opts.into_iter().chain([("path".to_string(), "/".to_string())]).collect()).or_raise();
+        if let Some(settings) = &def.registry {
+            registry::Registry::new(settings).and_then(|r| r.check()).or_raise();
+        }
     }
     let owner = current_user();
     let json = serde_json::Value::Object(opts.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).ok().filter(|j: &serde_json::Value| j.is_object()).unwrap_or_else(|| serde_json::Value::String(v.clone())))).collect()).to_string();
@@ -217,7 +233,7 @@ fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'
         }
         update(
             "INSERT INTO sink.connections (name, connector, owner, options) VALUES ($1, $2, $3::regrole, $4::jsonb)",
-            &[Some(name), Some(spec.name), Some(&owner), Some(&json)],
+            &[Some(name), Some(kind), Some(&owner), Some(&json)],
         );
         true
     })
@@ -318,6 +334,21 @@ struct TableInfo {
     unique_keys: Vec<Vec<String>>,
     replica_identity: String,
     identity_columns: Vec<String>,
+}
+
+/// Names and types of some columns of a relation, in the given order.
+fn column_types(oid: u32, columns: &[String]) -> Vec<(String, crate::engine::types::PgType)> {
+    let mut types = super::spi::CatalogTypes::default();
+    let oid = oid.to_string();
+    columns
+        .iter()
+        .map(|c| {
+            let t = select_one("SELECT atttypid::text FROM pg_attribute WHERE attrelid = $1::oid AND attname = $2 AND NOT attisdropped", &[Some(&oid), Some(c)])
+                .and_then(|t| t.parse::<u32>().ok())
+                .unwrap_or(0);
+            (c.clone(), crate::engine::types::TypeResolver::resolve(&mut types, t).unwrap_or_else(|| crate::engine::types::PgType::from_oid(t)))
+        })
+        .collect()
 }
 
 fn table_info(oid: u32) -> TableInfo {
@@ -436,6 +467,14 @@ fn create_sink(
         fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "a sink needs a connector", None, Some("Pass connector => 'file' (or 'table', ...) or connection => 'name'.".into()))
     };
 
+    if effective.contains_key("csr_connection") {
+        if let Some(conn) = effective.get("csr_connection").cloned() {
+            if select_one("SELECT 1::text FROM sink.connections WHERE name = $1", &[Some(&conn)]).is_none() {
+                fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("connection \"{conn}\" does not exist"), None, Some("Create it with sink.create_connection(name, 'confluent_schema_registry', ...).".into()))
+            }
+        }
+        as_superuser(|| catalog::expand_registry_connection(&mut effective)).or_raise();
+    }
     let info = table_info(src.oid);
     if let Some(cols) = &src.columns {
         for c in cols {
@@ -533,6 +572,16 @@ fn create_sink(
     }
     // Reachability check (Kinetica validates Kafka sinks on creation), unless
     // validate => false.
+    // TEXT and BYTES encode one column: check the key and the value now.
+    for (format, what, cols) in [(&def.key_format, "key", def.key_columns.clone()), (&def.value_format, "sink's source", visible.clone())] {
+        if (format == "text" || format == "bytes") && !(what == "key" && def.key_columns.is_empty()) {
+            let typed = column_types(src.oid, &cols);
+            crate::engine::encoder::text::check_single_column(format, what, &typed).or_raise();
+        }
+    }
+    if let Some(settings) = &def.registry {
+        registry::Registry::new(settings).and_then(|r| r.check()).or_raise();
+    }
     let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
     {
         let cfg = crate::engine::connector::ConnectorConfig {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::encoder::registry;
 use crate::engine::error::SinkError;
 use crate::engine::lsn::Lsn;
 use crate::engine::options::{self, SinkDefinition};
@@ -155,7 +156,23 @@ pub fn effective_options(sink: &SinkRow) -> Result<BTreeMap<String, String>, Sin
         None => BTreeMap::new(),
     };
     merged.extend(sink.options.clone());
+    expand_registry_connection(&mut merged)?;
     Ok(merged)
+}
+
+/// `csr_connection => 'name'`: add that schema registry connection's settings as
+/// `schema.registry*` options (options given on the sink win).
+pub fn expand_registry_connection(options: &mut BTreeMap<String, String>) -> Result<(), SinkError> {
+    let Some(conn) = options.get("csr_connection").cloned() else { return Ok(()) };
+    let (kind, conn_opts) = connection_options(&conn)?;
+    if !registry::is_registry_kind(&kind) {
+        return Err(SinkError::config(format!("connection \"{conn}\" is a {kind} connection, not a schema registry"))
+            .hint("Create one with sink.create_connection(name, 'confluent_schema_registry', '{\"url\": ...}')."));
+    }
+    for (k, v) in registry::connection_to_sink_options(&conn, &conn_opts)? {
+        options.entry(k).or_insert(v);
+    }
+    Ok(())
 }
 
 pub fn definition(sink: &SinkRow) -> Result<SinkDefinition, SinkError> {

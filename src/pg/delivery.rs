@@ -326,7 +326,9 @@ fn snapshot_relation(sink: &SinkRow, types: &mut dyn TypeResolver) -> Arc<Relati
         name = g(5);
         ident = g(6).bytes().next().unwrap_or(b'd');
     }
-    Arc::new(Relation { id: sink.source_oid, namespace: ns, name, replica_identity: ident, columns })
+    let mut rel = Relation { id: sink.source_oid, namespace: ns, name, replica_identity: ident, columns, meta: None };
+    rel.meta = types.relation_meta(&rel).map(Arc::new);
+    Arc::new(rel)
 }
 
 fn snapshot_query(sink: &SinkRow, rel: &Relation) -> String {

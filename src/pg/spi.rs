@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 
 use crate::engine::connector::SqlSession;
 use crate::engine::error::{Result, SinkError};
+use crate::engine::change::{Relation, RelationMeta};
 use crate::engine::types::{self, PgType, TypeKind, TypeResolver};
 
 pub type Rows = Vec<Vec<Option<String>>>;
@@ -185,6 +186,61 @@ impl CatalogTypes {
 impl TypeResolver for CatalogTypes {
     fn resolve(&mut self, oid: u32) -> Option<PgType> {
         Some(self.lookup(oid, 0))
+    }
+
+    fn relation_meta(&mut self, rel: &Relation) -> Option<RelationMeta> {
+        let oid = rel.id.to_string();
+        let rows = select(
+            "SELECT attname::text, attnotnull::text, col_description(attrelid, attnum) FROM pg_attribute \
+              WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped",
+            &[Some(&oid)],
+        );
+        let mut by_name = std::collections::HashMap::new();
+        for r in rows {
+            let name = r.first().cloned().flatten().unwrap_or_default();
+            by_name.insert(name, (r.get(1).cloned().flatten().as_deref() == Some("true"), r.get(2).cloned().flatten()));
+        }
+        let mut meta = RelationMeta {
+            comment: select_one("SELECT obj_description($1::oid, 'pg_class')", &[Some(&oid)]),
+            ..Default::default()
+        };
+        for c in &rel.columns {
+            let (nn, comment) = by_name.get(&c.name).cloned().unwrap_or((false, None));
+            meta.not_null.push(nn);
+            meta.column_comments.push(comment);
+            type_docs(&c.ty, &mut meta, 0);
+        }
+        Some(meta)
+    }
+}
+
+/// Comments of the composite types a column uses (for Avro `doc`s).
+fn type_docs(ty: &PgType, meta: &mut RelationMeta, depth: usize) {
+    if depth > 8 {
+        return;
+    }
+    match &ty.kind {
+        TypeKind::Array(e) => type_docs(e, meta, depth + 1),
+        TypeKind::Composite(fields) => {
+            if meta.type_docs.contains_key(&ty.oid) {
+                return;
+            }
+            let oid = ty.oid.to_string();
+            let comment = select_one("SELECT obj_description($1::oid, 'pg_type')", &[Some(&oid)]);
+            let fields_doc = select(
+                "SELECT a.attname::text, col_description(a.attrelid, a.attnum) FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid \
+                  WHERE t.oid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped AND col_description(a.attrelid, a.attnum) IS NOT NULL",
+                &[Some(&oid)],
+            )
+            .into_iter()
+            .filter_map(|r| Some((r.first().cloned().flatten()?, r.get(1).cloned().flatten()?)))
+            .collect();
+            meta.type_docs.insert(ty.oid, (comment, fields_doc));
+            for (_, f) in fields {
+                type_docs(f, meta, depth + 1);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -608,7 +608,7 @@ impl KafkaConnector {
     fn partitions(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<Vec<i32>> {
         let n = self.state.as_ref().map_or(1, |s| s.partitions);
         let Some(expr) = self.settings.partition_by.clone() else {
-            return Ok(batch.records.iter().map(|r| hash::default_partition(r.key.as_deref(), n)).collect());
+            return Ok(batch.records.iter().map(|r| hash::default_partition(r.key.as_deref().map(|k| &k[batch.key_prefix.min(k.len())..]), n)).collect());
         };
         let mut out = Vec::with_capacity(batch.records.len());
         for r in &batch.records {

@@ -105,6 +105,9 @@ pub struct Batch {
     /// Whether key / value bytes are JSON documents (connectors may embed them).
     pub key_is_json: bool,
     pub value_is_json: bool,
+    /// Framing bytes at the start of each key (a registry's magic byte and schema
+    /// id) that partitioning skips.
+    pub key_prefix: usize,
     /// `Some(n)` for the n-th chunk of the initial snapshot (all share one LSN).
     pub snapshot_chunk: Option<u32>,
 }

@@ -288,7 +288,7 @@ fn timestamp_text(ty: &PgType, text: &str, with_zone: bool) -> Result<String> {
 /// Microseconds since 1970-01-01 00:00:00 UTC of an ISO-style timestamp:
 /// `Y..YY-MM-DD HH:MM:SS[.ffffff][±HH[:MM[:SS]]][ BC]`. i128 because Postgres' largest
 /// timestamp (294276 AD) is beyond i64 microseconds counted from 1970.
-fn timestamp_micros(text: &str, with_zone: bool) -> Result<i128, &'static str> {
+pub(crate) fn timestamp_micros(text: &str, with_zone: bool) -> Result<i128, &'static str> {
     let (body, bc) = match text.strip_suffix(" BC") {
         Some(body) => (body, true),
         None => (text, false),
@@ -359,7 +359,7 @@ fn is_leap_year(y: i64) -> bool {
     y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
 }
 
-fn days_in_month(y: i64, m: i64) -> i64 {
+pub(crate) fn days_in_month(y: i64, m: i64) -> i64 {
     match m {
         2 if is_leap_year(y) => 29,
         2 => 28,
@@ -370,7 +370,7 @@ fn days_in_month(y: i64, m: i64) -> i64 {
 
 /// Days from 1970-01-01 to the proleptic Gregorian date `y-m-d` (astronomical year).
 /// Counts in 400-year eras starting on March 1st, so the leap day ends an era's year.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let year_of_era = y - era * 400; // [0, 399]
@@ -972,6 +972,7 @@ mod tests {
                 col("meta", ty(3802)),
                 col("ratio", ty(701)),
             ],
+            meta: None,
         })
     }
 
@@ -1079,6 +1080,12 @@ mod tests {
 
     #[test]
     fn build_returns_this_encoder() {
-        assert_eq!(super::super::build("JSON").unwrap().name(), "json");
+        use super::super::{build, EncoderContext, Role};
+        let ctx = EncoderContext::default();
+        assert_eq!(build("JSON", Role::Key, &ctx).unwrap().name(), "json");
+        assert_eq!(build("Avro", Role::Value, &ctx).unwrap().name(), "avro");
+        assert_eq!(build("text", Role::Value, &ctx).unwrap().name(), "text");
+        assert_eq!(build("bytes", Role::Key, &ctx).unwrap().name(), "bytes");
+        assert!(build("xml", Role::Key, &ctx).is_err());
     }
 }

@@ -1,9 +1,17 @@
 //! Encoders turn drafts into bytes, the key and the value separately, so a sink can
 //! mix formats (`KEY FORMAT .. VALUE FORMAT ..`). They also own partition hashing of
 //! the encoded key. A new format is one file here plus one arm in [`build`].
+//!
+//! * `json` — Materialize's JSON mapping ([`json`]);
+//! * `avro` — generated schemas, optionally registered in a Confluent schema
+//!   registry and framed in its wire format ([`avro`], [`registry`]);
+//! * `text`, `bytes` — one column as text or raw bytes ([`text`]).
 
+pub mod avro;
 pub mod hash;
 pub mod json;
+pub mod registry;
+pub mod text;
 
 use super::envelope::{Payload, RowImage};
 use super::error::{Result, SinkError};
@@ -15,15 +23,48 @@ pub trait Encoder: Send {
     fn encode_key(&self, key: &RowImage) -> Result<Vec<u8>>;
     /// Encode a value; `None` is a tombstone / control record with a null value.
     fn encode_value(&self, payload: &Payload) -> Result<Option<Vec<u8>>>;
+    /// Bytes at the start of an encoded key that are framing, not content (the
+    /// registry's magic byte and schema id): partitioning hashes what follows.
+    fn strip_prefix(&self) -> usize {
+        0
+    }
 }
 
-/// Formats the engine offers today.
-pub const FORMATS: &[&str] = &["json"];
+/// Which half of a record an encoder writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Key,
+    Value,
+}
 
-pub fn build(format: &str) -> Result<Box<dyn Encoder>> {
+/// What encoders may need beyond the format's name.
+#[derive(Debug, Clone, Default)]
+pub struct EncoderContext {
+    pub avro: avro::AvroOptions,
+    pub registry: Option<registry::RegistrySettings>,
+    /// Registry subjects are `<subject_base>-key` / `-value` (the topic for Kafka).
+    pub subject_base: String,
+    /// Values are Debezium events.
+    pub debezium: bool,
+}
+
+/// Formats the engine offers.
+pub const FORMATS: &[&str] = &["json", "avro", "text", "bytes"];
+
+pub fn check_format(format: &str) -> Result<()> {
+    if FORMATS.contains(&format.to_ascii_lowercase().as_str()) {
+        Ok(())
+    } else {
+        Err(SinkError::config(format!("unknown format \"{format}\"")).hint(format!("Supported formats: {}.", FORMATS.join(", "))))
+    }
+}
+
+pub fn build(format: &str, role: Role, ctx: &EncoderContext) -> Result<Box<dyn Encoder>> {
     match format.to_ascii_lowercase().as_str() {
         "json" => Ok(Box::new(json::JsonEncoder)),
-        other => Err(SinkError::config(format!("unknown format \"{other}\""))
-            .hint(format!("Supported formats: {}.", FORMATS.join(", ")))),
+        "avro" => Ok(Box::new(avro::AvroEncoder::new(role, ctx)?)),
+        "text" => Ok(Box::new(text::TextEncoder { bytes: false })),
+        "bytes" => Ok(Box::new(text::TextEncoder { bytes: true })),
+        other => Err(SinkError::config(format!("unknown format \"{other}\"")).hint(format!("Supported formats: {}.", FORMATS.join(", ")))),
     }
 }
