@@ -32,7 +32,8 @@
 # so compare ratios only at the same N.
 #
 # Env: BENCH_SINK (file, the default; nats: core NATS on BENCH_NATS, default
-# 127.0.0.1:4222; kinesis: a 4-shard stream on a moto server this script starts), BENCH_N (changes), PGSINK_BATCH (if set: ALTER SYSTEM SET
+# 127.0.0.1:4222; kinesis: a 4-shard stream on a moto server this script starts),
+# BENCH_FORMAT (json, the default, or avro: plain Avro datums, no registry), BENCH_N (changes), PGSINK_BATCH (if set: ALTER SYSTEM SET
 # pg_sink.max_batch_changes + reload before resuming), BENCH_TIMEOUT (seconds per
 # timed phase, default 3600).
 # The last line of output is one JSON object with all the numbers. The cluster is
@@ -154,9 +155,12 @@ elif SINK == "kinesis":
                                        "aws.credentials.access_key_id": "a", "aws.credentials.secret_access_key": "b"}
 else:
     fail(f"BENCH_SINK must be file, nats or kinesis, not {SINK!r}")
+FORMAT = os.environ.get("BENCH_FORMAT", "json")
+if FORMAT not in ("json", "avro"):
+    fail(f"BENCH_FORMAT must be json or avro, not {FORMAT!r}")
 conn.execute(
-    "SELECT sink.create_sink('bench', 'bench', %s, %s::jsonb, envelope => 'upsert', snapshot => false)",
-    (connector, json.dumps(sink_opts)),
+    "SELECT sink.create_sink('bench', 'bench', %s, %s::jsonb, envelope => 'upsert', format => %s, snapshot => false)",
+    (connector, json.dumps(sink_opts), FORMAT),
 )
 wait_for("the sink's slot (sink.status.confirmed_lsn)",
          lambda: one("SELECT confirmed_lsn IS NOT NULL FROM sink.status WHERE name = 'bench'") or bool(sink_error()))
@@ -280,7 +284,7 @@ fmt_mib = lambda v: "n/a (worker never seen)" if v is None else f"{v:.1f} MiB"
 print(f"pg_sink benchmark: N = {N} inserts in {TXN_ROWS}-row transactions, "
       f"{wal_bytes / 2**20:.1f} MiB WAL, pg_sink.max_batch_changes = {batch_setting}")
 print(f"  baseline (pg_recvlogical, pgoutput -> /dev/null): {base_s:9.3f} s {base_rps:12,.0f} rows/s")
-print(f"  {'sink     (' + SINK + ', upsert, JSON)':<50}{sink_s:9.3f} s {sink_rps:12,.0f} rows/s"
+print(f"  {'sink     (' + SINK + ', upsert, ' + FORMAT.upper() + ')':<50}{sink_s:9.3f} s {sink_rps:12,.0f} rows/s"
       + (f"   (worker up after {first_worker_s:.2f} s; {batches} batches)" if first_worker_s is not None else f"   ({batches} batches)"))
 print(f"  ratio (sink rows/s / baseline rows/s):           {ratio:9.3f}")
 print(f"  worker peak RSS (VmHWM):                          {fmt_mib(hwm_mib)}   (private RssAnon peak {fmt_mib(anon_mib)})")
@@ -310,6 +314,7 @@ print(json.dumps({
     "output_files": len(files),
     "output_bytes": out_bytes,
     "output_lines": lines,
+    "format": FORMAT,
     "output_ok": ok,
 }), flush=True)
 sys.exit(0 if ok else 1)

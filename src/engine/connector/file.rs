@@ -6,7 +6,7 @@
 //! fsynced before the batch is reported durable.
 //!
 //! Line layout: `{"key": K, "value": V, "headers": {"pg_sink-lsn": .., ..}}`, where K
-//! and V are the encoder's JSON (or JSON strings when the encoder is not JSON).
+//! and V are the encoder's JSON (see [`super::write_wrapped`] for other formats).
 
 use std::path::PathBuf;
 
@@ -176,6 +176,16 @@ mod tests {
         assert_eq!(text, "{\"key\":{\"id\":1},\"value\":{\"id\":1,\"v\":\"a\"},\"headers\":{\"pg_sink-lsn\":\"0/10\",\"pg_sink-timestamp\":\"0.000\",\"pg_sink-op\":\"delete\"}}\n");
         assert_eq!(std::fs::read_dir(dir.join("s1")).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn binary_values_are_embedded_as_base64() {
+        let mut r = record("k", None);
+        r.value = Some(vec![0, 159, 146, 150]);
+        let batch = Batch { records: vec![r], key_is_json: false, value_is_json: false, ..Default::default() };
+        let line: serde_json::Value = serde_json::from_slice(&render(&batch)).unwrap();
+        assert_eq!(line["key"], "k");
+        assert_eq!(line["value"]["base64"], "AJ+Slg==");
     }
 
     #[test]

@@ -60,16 +60,24 @@ pub const HEADER_OP: &str = "pg_sink-op";
 /// Write `{"key": K, "value": V, "headers": {"pg_sink-lsn": .., ..}}` for a record:
 /// the self-describing layout of targets without headers of their own (files,
 /// Kinesis). K and V are embedded as they are when the encoder wrote JSON, as JSON
-/// strings otherwise, and `null` when absent.
+/// strings when they are other UTF-8 text, as `{"base64": ".."}` when they are
+/// binary (Avro), and `null` when absent.
 pub fn write_wrapped(r: &Record, key_is_json: bool, value_is_json: bool, out: &mut Vec<u8>) {
     fn embed(bytes: &Option<Vec<u8>>, is_json: bool, out: &mut Vec<u8>) {
         match bytes {
             None => out.extend_from_slice(b"null"),
             Some(b) if is_json => out.extend_from_slice(b),
-            Some(b) => {
-                let s = String::from_utf8_lossy(b);
-                out.extend(serde_json::to_vec(&s).unwrap_or_else(|_| b"null".to_vec()));
-            }
+            // Text encoders' output is a JSON string; binary (Avro, BYTES) that is
+            // not UTF-8 is {"base64": ".."}, so nothing is lost.
+            Some(b) => match std::str::from_utf8(b) {
+                Ok(s) => out.extend(serde_json::to_vec(s).unwrap_or_else(|_| b"null".to_vec())),
+                Err(_) => {
+                    use base64::Engine as _;
+                    out.extend_from_slice(b"{\"base64\":\"");
+                    out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(b).as_bytes());
+                    out.extend_from_slice(b"\"}");
+                }
+            },
         }
     }
     out.extend_from_slice(b"{\"key\":");
