@@ -60,7 +60,7 @@ BAD = [
     ("SELECT sink.create_sink('b1', 's_pk', connection => 'nope')", "42704", "connection \"nope\" does not exist"),
     ("SELECT sink.create_sink('b1', 's_pk', 'table', '{\"table\": \"s_pk\"}', envelope => 'upsert')", "22023", "its own source"),
     ("SELECT sink.create_sink('b1', 's_pk', 'table', '{\"table\": \"s_nopk\"}', envelope => 'upsert')", "42P16", "has no primary key"),
-    ("SELECT sink.create_sink('b1', 's_pk', 'table', '{\"table\": \"bad_target\"}', format => 'text')", "22023", "unknown format"),
+    ("SELECT sink.create_sink('b1', 's_pk', 'table', '{\"table\": \"bad_target\"}', format => 'text', envelope => 'upsert')", "22023", "requires format json"),
     ("SELECT sink.drop_sink('nope')", "42704", "sink \"nope\" does not exist"),
     ("SELECT sink.pause_sink('nope')", "42704", "does not exist"),
     ("SELECT sink.sync('nope')", "42704", "does not exist"),
