@@ -262,7 +262,7 @@ for path in files:
 out_bytes = sum(os.path.getsize(p) for p in files)
 if SINK == "kinesis":
     # Every record in the stream, read back shard by shard (after timing).
-    lines = 0
+    lines = kinesis_bytes = 0
     for shard in kin.list_shards(StreamName="bench")["Shards"]:
         it = kin.get_shard_iterator(StreamName="bench", ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
         while it:
@@ -270,8 +270,19 @@ if SINK == "kinesis":
             if not resp["Records"]:
                 break
             lines += len(resp["Records"])
+            kinesis_bytes += sum(len(r["Data"]) + len(r["PartitionKey"]) for r in resp["Records"])
             it = resp.get("NextShardIterator")
     log(f"records in the Kinesis stream: {lines}")
+    # The emulator's own ceiling: boto3 PutRecords of N records of the same size
+    # (500 per request, in order) into a fresh stream with as many shards. moto slows
+    # down as a stream grows, so compare the sink with this, not with decoding.
+    kin.create_stream(StreamName="bench_ceiling", ShardCount=4)
+    avg = max(1, kinesis_bytes // max(1, lines))
+    t = time.monotonic()
+    for lo in range(0, N, 500):
+        recs = [{"Data": b"x" * avg, "PartitionKey": '{"id":%d}' % i} for i in range(lo, min(lo + 500, N))]
+        kin.put_records(StreamName="bench_ceiling", Records=recs)
+    ceiling_s = time.monotonic() - t
 
 # 9. report
 base_rps = N / base_s
@@ -287,6 +298,9 @@ print(f"  baseline (pg_recvlogical, pgoutput -> /dev/null): {base_s:9.3f} s {bas
 print(f"  {'sink     (' + SINK + ', upsert, ' + FORMAT.upper() + ')':<50}{sink_s:9.3f} s {sink_rps:12,.0f} rows/s"
       + (f"   (worker up after {first_worker_s:.2f} s; {batches} batches)" if first_worker_s is not None else f"   ({batches} batches)"))
 print(f"  ratio (sink rows/s / baseline rows/s):           {ratio:9.3f}")
+if SINK == "kinesis":
+    print(f"  emulator ceiling (boto3 PutRecords, 500/request): {ceiling_s:9.3f} s {N / ceiling_s:12,.0f} rows/s")
+    print(f"  ratio (sink rows/s / emulator ceiling rows/s):    {(N / sink_s) / (N / ceiling_s):9.3f}")
 print(f"  worker peak RSS (VmHWM):                          {fmt_mib(hwm_mib)}   (private RssAnon peak {fmt_mib(anon_mib)})")
 if SINK == "file":
     print(f"  output lines:                                     {lines} in {len(files)} files, {out_bytes / 2**20:.1f} MiB"

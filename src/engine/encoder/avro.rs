@@ -983,6 +983,39 @@ mod tests {
     }
 
     #[test]
+    fn composites_are_named_records_with_their_docs() {
+        let point = PgType::new(
+            90001,
+            "geo.point2",
+            TypeKind::Composite(vec![("x".into(), PgType::from_oid(701)), ("y-val".into(), PgType::from_oid(701))]),
+        );
+        let mut type_docs = BTreeMap::new();
+        type_docs.insert(90001, (Some("A point".to_string()), [("x".to_string(), "X axis".to_string())].into_iter().collect()));
+        let meta = RelationMeta { not_null: vec![false, false], type_docs, ..Default::default() };
+        let cols = vec![
+            Column { name: "a".into(), ty: point.clone(), type_modifier: -1, is_identity: false },
+            Column { name: "b".into(), ty: point, type_modifier: -1, is_identity: false },
+        ];
+        let rel = relation(cols, Some(meta));
+        let mut opts = AvroOptions::default();
+        opts.docs.push(parse_doc_option("value_doc_on_column_geo.point2.y-val", "Y from option").unwrap().unwrap());
+        let s = row_schema(&rel, &[0, 1], Role::Value, &opts);
+        assert_eq!(
+            s["fields"][0]["type"],
+            json!(["null", {"type": "record", "name": "point2", "doc": "A point", "fields": [
+                {"name": "x", "type": ["null", "double"], "doc": "X axis"},
+                {"name": "y_val", "type": ["null", "double"], "doc": "Y from option"}]}])
+        );
+        // The second use refers to the record by name.
+        assert_eq!(s["fields"][1]["type"], json!(["null", "point2"]));
+        let mut out = Vec::new();
+        write_row(&image(&rel, vec![Some("(1.5,)"), None]), |_| false, &mut out).unwrap();
+        let AV::Record(f) = decode(&s, &out) else { panic!() };
+        let AV::Union(1, p) = &f[0].1 else { panic!("{:?}", f[0].1) };
+        assert_eq!(**p, AV::Record(vec![("x".into(), AV::Union(1, Box::new(AV::Double(1.5)))), ("y_val".into(), AV::Union(0, Box::new(AV::Null)))]));
+    }
+
+    #[test]
     fn debezium_values_decode_with_before_and_after() {
         use crate::engine::envelope::{Op, SourceInfo};
         use crate::engine::lsn::Lsn;
