@@ -660,8 +660,9 @@ pub struct AvroEncoder {
 
 #[derive(Default)]
 struct State {
-    /// By relation (pointer identity, the Arc kept alive) and image columns.
-    by_relation: HashMap<(usize, usize), (Arc<Relation>, Compiled)>,
+    /// By relation (pointer identity, the Arc kept alive) and image columns (checked
+    /// on a hit, so a reused address of a freed column list cannot alias).
+    by_relation: HashMap<(usize, usize), (Arc<Relation>, Vec<usize>, Compiled)>,
     /// By schema text: a schema registered once is not registered again.
     by_schema: BTreeMap<String, Compiled>,
     compatibility_set: bool,
@@ -682,8 +683,10 @@ impl AvroEncoder {
     fn compiled(&self, rel: &Arc<Relation>, indices: &[usize]) -> Result<Compiled> {
         let key = (Arc::as_ptr(rel) as usize, indices.as_ptr() as usize ^ indices.len());
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, c)) = st.by_relation.get(&key) {
-            return Ok(c.clone());
+        if let Some((_, cols, c)) = st.by_relation.get(&key) {
+            if cols.as_slice() == indices {
+                return Ok(c.clone());
+            }
         }
         let schema = if self.debezium && self.role == Role::Value {
             debezium_schema(rel, indices, &self.options)
@@ -718,7 +721,7 @@ impl AvroEncoder {
         if st.by_relation.len() > 256 {
             st.by_relation.clear();
         }
-        st.by_relation.insert(key, (rel.clone(), compiled.clone()));
+        st.by_relation.insert(key, (rel.clone(), indices.to_vec(), compiled.clone()));
         Ok(compiled)
     }
 
