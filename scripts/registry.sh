@@ -30,22 +30,9 @@ if { [ -n "$REG_USER" ] && [ -z "$REG_PASSWORD" ]; } || { [ -z "$REG_USER" ] && 
   die "set both REGISTRY_USER and REGISTRY_PASSWORD, or neither"
 fi
 
-install_fastavro() {
-  python3 -c 'import fastavro' 2>/dev/null && return 0
-  log "installing fastavro with pip (once)"
-  python3 -m pip install --quiet --disable-pip-version-check 'fastavro' 2>&1 | grep -v 'Running pip as the' >&2 || true
-  python3 -c 'import fastavro' 2>/dev/null || die "pip finished but fastavro cannot be imported"
-}
-
-# The pid in the pid file, if that process is alive and is our registry.
-running_pid() {
-  local pid
-  [ -f "$PIDFILE" ] || return 1
-  pid=$(head -1 "$PIDFILE" 2>/dev/null) || return 1
-  case "$pid" in '' | *[!0-9]*) return 1 ;; esac
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'registry\.py' || return 1
-  echo "$pid"
-}
+# shellcheck source=scripts/lib/service.sh
+. "$HERE/lib/service.sh"
+PATTERN='registry\.py'
 
 answers() {
   REGISTRY_USER="$REG_USER" REGISTRY_PASSWORD="$REG_PASSWORD" python3 - "$PORT" <<'PY'
@@ -63,43 +50,20 @@ PY
 }
 
 start() {
-  install_fastavro
-  if pid=$(running_pid); then
+  svc_pip fastavro fastavro
+  if pid=$(svc_running_pid "$PIDFILE" "$PATTERN"); then
     log "already running (pid $pid) on 127.0.0.1:$PORT"
     return 0
   fi
-  mkdir -p "$DATA"
-  : >"$LOG"
   local auth=()
   [ -n "$REG_USER" ] && auth=(--user "$REG_USER" --password "$REG_PASSWORD")
-  python3 "$HERE/registry.py" --host 127.0.0.1 --port "$PORT" "${auth[@]}" >>"$LOG" 2>&1 &
-  echo $! >"$PIDFILE"
-  for _ in $(seq 1 150); do
-    if answers; then
-      log "schema registry (stand-in) on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"))"
-      return 0
-    fi
-    running_pid >/dev/null || { tail -20 "$LOG" >&2; die "schema registry exited"; }
-    sleep 0.2
-  done
-  tail -20 "$LOG" >&2
-  die "schema registry did not answer on 127.0.0.1:$PORT"
-}
-
-stop() {
-  local pid
-  if pid=$(running_pid); then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    log "stopped (pid $pid)"
-  fi
-  rm -f "$PIDFILE"
+  svc_launch "$PIDFILE" "$LOG" "schema registry (stand-in)" "$PORT" answers "$PATTERN" \
+    python3 "$HERE/registry.py" --host 127.0.0.1 --port "$PORT" "${auth[@]}"
 }
 
 case "${1:-}" in
   start) start ;;
-  stop) stop ;;
-  status) if pid=$(running_pid); then log "running (pid $pid) on 127.0.0.1:$PORT"; else log "not running"; exit 1; fi ;;
+  stop) svc_stop "$PIDFILE" "$PATTERN" ;;
+  status) if pid=$(svc_running_pid "$PIDFILE" "$PATTERN"); then log "running (pid $pid) on 127.0.0.1:$PORT"; else log "not running"; exit 1; fi ;;
   *) die "usage: $0 start|stop|status" ;;
 esac

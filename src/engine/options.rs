@@ -216,37 +216,16 @@ fn parse_avro(
     if a.value_fullname.is_some() && a.key_fullname.is_none() && explicit_key {
         return Err(SinkError::config("AVRO VALUE FULLNAME with a KEY requires AVRO KEY FULLNAME").hint("Give avro_key_fullname too, as Materialize requires."));
     }
-    let url = opts.remove("schema.registry");
-    let reg = RegistrySettings {
-        url: url.clone().unwrap_or_default(),
-        username: opts.remove("schema.registry.username"),
-        password: opts.remove("schema.registry.password"),
-        ca_pem: opts.remove("schema.registry.ssl_ca"),
-        cert_pem: opts.remove("schema.registry.ssl_certificate"),
-        key_pem: opts.remove("schema.registry.ssl_key"),
-        timeout: std::time::Duration::from_secs(10),
-    };
     opts.remove("csr_connection");
-    let has_registry_options = url.is_some() || reg.username.is_some() || reg.password.is_some() || reg.ca_pem.is_some() || reg.cert_pem.is_some();
-    let has_avro_options = a != AvroOptions::default();
-    if !uses_avro && (has_registry_options || has_avro_options) {
+    let registry = RegistrySettings::take_from(opts)?;
+    if !uses_avro && (registry.is_some() || a != AvroOptions::default()) {
         return Err(SinkError::config("schema registry and Avro options require FORMAT AVRO")
             .detail(format!("The key format is {key_format} and the value format is {value_format}."))
             .hint("Set format => 'avro' (or key_format / value_format), or drop those options."));
     }
-    if has_registry_options && url.is_none() {
-        return Err(SinkError::config("schema registry options without a registry URL").hint("Give schema.registry (or csr_connection)."));
-    }
-    if (a.key_compatibility.is_some() || a.value_compatibility.is_some()) && url.is_none() {
+    if (a.key_compatibility.is_some() || a.value_compatibility.is_some()) && registry.is_none() {
         return Err(SinkError::config("compatibility levels require a schema registry").hint("Give schema.registry (or csr_connection)."));
     }
-    let registry = match url {
-        Some(_) => {
-            reg.validate()?;
-            Some(reg)
-        }
-        None => None,
-    };
     Ok((a, registry))
 }
 

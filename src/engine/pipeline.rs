@@ -51,15 +51,6 @@ impl Pipeline {
         })
     }
 
-    /// Framing bytes at the start of encoded keys (see [`Encoder::strip_prefix`]).
-    pub fn key_prefix_len(&self) -> usize {
-        self.key_encoder.strip_prefix()
-    }
-
-    pub fn needs_meta(&self) -> bool {
-        self.needs_meta
-    }
-
     pub fn new_batch(&self) -> Batch {
         Batch {
             key_is_json: self.key_encoder.name() == "json",

@@ -215,10 +215,8 @@ fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'
     if is_registry {
         // Known options, a URL, and a registry that answers and takes the credentials.
         let mut sink_opts = registry::connection_to_sink_options(name, &resolved).or_raise();
-        sink_opts.insert("format".into(), "avro".into());
-        let def = options::parse("file", &sink_opts.into_iter().chain([("path".to_string(), "/".to_string())]).collect()).or_raise();
-        if let Some(settings) = &def.registry {
-            registry::Registry::new(settings).and_then(|r| r.check()).or_raise();
+        if let Some(settings) = registry::RegistrySettings::take_from(&mut sink_opts).or_raise() {
+            registry::Registry::new(&settings).and_then(|r| r.check()).or_raise();
         }
     }
     let owner = current_user();

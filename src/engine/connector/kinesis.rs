@@ -30,7 +30,6 @@ use aws_sdk_kinesis::Client;
 
 use super::{write_wrapped, Batch, Connector, ConnectorConfig, ConnectorSpec, Record, SqlSession};
 use crate::engine::error::{Result, SinkError};
-use crate::engine::options::parse_bool;
 use crate::engine::retry::Backoff;
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
@@ -147,14 +146,7 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<KinesisSettings> {
                 .hint("Use wrapped (key, value and headers) or value (the encoded value only)."))
         }
     };
-    let timeout_ms = match cfg.get("timeout_ms") {
-        None => 10_000,
-        Some(v) => v.parse::<u64>().ok().filter(|n| *n >= 100).ok_or_else(|| {
-            SinkError::config(format!("invalid value for option \"timeout_ms\": \"{v}\"")).hint("Give milliseconds, at least 100.")
-        })?,
-    };
-    let validate = cfg.get("validate").map(|v| parse_bool("validate", v)).transpose()?.unwrap_or(true);
-    Ok(KinesisSettings { stream, region, endpoint, keys, role_arn, external_id, wrapped, timeout: Duration::from_millis(timeout_ms), validate })
+    Ok(KinesisSettings { stream, region, endpoint, keys, role_arn, external_id, wrapped, timeout: cfg.timeout(10_000)?, validate: cfg.flag("validate", true)? })
 }
 
 fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
@@ -446,18 +438,11 @@ impl Connector for KinesisConnector {
 mod tests {
     use super::*;
     use crate::engine::connector::TxnStamp;
-    use crate::engine::envelope::{Draft, EnvelopeKind, Op, Payload};
+    use crate::engine::envelope::{Draft, Op, Payload};
     use crate::engine::lsn::Lsn;
 
     fn cfg(pairs: &[(&str, &str)]) -> ConnectorConfig {
-        ConnectorConfig {
-            sink_name: "s".into(),
-            database: "db".into(),
-            sink_uid: "db-1-2".into(),
-            envelope: EnvelopeKind::Upsert,
-            key_columns: vec![],
-            options: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        }
+        ConnectorConfig::for_test(pairs)
     }
 
     fn record(key: Option<&str>, value: Option<&str>) -> Record {

@@ -172,6 +172,35 @@ impl ConnectorConfig {
     pub fn get(&self, name: &str) -> Option<&str> {
         self.options.get(name).map(String::as_str)
     }
+
+    /// A boolean option, `default` when absent.
+    pub fn flag(&self, name: &str, default: bool) -> Result<bool> {
+        self.get(name).map(|v| crate::engine::options::parse_bool(name, v)).transpose().map(|v| v.unwrap_or(default))
+    }
+
+    /// The `timeout_ms` option (at least 100 ms), `default_ms` when absent.
+    pub fn timeout(&self, default_ms: u64) -> Result<std::time::Duration> {
+        let ms = match self.get("timeout_ms") {
+            None => default_ms,
+            Some(v) => v.parse::<u64>().ok().filter(|n| *n >= 100).ok_or_else(|| {
+                SinkError::config(format!("invalid value for option \"timeout_ms\": \"{v}\"")).hint("Give milliseconds, at least 100.")
+            })?,
+        };
+        Ok(std::time::Duration::from_millis(ms))
+    }
+
+    /// A config with these options, for unit tests.
+    #[cfg(test)]
+    pub fn for_test(pairs: &[(&str, &str)]) -> Self {
+        ConnectorConfig {
+            sink_name: "s".into(),
+            database: "db".into(),
+            sink_uid: "db-1-2".into(),
+            envelope: EnvelopeKind::Upsert,
+            key_columns: vec![],
+            options: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
 }
 
 #[async_trait(?Send)]

@@ -21,7 +21,6 @@ use bytes::Bytes;
 use super::{Batch, Connector, ConnectorConfig, ConnectorSpec, Record, SqlSession};
 use crate::engine::envelope::Payload;
 use crate::engine::error::{Result, SinkError};
-use crate::engine::options::parse_bool;
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
     name: "nats",
@@ -115,20 +114,13 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<NatsSettings> {
             return Err(SinkError::config(format!("invalid connect_mode \"{other}\"")).hint("Use plain, user_and_password or credential."))
         }
     };
-    let bool_opt = |name: &str, default: bool| cfg.get(name).map(|v| parse_bool(name, v)).transpose().map(|v| v.unwrap_or(default));
-    let timeout_ms = match cfg.get("timeout_ms") {
-        None => 10_000,
-        Some(v) => v.parse::<u64>().ok().filter(|n| *n >= 100).ok_or_else(|| {
-            SinkError::config(format!("invalid value for option \"timeout_ms\": \"{v}\"")).hint("Give milliseconds, at least 100.")
-        })?,
-    };
     Ok(NatsSettings {
         servers,
         subject,
         auth,
-        jetstream: bool_opt("jetstream", false)?,
-        validate: bool_opt("validate", true)?,
-        timeout: Duration::from_millis(timeout_ms),
+        jetstream: cfg.flag("jetstream", false)?,
+        validate: cfg.flag("validate", true)?,
+        timeout: cfg.timeout(10_000)?,
         sink_uid: cfg.sink_uid.clone(),
     })
 }
@@ -289,17 +281,9 @@ impl Connector for NatsConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::envelope::EnvelopeKind;
 
     fn cfg(pairs: &[(&str, &str)]) -> ConnectorConfig {
-        ConnectorConfig {
-            sink_name: "s".into(),
-            database: "db".into(),
-            sink_uid: "db-1-2".into(),
-            envelope: EnvelopeKind::Upsert,
-            key_columns: vec![],
-            options: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        }
+        ConnectorConfig::for_test(pairs)
     }
 
     #[test]

@@ -344,17 +344,6 @@ fn malformed(ty: &PgType, reason: &str) -> SinkError {
     SinkError::permanent(format!("could not encode a {} value as Avro: {reason}", ty.name))
 }
 
-/// `\x0a1b` → bytes.
-fn bytea(ty: &PgType, text: &str) -> Result<Vec<u8>> {
-    let hex = text.strip_prefix("\\x").ok_or_else(|| malformed(ty, "expected hex bytea output"))?;
-    if hex.len() % 2 != 0 {
-        return Err(malformed(ty, "odd number of hex digits"));
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| malformed(ty, "invalid hex digit")))
-        .collect()
-}
 
 /// `YYYY-MM-DD[ BC]` → days since 1970-01-01.
 fn date_days(ty: &PgType, text: &str) -> Result<i64> {
@@ -489,7 +478,7 @@ fn write_scalar(ty: &PgType, typmod: i32, text: &str, out: &mut Vec<u8>) -> Resu
         TypeKind::Int2 | TypeKind::Int4 | TypeKind::Int8 => write_long(text.parse::<i64>().map_err(|_| malformed(ty, "not an integer"))?, out),
         TypeKind::Float4 => out.extend_from_slice(&text.parse::<f32>().map_err(|_| malformed(ty, "not a number"))?.to_le_bytes()),
         TypeKind::Float8 => out.extend_from_slice(&text.parse::<f64>().map_err(|_| malformed(ty, "not a number"))?.to_le_bytes()),
-        TypeKind::Bytea => write_bytes(&bytea(ty, text)?, out),
+        TypeKind::Bytea => write_bytes(&super::bytea_from_hex(text).ok_or_else(|| malformed(ty, "expected hex bytea output"))?, out),
         TypeKind::Date => write_long(date_days(ty, text)?, out),
         TypeKind::Time => write_long(time_micros(ty, text)?, out),
         TypeKind::Timestamp | TypeKind::TimestampTz => {

@@ -30,6 +30,15 @@ pub trait Encoder: Send {
     }
 }
 
+/// `bytea` in hex output form (`\x0a1b`) → its bytes; `None` if malformed.
+pub fn bytea_from_hex(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("\\x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+}
+
 /// Which half of a record an encoder writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

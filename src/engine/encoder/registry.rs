@@ -30,6 +30,30 @@ pub struct RegistrySettings {
 }
 
 impl RegistrySettings {
+    /// Take the `schema.registry*` options out of a sink's options: `None` when
+    /// there are none, an error when some are given without the URL or are invalid.
+    pub fn take_from(opts: &mut std::collections::BTreeMap<String, String>) -> Result<Option<Self>> {
+        let url = opts.remove("schema.registry");
+        let settings = RegistrySettings {
+            url: url.clone().unwrap_or_default(),
+            username: opts.remove("schema.registry.username"),
+            password: opts.remove("schema.registry.password"),
+            ca_pem: opts.remove("schema.registry.ssl_ca"),
+            cert_pem: opts.remove("schema.registry.ssl_certificate"),
+            key_pem: opts.remove("schema.registry.ssl_key"),
+            timeout: Duration::from_secs(10),
+        };
+        if url.is_none() {
+            let s = &settings;
+            if s.username.is_some() || s.password.is_some() || s.ca_pem.is_some() || s.cert_pem.is_some() || s.key_pem.is_some() {
+                return Err(SinkError::config("schema registry options without a registry URL").hint("Give schema.registry (or csr_connection)."));
+            }
+            return Ok(None);
+        }
+        settings.validate()?;
+        Ok(Some(settings))
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) || self.url.contains(char::is_whitespace) {
             return Err(SinkError::config(format!("invalid schema registry URL \"{}\"", self.url))

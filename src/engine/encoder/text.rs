@@ -46,14 +46,9 @@ impl TextEncoder {
             Cell::Null => Ok(None),
             Cell::Unchanged => Err(SinkError::permanent(format!("column \"{}\" holds an unchanged TOAST value that was not filled in", col.name))
                 .hint("Set REPLICA IDENTITY FULL on the table so updates carry the old value.")),
-            Cell::Text(t) if self.bytes && col.ty.kind == TypeKind::Bytea => {
-                let hex = t.strip_prefix("\\x").unwrap_or(t);
-                (0..hex.len() / 2)
-                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
-                    .collect::<std::result::Result<Vec<u8>, _>>()
-                    .map(Some)
-                    .map_err(|_| SinkError::permanent(format!("malformed bytea in column \"{}\"", col.name)))
-            }
+            Cell::Text(t) if self.bytes && col.ty.kind == TypeKind::Bytea => super::bytea_from_hex(t)
+                .map(Some)
+                .ok_or_else(|| SinkError::permanent(format!("malformed bytea in column \"{}\"", col.name))),
             Cell::Text(t) => Ok(Some(t.as_bytes().to_vec())),
         }
     }
