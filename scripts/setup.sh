@@ -12,9 +12,12 @@ PROFILE=()
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-pkgs=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config cmake libssl-dev zlib1g-dev)
+pkgs=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config cmake libssl-dev zlib1g-dev openssl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# Node.js and npm run Azurite (the Azure Storage emulator of the tests); a Node.js
+# installed otherwise (with its own npm) is reused.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -30,10 +33,12 @@ if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
   cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
 fi
 
-if ! python3 -c 'import psycopg, pytest, confluent_kafka, nats, nkeys, boto3, moto.server' 2>/dev/null; then
-  log "installing Python test dependencies (psycopg, pytest, confluent-kafka, nats-py, nkeys, moto, boto3)"
-  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]==3.3.*' 'pytest==8.*' 'confluent-kafka==2.*' 'nats-py==2.*' 'nkeys' 'moto[server]==5.*' 'boto3' 2>&1 | grep -v 'Running pip as the' || true
+if ! python3 -c 'import psycopg, pytest, confluent_kafka, nats, nkeys, boto3, moto.server, pymysql, pyarrow.parquet, azure.storage.blob, cryptography, fastavro' 2>/dev/null; then
+  log "installing Python test dependencies (psycopg, pytest, confluent-kafka, nats-py, nkeys, moto, boto3, PyMySQL, pyarrow, azure-storage-blob, fastavro)"
+  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]==3.3.*' 'pytest==8.*' 'confluent-kafka==2.*' 'nats-py==2.*' 'nkeys' 'moto[server]==5.*' 'boto3' 'PyMySQL==1.*' \
+    'pyarrow' 'azure-storage-blob==12.*' 'cryptography' 'fastavro' 2>&1 | grep -v 'Running pip as the' || true
 fi
+bash scripts/azurite.sh install
 
 log "building and installing the pg_sink extension ${PROFILE[*]:-(debug)}"
 cargo pgrx install "${PROFILE[@]}" --pg-config "$PG_CONFIG" 2>&1 | grep -E '^(error|warning: unused)|Finished' || true

@@ -1,5 +1,5 @@
 # Process handling shared by the scripts that start throwaway test servers
-# (moto.sh, registry.sh). Source it after defining log() and die().
+# (moto.sh, registry.sh, azurite.sh). Source it after defining log() and die().
 #
 #   svc_running_pid PIDFILE PATTERN     pid if alive and its command line matches
 #   svc_launch PIDFILE LOG WHAT PORT CHECK CMD...
@@ -13,7 +13,7 @@ svc_running_pid() {
   [ -f "$pidfile" ] || return 1
   pid=$(head -1 "$pidfile" 2>/dev/null) || return 1
   case "$pid" in '' | *[!0-9]*) return 1 ;; esac
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern" || return 1
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "$pattern" || return 1
   echo "$pid"
 }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use crate::engine::connector::{file, table::quote_ident};
+use crate::engine::connector::table::quote_ident;
 use crate::engine::encoder::registry;
 use crate::engine::envelope::EnvelopeKind;
 use crate::engine::error::SinkError;
@@ -97,7 +97,7 @@ fn option_map(options: &JsonB, what: &str) -> BTreeMap<String, String> {
                 Code::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("invalid value for option \"{k}\""),
                 Some(format!("Option values must be strings, numbers, booleans, lists or maps; got {other}.")),
-                Some("Refer to a secret as {\"secret\": \"name\"} (connections only).".into()),
+                Some("Refer to a secret as {\"secret\": \"name\"}.".into()),
             ),
         };
         let name = options::normalize_name(k);
@@ -169,9 +169,22 @@ fn alter_secret(name: &str, value: &str) {
 #[pg_extern(volatile)]
 fn drop_secret(name: &str, if_exists: default!(bool, false)) -> bool {
     as_superuser(|| {
-        let used = select_one("SELECT string_agg(name, ', ')::text FROM sink.connections WHERE options::text LIKE '%' || to_json($1::text)::text || '%'", &[Some(name)]);
-        if let Some(conns) = used {
-            fail(Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, format!("cannot drop secret \"{name}\" because connections use it"), Some(format!("Used by: {conns}.")), Some("Drop or alter those connections first.".into()));
+        // Connections keep references as JSON objects, sinks as their text.
+        let refers = |v: &serde_json::Value| match v {
+            serde_json::Value::String(t) => catalog::secret_ref(t).as_deref() == Some(name),
+            other => catalog::secret_ref(&other.to_string()).as_deref() == Some(name),
+        };
+        let users: Vec<String> = select("SELECT 'connection ' || name, options::text FROM sink.connections UNION ALL SELECT 'sink ' || name, options::text FROM sink.sinks ORDER BY 1", &[])
+            .into_iter()
+            .filter(|r| {
+                let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r.get(1).cloned().flatten().as_deref().unwrap_or("{}")).unwrap_or_default();
+                map.values().any(refers)
+            })
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
+        let used = Some(users.join(", ")).filter(|u| !u.is_empty());
+        if let Some(users) = used {
+            fail(Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, format!("cannot drop secret \"{name}\" because it is in use"), Some(format!("Used by: {users}.")), Some("Drop or alter those connections and sinks first.".into()));
         }
         let n = update("DELETE FROM sink.secrets WHERE name = $1 RETURNING name", &[Some(name)]).len();
         if n == 0 && !if_exists {
@@ -179,6 +192,33 @@ fn drop_secret(name: &str, if_exists: default!(bool, false)) -> bool {
         }
         n > 0
     })
+}
+
+/// The value of a secret an option refers to. The caller must be allowed to use it
+/// (own it, through role membership, or be a superuser): otherwise a sink could
+/// send someone else's secret to a target of its owner's choosing.
+fn use_secret(sname: &str, option: &str) -> String {
+    let user = current_user();
+    let row = as_superuser(|| {
+        select("SELECT value, pg_has_role($2, owner, 'MEMBER')::text FROM sink.secrets WHERE name = $1", &[Some(sname), Some(&user)]).into_iter().next()
+    });
+    let Some(row) = row else {
+        fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{sname}\" does not exist"), Some(format!("Option \"{option}\" refers to it.")), Some("Create it with sink.create_secret().".into()))
+    };
+    if row.get(1).cloned().flatten().as_deref() != Some("true") && !is_superuser() {
+        fail(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for secret \"{sname}\""),
+            Some(format!("Option \"{option}\" refers to a secret owned by another role.")),
+            Some("Only the secret's owner (or a member of that role) can use it.".into()),
+        );
+    }
+    row.into_iter().next().flatten().unwrap_or_default()
+}
+
+/// Options with every `{"secret": "name"}` value replaced by the secret's value.
+fn resolve_secrets(opts: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    opts.iter().map(|(k, v)| (k.clone(), catalog::secret_ref(v).map(|s| use_secret(&s, k)).unwrap_or_else(|| v.clone()))).collect()
 }
 
 // ---------------------------------------------------------------- connections
@@ -199,16 +239,7 @@ fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'
     };
     // Resolve secret references now: a missing secret is an error, and the Kafka
     // reachability check needs the real values.
-    let mut resolved = BTreeMap::new();
-    for (k, v) in &opts {
-        let value = match catalog::secret_ref(v) {
-            None => v.clone(),
-            Some(sname) => as_superuser(|| catalog::secret_value(&sname)).unwrap_or_else(|| {
-                fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{sname}\" does not exist"), Some(format!("Option \"{k}\" refers to it.")), Some("Create it with sink.create_secret().".into()))
-            }),
-        };
-        resolved.insert(k.clone(), value);
-    }
+    let resolved = resolve_secrets(&opts);
     if kind == "kafka" {
         crate::engine::connector::kafka::check_connection(&resolved).or_raise();
     }
@@ -461,6 +492,12 @@ fn create_sink(
             effective.entry(k).or_insert(v);
         }
     }
+    // The sink's own secret references (the connection's were checked when it was created).
+    for (k, v) in &opts {
+        if let Some(sname) = catalog::secret_ref(v) {
+            effective.insert(k.clone(), use_secret(&sname, k));
+        }
+    }
     let Some(connector_name) = connector_name else {
         fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "a sink needs a connector", None, Some("Pass connector => 'file' (or 'table', ...) or connection => 'name'.".into()))
     };
@@ -589,19 +626,21 @@ fn create_sink(
             envelope: def.envelope,
             key_columns: def.key_columns.clone(),
             options: def.connector_options.clone(),
+            columns: {
+                let types: BTreeMap<String, String> = select(
+                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped",
+                    &[Some(&src_oid)],
+                )
+                .into_iter()
+                .filter_map(|r| Some((r.first().cloned().flatten()?, r.get(1).cloned().flatten()?)))
+                .collect();
+                visible.iter().map(|c| (c.clone(), types.get(c).cloned().unwrap_or_else(|| "text".into()))).collect()
+            },
         };
         let mut connector = (def.connector.build)(&cfg).or_raise();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().on_thread_start(delivery::block_signals).build().map_err(|e| SinkError::transient(e.to_string())).or_raise();
         rt.block_on(connector.check()).or_raise();
     }
-    if def.connector.name == "file" {
-        let path = def.connector_options.get("path").or(def.connector_options.get("location")).cloned().unwrap_or_default();
-        if path.is_empty() {
-            fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "connector \"file\" requires option \"path\"", None, Some("Give an absolute directory, e.g. path => '/var/lib/pg_sink/out'.".into()));
-        }
-        file::parse_dir(&path).or_raise();
-    }
-
     // Everything is valid: write the catalog, the publication and the target.
     let owner = current_user();
     let schedule = def.schedule.as_str();
@@ -689,6 +728,7 @@ fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, in
         envelope: def.envelope,
         key_columns: def.key_columns.clone(),
         options: def.connector_options.clone(),
+        columns: vec![],
     };
     let target = crate::engine::connector::table::target_name(&cfg).or_raise();
     let existing = select_one("SELECT to_regclass($1)::oid::text", &[Some(&target)]);
@@ -778,6 +818,9 @@ fn alter_sink(name: &str, options: JsonB) {
         if v.is_null() {
             merged.remove(&n);
         } else {
+            if let Some(sname) = catalog::secret_ref(&catalog::json_text(v)) {
+                use_secret(&sname, &n);
+            }
             merged.insert(n, catalog::json_text(v));
         }
     }

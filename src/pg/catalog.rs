@@ -155,7 +155,15 @@ pub fn effective_options(sink: &SinkRow) -> Result<BTreeMap<String, String>, Sin
         Some(conn) => connection_options(conn)?.1,
         None => BTreeMap::new(),
     };
-    merged.extend(sink.options.clone());
+    for (k, v) in &sink.options {
+        let value = match secret_ref(v) {
+            Some(secret) => secret_value(&secret).ok_or_else(|| {
+                SinkError::permanent(format!("secret \"{secret}\" used by option \"{k}\" of sink \"{}\" does not exist", sink.name))
+            })?,
+            None => v.clone(),
+        };
+        merged.insert(k.clone(), value);
+    }
     expand_registry_connection(&mut merged)?;
     Ok(merged)
 }

@@ -107,6 +107,7 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
             envelope: def.envelope,
             key_columns: def.key_columns.clone(),
             options: def.connector_options.clone(),
+            columns: vec![],
         };
         let connector = (def.connector.build)(&cfg)?;
         session.cached = Some((fingerprint, Parts { def, pipeline, connector }));
@@ -234,6 +235,9 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
         flush(&mut batch, &pipeline, &mut outcome)?;
         Ok(n)
     })?;
+    if outcome.transactions > 0 {
+        rt.block_on(connector.finish_step())?;
+    }
     let caught_up = (messages as i64) < step_limit;
     outcome.caught_up = caught_up;
     if outcome.transactions > 0 {
@@ -458,6 +462,7 @@ fn initialize(
         // SAFETY: pops the snapshot pushed above.
         unsafe { pg_sys::PopActiveSnapshot() };
         result?;
+        rt.block_on(connector.finish_step())?;
     }
     catalog::mark_snapshot_done(sink.id, start);
     if outcome.records > 0 {

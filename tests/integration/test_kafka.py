@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 
+import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -399,11 +400,20 @@ def test_exactly_once_through_ten_random_crashes(db, broker, ledger):
         crashes += 1
     t.join(timeout=300)
     assert done.is_set() and progress[0] >= 200_000
-    # Back after the last crash: both workers running again (after any reinit).
-    wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_sink sink k_chaos%%'") == 2, timeout=60, what="workers back")
-    db = wait_for(lambda: _try(connect), timeout=60, what="server back")
-    wait_caught_up(db, "k_chaos", timeout=300)
-    wait_caught_up(db, "k_chaos2", timeout=300)
+    # Back after the last crash: both workers running again. A worker SIGKILLed
+    # just before the writer finished makes the postmaster reinitialise a moment
+    # later, which can cut a connection opened in between: reconnect and wait again.
+    deadline = time.time() + 600
+    while True:
+        try:
+            wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_sink sink k_chaos%%'") == 2, timeout=60, what="workers back")
+            db = wait_for(lambda: _try(connect), timeout=60, what="server back")
+            wait_caught_up(db, "k_chaos", timeout=300)
+            wait_caught_up(db, "k_chaos2", timeout=300)
+            break
+        except psycopg.OperationalError:
+            assert time.time() < deadline, "the server kept restarting"
+            time.sleep(1)
     n = _check_ledger(db, "k-chaos")
     assert n >= 200_000
     db.execute("SELECT sink.drop_sink('k_chaos')")

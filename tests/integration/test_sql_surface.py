@@ -35,7 +35,7 @@ BAD = [
     ("SELECT sink.create_sink('b1', 's_pk', 'file', '{\"path\": \"/tmp/x\"}', envelope => 'upsertt')", "22023", "unknown envelope"),
     ("SELECT sink.create_sink('b1', 's_pk', 'file', '{\"path\": \"/tmp/x\"}', format => 'xml')", "22023", "unknown format"),
     ("SELECT sink.create_sink('b1', 's_pk', 'file', '{\"path\": \"/tmp/x\", \"bogus\": 1}')", "22023", "unknown option \"bogus\""),
-    ("SELECT sink.create_sink('b1', 's_pk', 'file', '{}')", "22023", "requires option \"path\""),
+    ("SELECT sink.create_sink('b1', 's_pk', 'file', '{}')", "22023", "requires option \"location\""),
     ("SELECT sink.create_sink('b1', 's_pk', 'file', '{\"path\": \"relative/dir\"}')", "22023", "is not absolute"),
     ("SELECT sink.create_sink('b1', 's_pk', 'file', '{\"path\": \"/tmp/x\", \"snapshot\": \"maybe\"}')", "22023", "boolean option"),
     ("SELECT sink.create_sink('b1', 's_pk', 'file', '{\"path\": \"/tmp/x\", \"nested\": {\"a\": 1}}')", "22023", "unknown option \"nested\""),

@@ -525,6 +525,7 @@ pub fn check_connection(options: &BTreeMap<String, String>) -> Result<()> {
         envelope: crate::engine::envelope::EnvelopeKind::Upsert,
         key_columns: vec![],
         options: opts,
+        columns: vec![],
     };
     let connector = KafkaConnector { settings: settings(&cfg)?, state: None, partitioner: HashMap::new() };
     if !connector.settings.validate {
@@ -731,6 +732,7 @@ mod tests {
             envelope: EnvelopeKind::Upsert,
             key_columns: vec!["id".into()],
             options: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            columns: vec![],
         }
     }
 

@@ -6,11 +6,13 @@
 //! Progress only advances after [`Connector::deliver`] returns `Ok`: that is the
 //! connector's promise that the whole batch survives a crash of this process.
 
-pub mod file;
+pub mod jdbc;
 pub mod kafka;
 pub mod kinesis;
 pub mod nats;
+pub mod object;
 pub mod table;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,6 +102,26 @@ pub fn write_wrapped(r: &Record, key_is_json: bool, value_is_json: bool, out: &m
     out.extend_from_slice(b"}}");
 }
 
+/// Decode `%XX` escapes (URL user info, query values, SAS tokens); anything else,
+/// including a stray `%`, stays as it is.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Whole transactions, in commit order.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
@@ -166,6 +188,9 @@ pub struct ConnectorConfig {
     pub key_columns: Vec<String>,
     /// Connector options, validated against [`ConnectorSpec::options`].
     pub options: BTreeMap<String, String>,
+    /// The sink's columns as `(name, format_type)`, known when the sink is created
+    /// (for [`Connector::check`] to compare with the target); empty in the worker.
+    pub columns: Vec<(String, String)>,
 }
 
 impl ConnectorConfig {
@@ -199,6 +224,7 @@ impl ConnectorConfig {
             envelope: EnvelopeKind::Upsert,
             key_columns: vec![],
             options: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            columns: vec![],
         }
     }
 }
@@ -210,8 +236,14 @@ pub trait Connector {
     async fn check(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Deliver a batch. `Ok` means durable at the target.
+    /// Deliver a batch. `Ok` means durable at the target, or, for the chunks of the
+    /// initial snapshot, durable once [`Connector::finish_step`] returns `Ok`.
     async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()>;
+    /// Called after the last batch of a step, before its progress is recorded.
+    /// Connectors that keep the snapshot in one target transaction commit it here.
+    async fn finish_step(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub struct ConnectorSpec {
@@ -240,9 +272,24 @@ impl std::fmt::Debug for ConnectorSpec {
     }
 }
 
-pub const REGISTRY: &[ConnectorSpec] = &[file::SPEC, kafka::SPEC, kinesis::SPEC, nats::SPEC, table::SPEC];
+pub const REGISTRY: &[ConnectorSpec] = &[
+    object::FILE,
+    object::S3,
+    object::GCS,
+    object::AZBLOB,
+    jdbc::SPEC,
+    kafka::SPEC,
+    kinesis::SPEC,
+    nats::SPEC,
+    table::SPEC,
+    webhook::SPEC,
+];
+
+/// Other names users of RisingWave or Kinetica give the same connectors.
+const ALIASES: &[(&str, &str)] = &[("azure", "azblob"), ("fs", "file"), ("http", "webhook"), ("https", "webhook")];
 
 pub fn spec(name: &str) -> Result<&'static ConnectorSpec> {
+    let name = ALIASES.iter().find(|(a, _)| a.eq_ignore_ascii_case(name)).map_or(name, |(_, n)| n);
     REGISTRY.iter().find(|s| s.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
         SinkError::config(format!("unknown connector \"{name}\""))
             .hint(format!("Supported connectors: {}.", REGISTRY.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")))

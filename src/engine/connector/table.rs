@@ -239,6 +239,7 @@ mod tests {
             envelope: EnvelopeKind::Upsert,
             key_columns: vec!["id".into()],
             options: [("table".to_string(), "\"b\".\"t\"".to_string())].into_iter().collect(),
+            columns: vec![],
         };
         let mut c = build(&cfg).unwrap();
         let mut env = Envelope::new(EnvelopeKind::Upsert, false, vec!["id".into()], "s", "db");
@@ -270,7 +271,7 @@ mod tests {
 
     #[test]
     fn needs_a_target() {
-        let cfg = ConnectorConfig { sink_name: "s".into(), database: "db".into(), sink_uid: "db-1-0".into(), envelope: EnvelopeKind::Upsert, key_columns: vec![], options: Default::default() };
+        let cfg = ConnectorConfig { sink_name: "s".into(), database: "db".into(), sink_uid: "db-1-0".into(), envelope: EnvelopeKind::Upsert, key_columns: vec![], options: Default::default(), columns: vec![] };
         assert!(build(&cfg).is_err());
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }

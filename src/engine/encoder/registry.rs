@@ -221,7 +221,7 @@ impl Registry {
     }
 }
 
-fn pem_certs(pem: &str, what: &str) -> Result<Vec<Certificate<'static>>> {
+pub(crate) fn pem_certs(pem: &str, what: &str) -> Result<Vec<Certificate<'static>>> {
     let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(pem.as_bytes())
         .filter_map(|item| match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),

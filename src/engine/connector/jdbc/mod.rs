@@ -1,0 +1,707 @@
+//! `jdbc`: mirror the sink into a table of another database — PostgreSQL or
+//! MySQL/MariaDB — as RisingWave's JDBC sink does, without a JVM: the URL is a JDBC
+//! URL, the clients are native (tokio-postgres, mysql_async).
+//!
+//! Exactly-once: each batch is one target transaction that also moves the sink's
+//! row in the target's progress table (`pg_sink_progress` by default) to the
+//! batch's end LSN; records below the stored LSN are skipped, so a batch retried
+//! after a crash anywhere applies nothing twice, even for append-only targets. The
+//! initial snapshot is one target transaction, committed in
+//! [`Connector::finish_step`].
+//!
+//! RisingWave's key rules are checked against the target at creation: an upsert
+//! needs a target primary key and uses it (a different sink key is refused); every
+//! sink column must exist in the target with a compatible type. Upserts collapse a
+//! batch to the last change per key and go out as multi-row
+//! `INSERT .. ON CONFLICT` (PostgreSQL) / `ON DUPLICATE KEY UPDATE` (MySQL) and
+//! `DELETE .. WHERE (key) IN (..)`; append-only batches as multi-row `INSERT`s.
+
+mod mysql;
+mod postgres;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use super::{percent_decode, Batch, Connector, ConnectorConfig, ConnectorSpec, Record, SqlSession};
+use crate::engine::change::Cell;
+use crate::engine::envelope::{EnvelopeKind, Payload, RowImage};
+use crate::engine::error::{Result, SinkError};
+use crate::engine::lsn::Lsn;
+
+pub const SPEC: ConnectorSpec = ConnectorSpec {
+    name: "jdbc",
+    options: &[
+        ("jdbc.url", "jdbc:postgresql://host:port/db or jdbc:mysql://host:port/db, optionally ?user=..&password=.."),
+        ("url", "alias of jdbc.url"),
+        ("location", "Kinetica-style alias of jdbc.url"),
+        ("user", "user name (overrides the URL's)"),
+        ("password", "password (a secret; overrides the URL's)"),
+        ("table.name", "the target table"),
+        ("schema.name", "the target table's schema (PostgreSQL; default public)"),
+        ("progress_table", "table in the target that keeps each sink's delivered LSN (default pg_sink_progress)"),
+        ("timeout_ms", "connect timeout in milliseconds (default 10000)"),
+    ],
+    required: &["table.name"],
+    option_prefixes: &[],
+    accepts_unchanged_toast: false,
+    needs_json: false,
+    applies_rows: true,
+    build,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    MySql,
+}
+
+/// Where to connect and what to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub dialect: Dialect,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub schema: Option<String>,
+    pub table: String,
+    pub progress_table: String,
+    pub timeout: std::time::Duration,
+}
+
+pub fn parse_target(cfg: &ConnectorConfig) -> Result<Target> {
+    let url = cfg.get("jdbc.url").or_else(|| cfg.get("url")).or_else(|| cfg.get("location")).ok_or_else(|| {
+        SinkError::config("connector \"jdbc\" requires option \"jdbc.url\"").hint("For example jdbc.url => 'jdbc:postgresql://db.example.com:5432/mydb'.")
+    })?;
+    let bad = |why: &str| {
+        SinkError::config(format!("invalid JDBC URL \"{url}\""))
+            .detail(why.to_string())
+            .hint("Use jdbc:postgresql://host:port/database or jdbc:mysql://host:port/database.")
+    };
+    let rest = url.strip_prefix("jdbc:").unwrap_or(url);
+    let (scheme, rest) = rest.split_once("://").ok_or_else(|| bad("It has no scheme."))?;
+    let dialect = match scheme.to_ascii_lowercase().as_str() {
+        "postgresql" | "postgres" => Dialect::Postgres,
+        "mysql" | "mariadb" => Dialect::MySql,
+        other => return Err(bad(&format!("Database \"{other}\" is not supported: pg_sink writes to postgresql and mysql (or mariadb)."))),
+    };
+    let (authority, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (mut user, mut password) = (None, None);
+    let authority = match authority.rsplit_once('@') {
+        Some((creds, host)) => {
+            let (u, p) = creds.split_once(':').map_or((creds, None), |(u, p)| (u, Some(p)));
+            user = Some(percent_decode(u));
+            password = p.map(percent_decode);
+            host
+        }
+        None => authority,
+    };
+    let default_port = if dialect == Dialect::Postgres { 5432 } else { 3306 };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad(&format!("Port \"{p}\" is not a number.")))?),
+        None => (authority, default_port),
+    };
+    if host.is_empty() {
+        return Err(bad("It has no host."));
+    }
+    if path.is_empty() {
+        return Err(bad("It names no database."));
+    }
+    let mut schema = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "user" => user = Some(percent_decode(v)),
+            "password" => password = Some(percent_decode(v)),
+            "currentSchema" => schema = Some(percent_decode(v)),
+            _ => {} // driver properties (sslmode, ...) that do not change where rows go
+        }
+    }
+    if let Some(u) = cfg.get("user") {
+        user = Some(u.to_string());
+    }
+    if let Some(p) = cfg.get("password") {
+        password = Some(p.to_string());
+    }
+    if let Some(s) = cfg.get("schema.name") {
+        if dialect == Dialect::MySql {
+            return Err(SinkError::config("option \"schema.name\" is for PostgreSQL targets").hint("In MySQL the database in the URL is the schema."));
+        }
+        schema = Some(s.to_string());
+    }
+    let table = cfg.get("table.name").filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+        SinkError::config("connector \"jdbc\" requires option \"table.name\"").hint("Name the target table, e.g. \"table.name\": \"orders\".")
+    })?;
+    let progress_table = cfg.get("progress_table").unwrap_or("pg_sink_progress").to_string();
+    Ok(Target {
+        dialect,
+        host: host.to_string(),
+        port,
+        database: percent_decode(path),
+        user,
+        password,
+        schema: if dialect == Dialect::Postgres { Some(schema.unwrap_or_else(|| "public".into())) } else { None },
+        table: table.to_string(),
+        progress_table,
+        timeout: cfg.timeout(10_000)?,
+    })
+}
+
+/// A target table as its database describes it.
+#[derive(Debug, Clone, Default)]
+pub struct TableInfo {
+    /// `(name, type as the target spells it)`, in table order.
+    pub columns: Vec<(String, String)>,
+    pub primary_key: Vec<String>,
+}
+
+/// What the two databases' clients do for the connector.
+#[async_trait(?Send)]
+pub trait Backend {
+    async fn execute(&mut self, sql: &str, params: &[Option<String>]) -> Result<u64>;
+    /// First column of the first row, as text.
+    async fn query_one(&mut self, sql: &str, params: &[Option<String>]) -> Result<Option<String>>;
+    async fn describe(&mut self, target: &Target) -> Result<Option<TableInfo>>;
+    async fn ensure_progress_table(&mut self, target: &Target) -> Result<()>;
+}
+
+/// Quote an identifier for the dialect.
+pub fn quote(d: Dialect, name: &str) -> String {
+    match d {
+        Dialect::Postgres => format!("\"{}\"", name.replace('"', "\"\"")),
+        Dialect::MySql => format!("`{}`", name.replace('`', "``")),
+    }
+}
+
+impl Target {
+    pub fn qualified(&self, table: &str) -> String {
+        match &self.schema {
+            Some(s) => format!("{}.{}", quote(self.dialect, s), quote(self.dialect, table)),
+            None => quote(self.dialect, table),
+        }
+    }
+    /// The n-th (1-based) parameter, cast to the column's type where the dialect needs it.
+    fn param(&self, n: usize, ty: &str) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("${n}::text::{ty}"),
+            // Byte strings travel as Postgres' hex text.
+            Dialect::MySql if family(ty) == Family::Bytes => "UNHEX(?)".into(),
+            Dialect::MySql => "?".into(),
+        }
+    }
+}
+
+/// Broad type families, to tell a compatible target column from one that would
+/// refuse (or mangle) the values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Number,
+    Bool,
+    Text,
+    Time,
+    Json,
+    Bytes,
+    Other,
+}
+
+pub fn family(ty: &str) -> Family {
+    let t = ty.trim().to_ascii_lowercase();
+    let base = t.split(['(', ' ']).next().unwrap_or_default();
+    if t.ends_with("[]") {
+        return Family::Other;
+    }
+    if t == "tinyint(1)" || base == "boolean" || base == "bool" || t == "bit(1)" {
+        return Family::Bool;
+    }
+    match base {
+        "smallint" | "integer" | "int" | "bigint" | "int2" | "int4" | "int8" | "numeric" | "decimal" | "real" | "double" | "float"
+        | "float4" | "float8" | "tinyint" | "mediumint" | "smallserial" | "serial" | "bigserial" | "money" => Family::Number,
+        "text" | "character" | "char" | "varchar" | "nchar" | "nvarchar" | "tinytext" | "mediumtext" | "longtext" | "citext" | "enum"
+        | "set" | "uuid" | "name" => Family::Text,
+        "date" | "timestamp" | "time" | "datetime" | "year" | "interval" | "timestamptz" | "timetz" => Family::Time,
+        "json" | "jsonb" => Family::Json,
+        "bytea" | "blob" | "tinyblob" | "mediumblob" | "longblob" | "binary" | "varbinary" => Family::Bytes,
+        _ => Family::Other,
+    }
+}
+
+/// Whether a target column of type `target` takes the text of a source `source` value.
+pub fn compatible(source: &str, target: &str) -> bool {
+    if source.eq_ignore_ascii_case(target) {
+        return true;
+    }
+    let (s, t) = (family(source), family(target));
+    match t {
+        Family::Text | Family::Other => true,
+        Family::Number => matches!(s, Family::Number | Family::Bool),
+        Family::Json => matches!(s, Family::Json),
+        _ => s == t,
+    }
+}
+
+/// Compare the sink with the target table; RisingWave's primary-key rules.
+pub fn check_table(target: &Target, info: Option<&TableInfo>, cfg: &ConnectorConfig) -> Result<()> {
+    let name = target.qualified(&target.table);
+    let Some(info) = info else {
+        return Err(SinkError::config(format!("target table {name} does not exist"))
+            .detail(format!("Database \"{}\" on {}:{} has no such table.", target.database, target.host, target.port))
+            .hint("Create the table in the target database with the sink's columns first."));
+    };
+    match cfg.envelope {
+        EnvelopeKind::Upsert if info.primary_key.is_empty() => {
+            return Err(SinkError::config(format!("target table {name} has no primary key; an upsert sink needs one"))
+                .hint("Add a primary key to the target table, or use envelope append-only."))
+        }
+        EnvelopeKind::Upsert => {
+            let mut a = info.primary_key.clone();
+            let mut b = cfg.key_columns.clone();
+            a.sort();
+            b.sort();
+            if a != b {
+                return Err(SinkError::config(format!("the sink key does not match the primary key of {name}"))
+                    .detail(format!("The target's primary key is ({}); the sink's key is ({}).", info.primary_key.join(", "), cfg.key_columns.join(", ")))
+                    .hint("The target's primary key decides upserts: leave out the key option, or give exactly those columns."));
+            }
+        }
+        _ => {}
+    }
+    for (col, ty) in &cfg.columns {
+        match info.columns.iter().find(|(c, _)| c == col) {
+            None => {
+                return Err(SinkError::config(format!("column \"{col}\" does not exist in target table {name}"))
+                    .detail(format!("The target has columns: {}.", info.columns.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", ")))
+                    .hint("Give the target the same columns as the sink, or narrow the sink with a SELECT column list."))
+            }
+            Some((_, target_ty)) if !compatible(ty, target_ty) => {
+                return Err(SinkError::config(format!("column \"{col}\" has type {ty} but target column has type {target_ty}"))
+                    .detail(format!("Target table {name} cannot take {ty} values in that column."))
+                    .hint("Change the target column's type, or cast the column in the sink's SELECT."))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
+    if cfg.envelope == EnvelopeKind::Debezium {
+        return Err(SinkError::config("the jdbc connector takes envelope append-only or upsert")
+            .detail("A database table holds rows, not Debezium change events.")
+            .hint("Use envelope => 'upsert' to mirror the source, or 'append-only' for a log of inserts."));
+    }
+    let target = parse_target(cfg)?;
+    Ok(Box::new(JdbcConnector { target, cfg: cfg.clone(), backend: None, info: None, progress_ready: false, snapshot_open: None }))
+}
+
+pub struct JdbcConnector {
+    target: Target,
+    cfg: ConnectorConfig,
+    backend: Option<Box<dyn Backend>>,
+    info: Option<TableInfo>,
+    /// The progress table is known to exist (checked once per connection).
+    progress_ready: bool,
+    /// The LSN of the snapshot whose target transaction is open, if any.
+    snapshot_open: Option<Lsn>,
+}
+
+/// A target value: the source's text, adjusted where the target spells a type
+/// differently (MySQL booleans, byte strings, UTC timestamps).
+fn target_value(d: Dialect, ty: &str, text: &str) -> Option<String> {
+    if d == Dialect::Postgres {
+        return Some(text.to_string());
+    }
+    let fam = family(ty);
+    Some(match (fam, text) {
+        (Family::Bool | Family::Number, "t") => "1".into(),
+        (Family::Bool | Family::Number, "f") => "0".into(),
+        (Family::Time, t) if t.ends_with("+00") => t[..t.len() - 3].to_string(),
+        (Family::Time, t) if t.ends_with("+00:00") => t[..t.len() - 6].to_string(),
+        (Family::Bytes, t) => t.strip_prefix("\\x").unwrap_or(t).to_string(),
+        _ => text.to_string(),
+    })
+}
+
+/// One pending row operation of an upsert batch, per key.
+enum Pending<'a> {
+    Upsert(&'a RowImage),
+    Delete(&'a RowImage),
+}
+
+fn cell_text(c: &Cell) -> Result<Option<&str>> {
+    match c {
+        Cell::Text(t) => Ok(Some(t)),
+        Cell::Null => Ok(None),
+        Cell::Unchanged => Err(SinkError::permanent("an unchanged TOAST value reached the jdbc connector")),
+    }
+}
+
+/// Rows per statement: enough to save round trips, under both databases' limit of
+/// 65535 parameters.
+fn rows_per_statement(columns: usize) -> usize {
+    (60_000 / columns.max(1)).clamp(1, 1000)
+}
+
+impl JdbcConnector {
+    async fn backend(&mut self) -> Result<&mut Box<dyn Backend>> {
+        if self.backend.is_none() {
+            let b: Box<dyn Backend> = match self.target.dialect {
+                Dialect::Postgres => Box::new(postgres::PgBackend::connect(&self.target).await?),
+                Dialect::MySql => Box::new(mysql::MyBackend::connect(&self.target).await?),
+            };
+            self.backend = Some(b);
+        }
+        self.backend.as_mut().ok_or_else(|| SinkError::transient("target connection unavailable"))
+    }
+
+    async fn table_info(&mut self) -> Result<TableInfo> {
+        if self.info.is_none() {
+            let target = self.target.clone();
+            let info = self.backend().await?.describe(&target).await?;
+            let info = info.ok_or_else(|| {
+                SinkError::permanent(format!("target table {} does not exist", target.qualified(&target.table))).hint("Create it again, then resume the sink.")
+            })?;
+            self.info = Some(info);
+        }
+        self.info.clone().ok_or_else(|| SinkError::transient("target table unknown"))
+    }
+
+    fn column_type<'a>(&self, info: &'a TableInfo, col: &str) -> Result<&'a str> {
+        info.columns.iter().find(|(c, _)| c == col).map(|(_, t)| t.as_str()).ok_or_else(|| {
+            SinkError::permanent(format!("column \"{col}\" does not exist in target table {}", self.target.qualified(&self.target.table)))
+                .hint("A column was added to the source: add it to the target too, then resume the sink.")
+        })
+    }
+
+    /// Multi-row INSERT (with the dialect's upsert clause for upserts).
+    async fn insert(&mut self, rows: &[&RowImage], upsert: bool) -> Result<()> {
+        let Some(first) = rows.first() else { return Ok(()) };
+        let info = self.table_info().await?;
+        let d = self.target.dialect;
+        let cols: Vec<(String, String)> = first
+            .fields()
+            .map(|(c, _)| self.column_type(&info, &c.name).map(|t| (c.name.clone(), t.to_string())))
+            .collect::<Result<_>>()?;
+        let table = self.target.qualified(&self.target.table);
+        let col_list = cols.iter().map(|(c, _)| quote(d, c)).collect::<Vec<_>>().join(", ");
+        let key = &info.primary_key;
+        let suffix = if !upsert {
+            String::new()
+        } else {
+            let non_key: Vec<&(String, String)> = cols.iter().filter(|(c, _)| !key.contains(c)).collect();
+            match d {
+                Dialect::Postgres if non_key.is_empty() => format!(" ON CONFLICT ({}) DO NOTHING", key.iter().map(|k| quote(d, k)).collect::<Vec<_>>().join(", ")),
+                Dialect::Postgres => format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    key.iter().map(|k| quote(d, k)).collect::<Vec<_>>().join(", "),
+                    non_key.iter().map(|(c, _)| format!("{0} = EXCLUDED.{0}", quote(d, c))).collect::<Vec<_>>().join(", ")
+                ),
+                Dialect::MySql => {
+                    let k = quote(d, &key[0]);
+                    let sets: Vec<String> = if non_key.is_empty() { vec![format!("{k} = {k}")] } else { non_key.iter().map(|(c, _)| format!("{0} = VALUES({0})", quote(d, c))).collect() };
+                    format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+                }
+            }
+        };
+        for chunk in rows.chunks(rows_per_statement(cols.len())) {
+            let mut params = Vec::with_capacity(chunk.len() * cols.len());
+            let mut tuples = Vec::with_capacity(chunk.len());
+            for row in chunk {
+                let mut slots = Vec::with_capacity(cols.len());
+                for ((_, cell), (_, ty)) in row.fields().zip(&cols) {
+                    params.push(cell_text(cell)?.and_then(|t| target_value(d, ty, t)));
+                    slots.push(self.target.param(params.len(), ty));
+                }
+                tuples.push(format!("({})", slots.join(", ")));
+            }
+            let sql = format!("INSERT INTO {table} ({col_list}) VALUES {}{suffix}", tuples.join(", "));
+            self.backend().await?.execute(&sql, &params).await?;
+        }
+        Ok(())
+    }
+
+    /// `DELETE .. WHERE (key) IN (..)` for key images.
+    async fn delete(&mut self, keys: &[&RowImage]) -> Result<()> {
+        let Some(first) = keys.first() else { return Ok(()) };
+        let info = self.table_info().await?;
+        let d = self.target.dialect;
+        let cols: Vec<(String, String)> =
+            first.fields().map(|(c, _)| self.column_type(&info, &c.name).map(|t| (c.name.clone(), t.to_string()))).collect::<Result<_>>()?;
+        let table = self.target.qualified(&self.target.table);
+        let lhs = format!("({})", cols.iter().map(|(c, _)| quote(d, c)).collect::<Vec<_>>().join(", "));
+        for chunk in keys.chunks(rows_per_statement(cols.len())) {
+            let mut params = Vec::new();
+            let mut tuples = Vec::new();
+            for key in chunk {
+                let mut slots = Vec::new();
+                for ((_, cell), (_, ty)) in key.fields().zip(&cols) {
+                    params.push(cell_text(cell)?.and_then(|t| target_value(d, ty, t)));
+                    slots.push(self.target.param(params.len(), ty));
+                }
+                tuples.push(format!("({})", slots.join(", ")));
+            }
+            let sql = format!("DELETE FROM {table} WHERE {lhs} IN ({})", tuples.join(", "));
+            self.backend().await?.execute(&sql, &params).await?;
+        }
+        Ok(())
+    }
+
+    /// Apply records (already filtered by progress) inside the open transaction.
+    async fn apply(&mut self, records: &[&Record]) -> Result<()> {
+        let upsert = self.cfg.envelope == EnvelopeKind::Upsert;
+        let mut i = 0;
+        while i < records.len() {
+            // Runs between truncates; a truncate clears the table in order.
+            let end = records[i..].iter().position(|r| matches!(r.draft.payload, Payload::Truncate(_))).map_or(records.len(), |p| i + p);
+            let run = &records[i..end];
+            if upsert {
+                let mut order: Vec<Vec<Option<&str>>> = Vec::new();
+                let mut last: HashMap<Vec<Option<&str>>, Pending> = HashMap::new();
+                for r in run {
+                    let key = r.draft.key.as_ref().ok_or_else(|| SinkError::permanent("an upsert record without a key"))?;
+                    let k: Vec<Option<&str>> = key.fields().map(|(_, c)| cell_text(c)).collect::<Result<_>>()?;
+                    let op = match &r.draft.payload {
+                        Payload::Row(row) => Pending::Upsert(row),
+                        _ => Pending::Delete(key),
+                    };
+                    if last.insert(k.clone(), op).is_none() {
+                        order.push(k);
+                    }
+                }
+                let (mut ups, mut dels): (Vec<&RowImage>, Vec<&RowImage>) = (vec![], vec![]);
+                for k in &order {
+                    match last.get(k) {
+                        Some(Pending::Upsert(row)) => ups.push(row),
+                        Some(Pending::Delete(key)) => dels.push(key),
+                        None => {}
+                    }
+                }
+                self.delete(&dels).await?;
+                // Rows of different shapes (a column added mid-batch) go in separate statements.
+                for group in group_by_shape(&ups) {
+                    self.insert(&group, true).await?;
+                }
+            } else {
+                let rows: Vec<&RowImage> = run
+                    .iter()
+                    .filter_map(|r| match &r.draft.payload {
+                        Payload::Row(row) => Some(row),
+                        _ => None,
+                    })
+                    .collect();
+                for group in group_by_shape(&rows) {
+                    self.insert(&group, false).await?;
+                }
+            }
+            if end < records.len() {
+                let table = self.target.qualified(&self.target.table);
+                self.backend().await?.execute(&format!("DELETE FROM {table}"), &[]).await?;
+            }
+            i = end + 1;
+        }
+        Ok(())
+    }
+
+    async fn stored_lsn(&mut self) -> Result<Option<Lsn>> {
+        let target = self.target.clone();
+        let uid = self.cfg.sink_uid.clone();
+        let sql = format!("SELECT lsn FROM {} WHERE sink_id = {} FOR UPDATE", target.qualified(&target.progress_table), target.param(1, "text"));
+        let v = self.backend().await?.query_one(&sql, &[Some(uid)]).await?;
+        Ok(v.and_then(|s| s.parse::<u64>().ok()).map(Lsn))
+    }
+
+    async fn store_lsn(&mut self, lsn: Lsn) -> Result<()> {
+        let t = self.target.clone();
+        let table = t.qualified(&t.progress_table);
+        let sql = match t.dialect {
+            Dialect::Postgres => format!(
+                "INSERT INTO {table} (sink_id, lsn, updated_at) VALUES ($1::text, $2::text::bigint, now()) ON CONFLICT (sink_id) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = EXCLUDED.updated_at"
+            ),
+            Dialect::MySql => format!(
+                "INSERT INTO {table} (sink_id, lsn, updated_at) VALUES (?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE lsn = VALUES(lsn), updated_at = VALUES(updated_at)"
+            ),
+        };
+        let uid = self.cfg.sink_uid.clone();
+        self.backend().await?.execute(&sql, &[Some(uid), Some(lsn.0.to_string())]).await?;
+        Ok(())
+    }
+
+    async fn begin(&mut self) -> Result<()> {
+        let t = self.target.clone();
+        let ready = self.progress_ready;
+        let b = self.backend().await?;
+        if !ready {
+            b.ensure_progress_table(&t).await?;
+        }
+        b.execute(if t.dialect == Dialect::Postgres { "BEGIN" } else { "START TRANSACTION" }, &[]).await?;
+        self.progress_ready = true;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.backend().await?.execute("COMMIT", &[]).await?;
+        Ok(())
+    }
+
+    /// Forget the connection after a failure: an open transaction dies with it.
+    fn reset(&mut self) {
+        self.backend = None;
+        self.info = None;
+        self.progress_ready = false;
+        self.snapshot_open = None;
+    }
+
+    async fn deliver_inner(&mut self, batch: &Batch) -> Result<()> {
+        if let Some(chunk) = batch.snapshot_chunk {
+            if chunk == 0 || self.snapshot_open != Some(batch.end_lsn) {
+                if self.snapshot_open.is_some() {
+                    self.reset();
+                }
+                self.begin().await?;
+                self.snapshot_open = Some(batch.end_lsn);
+                // A target that already holds this sink's rows from an attempt that
+                // Postgres forgot (it crashed after the target committed): start over.
+                if self.stored_lsn().await?.is_some() {
+                    let table = self.target.qualified(&self.target.table);
+                    self.backend().await?.execute(&format!("DELETE FROM {table}"), &[]).await?;
+                }
+            }
+            let records: Vec<&Record> = batch.records.iter().collect();
+            return self.apply(&records).await;
+        }
+        if self.snapshot_open.is_some() {
+            self.finish_snapshot().await?;
+        }
+        self.begin().await?;
+        let stored = self.stored_lsn().await?.unwrap_or(Lsn::ZERO);
+        let records: Vec<&Record> = batch.records.iter().filter(|r| r.commit_lsn >= stored).collect();
+        self.apply(&records).await?;
+        self.store_lsn(batch.end_lsn.max(stored)).await?;
+        self.commit().await
+    }
+
+    async fn finish_snapshot(&mut self) -> Result<()> {
+        if let Some(lsn) = self.snapshot_open {
+            self.store_lsn(lsn).await?;
+            self.commit().await?;
+            self.snapshot_open = None;
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive rows with the same columns.
+fn group_by_shape<'a>(rows: &[&'a RowImage]) -> Vec<Vec<&'a RowImage>> {
+    let mut out: Vec<Vec<&RowImage>> = Vec::new();
+    for row in rows {
+        let same = out.last().and_then(|g| g.last()).is_some_and(|p| {
+            std::sync::Arc::ptr_eq(&p.relation, &row.relation) || (p.relation.columns == row.relation.columns && p.indices == row.indices)
+        });
+        if same {
+            if let Some(g) = out.last_mut() {
+                g.push(row);
+            }
+        } else {
+            out.push(vec![row]);
+        }
+    }
+    out
+}
+
+#[async_trait(?Send)]
+impl Connector for JdbcConnector {
+    async fn check(&mut self) -> Result<()> {
+        let target = self.target.clone();
+        let info = self.backend().await?.describe(&target).await?;
+        check_table(&target, info.as_ref(), &self.cfg)?;
+        self.backend().await?.ensure_progress_table(&target).await
+    }
+
+    async fn deliver(&mut self, batch: &Batch, _sql: &mut dyn SqlSession) -> Result<()> {
+        let result = self.deliver_inner(batch).await;
+        if result.is_err() {
+            self.reset();
+        }
+        result
+    }
+
+    async fn finish_step(&mut self) -> Result<()> {
+        let result = self.finish_snapshot().await;
+        if result.is_err() {
+            self.reset();
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(pairs: &[(&str, &str)]) -> Result<Target> {
+        parse_target(&ConnectorConfig::for_test(pairs))
+    }
+
+    #[test]
+    fn jdbc_urls_parse() {
+        let t = target(&[("jdbc.url", "jdbc:mysql://db:3307/shop?user=root&password=p%40ss"), ("table.name", "t")]).unwrap();
+        assert_eq!((t.dialect, t.host.as_str(), t.port, t.database.as_str()), (Dialect::MySql, "db", 3307, "shop"));
+        assert_eq!((t.user.as_deref(), t.password.as_deref(), t.schema.as_deref()), (Some("root"), Some("p@ss"), None));
+        let t = target(&[("jdbc.url", "jdbc:postgresql://h/d"), ("table.name", "t"), ("user", "u"), ("password", "x")]).unwrap();
+        assert_eq!((t.dialect, t.port, t.schema.as_deref(), t.user.as_deref()), (Dialect::Postgres, 5432, Some("public"), Some("u")));
+        assert!(target(&[("jdbc.url", "jdbc:oracle:thin:@h:1521:x"), ("table.name", "t")]).is_err());
+        assert!(target(&[("jdbc.url", "jdbc:oracle://h/x"), ("table.name", "t")]).unwrap_err().detail.unwrap().contains("oracle"));
+        assert!(target(&[("jdbc.url", "jdbc:mysql://h:x/d"), ("table.name", "t")]).is_err());
+        assert!(target(&[("jdbc.url", "jdbc:mysql://h/"), ("table.name", "t")]).is_err());
+        assert!(target(&[("jdbc.url", "jdbc:mysql://h/d"), ("table.name", "t"), ("schema.name", "s")]).is_err());
+    }
+
+    #[test]
+    fn type_families_decide_compatibility() {
+        assert!(compatible("integer", "bigint"));
+        assert!(compatible("numeric(10,2)", "decimal(12,2)"));
+        assert!(compatible("boolean", "tinyint(1)"));
+        assert!(compatible("timestamp with time zone", "datetime(6)"));
+        assert!(compatible("jsonb", "json"));
+        assert!(compatible("integer", "varchar(20)"));
+        assert!(!compatible("text", "int"));
+        assert!(!compatible("text", "json"));
+        assert!(!compatible("date", "integer"));
+        assert!(compatible("integer[]", "integer[]"));
+    }
+
+    #[test]
+    fn key_rules_follow_risingwave() {
+        let t = target(&[("jdbc.url", "jdbc:postgresql://h/d"), ("table.name", "t")]).unwrap();
+        let mut cfg = ConnectorConfig::for_test(&[]);
+        cfg.columns = vec![("id".into(), "integer".into()), ("v".into(), "text".into())];
+        cfg.key_columns = vec!["id".into()];
+        let with_pk = TableInfo { columns: vec![("id".into(), "bigint".into()), ("v".into(), "text".into())], primary_key: vec!["id".into()] };
+        assert!(check_table(&t, Some(&with_pk), &cfg).is_ok());
+        assert!(check_table(&t, None, &cfg).unwrap_err().message.contains("does not exist"));
+        let no_pk = TableInfo { primary_key: vec![], ..with_pk.clone() };
+        assert!(check_table(&t, Some(&no_pk), &cfg).unwrap_err().message.contains("no primary key"));
+        cfg.key_columns = vec!["v".into()];
+        assert!(check_table(&t, Some(&with_pk), &cfg).unwrap_err().message.contains("does not match"));
+        cfg.envelope = EnvelopeKind::AppendOnly;
+        assert!(check_table(&t, Some(&no_pk), &cfg).is_ok());
+        cfg.columns.push(("extra".into(), "text".into()));
+        assert!(check_table(&t, Some(&no_pk), &cfg).unwrap_err().message.contains("\"extra\" does not exist"));
+        cfg.columns.pop();
+        cfg.columns[1].1 = "jsonb".into();
+        let int_v = TableInfo { columns: vec![("id".into(), "bigint".into()), ("v".into(), "integer".into())], primary_key: vec![] };
+        assert!(check_table(&t, Some(&int_v), &cfg).unwrap_err().message.contains("has type jsonb"));
+    }
+
+    #[test]
+    fn mysql_values_are_respelled() {
+        assert_eq!(target_value(Dialect::MySql, "tinyint(1)", "t").as_deref(), Some("1"));
+        assert_eq!(target_value(Dialect::MySql, "datetime(6)", "2026-01-02 03:04:05.5+00").as_deref(), Some("2026-01-02 03:04:05.5"));
+        assert_eq!(target_value(Dialect::Postgres, "boolean", "t").as_deref(), Some("t"));
+        assert_eq!(target_value(Dialect::MySql, "blob", "\\x00ff").as_deref(), Some("00ff"));
+        let t = target(&[("jdbc.url", "jdbc:mysql://h/d"), ("table.name", "t")]).unwrap();
+        assert_eq!(t.param(1, "varbinary(10)"), "UNHEX(?)");
+    }
+}
