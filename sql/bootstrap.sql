@@ -1,11 +1,18 @@
--- pg_sink catalog. These tables are the source of truth: sinks, their connections
--- and secrets, and each sink's delivered progress. Readable with plain SQL; secrets
--- are readable by no one but superusers (the worker uses them).
+-- pg_sink catalog. These tables are the source of truth: sinks, their connections,
+-- secrets and credentials, who may use them, and each sink's delivered progress.
+-- Readable with plain SQL; secret and credential values are readable by no one but
+-- superusers (the worker uses them).
 
+-- created_by: which surface made the object (function, materialize, risingwave, kinetica).
+
+-- Secrets and Kinetica credentials (kind 'credential': value is a JSON object with
+-- type, identity, secret and options) share one name space.
 CREATE TABLE secrets (
     name       text PRIMARY KEY,
+    kind       text NOT NULL DEFAULT 'secret' CHECK (kind IN ('secret', 'credential')),
     owner      regrole NOT NULL,
     value      text NOT NULL,
+    created_by text NOT NULL DEFAULT 'function',
     created_at timestamptz NOT NULL DEFAULT now()
 );
 REVOKE ALL ON secrets FROM PUBLIC;
@@ -16,7 +23,19 @@ CREATE TABLE connections (
     owner      regrole NOT NULL,
     -- option values are text; {"secret": "name"} refers to a secret
     options    jsonb NOT NULL DEFAULT '{}',
+    created_by text NOT NULL DEFAULT 'function',
     created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- USAGE granted on a connection, secret or credential (grantee NULL: PUBLIC).
+-- Owners (and members of the owning role) always have it.
+CREATE TABLE usage_grants (
+    kind       text NOT NULL CHECK (kind IN ('connection', 'secret', 'credential')),
+    name       text NOT NULL,
+    grantee    regrole,
+    granted_by regrole NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE NULLS NOT DISTINCT (kind, name, grantee)
 );
 
 CREATE TABLE sinks (
@@ -40,6 +59,7 @@ CREATE TABLE sinks (
     state            text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'paused', 'failed')),
     slot_name        name NOT NULL,
     publication_name name NOT NULL,
+    created_by       text NOT NULL DEFAULT 'function',
     created_at       timestamptz NOT NULL DEFAULT now()
 );
 
@@ -91,4 +111,12 @@ SELECT s.name,
   LEFT JOIN progress p ON p.sink_id = s.id
   LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name;
 
-GRANT SELECT ON sinks, connections, progress, status TO PUBLIC;
+-- Every object in one place, whatever created it (no secret values).
+CREATE VIEW objects AS
+SELECT 'sink'::text AS kind, name, owner::text AS owner, connector, created_by, created_at FROM sinks
+UNION ALL
+SELECT 'connection', name, owner::text, connector, created_by, created_at FROM connections
+UNION ALL
+SELECT kind, name, owner::text, NULL, created_by, created_at FROM secrets;
+
+GRANT SELECT ON sinks, connections, progress, status, usage_grants, objects TO PUBLIC;

@@ -14,6 +14,8 @@
 
 pub mod change;
 pub mod connector;
+pub mod credential;
+pub mod dialect;
 pub mod encoder;
 pub mod envelope;
 pub mod error;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::credential::{self, Credential};
 use crate::engine::encoder::registry;
 use crate::engine::error::SinkError;
 use crate::engine::lsn::Lsn;
@@ -146,7 +147,22 @@ pub fn connection_options(conn: &str) -> Result<(String, BTreeMap<String, String
         };
         out.insert(options::normalize_name(&k), value);
     }
+    expand_credential(&connector, &mut out)?;
     Ok((connector, out))
+}
+
+/// A stored credential (callers run as superuser).
+pub fn credential(name: &str) -> Option<Credential> {
+    let row = select("SELECT value FROM sink.secrets WHERE name = $1 AND kind = 'credential'", &[Some(name)]).into_iter().next()?;
+    serde_json::from_str(row.into_iter().next().flatten().as_deref().unwrap_or_default()).ok()
+}
+
+/// `credential = 'name'` in `options`: replace it by the connector options it
+/// stands for (callers run as superuser and have checked the right to use it).
+pub fn expand_credential(connector: &str, options: &mut BTreeMap<String, String>) -> Result<(), SinkError> {
+    let Some(name) = options.get("credential").cloned() else { return Ok(()) };
+    let cred = credential(&name).ok_or_else(|| SinkError::permanent(format!("credential \"{name}\" does not exist")).hint("Create it with CREATE CREDENTIAL or sink.create_credential()."))?;
+    credential::apply(options, &name, &cred, connector)
 }
 
 /// Connection options with secrets resolved, under the sink's own options.
@@ -164,6 +180,7 @@ pub fn effective_options(sink: &SinkRow) -> Result<BTreeMap<String, String>, Sin
         };
         merged.insert(k.clone(), value);
     }
+    expand_credential(&sink.connector, &mut merged)?;
     expand_registry_connection(&mut merged)?;
     Ok(merged)
 }

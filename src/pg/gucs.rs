@@ -34,6 +34,10 @@ pub static RETRY_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// and before progress is recorded — the crash window exactly-once must survive.
 pub static FAIL_AFTER_DELIVER: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Whether creating connections and sinks probes their servers (broker, registry,
+/// endpoint). Off is `validate => false` for every creation in the session.
+pub static VALIDATE_CONNECTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn init() {
     // SAFETY: reading a postmaster global during library load.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
@@ -84,6 +88,14 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"pg_sink.validate_connections",
+        c"Probe brokers, registries and endpoints when connections and sinks are created.",
+        c"Off skips the probes, like validate => false on each creation.",
+        &VALIDATE_CONNECTIONS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"pg_sink.retry_max",
         c"Maximum backoff between retries of a failing sink.",
@@ -114,4 +126,8 @@ pub fn max_step_changes() -> i64 {
 
 pub fn retry_max() -> std::time::Duration {
     std::time::Duration::from_millis(RETRY_MAX_MS.get().max(100) as u64)
+}
+
+pub fn validate_connections() -> bool {
+    VALIDATE_CONNECTIONS.get()
 }

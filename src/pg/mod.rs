@@ -5,10 +5,12 @@
 //! runs this code; the engine's async connectors run on a current-thread runtime
 //! driven from the same thread.
 
+pub mod access;
 pub mod api;
 pub mod catalog;
 pub mod delivery;
 pub mod errors;
+pub mod execute;
 pub mod gucs;
 pub mod spi;
 mod tests;
