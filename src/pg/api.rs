@@ -292,8 +292,11 @@ pub(crate) fn put_connection(name: &str, connector: &str, mut opts: BTreeMap<Str
         let spec = crate::engine::connector::spec(kind).or_raise();
         crate::engine::connector::validate_known(spec, &resolved).or_raise();
     }
-    if kind == "kafka" && validate {
-        crate::engine::connector::kafka::check_connection(&resolved).or_raise();
+    if kind == "kafka" {
+        // Option values are checked always; the broker is probed only when validating.
+        let mut probe = resolved.clone();
+        probe.insert("validate".into(), validate.to_string());
+        crate::engine::connector::kafka::check_connection(&probe).or_raise();
     }
     if is_registry {
         // Known options, a URL, and a registry that answers and takes the credentials.

@@ -451,13 +451,15 @@ def admin():
 
 
 def ensure_topic(name, partitions, config=None):
-    md = admin().list_topics(timeout=10)
+    a = admin()
+    md = a.list_topics(timeout=10)
     if name not in md.topics:
-        admin().create_topics([NewTopic(name, partitions, 1, config=config or {})])[name].result(10)
+        a.create_topics([NewTopic(name, partitions, 1, config=config or {})])[name].result(10)
 
 
 def topic_config(name):
-    res = admin().describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name)])
+    a = admin()
+    res = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name)])
     return {k: v.value for k, v in list(res.values())[0].result(10).items()}
 
 

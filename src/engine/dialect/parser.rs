@@ -499,7 +499,8 @@ impl<'a> Parser<'a> {
             self.eat_kw("RESTRICT");
             false
         };
-        if cascade && kind != ObjectKind::Connection {
+        // A sink has no dependents: RisingWave's DROP SINK .. CASCADE is plain DROP SINK.
+        if cascade && !matches!(kind, ObjectKind::Connection | ObjectKind::Sink) {
             return Err(ParseError::at(self.src, self.toks[self.pos - 1].start, format!("{tag} .. CASCADE is not supported"), &[])
                 .unsupported("Drop the objects that depend on it first."));
         }

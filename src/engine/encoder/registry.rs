@@ -33,7 +33,8 @@ impl RegistrySettings {
     /// Take the `schema.registry*` options out of a sink's options: `None` when
     /// there are none, an error when some are given without the URL or are invalid.
     pub fn take_from(opts: &mut std::collections::BTreeMap<String, String>) -> Result<Option<Self>> {
-        let url = opts.remove("schema.registry");
+        // A bare `host:port` (as in Materialize's examples) means HTTPS.
+        let url = opts.remove("schema.registry").map(|u| if u.contains("://") || u.trim().is_empty() { u } else { format!("https://{}", u.trim()) });
         let settings = RegistrySettings {
             url: url.clone().unwrap_or_default(),
             username: opts.remove("schema.registry.username"),
@@ -249,7 +250,9 @@ mod tests {
     fn settings_are_checked() {
         let ok = RegistrySettings { url: "http://localhost:8081".into(), ..Default::default() };
         assert!(ok.validate().is_ok());
-        let bad = RegistrySettings { url: "localhost:8081".into(), ..Default::default() };
+        let mut bare = std::collections::BTreeMap::from([("schema.registry".to_string(), "csr.example.com:9093".to_string())]);
+        assert_eq!(RegistrySettings::take_from(&mut bare).unwrap().unwrap().url, "https://csr.example.com:9093");
+        let bad = RegistrySettings { url: "ftp://localhost:8081".into(), ..Default::default() };
         assert!(bad.validate().unwrap_err().message.contains("invalid schema registry URL"));
         let bad = RegistrySettings { password: Some("p".into()), ..ok.clone() };
         assert!(bad.validate().unwrap_err().message.contains("requires a username"));
