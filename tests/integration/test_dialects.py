@@ -1,6 +1,6 @@
 """sink.execute(): CREATE SINK / CONNECTION / SECRET / CREDENTIAL / DATA SINK / STREAM
-statements in the dialects of Materialize, RisingWave and Kinetica (docs/spec:
-/work/spec/dialects.md).
+statements in the dialects of Materialize, RisingWave and Kinetica (README: "Other systems'
+DDL").
 
 Every example statement of the seed pages (Materialize "CREATE SINK: Kafka/Redpanda",
 RisingWave "Sink to AWS Kinesis", "Sink data to NATS", "Overview of data delivery",

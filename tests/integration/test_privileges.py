@@ -1,6 +1,6 @@
 """Privileges of connections, secrets, credentials and sinks, through sink.execute()
 (Materialize, RisingWave and Kinetica statements) and the function API alike
-(docs/spec: /work/spec/dialects.md, "Privileges").
+(README: "Privileges").
 
 Two non-superuser roles, pv_alice and pv_bob (LOGIN, USAGE on schema sink), are
 created and dropped by each test. pv_alice owns the source table pv_src. Connections
