@@ -211,7 +211,7 @@ def test_bad_avro_and_registry_options(db, csr):
     db.execute("CREATE TABLE badav (id int PRIMARY KEY, v text)")
     base = {"brokers": BROKERS, "topic": "badav"}
     cases = [
-        ({"format": "avro", "schema.registry": "localhost:1"}, "22023", "invalid schema registry URL"),
+        ({"format": "avro", "schema.registry": "ftp://localhost:1"}, "22023", "invalid schema registry URL"),
         ({"format": "avro", "csr_connection": csr, "avro_key_fullname": "k.K"}, "22023", "requires AVRO VALUE FULLNAME"),
         ({"format": "avro", "csr_connection": csr, "avro_value_fullname": "1bad"}, "22023", "avro_value_fullname"),
         ({"format": "avro", "csr_connection": csr, "key_compatibility_level": "SOMETIMES"}, "22023", "key_compatibility_level"),
