@@ -128,6 +128,19 @@ def wait_started(conn, sink, timeout=60):
     )
 
 
+def workers_restarted(app_like, killed, n, timeout=90):
+    """After SIGKILLing the worker pids `killed`, wait until `n` workers whose
+    application_name is LIKE `app_like` run and none is a killed one. A SIGKILL makes
+    the postmaster reinitialise every process a moment later, so counting workers
+    right away can still see the old ones, and a connection made then can be cut."""
+    killed = [int(p) for p in killed]
+    wait_for(
+        lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s AND NOT (pid = ANY(%s))", app_like, killed) == n,
+        timeout,
+        f"{n} new workers like {app_like!r}",
+    )
+
+
 def fresh_one(sql, *params):
     """One value over a new connection; None while the server is down or restarting
     (after a crash the postmaster kills every backend, including fresh ones)."""

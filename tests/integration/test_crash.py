@@ -10,7 +10,7 @@ import time
 
 import psycopg
 
-from conftest import cluster, connect, file_records, fresh_one, one, out_dir, upsert_state, wait_caught_up, wait_for, wait_started
+from conftest import cluster, connect, file_records, fresh_one, one, out_dir, upsert_state, wait_caught_up, wait_for, wait_started, workers_restarted
 
 ROWS_PER_TXN = 200
 TXNS = 300
@@ -79,7 +79,7 @@ def test_kill_workers_and_crash_postgres_mid_stream(db):
     db.close()
 
     # 2. Immediate shutdown (a crash: no checkpoint) and restart, mid-stream.
-    wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_sink sink crash%%'") == 3, what="workers to restart")
+    workers_restarted("pg_sink sink crash%", pids, 3)
     wait_for(lambda: (fresh_one("SELECT min(rows_delivered) FROM sink.status WHERE name LIKE 'crash%%'") or 0) > 20000, timeout=120, what="more delivery")
     cluster("kill")
     cluster("start")

@@ -18,7 +18,7 @@ import urllib.request
 import boto3
 import pytest
 
-from conftest import ROOT, cluster, connect, fresh_one, one, sqlstate_of, wait_caught_up, wait_for, wait_started
+from conftest import ROOT, cluster, connect, fresh_one, one, sqlstate_of, wait_caught_up, wait_for, wait_started, workers_restarted
 
 PORT = 15010
 ENDPOINT = f"http://127.0.0.1:{PORT}"
@@ -326,8 +326,7 @@ def test_worker_kill_and_postgres_crash_lose_nothing(db, table, moto):
             os.kill(pid, signal.SIGKILL)
             # The postmaster reinitializes every process: reconnect once it is back.
             db.close()
-            wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_sink sink k_crash'") == 1,
-                     timeout=60, what="worker back")
+            workers_restarted("pg_sink sink k_crash", [pid], 1)
             db = connect()
         if i == 20:
             db.close()

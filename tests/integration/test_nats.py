@@ -109,8 +109,8 @@ def test_jetstream_suppresses_redeliveries_after_failures_and_a_kill(db, table):
             if pid:
                 os.kill(pid, signal.SIGKILL)
                 db.close()
-                wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_sink sink n_js'") == 1, timeout=60, what="worker back")
-                from conftest import connect
+                from conftest import connect, workers_restarted
+                workers_restarted("pg_sink sink n_js", [pid], 1)
                 db = connect()
     wait_caught_up(db, "n_js")
     msgs = run(_stream_messages("PGSINK", "pgs.js.items"))

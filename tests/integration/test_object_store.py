@@ -38,7 +38,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
-from conftest import ROOT, cluster, connect, fresh_one, one, out_dir, sqlstate_of, upsert_state, wait_caught_up, wait_for, wait_started
+from conftest import ROOT, cluster, connect, fresh_one, one, out_dir, sqlstate_of, upsert_state, wait_caught_up, wait_for, wait_started, workers_restarted
 
 S3_PORT = 15011
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
@@ -774,8 +774,7 @@ def test_s3_postgres_crashes_lose_and_duplicate_nothing(db, sinks, s3):
                 assert pid, "worker not running"
                 os.kill(pid, signal.SIGKILL)
                 db.close()
-                wait_for(lambda: fresh_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_sink sink os_crash'") == 1,
-                         timeout=60, what="worker back")
+                workers_restarted("pg_sink sink os_crash", [pid], 1)
                 db = connect()
             if i in (10, 18, 26):
                 # pg_ctl stop -m immediate, then start: a crash and recovery.

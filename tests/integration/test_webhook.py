@@ -17,7 +17,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import cluster, connect, fresh_one, one, sqlstate_of, upsert_state, wait_caught_up, wait_for, wait_started
+from conftest import cluster, connect, fresh_one, one, sqlstate_of, upsert_state, wait_caught_up, wait_for, wait_started, workers_restarted
 from webhook_receiver import Receiver, free_port, lsn_int, make_tls_files, signature
 
 _PORTS_USED = set()
@@ -536,8 +536,7 @@ def test_worker_kill_and_postgres_crash_lose_nothing(db, receivers):
         for p in pids:
             os.kill(p, signal.SIGKILL)
         db.close()
-        running = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_sink sink wh\\_crash\\_%%'"
-        wait_for(lambda: fresh_one(running) == 2, timeout=90, what="workers to restart")
+        workers_restarted("pg_sink sink wh\\_crash\\_%", pids, 2)
         after_kill = wait_for(lambda: fresh_one(delivered), timeout=60, what="progress readable")
         assert after_kill < 100 + backlog, "the kill should land mid-stream"
 
