@@ -48,6 +48,17 @@ pub fn require_owner(kind: &str, name: &str) -> String {
     owner
 }
 
+/// For DROP: false (with a notice) when the object is missing and `if_exists`;
+/// otherwise the caller must own it.
+pub fn may_drop(kind: &str, name: &str, if_exists: bool) -> bool {
+    if if_exists && owner_of(kind, name).is_none() {
+        pgrx::notice!("{kind} \"{name}\" does not exist, skipping");
+        return false;
+    }
+    require_owner(kind, name);
+    true
+}
+
 fn capitalized(kind: &str) -> String {
     let mut c = kind.chars();
     c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
@@ -215,14 +226,9 @@ pub fn alter_credential(name: &str, options: JsonB) {
 
 #[pg_extern(volatile)]
 pub fn drop_credential(name: &str, if_exists: default!(bool, false)) -> bool {
-    if owner_of("credential", name).is_none() {
-        if if_exists {
-            pgrx::notice!("credential \"{name}\" does not exist, skipping");
-            return false;
-        }
-        missing("credential", name);
+    if !may_drop("credential", name, if_exists) {
+        return false;
     }
-    require_owner("credential", name);
     let users = as_superuser(|| {
         select(
             "SELECT 'connection ' || name FROM sink.connections WHERE options->>'credential' = $1 \

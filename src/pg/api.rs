@@ -198,14 +198,9 @@ pub(crate) fn alter_secret(name: &str, value: &str) {
 
 #[pg_extern(volatile)]
 pub(crate) fn drop_secret(name: &str, if_exists: default!(bool, false)) -> bool {
-    if access::owner_of("secret", name).is_none() {
-        if if_exists {
-            pgrx::notice!("secret \"{name}\" does not exist, skipping");
-            return false;
-        }
-        fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("secret \"{name}\" does not exist"), None, Some("SELECT name FROM sink.objects WHERE kind = 'secret' lists the secrets.".into()));
+    if !access::may_drop("secret", name, if_exists) {
+        return false;
     }
-    access::require_owner("secret", name);
     access::forget_grants("secret", name);
     as_superuser(|| {
         // Connections keep references as JSON objects, sinks as their text.
@@ -339,9 +334,16 @@ pub(crate) fn put_connection(name: &str, connector: &str, mut opts: BTreeMap<Str
 /// pick the change up at their next batch.
 #[pg_extern(volatile)]
 pub(crate) fn alter_connection(name: &str, options: JsonB) {
-    let changes = option_map(&options, "connection options");
-    let serde_json::Value::Object(raw) = &options.0 else { unreachable!("option_map checked it") };
-    alter_connection_map(name, changes, raw.iter().filter(|(_, v)| v.is_null()).map(|(k, _)| options::normalize_name(k)).collect());
+    // A JSON null removes an option (the option map itself takes no nulls).
+    let removed: Vec<String> = match &options.0 {
+        serde_json::Value::Object(m) => m.iter().filter(|(_, v)| v.is_null()).map(|(k, _)| options::normalize_name(k)).collect(),
+        _ => Vec::new(),
+    };
+    let set = match options.0 {
+        serde_json::Value::Object(m) => serde_json::Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    };
+    alter_connection_map(name, option_map(&JsonB(set), "connection options"), removed);
 }
 
 pub(crate) fn alter_connection_map(name: &str, changes: BTreeMap<String, String>, removed: Vec<String>) {
@@ -370,14 +372,9 @@ pub(crate) fn alter_connection_map(name: &str, changes: BTreeMap<String, String>
 
 #[pg_extern(volatile)]
 pub(crate) fn drop_connection(name: &str, if_exists: default!(bool, false), cascade: default!(bool, false)) -> bool {
-    if access::owner_of("connection", name).is_none() {
-        if if_exists {
-            pgrx::notice!("connection \"{name}\" does not exist, skipping");
-            return false;
-        }
-        fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("connection \"{name}\" does not exist"), None, Some("SELECT name FROM sink.connections lists the connections.".into()));
+    if !access::may_drop("connection", name, if_exists) {
+        return false;
     }
-    access::require_owner("connection", name);
     let users: Vec<String> = as_superuser(|| {
         select("SELECT name FROM sink.sinks WHERE connection = $1 OR options->>'csr_connection' = $1 ORDER BY name", &[Some(name)])
             .into_iter()

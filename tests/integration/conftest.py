@@ -1,5 +1,6 @@
 """Integration tests: a real PostgreSQL 15 cluster (started by scripts/cluster.sh,
 stopped at the end) with pg_sink preloaded; tests drive it through SQL like a user."""
+import contextlib
 import glob
 import json
 import os
@@ -8,6 +9,7 @@ import subprocess
 import time
 
 import psycopg
+import psycopg.rows
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,6 +35,34 @@ def server():
     yield
     if not os.environ.get("PGSINK_KEEP_SERVERS"):  # debugging aid
         cluster("stop")
+
+
+@contextlib.contextmanager
+def services(*scripts):
+    """Run test servers for a block: each (script, env) is stopped (in case a
+    previous run left it) and started in order, and stopped in reverse order at
+    the end unless PGSINK_KEEP_SERVERS is set (a debugging aid)."""
+    def sh(script, env, cmd, check=True):
+        subprocess.run([os.path.join(ROOT, "scripts", script), cmd], env=env, check=check)
+    for script, env in scripts:
+        sh(script, env, "stop", check=False)
+        sh(script, env, "start")
+    yield
+    if not os.environ.get("PGSINK_KEEP_SERVERS"):
+        for script, env in reversed(scripts):
+            sh(script, env, "stop")
+
+
+def execute(conn, sql):
+    """sink.execute(sql) as a list of dicts (command, kind, name, owner, connector, details)."""
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        cur.execute("SELECT * FROM sink.execute(%s)", (sql,))
+        return cur.fetchall()
+
+
+def execute_fails(conn, sql):
+    """(sqlstate, message, detail, hint) of a sink.execute(sql) that must fail."""
+    return sqlstate_of(conn, "SELECT * FROM sink.execute(%s)", sql)
 
 
 def connect(user="postgres", dbname="postgres"):

@@ -12,13 +12,12 @@ import io
 import json
 import os
 import struct
-import subprocess
 import urllib.request
 
 import fastavro
 import pytest
 
-from conftest import ROOT, one, sqlstate_of, wait_caught_up, wait_for, wait_started
+from conftest import one, services, sqlstate_of, wait_caught_up, wait_for, wait_started
 from test_kafka import read_topic
 
 KPORT = int(os.environ.get("PGSINK_TEST_KAFKA_PORT", "19093"))
@@ -33,13 +32,8 @@ AUTH = "Basic " + base64.b64encode(b"sink:registry-pw").decode()
 
 @pytest.fixture(scope="module")
 def servers(server):
-    subprocess.run([os.path.join(ROOT, "scripts", "kafka.sh"), "start"], env=KENV, check=True)
-    subprocess.run([os.path.join(ROOT, "scripts", "registry.sh"), "stop"], env=RENV, check=False)
-    subprocess.run([os.path.join(ROOT, "scripts", "registry.sh"), "start"], env=RENV, check=True)
-    yield
-    if not os.environ.get("PGSINK_KEEP_SERVERS"):
-        subprocess.run([os.path.join(ROOT, "scripts", "registry.sh"), "stop"], env=RENV, check=True)
-        subprocess.run([os.path.join(ROOT, "scripts", "kafka.sh"), "stop"], env=KENV, check=True)
+    with services(("kafka.sh", KENV), ("registry.sh", RENV)):
+        yield
 
 
 def registry(method, path, body=None):

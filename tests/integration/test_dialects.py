@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import re
-import subprocess
 import time
 
 import nats
@@ -32,7 +31,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from psycopg.rows import dict_row
 
-from conftest import ROOT, connect, file_records, one, out_dir, sqlstate_of, wait_caught_up, wait_started
+from conftest import execute as run, execute_fails as fails, services
+from conftest import connect, file_records, one, out_dir, wait_caught_up, wait_started
 from test_avro import decode, registry
 from test_kafka import read_topic
 from test_kinesis import ENDPOINT as KINESIS_ENDPOINT
@@ -307,18 +307,6 @@ SEED_CREDENTIALS = ["kafka_credential"]
 
 # ----------------------------------------------------------------- helpers
 
-def run(conn, sql):
-    """sink.execute(sql) as a list of dicts (command, kind, name, owner, connector, details)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SELECT * FROM sink.execute(%s)", (sql,))
-        return cur.fetchall()
-
-
-def fails(conn, sql):
-    """(sqlstate, message, detail, hint) of a sink.execute(sql) that must fail."""
-    return sqlstate_of(conn, "SELECT * FROM sink.execute(%s)", sql)
-
-
 def summary(rows):
     return [(r["command"], r["kind"], r["name"]) for r in rows]
 
@@ -405,21 +393,14 @@ def clean(db):
 
 @pytest.fixture(scope="module")
 def servers(server):
-    subprocess.run([os.path.join(ROOT, "scripts", "kafka.sh"), "start"], env=KENV, check=True)
-    subprocess.run([os.path.join(ROOT, "scripts", "registry.sh"), "stop"], env=RENV, check=False)
-    subprocess.run([os.path.join(ROOT, "scripts", "registry.sh"), "start"], env=RENV, check=True)
-    yield
-    if not os.environ.get("PGSINK_KEEP_SERVERS"):
-        subprocess.run([os.path.join(ROOT, "scripts", "registry.sh"), "stop"], env=RENV, check=True)
-        subprocess.run([os.path.join(ROOT, "scripts", "kafka.sh"), "stop"], env=KENV, check=True)
+    with services(("kafka.sh", KENV), ("registry.sh", RENV)):
+        yield
 
 
 @pytest.fixture(scope="module")
 def moto(server):
-    subprocess.run([os.path.join(ROOT, "scripts", "moto.sh"), "start"], env=MENV, check=True)
-    yield
-    if not os.environ.get("PGSINK_KEEP_SERVERS"):
-        subprocess.run([os.path.join(ROOT, "scripts", "moto.sh"), "stop"], env=MENV, check=True)
+    with services(("moto.sh", MENV)):
+        yield
 
 
 @pytest.fixture

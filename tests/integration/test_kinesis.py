@@ -6,19 +6,17 @@ No emulator here answers PutRecords with per-record failures, so one test puts a
 small in-process proxy between the sink and moto that fails chosen records (and
 whole requests) the way Kinesis does, and forwards the rest to moto. That proxy is
 a fake; everything the sink finally delivers still lands in the real emulator."""
-import base64
 import http.server
 import json
 import os
 import signal
-import subprocess
 import threading
 import urllib.request
 
 import boto3
 import pytest
 
-from conftest import ROOT, cluster, connect, fresh_one, one, sqlstate_of, wait_caught_up, wait_for, wait_started, workers_restarted
+from conftest import cluster, connect, one, sqlstate_of, wait_caught_up, wait_for, wait_started, workers_restarted, services
 
 PORT = 15010
 ENDPOINT = f"http://127.0.0.1:{PORT}"
@@ -28,10 +26,8 @@ KEYS = {"aws.credentials.access_key_id": "AKIDPGSINK", "aws.credentials.secret_a
 
 @pytest.fixture(scope="module")
 def moto(server):
-    subprocess.run([os.path.join(ROOT, "scripts", "moto.sh"), "start"], env=MENV, check=True)
-    yield
-    if not os.environ.get("PGSINK_KEEP_SERVERS"):
-        subprocess.run([os.path.join(ROOT, "scripts", "moto.sh"), "stop"], env=MENV, check=True)
+    with services(("moto.sh", MENV)):
+        yield
 
 
 def kinesis():

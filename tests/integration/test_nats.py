@@ -11,7 +11,7 @@ import time
 import nats
 import pytest
 
-from conftest import ROOT, fresh_one, one, sqlstate_of, wait_caught_up, wait_for, wait_started
+from conftest import ROOT, one, sqlstate_of, wait_caught_up, wait_for, wait_started
 
 SYSTEM = "127.0.0.1:4222"
 

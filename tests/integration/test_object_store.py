@@ -38,7 +38,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
-from conftest import ROOT, cluster, connect, fresh_one, one, out_dir, sqlstate_of, upsert_state, wait_caught_up, wait_for, wait_started, workers_restarted
+from conftest import ROOT, cluster, connect, one, out_dir, sqlstate_of, upsert_state, wait_caught_up, wait_for, wait_started, workers_restarted
 
 S3_PORT = 15011
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"

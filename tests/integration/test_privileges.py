@@ -12,8 +12,8 @@ import os
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
+from conftest import execute as run, execute_fails as fails
 from conftest import connect, file_records, one, out_dir, sqlstate_of, wait_caught_up, wait_started
 
 ROLES = ("pv_alice", "pv_bob")
@@ -25,17 +25,6 @@ DROP_FN = {
     "credential": "SELECT sink.drop_credential(%s, true)",
 }
 STREAM = "CREATE STREAM {} ON TABLE pv_src WITH OPTIONS (DATASINK_NAME = 'pv_files')"
-
-
-def run(conn, sql):
-    """sink.execute(sql) as a list of dicts (command, kind, name, owner, connector, details)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SELECT * FROM sink.execute(%s)", (sql,))
-        return cur.fetchall()
-
-
-def fails(conn, sql):
-    return sqlstate_of(conn, "SELECT * FROM sink.execute(%s)", sql)
 
 
 def ident(name):

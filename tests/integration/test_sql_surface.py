@@ -1,5 +1,6 @@
 """The SQL surface: every bad input is a Postgres error with SQLSTATE, message,
 detail or hint, and leaves nothing behind; lifecycle functions do what they say."""
+import json
 import pytest
 
 from conftest import connect, one, out_dir, sqlstate_of, wait_caught_up, wait_for, file_records
@@ -205,3 +206,18 @@ def test_idle_sink_lets_its_slot_advance(db, tables):
     lag = one(db, "SELECT lag_bytes FROM sink.status WHERE name = 'idle'")
     assert lag < 1_000_000
     db.execute("SELECT sink.drop_sink('idle')")
+
+
+def test_alter_connection_merges_and_null_removes(db):
+    d = out_dir("alter_conn")
+    db.execute("SELECT sink.create_connection('ac_files', 'file', %s::jsonb)", (json.dumps({"path": d}),))
+    try:
+        db.execute("""SELECT sink.alter_connection('ac_files', '{"rollover_seconds": 60}')""")
+        assert one(db, "SELECT options->>'rollover_seconds' FROM sink.connections WHERE name = 'ac_files'") == "60"
+        db.execute("""SELECT sink.alter_connection('ac_files', '{"rollover_seconds": null}')""")
+        assert one(db, "SELECT options ? 'rollover_seconds' FROM sink.connections WHERE name = 'ac_files'") is False
+        assert one(db, "SELECT options->>'path' FROM sink.connections WHERE name = 'ac_files'") == d
+        st, _, _, hint = sqlstate_of(db, "SELECT sink.alter_connection('ac_files', '[1]')")
+        assert st == "22023" and hint
+    finally:
+        db.execute("SELECT sink.drop_connection('ac_files')")
