@@ -23,5 +23,6 @@ pub mod lsn;
 pub mod options;
 pub mod pgoutput;
 pub mod pipeline;
+pub mod replication;
 pub mod retry;
 pub mod types;

@@ -60,6 +60,11 @@ impl Pipeline {
         }
     }
 
+    /// A transaction's BEGIN was fed and its COMMIT not yet.
+    pub fn in_transaction(&self) -> bool {
+        self.decoder.is_in_transaction()
+    }
+
     /// Feed one pgoutput message. A completed transaction past `confirmed` is encoded
     /// into `batch`; earlier ones (delivered before a crash) are skipped.
     pub fn feed(&mut self, msg: &[u8], resolver: &mut dyn TypeResolver, batch: &mut Batch) -> Result<()> {

@@ -997,6 +997,7 @@ pub(crate) fn drop_sink(name: &str, if_exists: default!(bool, false)) -> bool {
     check_owner(&sink);
     lock_sink(sink.id);
     as_superuser(|| {
+        delivery::release_slot(&sink.slot_name);
         update("DELETE FROM sink.sinks WHERE id = $1::bigint", &[Some(&sink.id.to_string())]);
         update(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&sink.publication_name)), &[]);
         if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(&sink.slot_name)]).is_some() {
@@ -1038,6 +1039,9 @@ fn sync(name: &str) -> JsonB {
         fail(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("sink \"{name}\" is paused"), None, Some("Resume it with sink.resume_sink() first.".into()));
     }
     lock_sink(sink.id);
+    // The worker's walsender may hold the slot; while we hold the lock it cannot
+    // take it back.
+    as_superuser(|| delivery::release_slot(&sink.slot_name));
     let (mut batches, mut txns, mut changes, mut records, mut bytes) = (0usize, 0usize, 0usize, 0usize, 0usize);
     let mut confirmed = None;
     let mut initialized = false;
@@ -1092,6 +1096,8 @@ fn preview(
     if n < 1 {
         fail(Code::ERRCODE_INVALID_PARAMETER_VALUE, "n must be at least 1", Some(format!("Got {n}.")), None);
     }
+    lock_sink(sink.id);
+    as_superuser(|| delivery::release_slot(&sink.slot_name));
     let out = with_output_settings(|| as_superuser(|| delivery::step(&sink, Mode::Preview(n as usize), &mut delivery::Session::default()))).or_raise();
     let rows: Vec<_> = out
         .preview

@@ -13,6 +13,7 @@
 //! holds back WAL.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgrx::prelude::*;
 
@@ -22,6 +23,7 @@ use crate::engine::error::SinkError;
 use crate::engine::lsn::Lsn;
 use crate::engine::options::SinkDefinition;
 use crate::engine::pipeline::Pipeline;
+use crate::engine::replication;
 use crate::engine::types::{PgType, TypeResolver};
 
 use super::catalog::{self, SinkRow};
@@ -45,6 +47,7 @@ pub struct Outcome {
     pub preview: Vec<Record>,
 }
 
+#[derive(Clone, Copy)]
 pub enum Mode {
     Deliver { write_idle_progress: bool },
     Preview(usize),
@@ -54,6 +57,21 @@ struct Parts {
     def: SinkDefinition,
     pipeline: Pipeline,
     connector: Box<dyn Connector>,
+    /// The walsender stream, when the sink reads its slot that way. Lives with the
+    /// pipeline: its decoder has seen the stream's relation messages.
+    stream: Option<replication::Stream>,
+}
+
+/// How a worker reads its slot (`pg_sink.transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// `pg_logical_slot_peek_binary_changes` in the step's own transaction.
+    #[default]
+    Sql,
+    /// A walsender connection; if it cannot be opened, fall back to `Sql`.
+    Auto,
+    /// A walsender connection, or a transient error.
+    Walsender,
 }
 
 /// A sink's pipeline and connector, kept across steps while its definition does not
@@ -63,9 +81,41 @@ pub struct Session {
     cached: Option<(String, Parts)>,
     /// Lives as long as the session: clients (NATS, ...) run background tasks on it.
     rt: Option<std::sync::Arc<tokio::runtime::Runtime>>,
+    /// Set by the worker; `sync()` and `preview()` read through SQL.
+    pub transport: Transport,
+    /// The walsender could not be reached (with `Auto`): read through SQL from now on.
+    pub fell_back: bool,
+    /// Checked while waiting for the rest of a transaction from the walsender.
+    pub stop_requested: Option<fn() -> bool>,
 }
 
 impl Session {
+    /// After a configuration reload: the transport may have changed, and
+    /// pg_hba.conf or `pg_sink.replication_conninfo` too, so the stream is opened
+    /// again (and a fallback to SQL retried).
+    pub fn set_transport(&mut self, t: Transport) {
+        self.transport = t;
+        self.fell_back = false;
+        if let Some((_, p)) = self.cached.as_mut() {
+            p.stream = None;
+        }
+    }
+
+    /// The stream's wake descriptor, for the caller's idle wait; `None` when the
+    /// sink has no stream or something is already waiting (do not sleep then).
+    pub fn idle_wait_fd(&mut self) -> Option<Option<i32>> {
+        match self.cached.as_mut().and_then(|(_, p)| p.stream.as_mut()) {
+            None => Some(None),
+            Some(s) => {
+                if s.ready() {
+                    None
+                } else {
+                    Some(Some(s.wake_fd()))
+                }
+            }
+        }
+    }
+
     fn runtime(&mut self) -> Result<std::sync::Arc<tokio::runtime::Runtime>, SinkError> {
         if self.rt.is_none() {
             // One worker thread for clients' background tasks (pings, reconnects);
@@ -110,7 +160,7 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
             columns: vec![],
         };
         let connector = (def.connector.build)(&cfg)?;
-        session.cached = Some((fingerprint, Parts { def, pipeline, connector }));
+        session.cached = Some((fingerprint, Parts { def, pipeline, connector, stream: None }));
     }
     let (_, parts) = session.cached.as_mut().ok_or_else(|| SinkError::transient("sink parts unavailable"))?;
     parts.pipeline.confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
@@ -134,7 +184,11 @@ fn slot_position(slot: &str) -> Option<Option<Lsn>> {
 
 /// Run one step for `sink`. Errors are engine errors; Postgres errors propagate.
 pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome, SinkError> {
-    let result = step_with(sink, mode, session);
+    let mut result = step_with(sink, mode, session);
+    if matches!(&result, Err(e) if e.message == FALL_BACK) {
+        session.fell_back = true;
+        result = step_with(sink, mode, session);
+    }
     if matches!(&result, Err(e) if e.is_transient()) {
         // Rebuild clients after a transient failure.
         session.cached = None;
@@ -144,7 +198,8 @@ pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome
 
 fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome, SinkError> {
     let rt = session.runtime()?;
-    let Parts { def, pipeline, connector } = parts(sink, session)?;
+    let (transport, session_fell_back, stop_requested) = (session.transport, session.fell_back, session.stop_requested);
+    let Parts { def, pipeline, connector, stream } = parts(sink, session)?;
     let def = &*def;
     let mut types = CatalogTypes::default();
     let slot = slot_position(&sink.slot_name);
@@ -174,71 +229,73 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
         return initialize(sink, &def, pipeline, connector.as_mut(), &rt, &mut types);
     }
     let confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
-    if let Some(Some(slot_lsn)) = slot {
+    if let (Some(Some(slot_lsn)), None) = (slot, &stream) {
         if slot_lsn < confirmed {
             let lsn = confirmed.to_string();
             select("SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::pg_lsn)", &[Some(&sink.slot_name), Some(&lsn)]);
         }
     }
 
-    let flushed: Lsn = select_one("SELECT pg_current_wal_flush_lsn()::text", &[]).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
     let step_limit = gucs::max_step_changes();
-    let batch_limit = gucs::max_batch_changes() as usize;
-    let mut outcome = Outcome::default();
-    let mut end = confirmed;
-    let mut last_commit = None;
-    let limit_text = step_limit.to_string();
-    let mut sql = SpiSession::for_owner(&sink.owner);
-    // One decoding pass: the peek's output is read through a cursor and delivered in
-    // batches of whole transactions as they fill up. Batch boundaries depend only on
-    // the stream and the settings, so a step retried after a crash produces the same
-    // batches (and the file connector overwrites the same objects).
-    let messages = Spi::connect(|client| -> Result<usize, SinkError> {
-        let mut cursor = client
-            .try_open_cursor(PEEK_SQL, &[sink.slot_name.as_str().into(), limit_text.as_str().into(), sink.publication_name.as_str().into()])
-            .map_err(|e| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name)))?;
-        let mut n = 0usize;
-        let mut batch = pipeline.new_batch();
-        let mut flush = |batch: &mut Batch, pipeline: &Pipeline, outcome: &mut Outcome| -> Result<(), SinkError> {
-            if batch.transactions == 0 {
-                return Ok(());
-            }
-            deliver(&rt, connector.as_mut(), batch, &mut sql)?;
-            outcome.transactions += batch.transactions;
-            outcome.changes += batch.changes;
-            outcome.records += batch.records.len();
-            outcome.bytes += batch.bytes();
-            end = end.max(batch.end_lsn);
-            last_commit = batch.records.last().map(|r| r.commit_time_us).or(last_commit);
-            *batch = pipeline.new_batch();
-            Ok(())
-        };
-        loop {
-            let table = cursor.fetch(10_000).map_err(|e| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name)))?;
-            if table.is_empty() {
-                break;
-            }
-            for row in table {
-                n += 1;
-                let data: Option<&[u8]> = row.get(1).map_err(|e| SinkError::permanent(format!("bad slot row: {e}")))?;
-                if let Some(msg) = data {
-                    pipeline.feed(msg, &mut types, &mut batch)?;
-                }
-                if batch.changes >= batch_limit {
-                    flush(&mut batch, &pipeline, &mut outcome)?;
-                }
-            }
-            // SAFETY: the rows of this fetch were consumed above; free them now
-            // instead of at the end of the step.
-            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+    let mut run = Run {
+        pipeline,
+        connector: connector.as_mut(),
+        rt: &rt,
+        sql: SpiSession::for_owner(&sink.owner),
+        types: CatalogTypes::default(),
+        batch: Batch::default(),
+        outcome: Outcome::default(),
+        end: confirmed,
+        last_commit: None,
+        batch_limit: gucs::max_batch_changes() as usize,
+        durable: confirmed,
+    };
+    run.batch = run.pipeline.new_batch();
+    let transport = if session_fell_back { Transport::Sql } else { transport };
+    let mut quiet = None;
+    let (_messages, caught_up, flushed) = match transport {
+        Transport::Sql => {
+            *stream = None;
+            let flushed: Lsn = select_one("SELECT pg_current_wal_flush_lsn()::text", &[]).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
+            let n = run.peek_all(sink, step_limit)?;
+            (n, (n as i64) < step_limit, flushed)
         }
-        flush(&mut batch, &pipeline, &mut outcome)?;
-        Ok(n)
-    })?;
+        Transport::Auto | Transport::Walsender => {
+            let reused = stream.is_some();
+            if !reused {
+                match open_stream(sink, confirmed) {
+                    Ok(s) => *stream = Some(s),
+                    Err(e) if transport == Transport::Auto && !e.1 => {
+                        warning!(
+                            "pg_sink sink \"{}\": reading the slot through SQL instead of a walsender: {}",
+                            sink.name,
+                            e.0.summary()
+                        );
+                        return Err(SinkError::transient(FALL_BACK));
+                    }
+                    Err(e) => return Err(e.0),
+                }
+            }
+            let Some(s) = stream.as_mut() else { return Err(SinkError::transient("replication stream unavailable")) };
+            match s.feedback(confirmed).and_then(|_| run.stream(s, step_limit, stop_requested, &mut quiet)) {
+                Ok((n, caught_up)) => (n, caught_up, Lsn::ZERO),
+                Err(e) if reused && run.untouched() => {
+                    // The walsender went away between steps (sync(), preview() or
+                    // drop_sink() took the slot, or the server ended it): open a new
+                    // one on the next step; nothing was read from this one.
+                    pgrx::debug1!("pg_sink sink \"{}\": replication stream closed: {}", sink.name, e.message);
+                    *stream = None;
+                    return Ok(Outcome { caught_up: true, confirmed: Some(confirmed), ..Default::default() });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    run.flush()?;
+    let Run { connector, mut outcome, end, last_commit, .. } = run;
     if outcome.transactions > 0 {
         rt.block_on(connector.finish_step())?;
     }
-    let caught_up = (messages as i64) < step_limit;
     outcome.caught_up = caught_up;
     if outcome.transactions > 0 {
         // Decoding restarts at the slot's restart_lsn, which only moves past a
@@ -250,7 +307,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
     if outcome.transactions > 0 && gucs::FAIL_AFTER_DELIVER.get() {
         return Err(SinkError::transient("pg_sink.fail_after_deliver: failing after delivery, before recording progress"));
     }
-    let mut new_confirmed = end;
+    let mut new_confirmed = end.max(quiet.unwrap_or(Lsn::ZERO));
     if caught_up {
         new_confirmed = new_confirmed.max(flushed);
     }
@@ -259,6 +316,211 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
     }
     outcome.confirmed = Some(new_confirmed);
     Ok(outcome)
+}
+
+/// The marker error of a failed walsender connection in `Auto` mode.
+const FALL_BACK: &str = "pg_sink: falling back to SQL decoding";
+
+/// Longest wait for more transactions to add to a non-empty batch (a bigger batch
+/// is one target commit instead of several).
+const LINGER: Duration = Duration::from_millis(10);
+
+/// The walsender's application_name for a slot: how `release_slot` finds it.
+pub fn stream_application_name(slot: &str) -> String {
+    format!("pg_sink stream {slot}")
+}
+
+/// Open a walsender stream of the sink's slot from `confirmed`. The bool says
+/// whether the connection itself worked (a refused START_REPLICATION, e.g. while
+/// a previous walsender still holds the slot, is retried, not a reason to fall back).
+fn open_stream(sink: &SinkRow, confirmed: Lsn) -> Result<replication::Stream, (SinkError, bool)> {
+    // A bad setting is the administrator's to fix: retried, not a failed sink.
+    let mut target = replication_target().map_err(|e| (SinkError { kind: crate::engine::error::ErrorKind::Transient, ..e }, false))?;
+    target.application_name = stream_application_name(&sink.slot_name);
+    let mut last = None;
+    // A walsender of a worker that just exited may hold the slot for a moment.
+    for attempt in 0..20 {
+        match replication::start(&target, &sink.slot_name, &sink.publication_name, confirmed) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.message.contains("could not start streaming") => {
+                let busy = e.message.contains("55006");
+                last = Some(e);
+                if !busy || attempt == 19 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                pgrx::check_for_interrupts!();
+            }
+            Err(e) => return Err((e, false)),
+        }
+    }
+    Err((last.unwrap_or_else(|| SinkError::transient("could not start streaming")), true))
+}
+
+/// This server, as the bootstrap superuser, over its first Unix socket (or
+/// 127.0.0.1), overridden by `pg_sink.replication_conninfo`.
+fn replication_target() -> Result<replication::Target, SinkError> {
+    // SAFETY: reads of the postmaster's settings, copied into this process.
+    let (dirs, port) = unsafe {
+        let d = pg_sys::Unix_socket_directories;
+        let dirs = if d.is_null() { String::new() } else { std::ffi::CStr::from_ptr(d).to_string_lossy().into_owned() };
+        (dirs, pg_sys::PostPortNumber)
+    };
+    let host = dirs.split(',').map(str::trim).find(|d| !d.is_empty()).map(str::to_string).unwrap_or_else(|| "127.0.0.1".into());
+    let user = select_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[]).unwrap_or_else(|| "postgres".into());
+    let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
+    let mut t = replication::Target { host, port: port as u16, user, database, password: None, application_name: String::new() };
+    if let Some(ci) = gucs::replication_conninfo() {
+        t.apply_conninfo(&ci)?;
+    }
+    Ok(t)
+}
+
+/// Make the sink's slot free for this backend: end the worker's walsender that
+/// streams it (the worker reconnects on its next step) and wait until the slot
+/// is released. Callers hold the sink's lock, so the worker cannot take it back.
+pub fn release_slot(slot: &str) {
+    let app = stream_application_name(slot);
+    let terminated = select(
+        "SELECT pg_terminate_backend(a.pid)::text FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid \
+          WHERE s.slot_name = $1 AND a.backend_type = 'walsender' AND a.application_name = $2",
+        &[Some(slot), Some(&app)],
+    );
+    if terminated.is_empty() {
+        return;
+    }
+    for _ in 0..1000 {
+        if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", &[Some(slot)]).is_none() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        pgrx::check_for_interrupts!();
+    }
+}
+
+/// One step's reading and delivering: messages in, batches out.
+struct Run<'a> {
+    pipeline: &'a mut Pipeline,
+    connector: &'a mut dyn Connector,
+    rt: &'a tokio::runtime::Runtime,
+    sql: SpiSession,
+    types: CatalogTypes,
+    batch: Batch,
+    outcome: Outcome,
+    end: Lsn,
+    last_commit: Option<i64>,
+    batch_limit: usize,
+    /// The catalog's confirmed LSN when the step began: what feedback may report.
+    durable: Lsn,
+}
+
+impl Run<'_> {
+    fn feed(&mut self, msg: &[u8]) -> Result<(), SinkError> {
+        self.pipeline.feed(msg, &mut self.types, &mut self.batch)?;
+        if self.batch.changes >= self.batch_limit {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Nothing read or delivered yet in this step.
+    fn untouched(&self) -> bool {
+        self.batch.transactions == 0 && self.outcome.transactions == 0 && !self.pipeline.in_transaction()
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        if self.batch.transactions == 0 {
+            return Ok(());
+        }
+        deliver(self.rt, self.connector, &self.batch, &mut self.sql)?;
+        let o = &mut self.outcome;
+        o.transactions += self.batch.transactions;
+        o.changes += self.batch.changes;
+        o.records += self.batch.records.len();
+        o.bytes += self.batch.bytes();
+        self.end = self.end.max(self.batch.end_lsn);
+        self.last_commit = self.batch.records.last().map(|r| r.commit_time_us).or(self.last_commit);
+        self.batch = self.pipeline.new_batch();
+        Ok(())
+    }
+
+    /// Read the peek's output through a cursor, delivering batches of whole
+    /// transactions as they fill up. Batch boundaries depend only on the stream and
+    /// the settings, so a step retried after a crash produces the same batches (and
+    /// the file connector overwrites the same objects).
+    fn peek_all(&mut self, sink: &SinkRow, limit: i64) -> Result<usize, SinkError> {
+        let limit_text = limit.to_string();
+        Spi::connect(|client| -> Result<usize, SinkError> {
+            let mut cursor = client
+                .try_open_cursor(PEEK_SQL, &[sink.slot_name.as_str().into(), limit_text.as_str().into(), sink.publication_name.as_str().into()])
+                .map_err(|e| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name)))?;
+            let mut n = 0usize;
+            loop {
+                let table = cursor.fetch(10_000).map_err(|e| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name)))?;
+                if table.is_empty() {
+                    break;
+                }
+                for row in table {
+                    n += 1;
+                    let data: Option<&[u8]> = row.get(1).map_err(|e| SinkError::permanent(format!("bad slot row: {e}")))?;
+                    if let Some(msg) = data {
+                        self.feed(msg)?;
+                    }
+                }
+                // SAFETY: the rows of this fetch were consumed above; free them now
+                // instead of at the end of the step.
+                unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+            }
+            Ok(n)
+        })
+    }
+
+    /// Read the walsender's stream until it has nothing more right now (caught
+    /// up: true) or `limit` messages were read. A batch with room waits up to
+    /// [`LINGER`] for more; a transaction that has begun is always read to its
+    /// end. `quiet` gets the last keepalive position seen between transactions:
+    /// everything before it has been read.
+    fn stream(&mut self, s: &mut replication::Stream, limit: i64, stop: Option<fn() -> bool>, quiet: &mut Option<Lsn>) -> Result<(usize, bool), SinkError> {
+        let started = std::time::Instant::now();
+        let mut n = 0usize;
+        let mut since_reply = std::time::Instant::now();
+        loop {
+            let in_txn = self.pipeline.in_transaction();
+            if n as i64 >= limit && !in_txn {
+                return Ok((n, false));
+            }
+            let wait = if in_txn {
+                Duration::from_millis(100)
+            } else if self.batch.transactions > 0 {
+                LINGER.saturating_sub(started.elapsed())
+            } else {
+                Duration::ZERO
+            };
+            match s.next(wait)? {
+                Some(replication::Message::Data { payload, .. }) => {
+                    n += 1;
+                    self.feed(payload)?;
+                }
+                Some(replication::Message::Keepalive { end, reply }) => {
+                    if !in_txn {
+                        *quiet = Some(quiet.unwrap_or(Lsn::ZERO).max(end));
+                    }
+                    if reply || since_reply.elapsed() > Duration::from_secs(10) {
+                        // Only what the catalog has committed counts as flushed.
+                        s.feedback(self.durable)?;
+                        since_reply = std::time::Instant::now();
+                    }
+                }
+                None if in_txn => {
+                    if stop.is_some_and(|f| f()) {
+                        return Err(SinkError::transient("pg_sink worker is stopping"));
+                    }
+                }
+                None if wait.is_zero() => return Ok((n, true)),
+                None => {}
+            }
+        }
+    }
 }
 
 const PEEK_SQL: &str = "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \

@@ -2,7 +2,9 @@
 
 use std::ffi::{CStr, CString};
 
-use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+
+use super::delivery::Transport;
 
 /// Database whose `sink` catalog the launcher serves (like `cron.database_name`).
 /// Default `postgres`: the database every cluster has. Postmaster-level, so it can
@@ -20,8 +22,8 @@ pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// transaction larger than this is still delivered whole.
 pub static MAX_BATCH_CHANGES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
 
-/// Changes decoded per step (one transaction, one decoding pass over the slot).
-/// Each step restarts decoding at the slot's restart point, so a large step makes
+/// Changes decoded per step (one transaction). Through SQL, each step is one
+/// decoding pass that restarts at the slot's restart point, so a large step makes
 /// catching up on a backlog one pass instead of many; 1M changes keeps a step to
 /// seconds. The step is delivered in batches of `max_batch_changes`.
 pub static MAX_STEP_CHANGES: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
@@ -37,6 +39,30 @@ pub static FAIL_AFTER_DELIVER: GucSetting<bool> = GucSetting::<bool>::new(false)
 /// Whether creating connections and sinks probes their servers (broker, registry,
 /// endpoint). Off is `validate => false` for every creation in the session.
 pub static VALIDATE_CONNECTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// How workers read their slots. `auto` (default): through a walsender
+/// connection to this server, which decodes in its own process while the worker
+/// encodes and delivers, and keeps decoding while a target commits; if that
+/// connection cannot be opened (pg_hba.conf, max_wal_senders), through SQL.
+/// `walsender`: only that way (a failed connection is an error in the status).
+/// `sql`: `pg_logical_slot_peek_binary_changes` in the worker's own transaction.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TransportSetting {
+    #[name = c"auto"]
+    Auto,
+    #[name = c"walsender"]
+    Walsender,
+    #[name = c"sql"]
+    Sql,
+}
+
+pub static TRANSPORT: GucSetting<TransportSetting> = GucSetting::<TransportSetting>::new(TransportSetting::Auto);
+
+/// Overrides for the walsender connection (libpq key=value: host, port, user,
+/// password, dbname). Empty: the bootstrap superuser over this server's first
+/// Unix socket, which Debian's and initdb's pg_hba.conf allow (peer or trust).
+/// Superuser-only, because it may hold a password.
+pub static REPLICATION_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     // SAFETY: reading a postmaster global during library load.
@@ -96,6 +122,22 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"pg_sink.transport",
+        c"How sink workers read their replication slots: auto, walsender or sql.",
+        c"auto streams from a walsender and falls back to SQL decoding when the connection fails.",
+        &TRANSPORT,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_sink.replication_conninfo",
+        c"libpq key=value overrides of the workers' walsender connection (host, port, user, password, dbname).",
+        c"Empty: the bootstrap superuser over this server's first Unix socket.",
+        &REPLICATION_CONNINFO,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     GucRegistry::define_int_guc(
         c"pg_sink.retry_max",
         c"Maximum backoff between retries of a failing sink.",
@@ -130,4 +172,16 @@ pub fn retry_max() -> std::time::Duration {
 
 pub fn validate_connections() -> bool {
     VALIDATE_CONNECTIONS.get()
+}
+
+pub fn transport() -> Transport {
+    match TRANSPORT.get() {
+        TransportSetting::Auto => Transport::Auto,
+        TransportSetting::Walsender => Transport::Walsender,
+        TransportSetting::Sql => Transport::Sql,
+    }
+}
+
+pub fn replication_conninfo() -> Option<String> {
+    REPLICATION_CONNINFO.get().as_deref().and_then(|c: &CStr| c.to_str().ok()).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
 }

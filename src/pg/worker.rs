@@ -172,7 +172,29 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
 enum Next {
     Continue,
     Idle,
+    /// `sync()` or a DDL call holds the sink: wait on the latch only (the stream
+    /// may be readable, but it is not ours to read now).
+    Busy,
     Stop,
+}
+
+fn sigterm() -> bool {
+    BackgroundWorker::sigterm_received()
+}
+
+/// Sleep until the latch is set, `fd` (the stream's wake descriptor) is readable,
+/// or `timeout` passes. False when the worker must exit.
+fn wait_latch_or_fd(fd: Option<i32>, timeout: Duration) -> bool {
+    let Some(fd) = fd else { return BackgroundWorker::wait_latch(Some(timeout)) };
+    let flags = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH | pg_sys::WL_SOCKET_READABLE;
+    // SAFETY: waits on this process's latch and a descriptor the stream owns.
+    let rc = unsafe {
+        let rc = pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, flags as i32, fd, timeout.as_millis() as libc::c_long, pg_sys::PG_WAIT_EXTENSION);
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        rc
+    };
+    pgrx::check_for_interrupts!();
+    rc & pg_sys::WL_POSTMASTER_DEATH as i32 == 0 && !BackgroundWorker::sigterm_received()
 }
 
 #[pg_guard]
@@ -210,6 +232,8 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
     let class = LOCK_CLASS.to_string();
     let id_text = sink_id.to_string();
     let mut session = delivery::Session::default();
+    session.transport = gucs::transport();
+    session.stop_requested = Some(sigterm);
     loop {
         if BackgroundWorker::sigterm_received() {
             break;
@@ -217,6 +241,8 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reload postgresql.conf in this process.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            // pg_hba.conf or the conninfo may have changed: try the walsender again.
+            session.set_transport(gucs::transport());
         }
         let write_idle = last_idle_write.elapsed() >= Duration::from_secs(1);
         let session_ref = std::panic::AssertUnwindSafe(&mut session);
@@ -226,7 +252,7 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
             let locked = select_one("SELECT pg_try_advisory_xact_lock($1::int, $2::int)::text", &[Some(class), Some(id_text)]);
             if locked.as_deref() != Some("true") {
                 // sync() or a DDL call holds the sink; try again shortly.
-                return Ok((Next::Idle, false));
+                return Ok((Next::Busy, false));
             }
             let Some(sink) = catalog::find_by_id(sink_id) else { return Ok((Next::Stop, false)) };
             if sink.state != "running" || sink.schedule != "continuous" {
@@ -252,6 +278,15 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
                         }
                     }
                     Next::Idle => {
+                        // With a stream, new changes wake the worker at once.
+                        let fd = session.idle_wait_fd();
+                        if let Some(fd) = fd {
+                            if !wait_latch_or_fd(fd, gucs::poll_interval()) {
+                                break;
+                            }
+                        }
+                    }
+                    Next::Busy => {
                         if !BackgroundWorker::wait_latch(Some(gucs::poll_interval())) {
                             break;
                         }
