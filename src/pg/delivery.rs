@@ -60,6 +60,10 @@ struct Parts {
     /// The walsender stream, when the sink reads its slot that way. Lives with the
     /// pipeline: its decoder has seen the stream's relation messages.
     stream: Option<replication::Stream>,
+    /// The stream's last keepalive position seen between transactions: everything
+    /// before it has been read (and, once the step ends, delivered). An idle sink
+    /// confirms it, so its slot does not hold WAL.
+    idle_end: Lsn,
 }
 
 /// How a worker reads its slot (`pg_sink.transport`).
@@ -160,7 +164,7 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
             columns: vec![],
         };
         let connector = (def.connector.build)(&cfg)?;
-        session.cached = Some((fingerprint, Parts { def, pipeline, connector, stream: None }));
+        session.cached = Some((fingerprint, Parts { def, pipeline, connector, stream: None, idle_end: Lsn::ZERO }));
     }
     let (_, parts) = session.cached.as_mut().ok_or_else(|| SinkError::transient("sink parts unavailable"))?;
     parts.pipeline.confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
@@ -199,7 +203,7 @@ pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome
 fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome, SinkError> {
     let rt = session.runtime()?;
     let (transport, session_fell_back, stop_requested) = (session.transport, session.fell_back, session.stop_requested);
-    let Parts { def, pipeline, connector, stream } = parts(sink, session)?;
+    let Parts { def, pipeline, connector, stream, idle_end } = parts(sink, session)?;
     let def = &*def;
     let mut types = CatalogTypes::default();
     let slot = slot_position(&sink.slot_name);
@@ -249,10 +253,10 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
         last_commit: None,
         batch_limit: gucs::max_batch_changes() as usize,
         durable: confirmed,
+        lost_at_start: false,
     };
     run.batch = run.pipeline.new_batch();
     let transport = if session_fell_back { Transport::Sql } else { transport };
-    let mut quiet = None;
     let (_messages, caught_up, flushed) = match transport {
         Transport::Sql => {
             *stream = None;
@@ -277,9 +281,11 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
                 }
             }
             let Some(s) = stream.as_mut() else { return Err(SinkError::transient("replication stream unavailable")) };
-            match s.feedback(confirmed).and_then(|_| run.stream(s, step_limit, stop_requested, &mut quiet)) {
+            let fed = s.feedback(confirmed);
+            let lost_at_start = fed.is_err();
+            match fed.and_then(|_| run.stream(s, step_limit, stop_requested, idle_end)) {
                 Ok((n, caught_up)) => (n, caught_up, Lsn::ZERO),
-                Err(e) if reused && run.untouched() => {
+                Err(e) if reused && (lost_at_start || run.lost_at_start) => {
                     // The walsender went away between steps (sync(), preview() or
                     // drop_sink() took the slot, or the server ended it): open a new
                     // one on the next step; nothing was read from this one.
@@ -307,7 +313,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
     if outcome.transactions > 0 && gucs::FAIL_AFTER_DELIVER.get() {
         return Err(SinkError::transient("pg_sink.fail_after_deliver: failing after delivery, before recording progress"));
     }
-    let mut new_confirmed = end.max(quiet.unwrap_or(Lsn::ZERO));
+    let mut new_confirmed = end.max(if stream.is_some() { *idle_end } else { Lsn::ZERO });
     if caught_up {
         new_confirmed = new_confirmed.max(flushed);
     }
@@ -412,6 +418,8 @@ struct Run<'a> {
     batch_limit: usize,
     /// The catalog's confirmed LSN when the step began: what feedback may report.
     durable: Lsn,
+    /// The stream failed before this step read any message from it.
+    lost_at_start: bool,
 }
 
 impl Run<'_> {
@@ -421,11 +429,6 @@ impl Run<'_> {
             self.flush()?;
         }
         Ok(())
-    }
-
-    /// Nothing read or delivered yet in this step.
-    fn untouched(&self) -> bool {
-        self.batch.transactions == 0 && self.outcome.transactions == 0 && !self.pipeline.in_transaction()
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -480,10 +483,11 @@ impl Run<'_> {
     /// [`LINGER`] for more; a transaction that has begun is always read to its
     /// end. `quiet` gets the last keepalive position seen between transactions:
     /// everything before it has been read.
-    fn stream(&mut self, s: &mut replication::Stream, limit: i64, stop: Option<fn() -> bool>, quiet: &mut Option<Lsn>) -> Result<(usize, bool), SinkError> {
+    fn stream(&mut self, s: &mut replication::Stream, limit: i64, stop: Option<fn() -> bool>, quiet: &mut Lsn) -> Result<(usize, bool), SinkError> {
         let started = std::time::Instant::now();
         let mut n = 0usize;
         let mut since_reply = std::time::Instant::now();
+        let mut read_any = false;
         loop {
             let in_txn = self.pipeline.in_transaction();
             if n as i64 >= limit && !in_txn {
@@ -496,14 +500,19 @@ impl Run<'_> {
             } else {
                 Duration::ZERO
             };
-            match s.next(wait)? {
+            let next = s.next(wait);
+            if next.is_err() && n == 0 && !read_any {
+                self.lost_at_start = true;
+            }
+            read_any = true;
+            match next? {
                 Some(replication::Message::Data { payload, .. }) => {
                     n += 1;
                     self.feed(payload)?;
                 }
                 Some(replication::Message::Keepalive { end, reply }) => {
                     if !in_txn {
-                        *quiet = Some(quiet.unwrap_or(Lsn::ZERO).max(end));
+                        *quiet = (*quiet).max(end);
                     }
                     if reply || since_reply.elapsed() > Duration::from_secs(10) {
                         // Only what the catalog has committed counts as flushed.
