@@ -38,6 +38,9 @@ pub struct Target {
     pub database: String,
     pub password: Option<String>,
     pub application_name: String,
+    /// Session settings for the walsender (pgoutput writes values in its text
+    /// output form, so TimeZone, DateStyle ... decide what the sink sees).
+    pub settings: Vec<(String, String)>,
 }
 
 impl Target {
@@ -291,15 +294,14 @@ pub fn start(target: &Target, slot: &str, publication: &str, start: Lsn) -> Resu
         .map_err(|e| SinkError::transient(format!("could not connect to the walsender at {where_}: {e}")))?;
     let mut hs = Handshake { conn, buf: Vec::new(), target: where_.clone() };
     let mut msg = BytesMut::new();
-    frontend::startup_message(
-        [
-            ("user", target.user.as_str()),
-            ("database", target.database.as_str()),
-            ("replication", "database"),
-            ("application_name", target.application_name.as_str()),
-        ],
-        &mut msg,
-    )
+    let mut params = vec![
+        ("user", target.user.as_str()),
+        ("database", target.database.as_str()),
+        ("replication", "database"),
+        ("application_name", target.application_name.as_str()),
+    ];
+    params.extend(target.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    frontend::startup_message(params, &mut msg)
     .map_err(|e| SinkError::transient(format!("startup message: {e}")))?;
     hs.send(&msg)?;
     authenticate(&mut hs, target)?;
@@ -425,6 +427,8 @@ pub struct Stream {
     writer: Conn,
     chunk: Vec<u8>,
     pos: usize,
+    /// Start of the frame `next` returned last (for `unread`).
+    last: usize,
     wake: UnixStream,
     reader: Option<JoinHandle<()>>,
     ended: Option<String>,
@@ -447,7 +451,7 @@ impl Stream {
                 read_loop(reader_conn, leftover, tx, wake_tx)
             })
             .map_err(io)?;
-        Ok(Stream { rx, writer: conn, chunk: Vec::new(), pos: 0, wake: wake_rx, reader: Some(reader), ended: None, received: Lsn::ZERO })
+        Ok(Stream { rx, writer: conn, chunk: Vec::new(), pos: 0, last: 0, wake: wake_rx, reader: Some(reader), ended: None, received: Lsn::ZERO })
     }
 
     /// A descriptor that becomes readable when data arrives (for the caller's
@@ -482,9 +486,15 @@ impl Stream {
             Chunk::Frames(v) => {
                 self.chunk = v;
                 self.pos = 0;
+                self.last = 0;
             }
             Chunk::End(why) => self.ended = Some(why),
         }
+    }
+
+    /// Put back the message `next` returned last, to be returned again.
+    pub fn unread(&mut self) {
+        self.pos = self.last;
     }
 
     /// The next message, waiting up to `wait` for one. `None`: nothing arrived.
@@ -516,6 +526,7 @@ impl Stream {
                 }
             }
             let start = self.pos;
+            self.last = start;
             let len = frame_len(&self.chunk[start..]).unwrap_or(usize::MAX);
             let end = start.saturating_add(len).min(self.chunk.len());
             self.pos = end;
@@ -553,10 +564,11 @@ impl Stream {
     }
 
     /// Standby status update: everything up to `received` is in, `flushed` is
-    /// durable (the slot may release WAL before it).
-    pub fn feedback(&mut self, flushed: Lsn) -> Result<()> {
+    /// durable (the slot may release WAL before it). `reply`: ask the walsender
+    /// for a keepalive with its position.
+    pub fn feedback(&mut self, flushed: Lsn, reply: bool) -> Result<()> {
         let write = self.received.max(flushed);
-        let msg = status_update(write, flushed, now_pg_micros());
+        let msg = status_update(write, flushed, now_pg_micros(), reply);
         self.writer.write_all(&msg).map_err(|e| SinkError::transient(format!("could not send feedback to the walsender: {e}")))
     }
 }
@@ -574,8 +586,8 @@ impl Drop for Stream {
     }
 }
 
-/// CopyData('r'): write, flush, apply positions and a timestamp, no reply wanted.
-pub fn status_update(write: Lsn, flush: Lsn, now: i64) -> Vec<u8> {
+/// CopyData('r'): write, flush, apply positions, a timestamp, reply wanted or not.
+pub fn status_update(write: Lsn, flush: Lsn, now: i64, reply: bool) -> Vec<u8> {
     let mut m = Vec::with_capacity(39);
     m.push(b'd');
     m.extend_from_slice(&(4 + 34i32).to_be_bytes());
@@ -584,7 +596,7 @@ pub fn status_update(write: Lsn, flush: Lsn, now: i64) -> Vec<u8> {
     m.extend_from_slice(&flush.0.to_be_bytes());
     m.extend_from_slice(&flush.0.to_be_bytes());
     m.extend_from_slice(&now.to_be_bytes());
-    m.push(0);
+    m.push(reply as u8);
     m
 }
 
@@ -700,7 +712,7 @@ mod tests {
         assert_eq!(pairs[3], ("user".into(), "me".into()));
         assert!(parse_conninfo("host").is_err());
         assert!(parse_conninfo("password='open").is_err());
-        let mut t = Target { host: "/tmp".into(), port: 5432, user: "postgres".into(), database: "db".into(), password: None, application_name: "a".into() };
+        let mut t = Target { host: "/tmp".into(), port: 5432, user: "postgres".into(), database: "db".into(), password: None, application_name: "a".into(), settings: vec![] };
         t.apply_conninfo("host=127.0.0.1 port=6000 password='p w'").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.password.as_deref()), ("127.0.0.1", 6000, Some("p w")));
         let err = t.apply_conninfo("sslmode=require").unwrap_err();
@@ -718,14 +730,15 @@ mod tests {
 
     #[test]
     fn status_update_layout() {
-        let m = status_update(Lsn(0x20), Lsn(0x10), 7);
+        let m = status_update(Lsn(0x20), Lsn(0x10), 7, true);
         assert_eq!(m.len(), 39);
         assert_eq!(&m[..6], &[b'd', 0, 0, 0, 38, b'r']);
         assert_eq!(be_u64(&m[6..]), 0x20);
         assert_eq!(be_u64(&m[14..]), 0x10);
         assert_eq!(be_u64(&m[22..]), 0x10);
         assert_eq!(be_u64(&m[30..]) as i64, 7);
-        assert_eq!(m[38], 0);
+        assert_eq!(m[38], 1, "reply requested");
+        assert_eq!(status_update(Lsn(0x20), Lsn(0x10), 7, false)[38], 0);
     }
 
     #[test]
@@ -739,6 +752,8 @@ mod tests {
         let w = Duration::from_secs(5);
         assert_eq!(s.next(w).unwrap(), Some(Message::Data { start: Lsn(0x10), end: Lsn(0x18), payload: b"B-payload" }));
         assert_eq!(s.next(w).unwrap(), Some(Message::Keepalive { end: Lsn(0x30), reply: true }));
+        s.unread();
+        assert_eq!(s.next(w).unwrap(), Some(Message::Keepalive { end: Lsn(0x30), reply: true }), "unread puts it back");
         match s.next(w).unwrap() {
             Some(Message::Data { start, payload, .. }) => {
                 assert_eq!(start, Lsn(0x40));
@@ -764,7 +779,7 @@ mod tests {
         assert!(s.ready());
         assert_eq!(s.next(Duration::ZERO).unwrap(), Some(Message::Keepalive { end: Lsn(0x99), reply: false }));
         // Feedback goes back on the same connection.
-        s.feedback(Lsn(0x50)).unwrap();
+        s.feedback(Lsn(0x50), false).unwrap();
         let mut got = [0u8; 39];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(be_u64(&got[6..]), 0x99, "write = received");

@@ -281,10 +281,12 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
                 }
             }
             let Some(s) = stream.as_mut() else { return Err(SinkError::transient("replication stream unavailable")) };
-            let fed = s.feedback(confirmed);
+            // Like a peek: everything flushed when the step begins, nothing after.
+            let upto: Lsn = select_one("SELECT pg_current_wal_flush_lsn()::text", &[]).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
+            let fed = s.feedback(confirmed, true);
             let lost_at_start = fed.is_err();
-            match fed.and_then(|_| run.stream(s, step_limit, stop_requested, idle_end)) {
-                Ok((n, caught_up)) => (n, caught_up, Lsn::ZERO),
+            match fed.and_then(|_| run.stream(s, step_limit, upto, stop_requested, idle_end)) {
+                Ok((n, caught_up)) => (n, caught_up, upto),
                 Err(e) if reused && (lost_at_start || run.lost_at_start) => {
                     // The walsender went away between steps (sync(), preview() or
                     // drop_sink() took the slot, or the server ended it): open a new
@@ -326,10 +328,6 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
 
 /// The marker error of a failed walsender connection in `Auto` mode.
 const FALL_BACK: &str = "pg_sink: falling back to SQL decoding";
-
-/// Longest wait for more transactions to add to a non-empty batch (a bigger batch
-/// is one target commit instead of several).
-const LINGER: Duration = Duration::from_millis(10);
 
 /// The walsender's application_name for a slot: how `release_slot` finds it.
 pub fn stream_application_name(slot: &str) -> String {
@@ -375,7 +373,9 @@ fn replication_target() -> Result<replication::Target, SinkError> {
     let host = dirs.split(',').map(str::trim).find(|d| !d.is_empty()).map(str::to_string).unwrap_or_else(|| "127.0.0.1".into());
     let user = select_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[]).unwrap_or_else(|| "postgres".into());
     let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
-    let mut t = replication::Target { host, port: port as u16, user, database, password: None, application_name: String::new() };
+    // The walsender formats values: the same output settings as the worker's session.
+    let settings = super::api::OUTPUT_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut t = replication::Target { host, port: port as u16, user, database, password: None, application_name: String::new(), settings };
     if let Some(ci) = gucs::replication_conninfo() {
         t.apply_conninfo(&ci)?;
     }
@@ -478,58 +478,76 @@ impl Run<'_> {
         })
     }
 
-    /// Read the walsender's stream until it has nothing more right now (caught
-    /// up: true) or `limit` messages were read. A batch with room waits up to
-    /// [`LINGER`] for more; a transaction that has begun is always read to its
-    /// end. `quiet` gets the last keepalive position seen between transactions:
-    /// everything before it has been read.
-    fn stream(&mut self, s: &mut replication::Stream, limit: i64, stop: Option<fn() -> bool>, quiet: &mut Lsn) -> Result<(usize, bool), SinkError> {
-        let started = std::time::Instant::now();
+    /// Read the walsender's stream up to `upto` (the WAL flush position when the
+    /// step began), like a peek would: every transaction committed at or before
+    /// it, none after it (a later transaction's BEGIN is left in the stream for the
+    /// next step), at most `limit` messages, always ending on a transaction
+    /// boundary. So a step over a given backlog reads the same transactions, and
+    /// cuts the same batches, whenever it runs. Returns (messages, caught up).
+    ///
+    /// `quiet` gets the keepalive positions seen between transactions: everything
+    /// before them has been read.
+    fn stream(&mut self, s: &mut replication::Stream, limit: i64, upto: Lsn, stop: Option<fn() -> bool>, quiet: &mut Lsn) -> Result<(usize, bool), SinkError> {
         let mut n = 0usize;
-        let mut since_reply = std::time::Instant::now();
+        let mut silent_since = std::time::Instant::now();
         let mut read_any = false;
         loop {
             let in_txn = self.pipeline.in_transaction();
             if n as i64 >= limit && !in_txn {
                 return Ok((n, false));
             }
-            let wait = if in_txn {
-                Duration::from_millis(100)
-            } else if self.batch.transactions > 0 {
-                LINGER.saturating_sub(started.elapsed())
-            } else {
-                Duration::ZERO
-            };
-            let next = s.next(wait);
-            if next.is_err() && n == 0 && !read_any {
+            let next = s.next(Duration::from_millis(100));
+            if next.is_err() && !read_any {
                 self.lost_at_start = true;
             }
             read_any = true;
             match next? {
                 Some(replication::Message::Data { payload, .. }) => {
-                    n += 1;
+                    if !in_txn && payload.first() == Some(&b'B') && begin_final_lsn(payload) > upto {
+                        s.unread();
+                        return Ok((n, true));
+                    }
+                    // Relation and type messages are sent once per walsender, not
+                    // once per step: only the rest count, so limits cut the same
+                    // place on a new stream.
+                    if !matches!(payload.first(), Some(b'R' | b'Y' | b'O')) {
+                        n += 1;
+                    }
                     self.feed(payload)?;
+                    silent_since = std::time::Instant::now();
                 }
                 Some(replication::Message::Keepalive { end, reply }) => {
+                    if reply {
+                        // Only what the catalog has committed counts as flushed.
+                        s.feedback(self.durable, false)?;
+                    }
                     if !in_txn {
                         *quiet = (*quiet).max(end);
+                        if end >= upto {
+                            return Ok((n, true));
+                        }
                     }
-                    if reply || since_reply.elapsed() > Duration::from_secs(10) {
-                        // Only what the catalog has committed counts as flushed.
-                        s.feedback(self.durable)?;
-                        since_reply = std::time::Instant::now();
-                    }
+                    silent_since = std::time::Instant::now();
                 }
-                None if in_txn => {
+                None => {
                     if stop.is_some_and(|f| f()) {
                         return Err(SinkError::transient("pg_sink worker is stopping"));
                     }
+                    if !in_txn && silent_since.elapsed() >= Duration::from_millis(500) {
+                        // The walsender pings when it waits for WAL; ask for its
+                        // position in case it is waiting already.
+                        s.feedback(self.durable, true)?;
+                        silent_since = std::time::Instant::now();
+                    }
                 }
-                None if wait.is_zero() => return Ok((n, true)),
-                None => {}
             }
         }
     }
+}
+
+/// The commit LSN a pgoutput BEGIN message announces.
+fn begin_final_lsn(msg: &[u8]) -> Lsn {
+    msg.get(1..9).map(|b| Lsn(u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))).unwrap_or(Lsn::ZERO)
 }
 
 const PEEK_SQL: &str = "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
