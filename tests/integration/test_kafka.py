@@ -449,3 +449,42 @@ def test_broker_down_for_30_seconds_loses_and_duplicates_nothing(db, broker, led
     assert one(db, "SELECT last_error FROM sink.status WHERE name = 'k_down'") is None
     db.execute("SELECT sink.drop_sink('k_down')")
     db.execute("SELECT sink.drop_sink('k_down2')")
+
+
+def test_sasl_plain_connection_with_a_secret_delivers(db, broker):
+    """SASL_PLAINTEXT with PLAIN against the real broker: librdkafka runs the
+    SaslHandshake and SaslAuthenticate exchanges for the data producer, the
+    transactional producer and the progress reader. noida-db offers only PLAIN
+    and accepts any credentials, so a refused password cannot be tested here, and
+    neither can SSL or SCRAM (a mechanism it does not offer is an error at
+    creation, checked below)."""
+    db.execute("DROP TABLE IF EXISTS k_sasl")
+    db.execute("CREATE TABLE k_sasl (id int PRIMARY KEY, v text)")
+    db.execute("SELECT sink.create_secret('k_sasl_pw', 's3cret', if_not_exists => true)")
+    db.execute("SELECT sink.create_connection('k_sasl_conn', 'kafka', %s::jsonb)", (json.dumps({
+        "brokers": broker, "security_protocol": "SASL_PLAINTEXT", "sasl_mechanisms": "PLAIN",
+        "sasl_username": "pg_sink", "sasl_password": {"secret": "k_sasl_pw"}}),))
+    db.execute("SELECT sink.create_sink('k_sasl', 'k_sasl', 'kafka', '{\"topic\": \"k-sasl\"}', envelope => 'upsert', key => ARRAY['id'], connection => 'k_sasl_conn')")
+    wait_started(db, "k_sasl")
+    db.execute("INSERT INTO k_sasl SELECT g, 'v' || g FROM generate_series(1, 50) g")
+    db.execute("DELETE FROM k_sasl WHERE id = 7")
+    wait_caught_up(db, "k_sasl")
+    msgs = read_topic("k-sasl")
+    state = {}
+    for _, k, v, _ in msgs:
+        state[json.loads(k)["id"]] = None if v is None else json.loads(v)["v"]
+    assert state == {**{g: f"v{g}" for g in range(1, 51)}, 7: None}
+    assert one(db, "SELECT last_error FROM sink.status WHERE name = 'k_sasl'") is None
+    # The password is not in the connection's visible options.
+    opts = one(db, "SELECT options::text FROM sink.connections WHERE name = 'k_sasl_conn'")
+    assert "s3cret" not in opts and "k_sasl_pw" in opts
+    # A mechanism the broker does not offer fails the probe (noida-db answers the
+    # handshake without an error code, so librdkafka only sees the exchange fail).
+    st, m, detail, hint = sqlstate_of(db, "SELECT sink.create_connection('k_scram', 'kafka', %s::jsonb)", json.dumps({
+        "brokers": broker, "security_protocol": "SASL_PLAINTEXT", "sasl_mechanisms": "SCRAM-SHA-256",
+        "sasl_username": "u", "sasl_password": "p"}))
+    assert st == "08000" and hint and "could not reach Kafka brokers" in m, (st, m, detail)
+    assert one(db, "SELECT count(*) FROM sink.connections WHERE name = 'k_scram'") == 0
+    db.execute("SELECT sink.drop_sink('k_sasl')")
+    db.execute("SELECT sink.drop_connection('k_sasl_conn')")
+    db.execute("SELECT sink.drop_secret('k_sasl_pw')")
