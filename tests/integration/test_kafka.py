@@ -205,9 +205,13 @@ def test_exactly_once_across_kafka_commit_then_catalog_failure_and_crashes(db, b
     wait_started(db, "k_eo")
     # 1. Kafka commits, then the Postgres side fails before recording progress: the
     #    retried batch must be skipped thanks to the progress topic.
+    # Paused while the setting changes, so the worker that delivers is a new one
+    # that starts with it (a running worker could stream the rows first).
+    db.execute("SELECT sink.pause_sink('k_eo')")
     db.execute("ALTER SYSTEM SET pg_sink.fail_after_deliver = on")
     db.execute("SELECT pg_reload_conf()")
     db.execute("INSERT INTO k_eo SELECT g, 0 FROM generate_series(1, 100) g")
+    db.execute("SELECT sink.resume_sink('k_eo')")
     wait_for(lambda: one(db, "SELECT errors FROM sink.status WHERE name = 'k_eo'") >= 2, what="failed attempts")
     db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
     db.execute("SELECT pg_reload_conf()")

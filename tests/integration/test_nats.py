@@ -94,9 +94,13 @@ def test_jetstream_suppresses_redeliveries_after_failures_and_a_kill(db, table):
     wait_started(db, "n_js")
     # Deliver, then fail before recording progress: the retries publish the same
     # Nats-Msg-Ids, which the stream drops.
+    # Paused while the setting changes, so the worker that delivers is a new one
+    # that starts with it (a running worker could stream the rows first).
+    db.execute("SELECT sink.pause_sink('n_js')")
     db.execute("ALTER SYSTEM SET pg_sink.fail_after_deliver = on")
     db.execute("SELECT pg_reload_conf()")
     db.execute("INSERT INTO n_items SELECT g, 'a' FROM generate_series(1, 500) g")
+    db.execute("SELECT sink.resume_sink('n_js')")
     wait_for(lambda: one(db, "SELECT errors FROM sink.status WHERE name = 'n_js'") >= 2, what="failed attempts")
     db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
     db.execute("SELECT pg_reload_conf()")
