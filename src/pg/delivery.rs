@@ -64,6 +64,8 @@ struct Parts {
     /// before it has been read (and, once the step ends, delivered). An idle sink
     /// confirms it, so its slot does not hold WAL.
     idle_end: Lsn,
+    /// When this sink last logged a running-transactions record.
+    snapshot_logged: Option<std::time::Instant>,
 }
 
 /// How a worker reads its slot (`pg_sink.transport`).
@@ -164,7 +166,7 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
             columns: vec![],
         };
         let connector = (def.connector.build)(&cfg)?;
-        session.cached = Some((fingerprint, Parts { def, pipeline, connector, stream: None, idle_end: Lsn::ZERO }));
+        session.cached = Some((fingerprint, Parts { def, pipeline, connector, stream: None, idle_end: Lsn::ZERO, snapshot_logged: None }));
     }
     let (_, parts) = session.cached.as_mut().ok_or_else(|| SinkError::transient("sink parts unavailable"))?;
     parts.pipeline.confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
@@ -203,7 +205,7 @@ pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome
 fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome, SinkError> {
     let rt = session.runtime()?;
     let (transport, session_fell_back, stop_requested) = (session.transport, session.fell_back, session.stop_requested);
-    let Parts { def, pipeline, connector, stream, idle_end } = parts(sink, session)?;
+    let Parts { def, pipeline, connector, stream, idle_end, snapshot_logged } = parts(sink, session)?;
     let def = &*def;
     let mut types = CatalogTypes::default();
     let slot = slot_position(&sink.slot_name);
@@ -305,12 +307,16 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
         rt.block_on(connector.finish_step())?;
     }
     outcome.caught_up = caught_up;
-    if outcome.transactions > 0 {
-        // Decoding restarts at the slot's restart_lsn, which only moves past a
-        // running-transactions record. Log one now so later steps do not re-decode
-        // from far behind.
+    // Decoding restarts at the slot's restart_lsn, which only moves past a
+    // running-transactions record. Log one now so the next peek does not re-decode
+    // from far behind. A stream keeps decoding across steps and only restarts after
+    // a failure: once every 10 s is enough there (each record is more WAL for
+    // every slot to decode).
+    let due = stream.is_none() || snapshot_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+    if outcome.transactions > 0 && due {
         // SAFETY: writes one WAL record; needs wal_level >= replica (we have logical).
         unsafe { pg_sys::LogStandbySnapshot() };
+        *snapshot_logged = Some(std::time::Instant::now());
     }
     if outcome.transactions > 0 && gucs::FAIL_AFTER_DELIVER.get() {
         return Err(SinkError::transient("pg_sink.fail_after_deliver: failing after delivery, before recording progress"));
@@ -515,6 +521,11 @@ impl Run<'_> {
                     }
                     self.feed(payload)?;
                     silent_since = std::time::Instant::now();
+                    // A transaction whose commit record ends at or past `upto` is
+                    // the last one committed before it: nothing more to wait for.
+                    if payload.first() == Some(&b'C') && commit_end_lsn(payload) >= upto {
+                        return Ok((n, true));
+                    }
                 }
                 Some(replication::Message::Keepalive { end, reply }) => {
                     if reply {
@@ -543,6 +554,11 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// The end of the commit record a pgoutput COMMIT message carries.
+fn commit_end_lsn(msg: &[u8]) -> Lsn {
+    msg.get(10..18).map(|b| Lsn(u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))).unwrap_or(Lsn::ZERO)
 }
 
 /// The commit LSN a pgoutput BEGIN message announces.
