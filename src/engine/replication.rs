@@ -649,8 +649,9 @@ fn read_loop(mut conn: Conn, mut pending: Vec<u8>, tx: SyncSender<Chunk>, mut wa
     }
 }
 
-/// The reader thread must never run a Postgres signal handler.
-fn block_signals() {
+/// Threads the sink starts inside a backend (this reader, async runtimes) must
+/// never run a Postgres signal handler: block every signal in the calling thread.
+pub fn block_signals() {
     // SAFETY: only changes this thread's signal mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

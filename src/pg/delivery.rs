@@ -139,15 +139,8 @@ impl Session {
 }
 
 /// Runtime threads must never run a Postgres signal handler (a SIGHUP landing on
-/// one would call into Postgres from a foreign thread): block every signal there.
-pub fn block_signals() {
-    // SAFETY: only changes this thread's signal mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
+/// one would call into Postgres from a foreign thread): they block every signal.
+pub use crate::engine::replication::block_signals;
 
 fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, SinkError> {
     let options = catalog::effective_options(sink)?;
