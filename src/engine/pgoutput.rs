@@ -241,6 +241,27 @@ pub enum Decoded {
     Commit(Transaction),
 }
 
+/// The 8 bytes at `at` as an LSN.
+fn lsn_at(msg: &[u8], at: usize) -> Option<Lsn> {
+    msg.get(at..at + 8).map(|b| Lsn(u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))))
+}
+
+/// The commit LSN a BEGIN message announces (`None` for other messages).
+pub fn begin_commit_lsn(msg: &[u8]) -> Option<Lsn> {
+    (msg.first() == Some(&b'B')).then(|| lsn_at(msg, 1)).flatten()
+}
+
+/// The end of the commit record a COMMIT message carries (`None` for others).
+pub fn commit_end_lsn(msg: &[u8]) -> Option<Lsn> {
+    (msg.first() == Some(&b'C')).then(|| lsn_at(msg, 10)).flatten()
+}
+
+/// Relation, type and origin messages describe the stream; each decoding session
+/// sends them again, so they do not count as the stream's content.
+pub fn is_metadata(msg: &[u8]) -> bool {
+    matches!(msg.first(), Some(b'R' | b'Y' | b'O'))
+}
+
 /// Builders for pgoutput messages, used by tests here and in the pipeline.
 #[cfg(test)]
 pub mod wire {
@@ -331,6 +352,17 @@ pub mod wire {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_transaction_bounds_without_decoding() {
+        use super::wire::*;
+        assert_eq!(begin_commit_lsn(&begin(0x1_0000_0100, 0, 5)), Some(Lsn(0x1_0000_0100)));
+        assert_eq!(commit_end_lsn(&commit(0x100, 0x118, 0)), Some(Lsn(0x118)));
+        assert_eq!(begin_commit_lsn(&commit(0x100, 0x118, 0)), None);
+        assert_eq!(commit_end_lsn(&[b'C', 0]), None, "truncated");
+        assert!(is_metadata(&relation(1, "public", "t", b'd', &[("id", 23, true)])));
+        assert!(!is_metadata(&insert(1, &[Some("1")])));
+    }
+
     use super::wire::*;
     use super::*;
 

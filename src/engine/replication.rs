@@ -197,6 +197,16 @@ impl Write for Conn {
     }
 }
 
+/// Why [`start`] failed.
+#[derive(Debug)]
+pub enum StartError {
+    /// Could not connect, authenticate or talk to the walsender.
+    Connect(SinkError),
+    /// Connected, but the walsender refused START_REPLICATION (`code`: its
+    /// SQLSTATE, e.g. 55006 while another process holds the slot).
+    Refused { code: String, error: SinkError },
+}
+
 /// A server error or notice: severity, SQLSTATE, message, detail, hint.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ServerError {
@@ -288,7 +298,30 @@ fn be_u64(b: &[u8]) -> u64 {
 
 /// Connect, authenticate and start streaming `slot` from `start` with pgoutput
 /// (protocol version 1) for `publication`.
-pub fn start(target: &Target, slot: &str, publication: &str, start: Lsn) -> Result<Stream> {
+pub fn start(target: &Target, slot: &str, publication: &str, start: Lsn) -> Result<Stream, StartError> {
+    let mut hs = handshake(target).map_err(StartError::Connect)?;
+    let command = start_command(slot, publication, start);
+    let mut msg = BytesMut::new();
+    frontend::query(&command, &mut msg).map_err(|e| StartError::Connect(SinkError::transient(format!("START_REPLICATION: {e}"))))?;
+    hs.send(&msg).map_err(StartError::Connect)?;
+    loop {
+        match hs.read_message().map_err(StartError::Connect)? {
+            (b'W', _) => break,
+            (b'E', body) => {
+                let e = parse_error_fields(&body);
+                let code = e.code.clone();
+                return Err(StartError::Refused { code, error: server_error(&format!("could not start streaming slot \"{slot}\""), e) });
+            }
+            _ => {}
+        }
+    }
+    let Handshake { conn, buf: leftover, .. } = hs;
+    conn.set_read_timeout(None).map_err(|e| StartError::Connect(SinkError::transient(format!("socket: {e}"))))?;
+    Stream::spawn(conn, leftover).map_err(StartError::Connect)
+}
+
+/// Connect and authenticate; returns once the server is ready for a command.
+fn handshake(target: &Target) -> Result<Handshake> {
     let where_ = target.describe();
     let conn = Conn::open(target, Duration::from_secs(10))
         .map_err(|e| SinkError::transient(format!("could not connect to the walsender at {where_}: {e}")))?;
@@ -313,20 +346,7 @@ pub fn start(target: &Target, slot: &str, publication: &str, start: Lsn) -> Resu
             _ => {}
         }
     }
-    let command = start_command(slot, publication, start);
-    let mut msg = BytesMut::new();
-    frontend::query(&command, &mut msg).map_err(|e| SinkError::transient(format!("START_REPLICATION: {e}")))?;
-    hs.send(&msg)?;
-    loop {
-        match hs.read_message()? {
-            (b'W', _) => break,
-            (b'E', body) => return Err(server_error(&format!("could not start streaming slot \"{slot}\""), parse_error_fields(&body))),
-            _ => {}
-        }
-    }
-    let Handshake { conn, buf: leftover, .. } = hs;
-    conn.set_read_timeout(None).map_err(|e| SinkError::transient(format!("socket: {e}")))?;
-    Stream::spawn(conn, leftover)
+    Ok(hs)
 }
 
 /// `START_REPLICATION SLOT "s" LOGICAL X/Y (proto_version '1', publication_names '"p"')`.
@@ -343,7 +363,7 @@ pub fn start_command(slot: &str, publication: &str, start: Lsn) -> String {
 fn authenticate(hs: &mut Handshake, target: &Target) -> Result<()> {
     let need_password = || {
         target.password.clone().ok_or_else(|| {
-            SinkError::transient(format!("the walsender at {} asks user \"{}\" for a password", hs_target(target), target.user))
+            SinkError::transient(format!("the walsender at {} asks user \"{}\" for a password", target.describe(), target.user))
                 .hint("Allow local replication connections of the superuser (trust or peer in pg_hba.conf), or give a password in pg_sink.replication_conninfo.")
         })
     };
@@ -396,10 +416,6 @@ fn authenticate(hs: &mut Handshake, target: &Target) -> Result<()> {
         }
         hs.send(&msg)?;
     }
-}
-
-fn hs_target(t: &Target) -> String {
-    t.describe()
 }
 
 /// What the reader thread hands over: raw bytes holding whole frames, or the end.
@@ -624,8 +640,7 @@ fn read_loop(mut conn: Conn, mut pending: Vec<u8>, tx: SyncSender<Chunk>, mut wa
         let whole = whole_frames(&pending);
         if whole > 0 {
             let rest = pending[whole..].to_vec();
-            let frames = std::mem::replace(&mut pending, rest);
-            let mut frames = frames;
+            let mut frames = std::mem::replace(&mut pending, rest);
             frames.truncate(whole);
             if tx.send(Chunk::Frames(frames)).is_err() {
                 return;

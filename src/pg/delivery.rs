@@ -22,8 +22,9 @@ use crate::engine::connector::{Batch, Connector, ConnectorConfig, Record};
 use crate::engine::error::SinkError;
 use crate::engine::lsn::Lsn;
 use crate::engine::options::SinkDefinition;
+use crate::engine::pgoutput;
 use crate::engine::pipeline::Pipeline;
-use crate::engine::replication;
+use crate::engine::replication::{self, StartError};
 use crate::engine::types::{PgType, TypeResolver};
 
 use super::catalog::{self, SinkRow};
@@ -107,19 +108,15 @@ impl Session {
         }
     }
 
-    /// The stream's wake descriptor, for the caller's idle wait; `None` when the
-    /// sink has no stream or something is already waiting (do not sleep then).
-    pub fn idle_wait_fd(&mut self) -> Option<Option<i32>> {
-        match self.cached.as_mut().and_then(|(_, p)| p.stream.as_mut()) {
-            None => Some(None),
-            Some(s) => {
-                if s.ready() {
-                    None
-                } else {
-                    Some(Some(s.wake_fd()))
-                }
-            }
-        }
+    /// Something is waiting in the stream (or it ended): the caller must not sleep.
+    pub fn stream_ready(&mut self) -> bool {
+        self.cached.as_mut().and_then(|(_, p)| p.stream.as_mut()).is_some_and(|s| s.ready())
+    }
+
+    /// The stream's wake descriptor, for the caller's idle wait (after
+    /// [`Session::stream_ready`] said false).
+    pub fn stream_wake_fd(&self) -> Option<i32> {
+        self.cached.as_ref().and_then(|(_, p)| p.stream.as_ref()).map(|s| s.wake_fd())
     }
 
     fn runtime(&mut self) -> Result<std::sync::Arc<tokio::runtime::Runtime>, SinkError> {
@@ -252,27 +249,23 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
     };
     run.batch = run.pipeline.new_batch();
     let transport = if session_fell_back { Transport::Sql } else { transport };
-    let (_messages, caught_up, flushed) = match transport {
+    let (caught_up, flushed) = match transport {
         Transport::Sql => {
             *stream = None;
             let flushed: Lsn = select_one("SELECT pg_current_wal_flush_lsn()::text", &[]).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
             let n = run.peek_all(sink, step_limit)?;
-            (n, (n as i64) < step_limit, flushed)
+            ((n as i64) < step_limit, flushed)
         }
         Transport::Auto | Transport::Walsender => {
             let reused = stream.is_some();
             if !reused {
                 match open_stream(sink, confirmed) {
                     Ok(s) => *stream = Some(s),
-                    Err(e) if transport == Transport::Auto && !e.1 => {
-                        warning!(
-                            "pg_sink sink \"{}\": reading the slot through SQL instead of a walsender: {}",
-                            sink.name,
-                            e.0.summary()
-                        );
+                    Err(StartError::Connect(e)) if transport == Transport::Auto => {
+                        warning!("pg_sink sink \"{}\": reading the slot through SQL instead of a walsender: {}", sink.name, e.summary());
                         return Err(SinkError::transient(FALL_BACK));
                     }
-                    Err(e) => return Err(e.0),
+                    Err(StartError::Connect(e) | StartError::Refused { error: e, .. }) => return Err(e),
                 }
             }
             let Some(s) = stream.as_mut() else { return Err(SinkError::transient("replication stream unavailable")) };
@@ -281,7 +274,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
             let fed = s.feedback(confirmed, true);
             let lost_at_start = fed.is_err();
             match fed.and_then(|_| run.stream(s, step_limit, upto, stop_requested, idle_end)) {
-                Ok((n, caught_up)) => (n, caught_up, upto),
+                Ok(caught_up) => (caught_up, upto),
                 Err(e) if reused && (lost_at_start || run.lost_at_start) => {
                     // The walsender went away between steps (sync(), preview() or
                     // drop_sink() took the slot, or the server ended it): open a new
@@ -333,31 +326,24 @@ pub fn stream_application_name(slot: &str) -> String {
     format!("pg_sink stream {slot}")
 }
 
-/// Open a walsender stream of the sink's slot from `confirmed`. The bool says
-/// whether the connection itself worked (a refused START_REPLICATION, e.g. while
-/// a previous walsender still holds the slot, is retried, not a reason to fall back).
-fn open_stream(sink: &SinkRow, confirmed: Lsn) -> Result<replication::Stream, (SinkError, bool)> {
+/// Open a walsender stream of the sink's slot from `confirmed`. The walsender of
+/// a worker that just exited may hold the slot for a moment: that refusal is
+/// retried for 2 s.
+fn open_stream(sink: &SinkRow, confirmed: Lsn) -> Result<replication::Stream, StartError> {
     // A bad setting is the administrator's to fix: retried, not a failed sink.
-    let mut target = replication_target().map_err(|e| (SinkError { kind: crate::engine::error::ErrorKind::Transient, ..e }, false))?;
+    let mut target = replication_target().map_err(|e| StartError::Connect(SinkError { kind: crate::engine::error::ErrorKind::Transient, ..e }))?;
     target.application_name = stream_application_name(&sink.slot_name);
-    let mut last = None;
-    // A walsender of a worker that just exited may hold the slot for a moment.
-    for attempt in 0..20 {
+    let mut attempt = 0;
+    loop {
         match replication::start(&target, &sink.slot_name, &sink.publication_name, confirmed) {
-            Ok(s) => return Ok(s),
-            Err(e) if e.message.contains("could not start streaming") => {
-                let busy = e.message.contains("55006");
-                last = Some(e);
-                if !busy || attempt == 19 {
-                    break;
-                }
+            Err(StartError::Refused { code, .. }) if code == "55006" && attempt < 20 => {
+                attempt += 1;
                 std::thread::sleep(Duration::from_millis(100));
                 pgrx::check_for_interrupts!();
             }
-            Err(e) => return Err((e, false)),
+            other => return other,
         }
     }
-    Err((last.unwrap_or_else(|| SinkError::transient("could not start streaming")), true))
 }
 
 /// This server, as the bootstrap superuser, over its first Unix socket (or
@@ -446,35 +432,12 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Read the peek's output through a cursor, delivering batches of whole
-    /// transactions as they fill up. Batch boundaries depend only on the stream and
-    /// the settings, so a step retried after a crash produces the same batches (and
-    /// the file connector overwrites the same objects).
+    /// Read the peek's output, delivering batches of whole transactions as they
+    /// fill up. Batch boundaries depend only on the stream and the settings, so a
+    /// step retried after a crash produces the same batches (and the file
+    /// connector overwrites the same objects).
     fn peek_all(&mut self, sink: &SinkRow, limit: i64) -> Result<usize, SinkError> {
-        let limit_text = limit.to_string();
-        Spi::connect(|client| -> Result<usize, SinkError> {
-            let mut cursor = client
-                .try_open_cursor(PEEK_SQL, &[sink.slot_name.as_str().into(), limit_text.as_str().into(), sink.publication_name.as_str().into()])
-                .map_err(|e| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name)))?;
-            let mut n = 0usize;
-            loop {
-                let table = cursor.fetch(10_000).map_err(|e| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name)))?;
-                if table.is_empty() {
-                    break;
-                }
-                for row in table {
-                    n += 1;
-                    let data: Option<&[u8]> = row.get(1).map_err(|e| SinkError::permanent(format!("bad slot row: {e}")))?;
-                    if let Some(msg) = data {
-                        self.feed(msg)?;
-                    }
-                }
-                // SAFETY: the rows of this fetch were consumed above; free them now
-                // instead of at the end of the step.
-                unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
-            }
-            Ok(n)
-        })
+        peek(sink, limit, |msg| self.feed(msg))
     }
 
     /// Read the walsender's stream up to `upto` (the WAL flush position when the
@@ -482,18 +445,18 @@ impl Run<'_> {
     /// it, none after it (a later transaction's BEGIN is left in the stream for the
     /// next step), at most `limit` messages, always ending on a transaction
     /// boundary. So a step over a given backlog reads the same transactions, and
-    /// cuts the same batches, whenever it runs. Returns (messages, caught up).
+    /// cuts the same batches, whenever it runs. Returns whether it caught up.
     ///
     /// `quiet` gets the keepalive positions seen between transactions: everything
     /// before them has been read.
-    fn stream(&mut self, s: &mut replication::Stream, limit: i64, upto: Lsn, stop: Option<fn() -> bool>, quiet: &mut Lsn) -> Result<(usize, bool), SinkError> {
+    fn stream(&mut self, s: &mut replication::Stream, limit: i64, upto: Lsn, stop: Option<fn() -> bool>, quiet: &mut Lsn) -> Result<bool, SinkError> {
         let mut n = 0usize;
         let mut silent_since = std::time::Instant::now();
         let mut read_any = false;
         loop {
             let in_txn = self.pipeline.in_transaction();
             if n as i64 >= limit && !in_txn {
-                return Ok((n, false));
+                return Ok(false);
             }
             let next = s.next(Duration::from_millis(100));
             if next.is_err() && !read_any {
@@ -502,22 +465,22 @@ impl Run<'_> {
             read_any = true;
             match next? {
                 Some(replication::Message::Data { payload, .. }) => {
-                    if !in_txn && payload.first() == Some(&b'B') && begin_final_lsn(payload) > upto {
+                    if !in_txn && pgoutput::begin_commit_lsn(payload).is_some_and(|l| l > upto) {
                         s.unread();
-                        return Ok((n, true));
+                        return Ok(true);
                     }
                     // Relation and type messages are sent once per walsender, not
                     // once per step: only the rest count, so limits cut the same
                     // place on a new stream.
-                    if !matches!(payload.first(), Some(b'R' | b'Y' | b'O')) {
+                    if !pgoutput::is_metadata(payload) {
                         n += 1;
                     }
                     self.feed(payload)?;
                     silent_since = std::time::Instant::now();
                     // A transaction whose commit record ends at or past `upto` is
                     // the last one committed before it: nothing more to wait for.
-                    if payload.first() == Some(&b'C') && commit_end_lsn(payload) >= upto {
-                        return Ok((n, true));
+                    if pgoutput::commit_end_lsn(payload).is_some_and(|l| l >= upto) {
+                        return Ok(true);
                     }
                 }
                 Some(replication::Message::Keepalive { end, reply }) => {
@@ -528,7 +491,7 @@ impl Run<'_> {
                     if !in_txn {
                         *quiet = (*quiet).max(end);
                         if end >= upto {
-                            return Ok((n, true));
+                            return Ok(true);
                         }
                     }
                     silent_since = std::time::Instant::now();
@@ -549,45 +512,41 @@ impl Run<'_> {
     }
 }
 
-/// The end of the commit record a pgoutput COMMIT message carries.
-fn commit_end_lsn(msg: &[u8]) -> Lsn {
-    msg.get(10..18).map(|b| Lsn(u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))).unwrap_or(Lsn::ZERO)
-}
-
-/// The commit LSN a pgoutput BEGIN message announces.
-fn begin_final_lsn(msg: &[u8]) -> Lsn {
-    msg.get(1..9).map(|b| Lsn(u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))).unwrap_or(Lsn::ZERO)
-}
-
 const PEEK_SQL: &str = "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
                         'proto_version', '1', 'publication_names', $3)";
 
-/// Peek up to `limit` pgoutput messages and feed them to the pipeline. Returns the
-/// number of messages read.
-fn peek(sink: &SinkRow, limit: i64, pipeline: &mut Pipeline, types: &mut dyn TypeResolver, batch: &mut Batch) -> Result<usize, SinkError> {
+/// Peek up to `limit` pgoutput messages of the sink's slot, read through a cursor,
+/// and hand each to `feed`. Returns the number of messages read.
+fn peek(sink: &SinkRow, limit: i64, mut feed: impl FnMut(&[u8]) -> Result<(), SinkError>) -> Result<usize, SinkError> {
     let limit_text = limit.to_string();
+    let unreadable = |e: pgrx::spi::Error| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name));
     Spi::connect(|client| {
-        let table = client
-            .select(
-                PEEK_SQL,
-                None,
-                &[sink.slot_name.as_str().into(), limit_text.as_str().into(), sink.publication_name.as_str().into()],
-            )
-            .map_err(|e| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name)))?;
-        let n = table.len();
-        for row in table {
-            let data: Option<&[u8]> = row.get(1).map_err(|e| SinkError::permanent(format!("bad slot row: {e}")))?;
-            if let Some(msg) = data {
-                pipeline.feed(msg, types, batch)?;
+        let mut cursor = client
+            .try_open_cursor(PEEK_SQL, &[sink.slot_name.as_str().into(), limit_text.as_str().into(), sink.publication_name.as_str().into()])
+            .map_err(unreadable)?;
+        let mut n = 0usize;
+        loop {
+            let table = cursor.fetch(10_000).map_err(unreadable)?;
+            if table.is_empty() {
+                return Ok(n);
             }
+            for row in table {
+                n += 1;
+                let data: Option<&[u8]> = row.get(1).map_err(|e| SinkError::permanent(format!("bad slot row: {e}")))?;
+                if let Some(msg) = data {
+                    feed(msg)?;
+                }
+            }
+            // SAFETY: the rows of this fetch were consumed above; free them now
+            // instead of at the end of the step.
+            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
         }
-        Ok(n)
     })
 }
 
 fn preview_changes(sink: &SinkRow, pipeline: &mut Pipeline, types: &mut dyn TypeResolver, limit: usize) -> Result<Outcome, SinkError> {
     let mut batch = pipeline.new_batch();
-    peek(sink, limit.max(1) as i64, pipeline, types, &mut batch)?;
+    peek(sink, limit.max(1) as i64, |msg| pipeline.feed(msg, types, &mut batch))?;
     batch.records.truncate(limit);
     Ok(Outcome { records: batch.records.len(), preview: batch.records, ..Default::default() })
 }

@@ -279,11 +279,8 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
                     }
                     Next::Idle => {
                         // With a stream, new changes wake the worker at once.
-                        let fd = session.idle_wait_fd();
-                        if let Some(fd) = fd {
-                            if !wait_latch_or_fd(fd, gucs::poll_interval()) {
-                                break;
-                            }
+                        if !session.stream_ready() && !wait_latch_or_fd(session.stream_wake_fd(), gucs::poll_interval()) {
+                            break;
                         }
                     }
                     Next::Busy => {
