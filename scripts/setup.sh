@@ -12,16 +12,27 @@ PROFILE=()
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-pkgs=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config cmake libssl-dev zlib1g-dev openssl)
+# The build, PostgreSQL, and the servers and tools the tests start themselves
+# (MariaDB, nats-server, kcat, wal2json for the benchmark's pipe).
+pkgs=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config cmake libssl-dev zlib1g-dev openssl
+      mariadb-server mariadb-client nats-server kcat postgresql-15-wal2json)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# Java 17 and Maven run Apache Kafka and the schema registry (from Maven Central).
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 # Node.js and npm run Azurite (the Azure Storage emulator of the tests); a Node.js
 # installed otherwise (with its own npm) is reused.
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The packages' own services (MariaDB's, PostgreSQL's) are not started: the
+  # scripts start their own servers on their own ports and data directories.
+  policy=/usr/sbin/policy-rc.d made_policy=0
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; made_policy=1; fi
   apt-get install -y -qq "${missing[@]}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
+  [ "$made_policy" = 0 ] || rm -f "$policy"
 fi
 
 if ! cargo pgrx --version 2>/dev/null | grep -q '0\.18\.0'; then

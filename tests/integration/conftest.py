@@ -53,6 +53,27 @@ def services(*scripts):
             sh(script, env, "stop")
 
 
+MARIADB_PORT = int(os.environ.get("PGSINK_TEST_MARIADB_PORT", "13306"))
+NATS_PORT = int(os.environ.get("PGSINK_TEST_NATS_PORT", "14222"))
+NATS_DATA = "/tmp/pg_sink_nats"
+
+
+@pytest.fixture(scope="session")
+def mariadb_server():
+    """MariaDB on 127.0.0.1:MARIADB_PORT (scripts/mariadb.sh), root without a password."""
+    with services(("mariadb.sh", dict(os.environ, MARIADB_PORT=str(MARIADB_PORT)))):
+        yield MARIADB_PORT
+
+
+@pytest.fixture(scope="session")
+def nats_servers():
+    """The NATS servers of scripts/nats.sh, JetStream on: NATS_PORT accepts clients
+    without credentials, users and an NKEY; NATS_PORT+1 is the JWT (operator-mode)
+    server. Yields the directory holding their keys and credentials."""
+    with services(("nats.sh", dict(os.environ, NATS_PORT=str(NATS_PORT), NATS_DATA=NATS_DATA))):
+        yield NATS_DATA
+
+
 def execute(conn, sql):
     """sink.execute(sql) as a list of dicts (command, kind, name, owner, connector, details)."""
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:

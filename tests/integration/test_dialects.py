@@ -11,7 +11,7 @@ placeholders (`<source, table or mview>`, `FROM ...`, `<BROKER_PASSWORD>`,
 
 Servers: noida-db (scripts/kafka.sh, 127.0.0.1:19093), the schema registry stand-in
 (scripts/registry.sh, 127.0.0.1:18083, basic auth sink/registry-pw), moto
-(scripts/moto.sh, 127.0.0.1:15010) and the machine's nats-server (127.0.0.1:4222).
+(scripts/moto.sh, 127.0.0.1:15010) and nats-server (scripts/nats.sh, 127.0.0.1:14222).
 Where a seed example names a server that cannot run here (Confluent Cloud hosts,
 SSL/SASL brokers, kafka.abc.com, cloud object stores), the test turns
 `pg_sink.validate_connections` off for its session, says why, and checks the
@@ -32,7 +32,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from psycopg.rows import dict_row
 
 from conftest import execute as run, execute_fails as fails, services
-from conftest import connect, file_records, one, out_dir, wait_caught_up, wait_started
+from conftest import NATS_PORT, connect, file_records, one, out_dir, wait_caught_up, wait_started
 from test_avro import decode, registry
 from test_kafka import read_topic
 from test_kinesis import ENDPOINT as KINESIS_ENDPOINT
@@ -45,7 +45,7 @@ RPORT = 18083
 REGISTRY = f"http://127.0.0.1:{RPORT}"
 RENV = dict(os.environ, REGISTRY_PORT=str(RPORT), REGISTRY_DATA="/tmp/pg_sink_test_registry",
             REGISTRY_USER="sink", REGISTRY_PASSWORD="registry-pw")
-NATS_SERVER = "127.0.0.1:4222"
+NATS_SERVER = f"127.0.0.1:{NATS_PORT}"
 CONFLUENT_HOST = "unique-jellyfish-0000.us-east-1.aws.confluent.cloud"
 
 # ----------------------------------------------------------------- seed examples
@@ -913,7 +913,7 @@ def test_rw_kinesis_syntax_block_filled_in(db, moto, clean):
     assert [(d["key"], d["value"]) for d in docs] == [({"id": 1}, {"id": 1, "v": "a"})]
 
 
-def test_rw_nats_syntax_block_in_plain_mode_delivers(db, clean):
+def test_rw_nats_syntax_block_in_plain_mode_delivers(db, clean, nats_servers):
     table(db, clean, "CREATE TABLE d_nats_src (id int PRIMARY KEY, v text)", "d_nats_src")
     db.execute("INSERT INTO d_nats_src VALUES (1, 'a'), (2, 'b')")
     sql = (RW_NATS_SYNTAX.replace("[ IF NOT EXISTS ] sink_name", "IF NOT EXISTS d_nats_sink")
@@ -960,7 +960,7 @@ def test_rw_nats_syntax_block_in_plain_mode_delivers(db, clean):
 
 def test_rw_nats_syntax_block_with_its_optional_parameters(db, clean):
     # Filled in with every optional parameter (credential mode, backtick strings).
-    # No JWT-authenticated server runs on 4222 (test_nats covers that mode with
+    # The server on NATS_PORT does not take JWTs (test_nats covers that mode with
     # scripts/nats.sh), so reachability checks are off for this session. The block
     # misses two commas; they are added here (without them it is a syntax error, see
     # the malformed matrix).

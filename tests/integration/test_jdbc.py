@@ -1,5 +1,5 @@
-"""The `jdbc` connector mirrors a table into another database: the machine's MariaDB
-(127.0.0.1:3306, database pg_sink_it created here and dropped at the end) and a
+"""The `jdbc` connector mirrors a table into another database: a MariaDB
+server started by scripts/mariadb.sh (127.0.0.1:13306, database pg_sink_it created here and dropped at the end) and a
 second PostgreSQL database (jdbc_target, in the test cluster). Targets are read back
 with their own clients (PyMySQL, psycopg) and compared with the source row by row,
 after normal delivery, after worker kills and immediate restarts, and for every
@@ -17,9 +17,9 @@ import psycopg
 import pymysql
 import pytest
 
-from conftest import PORT, cluster, connect, one, sqlstate_of, wait_caught_up, wait_for, wait_started
+from conftest import MARIADB_PORT, PORT, cluster, connect, one, sqlstate_of, wait_caught_up, wait_for, wait_started
 
-MYSQL_HOST, MYSQL_PORT = "127.0.0.1", 3306
+MYSQL_HOST, MYSQL_PORT = "127.0.0.1", MARIADB_PORT
 MYSQL_DB = "pg_sink_it"
 MYSQL_USER, MYSQL_PASSWORD = "pgsink", "pgsink-Secret-42"  # created for these tests
 PG_DB = "jdbc_target"
@@ -57,7 +57,7 @@ def mysql_run(*stmts, database=MYSQL_DB):
 
 
 @pytest.fixture(scope="module")
-def mariadb():
+def mariadb(mariadb_server):
     try:
         mysql_run("SELECT 1", database=None)
     except pymysql.err.OperationalError as e:

@@ -1,19 +1,22 @@
-"""NATS connector against real nats-server processes: the machine's server on
-127.0.0.1:4222 (JetStream enabled) and, for authentication, servers started by
-scripts/nats.sh. Messages are read back with the independent nats-py client."""
+"""NATS connector against real nats-server processes started by scripts/nats.sh
+(JetStream enabled): one on 127.0.0.1:14222 that takes clients without
+credentials, users and an NKEY, and an operator-mode (JWT) one on 14223. Messages
+are read back with the independent nats-py client."""
 import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
 
 import nats
 import pytest
 
-from conftest import ROOT, one, sqlstate_of, wait_caught_up, wait_for, wait_started
+from conftest import NATS_PORT, one, sqlstate_of, wait_caught_up, wait_for, wait_started
 
-SYSTEM = "127.0.0.1:4222"
+SYSTEM = f"127.0.0.1:{NATS_PORT}"
+JWT_SERVER = f"127.0.0.1:{NATS_PORT + 1}"
+
+pytestmark = pytest.mark.usefixtures("nats_servers")
 
 
 def run(coro):
@@ -155,11 +158,8 @@ def test_bad_nats_options(db, table):
 
 
 @pytest.fixture(scope="module")
-def auth_servers(server):
-    env = dict(os.environ, NATS_PORT="14222", NATS_DATA="/tmp/pg_sink_nats")
-    subprocess.run([os.path.join(ROOT, "scripts", "nats.sh"), "start"], env=env, check=True)
-    yield "/tmp/pg_sink_nats"
-    subprocess.run([os.path.join(ROOT, "scripts", "nats.sh"), "stop"], env=env, check=True)
+def auth_servers(server, nats_servers):
+    return nats_servers
 
 
 def _read(path):
@@ -170,9 +170,9 @@ def _read(path):
 def test_every_connect_mode_and_wrong_credentials(db, table, auth_servers):
     d = auth_servers
     modes = {
-        "n_plain": {"server_url": "127.0.0.1:14222", "subject": "auth.plain", "connect_mode": "plain"},
-        "n_userpass": {"server_url": "127.0.0.1:14222", "subject": "auth.up", "connect_mode": "user_and_password", "username": "sinkuser", "password": "sinkpass"},
-        "n_jwt": {"server_url": "127.0.0.1:14223", "subject": "auth.jwt", "connect_mode": "credential", "jwt": _read(f"{d}/user.jwt"), "nkey": _read(f"{d}/user_jwt.nk")},
+        "n_plain": {"server_url": SYSTEM, "subject": "auth.plain", "connect_mode": "plain"},
+        "n_userpass": {"server_url": SYSTEM, "subject": "auth.up", "connect_mode": "user_and_password", "username": "sinkuser", "password": "sinkpass"},
+        "n_jwt": {"server_url": JWT_SERVER, "subject": "auth.jwt", "connect_mode": "credential", "jwt": _read(f"{d}/user.jwt"), "nkey": _read(f"{d}/user_jwt.nk")},
     }
     got = {}
 
@@ -189,14 +189,14 @@ def test_every_connect_mode_and_wrong_credentials(db, table, auth_servers):
 
     loop = asyncio.new_event_loop()
     subs = {
-        "n_plain": loop.run_until_complete(listen("nats://127.0.0.1:14222", "auth.plain")),
-        "n_userpass": loop.run_until_complete(listen("nats://127.0.0.1:14222", "auth.up", user="sinkuser", password="sinkpass")),
-        "n_jwt": loop.run_until_complete(listen("nats://127.0.0.1:14223", "auth.jwt", user_credentials=f"{d}/user.creds")),
+        "n_plain": loop.run_until_complete(listen(f"nats://{SYSTEM}", "auth.plain")),
+        "n_userpass": loop.run_until_complete(listen(f"nats://{SYSTEM}", "auth.up", user="sinkuser", password="sinkpass")),
+        "n_jwt": loop.run_until_complete(listen(f"nats://{JWT_SERVER}", "auth.jwt", user_credentials=f"{d}/user.creds")),
     }
     # Secrets for the password and the seed, through connections.
     db.execute("SELECT sink.create_secret('nats_pw', 'sinkpass')")
     db.execute("SELECT sink.create_connection('nats_up', 'nats', %s::jsonb)",
-               (json.dumps({"server_url": "127.0.0.1:14222", "connect_mode": "user_and_password", "username": "sinkuser", "password": {"secret": "nats_pw"}}),))
+               (json.dumps({"server_url": SYSTEM, "connect_mode": "user_and_password", "username": "sinkuser", "password": {"secret": "nats_pw"}}),))
     for name, opts in modes.items():
         if name == "n_userpass":
             db.execute("SELECT sink.create_sink(%s, 'n_items', connection => 'nats_up', options => %s::jsonb, envelope => 'upsert', snapshot => false)", (name, json.dumps({"subject": "auth.up"})))
@@ -217,8 +217,8 @@ def test_every_connect_mode_and_wrong_credentials(db, table, auth_servers):
     db.execute("SELECT sink.drop_secret('nats_pw')")
     # Wrong credentials are refused at creation with a clear error.
     for opts in [
-        {"server_url": "127.0.0.1:14222", "subject": "x", "connect_mode": "user_and_password", "username": "sinkuser", "password": "nope"},
-        {"server_url": "127.0.0.1:14223", "subject": "x", "connect_mode": "credential", "jwt": _read(f"{d}/user.jwt"), "nkey": _read(f"{d}/user.nk")},
+        {"server_url": SYSTEM, "subject": "x", "connect_mode": "user_and_password", "username": "sinkuser", "password": "nope"},
+        {"server_url": JWT_SERVER, "subject": "x", "connect_mode": "credential", "jwt": _read(f"{d}/user.jwt"), "nkey": _read(f"{d}/user.nk")},
     ]:
         st, m, _, hint = sqlstate_of(db, "SELECT sink.create_sink('n_wrong', 'n_items', 'nats', %s::jsonb)", json.dumps(opts))
         assert st == "22000" and "refused the credentials" in m and hint, (st, m)
