@@ -66,8 +66,9 @@
 #             and record counts over BENCH_WEBHOOK_CONNS (default 1: the sink sends
 #             one request at a time) keep-alive connections.
 #   jdbc-mysql     the `jdbc` connector into table bench of database pg_sink_bench
-#             (created here, dropped at exit) on the machine's MariaDB
-#             (BENCH_MYSQL, default 127.0.0.1:3306, user root, empty password).
+#             on a MariaDB started here (scripts/mariadb.sh, port
+#             BENCH_MARIADB_PORT, default 13406, data /tmp/pg_sink_bench_mariadb,
+#             user root, empty password; stopped by pid at exit).
 #   jdbc-postgres  the `jdbc` connector into table bench of database bench_target
 #             of the bench cluster itself.
 #             jdbc ceiling: the source's rows written into a second table of the
@@ -109,9 +110,13 @@ export BENCH_HERE=$HERE BENCH_ROOT=$ROOT
 # Emulators this script starts (ports apart from the integration tests' servers).
 export BENCH_KINESIS_MOTO_PORT=15032 BENCH_KINESIS_MOTO_DATA=/tmp/pg_sink_bench_moto
 export BENCH_S3_MOTO_PORT=15033 BENCH_S3_MOTO_DATA=/tmp/pg_sink_bench_moto_s3
+export BENCH_MARIADB_PORT=${BENCH_MARIADB_PORT:-13406} BENCH_MARIADB_DATA=/tmp/pg_sink_bench_mariadb
+export BENCH_MYSQL=127.0.0.1:$BENCH_MARIADB_PORT
 
 case "$BENCH_N" in ''|*[!0-9]*) echo "bench.sh: N must be a positive integer, got '$BENCH_N'" >&2; exit 2 ;; esac
 [ "$BENCH_N" -gt 0 ] || { echo "bench.sh: N must be > 0" >&2; exit 2; }
+
+mariadb_sh() { MARIADB_PORT=$BENCH_MARIADB_PORT MARIADB_DATA=$BENCH_MARIADB_DATA "$HERE/mariadb.sh" "$@"; }
 
 cleanup() {
   # The Python part stops what it started; this is for when it could not (killed).
@@ -123,6 +128,7 @@ cleanup() {
   case "$BENCH_SINK" in
     kinesis) MOTO_PORT=$BENCH_KINESIS_MOTO_PORT MOTO_DATA=$BENCH_KINESIS_MOTO_DATA "$HERE/moto.sh" stop >/dev/null 2>&1 || true ;;
     s3) MOTO_PORT=$BENCH_S3_MOTO_PORT MOTO_DATA=$BENCH_S3_MOTO_DATA "$HERE/moto.sh" stop >/dev/null 2>&1 || true ;;
+    jdbc-mysql) mariadb_sh stop >/dev/null 2>&1 || true ;;
   esac
   "$HERE/cluster.sh" stop >/dev/null 2>&1 || true
 }
@@ -136,6 +142,8 @@ mkdir -p "$ROOT" "$BENCH_OUT"
 id postgres >/dev/null 2>&1 || useradd --system --create-home postgres
 chown postgres "$BENCH_OUT"
 "$HERE/cluster.sh" start >&2
+# The jdbc-mysql target: a fresh MariaDB of its own (stopped in cleanup).
+[ "$BENCH_SINK" != jdbc-mysql ] || mariadb_sh start >&2
 
 python3 - <<'PY'
 import atexit, glob, json, os, subprocess, sys, time
@@ -300,8 +308,9 @@ elif SINK == "webhook":
 elif SINK == "jdbc-mysql":
     import pymysql
     import bench_ceilings
-    MY_HOST, _, MY_PORT = os.environ.get("BENCH_MYSQL", "127.0.0.1:3306").partition(":")
-    MY_PORT = int(MY_PORT or 3306)
+    # The MariaDB the bash part started (scripts/mariadb.sh).
+    MY_HOST, _, MY_PORT = os.environ["BENCH_MYSQL"].partition(":")
+    MY_PORT = int(MY_PORT)
     MY_DB = "pg_sink_bench"
 
     def my_connect(database=None, autocommit=True):

@@ -17,17 +17,25 @@ benchmark's data into the same target, to compare a sink with.
 Each returns (seconds, rows or objects written). bench.sh imports this file.
 
     python3 scripts/bench_ceilings.py selftest --pg-dsn DSN [--rows 20000]
-        [--s3-endpoint http://127.0.0.1:PORT] [--mysql 127.0.0.1:3306]
+        [--s3-endpoint http://127.0.0.1:PORT] [--mysql [HOST:]PORT] [--start-mariadb]
 
 selftest creates a source table like the benchmark's in the database of --pg-dsn
 (table bench_ceiling_src, dropped at the end), then runs each ceiling and checks
-what arrived; MariaDB gets a database pg_sink_bench_selftest, created and dropped."""
+what arrived; MariaDB gets a database pg_sink_bench_selftest, created and dropped.
+--mysql names a MariaDB with a passwordless root (default port 13406, the one
+scripts/bench.sh starts: MARIADB_PORT=13406 scripts/mariadb.sh start);
+--start-mariadb starts one there for the selftest with scripts/mariadb.sh (data
+/tmp/pg_sink_bench_mariadb_selftest) and stops it at the end."""
 import argparse
+import os
+import subprocess
 import sys
 import time
 
 MIB = 1 << 20
 STMT_ROWS = 1000
+# scripts/bench.sh's MariaDB (scripts/mariadb.sh with MARIADB_PORT=13406).
+MYSQL_PORT = 13406
 COLUMNS = ("id", "payload", "amount", "at", "tags")
 # The benchmark table in each target (bench.sh creates the sink's and the ceiling's).
 MYSQL_DDL = "CREATE TABLE {t} (id BIGINT PRIMARY KEY, payload TEXT, amount DECIMAL(12,2), at DATETIME(6), tags TEXT)"
@@ -156,15 +164,15 @@ def selftest(args):
 
         if args.mysql:
             import pymysql
-            host, _, port = args.mysql.partition(":")
+            host, port = mysql_address(args.mysql)
             db = "pg_sink_bench_selftest"
-            admin = pymysql.connect(host=host, port=int(port or 3306), user="root", password="", autocommit=True)
+            admin = pymysql.connect(host=host, port=port, user="root", password="", autocommit=True)
             with admin.cursor() as c:
                 c.execute(f"DROP DATABASE IF EXISTS {db}")
                 c.execute(f"CREATE DATABASE {db} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
                 c.execute(MYSQL_DDL.format(t=f"{db}.bench_ceiling"))
             try:
-                my = pymysql.connect(host=host, port=int(port or 3306), user="root", password="", database=db, charset="utf8mb4")
+                my = pymysql.connect(host=host, port=port, user="root", password="", database=db, charset="utf8mb4")
                 with my.cursor() as c:
                     c.execute("FLUSH STATUS")
                 s, w = mysql_ceiling(src, "bench_ceiling_src", args.rows, args.txn_rows, my, "bench_ceiling")
@@ -209,10 +217,35 @@ def main():
     t.add_argument("--pg-dsn", required=True)
     t.add_argument("--rows", type=int, default=20000)
     t.add_argument("--txn-rows", type=int, default=20000)
-    t.add_argument("--mysql", help="host:port of a MariaDB/MySQL with a passwordless root")
+    t.add_argument("--mysql", nargs="?", const=str(MYSQL_PORT),
+                   help=f"[host:]port of a MariaDB/MySQL with a passwordless root (default 127.0.0.1:{MYSQL_PORT})")
+    t.add_argument("--start-mariadb", action="store_true",
+                   help="start a MariaDB on --mysql's port with scripts/mariadb.sh for the selftest, stop it at the end")
     t.add_argument("--s3-endpoint")
     args = ap.parse_args()
-    selftest(args)
+    if args.start_mariadb and not args.mysql:
+        args.mysql = str(MYSQL_PORT)
+    if not args.start_mariadb:
+        selftest(args)
+        return
+    host, port = mysql_address(args.mysql)
+    if host not in ("127.0.0.1", "localhost"):
+        ap.error("--start-mariadb starts a local server: --mysql must be 127.0.0.1:PORT")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mariadb.sh")
+    env = dict(os.environ, MARIADB_PORT=str(port), MARIADB_DATA="/tmp/pg_sink_bench_mariadb_selftest")
+    try:
+        subprocess.run([script, "start"], env=env, check=True, stdout=sys.stderr)
+        selftest(args)
+    finally:
+        subprocess.run([script, "stop"], env=env, stdout=sys.stderr)
+
+
+def mysql_address(text):
+    """--mysql's value: (host, port), host 127.0.0.1 and port MYSQL_PORT by default."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    return host or "127.0.0.1", int(port or MYSQL_PORT)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
 # Process handling shared by the scripts that start throwaway test servers
-# (moto.sh, registry.sh, azurite.sh). Source it after defining log() and die().
+# (moto.sh, azurite.sh, kafka.sh, apicurio.sh, mariadb.sh). Source it after defining log() and
+# die().
 #
 #   svc_running_pid PIDFILE PATTERN     pid if alive and its command line matches
-#   svc_launch PIDFILE LOG WHAT PORT CHECK CMD...
+#   svc_launch PIDFILE LOG WHAT PORT CHECK PATTERN CMD...
 #                                       start CMD in the background, wait until the
-#                                       function CHECK succeeds (30 s)
-#   svc_stop PIDFILE PATTERN            TERM, then KILL after 5 s; removes PIDFILE
+#                                       function CHECK succeeds ($SVC_WAIT seconds,
+#                                       default 30)
+#   svc_stop PIDFILE PATTERN [SECONDS]  TERM (after CONT, in case it was paused),
+#                                       then KILL after SECONDS (default 5); removes
+#                                       PIDFILE
+#   svc_kill PIDFILE PATTERN            KILL at once (a crash) and wait until it is
+#                                       gone; removes PIDFILE
 #   svc_pip IMPORTS PACKAGES...         pip install PACKAGES unless IMPORTS import
 
 svc_running_pid() {
@@ -24,7 +30,7 @@ svc_launch() {
   : >"$logfile"
   "$@" >>"$logfile" 2>&1 &
   echo $! >"$pidfile"
-  for _ in $(seq 1 150); do
+  for _ in $(seq 1 $((${SVC_WAIT:-30} * 5))); do
     if "$check"; then
       log "$what on 127.0.0.1:$port (pid $(cat "$pidfile"))"
       return 0
@@ -37,12 +43,27 @@ svc_launch() {
 }
 
 svc_stop() {
+  local pidfile=$1 pattern=$2 wait=${3:-5} pid
+  if pid=$(svc_running_pid "$pidfile" "$pattern"); then
+    kill -CONT "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 $((wait * 10))); do svc_running_pid "$pidfile" "$pattern" >/dev/null || break; sleep 0.1; done
+    if svc_running_pid "$pidfile" "$pattern" >/dev/null; then
+      [ "$wait" -le 5 ] || log "pid $pid ignored SIGTERM for ${wait}s; sending SIGKILL"
+      kill -9 "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do svc_running_pid "$pidfile" "$pattern" >/dev/null || break; sleep 0.1; done
+    fi
+    log "stopped (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+svc_kill() {
   local pidfile=$1 pattern=$2 pid
   if pid=$(svc_running_pid "$pidfile" "$pattern"); then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
-    log "stopped (pid $pid)"
+    for _ in $(seq 1 50); do svc_running_pid "$pidfile" "$pattern" >/dev/null || break; sleep 0.1; done
+    log "killed (pid $pid)"
   fi
   rm -f "$pidfile"
 }

@@ -1,12 +1,9 @@
-"""Avro, TEXT and BYTES formats through the Kafka connector, with a schema registry.
-
-No Confluent-compatible schema registry can be installed here (Karapace is not on
-the reachable PyPI; Confluent's and Apicurio's need Maven), so these tests run
-scripts/registry.py: a stand-in speaking the subset of the registry's REST API that
-pg_sink uses (register, lookup, get by id, subject config, 409 on incompatible
-schemas). The sink's client is generic and does not know it is a stand-in.
-Messages are read back with confluent-kafka (read_committed) and decoded with
-fastavro using the schema fetched from the registry by the id in each message."""
+"""Avro, TEXT and BYTES formats through the Kafka connector (Apache Kafka, started by
+scripts/kafka.sh), with a real schema registry: Apicurio Registry 3 (scripts/apicurio.sh)
+serving the Confluent-compatible API at /apis/ccompat/v7, with basic auth (user `sink`)
+over HTTP and over HTTPS with its own CA. Messages are read back with confluent-kafka
+(read_committed) and decoded with fastavro using the schema fetched from the registry
+by the id in each message."""
 import base64
 import io
 import json
@@ -23,16 +20,18 @@ from test_kafka import read_topic
 KPORT = int(os.environ.get("PGSINK_TEST_KAFKA_PORT", "19093"))
 BROKERS = f"127.0.0.1:{KPORT}"
 KENV = dict(os.environ, KAFKA_PORT=str(KPORT), KAFKA_DATA="/tmp/pg_sink_test_kafka")
-RPORT = 18083
-REGISTRY = f"http://127.0.0.1:{RPORT}"
-RENV = dict(os.environ, REGISTRY_PORT=str(RPORT), REGISTRY_DATA="/tmp/pg_sink_test_registry",
-            REGISTRY_USER="sink", REGISTRY_PASSWORD="registry-pw")
+RPORT = int(os.environ.get("PGSINK_TEST_REGISTRY_PORT", "18084"))
+RDATA = "/tmp/pg_sink_test_registry"
+REGISTRY = f"http://127.0.0.1:{RPORT}/apis/ccompat/v7"
+REGISTRY_TLS = f"https://127.0.0.1:{RPORT + 1}/apis/ccompat/v7"
+RENV = dict(os.environ, APICURIO_PORT=str(RPORT), APICURIO_DATA=RDATA,
+            APICURIO_USER="sink", APICURIO_PASSWORD="registry-pw")
 AUTH = "Basic " + base64.b64encode(b"sink:registry-pw").decode()
 
 
 @pytest.fixture(scope="module")
 def servers(server):
-    with services(("kafka.sh", KENV), ("registry.sh", RENV)):
+    with services(("kafka.sh", KENV), ("apicurio.sh", RENV)):
         yield
 
 
@@ -43,7 +42,8 @@ def registry(method, path, body=None):
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        body = e.read()
+        return e.code, json.loads(body) if body else None
 
 
 def decode(data):
@@ -232,3 +232,32 @@ def test_bad_avro_and_registry_options(db, csr):
                                  json.dumps({"url": REGISTRY, "tls": "yes"}))
     assert st == "22023" and 'unknown option "tls"' in m and hint, m
     assert one(db, "SELECT count(*) FROM sink.connections WHERE name = 'csr_bad'") == 0
+
+
+def test_registry_over_tls_with_its_ca(db, servers):
+    """The registry's HTTPS port: trusted through the connection's CA (the sink
+    registers and its messages decode); a connection trusting another CA, or none,
+    is refused when it is created."""
+    with open(os.path.join(RDATA, "tls", "ca.pem")) as f:
+        ca = f.read()
+    with open(os.path.join(KENV["KAFKA_DATA"], "tls", "ca.pem")) as f:
+        other_ca = f.read()  # the broker's CA, which did not sign the registry's certificate
+    db.execute("SELECT sink.create_secret('csr_tls_pw', 'registry-pw', if_not_exists => true)")
+    db.execute("SELECT sink.create_connection('csr_tls', 'confluent_schema_registry', %s::jsonb)",
+               (json.dumps({"url": REGISTRY_TLS, "username": "sink", "password": {"secret": "csr_tls_pw"}, "ssl_certificate_authority": ca}),))
+    db.execute("DROP TABLE IF EXISTS tls_t")
+    db.execute("CREATE TABLE tls_t (id int PRIMARY KEY, v text)")
+    db.execute("SELECT sink.create_sink('tls_sink', 'tls_t', 'kafka', %s::jsonb, envelope => 'upsert', format => 'avro', snapshot => false)",
+               (json.dumps({"brokers": BROKERS, "topic": "tls-avro", "csr_connection": "csr_tls"}),))
+    wait_started(db, "tls_sink")
+    db.execute("INSERT INTO tls_t VALUES (1, 'a'), (2, 'b')")
+    wait_caught_up(db, "tls_sink")
+    assert sorted((decode(k)[1]["id"], decode(v)[1]["v"]) for _, k, v, _ in read_topic("tls-avro")) == [(1, "a"), (2, "b")]
+    db.execute("SELECT sink.drop_sink('tls_sink')")
+    db.execute("SELECT sink.drop_connection('csr_tls')")
+    for opts in ({"url": REGISTRY_TLS, "username": "sink", "password": "registry-pw", "ssl_certificate_authority": other_ca},
+                 {"url": REGISTRY_TLS, "username": "sink", "password": "registry-pw"}):
+        st, m, detail, hint = sqlstate_of(db, "SELECT sink.create_connection('csr_tls_bad', 'confluent_schema_registry', %s::jsonb)", json.dumps(opts))
+        assert st is not None and "schema registry" in m, (st, m, detail)
+        assert detail or hint, m
+        assert one(db, "SELECT count(*) FROM sink.connections WHERE name = 'csr_tls_bad'") == 0

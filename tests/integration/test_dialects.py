@@ -9,8 +9,8 @@ it; the tests only replace host names/ports with the local servers and fill in
 placeholders (`<source, table or mview>`, `FROM ...`, `<BROKER_PASSWORD>`,
 `your_access_key`, ...) with `str.replace`, so the verbatim text stays visible.
 
-Servers: noida-db (scripts/kafka.sh, 127.0.0.1:19093), the schema registry stand-in
-(scripts/registry.sh, 127.0.0.1:18083, basic auth sink/registry-pw), moto
+Servers: Apache Kafka (scripts/kafka.sh, 127.0.0.1:19093), Apicurio Registry
+(scripts/apicurio.sh, 127.0.0.1:18084, basic auth sink/registry-pw), moto
 (scripts/moto.sh, 127.0.0.1:15010) and nats-server (scripts/nats.sh, 127.0.0.1:14222).
 Where a seed example names a server that cannot run here (Confluent Cloud hosts,
 SSL/SASL brokers, kafka.abc.com, cloud object stores), the test turns
@@ -33,7 +33,7 @@ from psycopg.rows import dict_row
 
 from conftest import execute as run, execute_fails as fails, services
 from conftest import NATS_PORT, connect, file_records, one, out_dir, wait_caught_up, wait_started
-from test_avro import decode, registry
+from test_avro import REGISTRY, RENV, decode, registry
 from test_kafka import read_topic
 from test_kinesis import ENDPOINT as KINESIS_ENDPOINT
 from test_kinesis import MENV, make_stream, read_stream
@@ -41,10 +41,6 @@ from test_kinesis import MENV, make_stream, read_stream
 KPORT = int(os.environ.get("PGSINK_TEST_KAFKA_PORT", "19093"))
 BROKERS = f"127.0.0.1:{KPORT}"
 KENV = dict(os.environ, KAFKA_PORT=str(KPORT), KAFKA_DATA="/tmp/pg_sink_test_kafka")
-RPORT = 18083
-REGISTRY = f"http://127.0.0.1:{RPORT}"
-RENV = dict(os.environ, REGISTRY_PORT=str(RPORT), REGISTRY_DATA="/tmp/pg_sink_test_registry",
-            REGISTRY_USER="sink", REGISTRY_PASSWORD="registry-pw")
 NATS_SERVER = f"127.0.0.1:{NATS_PORT}"
 CONFLUENT_HOST = "unique-jellyfish-0000.us-east-1.aws.confluent.cloud"
 
@@ -393,7 +389,7 @@ def clean(db):
 
 @pytest.fixture(scope="module")
 def servers(server):
-    with services(("kafka.sh", KENV), ("registry.sh", RENV)):
+    with services(("kafka.sh", KENV), ("apicurio.sh", RENV)):
         yield
 
 

@@ -229,13 +229,58 @@ fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
     Ok(Box::new(KafkaConnector { settings: settings(cfg)?, state: None, partitioner: HashMap::new() }))
 }
 
-/// Collects the first per-message delivery error, so a failed batch can say why.
+/// Remembers the last refusal among the client-level errors librdkafka reports. A
+/// refused password or an untrusted certificate reaches the caller of a request only
+/// as a transport failure or a timeout (and later errors, such as "all brokers
+/// down", follow it); this keeps the reason, so the failure can say what was refused.
+#[derive(Default)]
+pub struct ClientErrors {
+    refused: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
+}
+
+impl ClientErrors {
+    fn record(&self, error: &KafkaError, reason: &str) {
+        let Some(code) = error.rdkafka_error_code() else { return };
+        if refusal(code, reason, "").is_some() {
+            if let Ok(mut slot) = self.refused.lock() {
+                *slot = Some((code, reason.to_string()));
+            }
+        }
+    }
+
+    /// A permanent error when the brokers refused our credentials or certificate.
+    fn refusal(&self, brokers: &str) -> Option<SinkError> {
+        let (code, reason) = self.refused.lock().ok()?.clone()?;
+        refusal(code, &reason, brokers)
+    }
+}
+
+/// The error for a broker that refused who we are: SASL credentials (wrong user,
+/// password or mechanism) or TLS (a certificate neither side trusts).
+pub fn refusal(code: RDKafkaErrorCode, reason: &str, brokers: &str) -> Option<SinkError> {
+    use RDKafkaErrorCode::*;
+    let tls = ["SSL handshake failed", "certificate verify failed", "SSL routines"].iter().any(|s| reason.contains(s));
+    let hint = match code {
+        _ if tls => "Check ssl_certificate_authority (the CA that signed the brokers' certificates) and, for mutual TLS, ssl_certificate and ssl_key.",
+        Authentication | SaslAuthenticationFailed => "Check the connection's security_protocol, sasl_mechanisms, sasl_username and sasl_password.",
+        _ => return None,
+    };
+    Some(SinkError::permanent(format!("Kafka brokers \"{brokers}\" refused the connection")).detail(reason.to_string()).hint(hint))
+}
+
+/// Collects the first per-message delivery error, so a failed batch can say why,
+/// and the client-level errors (see [`ClientErrors`]).
 #[derive(Default)]
 pub struct DeliveryContext {
     first_error: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
+    client: ClientErrors,
 }
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.client.record(&error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
@@ -369,6 +414,20 @@ impl KafkaConnector {
         c.create().map_err(|e| classify("admin client creation", &e))
     }
 
+    /// Whether the brokers answer a metadata request; a refusal of our credentials
+    /// or certificate is a permanent error that says so. (A producer, not an admin
+    /// client: polling it serves the error events that carry the refusal.)
+    fn reach(&self, hint: &str) -> Result<()> {
+        let mut c = self.client_config();
+        c.remove("compression.type");
+        let probe: BaseProducer<DeliveryContext> = c.create_with_context(DeliveryContext::default()).map_err(|e| classify("client creation", &e))?;
+        probe.client().fetch_metadata(None, Duration::from_secs(5).min(self.settings.timeout)).map(|_| ()).map_err(|e| {
+            refused(&probe, &self.settings.brokers).unwrap_or_else(|| {
+                SinkError::transient(format!("could not reach Kafka brokers \"{}\": {e}", self.settings.brokers)).hint(hint)
+            })
+        })
+    }
+
     /// Create the data and progress topics when missing.
     async fn ensure_topics(&self) -> Result<()> {
         let admin = self.admin()?;
@@ -447,9 +506,7 @@ impl KafkaConnector {
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            // Some Kafka-protocol brokers ignore fetch byte limits; accept large responses.
-            .set("receive.message.max.bytes", "1000000000");
+            .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer = c.create().map_err(|e| classify("progress consumer creation", &e))?;
         let topic = &self.settings.progress_topic;
         let (low, high) = consumer.fetch_watermarks(topic, 0, self.settings.timeout).map_err(|e| classify("progress watermark fetch", &e))?;
@@ -485,9 +542,14 @@ impl KafkaConnector {
     }
 
     async fn start(&mut self) -> Result<()> {
+        self.reach("Check that the brokers are running.")?;
         self.ensure_topics().await?;
         let mut c = self.client_config();
         c.set("enable.idempotence", "true")
+            // Topics are created by ensure_topics with their settings, never by a
+            // send to a missing topic (which would give a progress topic the
+            // broker's default retention).
+            .set("allow.auto.create.topics", "false")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", &self.settings.timeout.as_millis().to_string());
@@ -496,14 +558,21 @@ impl KafkaConnector {
                 .set("transaction.timeout.ms", &(self.settings.timeout.as_millis().max(60_000)).to_string());
         }
         let producer: BaseProducer<DeliveryContext> = c.create_with_context(DeliveryContext::default()).map_err(|e| classify("producer creation", &e))?;
-        let meta = producer.client().fetch_metadata(Some(&self.settings.topic), self.settings.timeout).map_err(|e| classify("metadata fetch", &e))?;
-        let partitions = meta.topics().iter().find(|t| t.name() == self.settings.topic).map_or(0, |t| t.partitions().len() as i32);
+        let meta = producer.client().fetch_metadata(Some(&self.settings.topic), self.settings.timeout).map_err(|e| refused(&producer, &self.settings.brokers).unwrap_or_else(|| classify("metadata fetch", &e)))?;
+        let topic = meta.topics().iter().find(|t| t.name() == self.settings.topic);
+        if let Some(code) = topic.and_then(|t| t.error()).map(RDKafkaErrorCode::from).filter(|c| is_permanent(*c)) {
+            // Not allowed to see the topic (an ACL), for instance: retrying cannot help.
+            return Err(SinkError::permanent(format!("Kafka refused topic \"{}\": {code}", self.settings.topic)).hint(permanent_hint(code)));
+        }
+        let partitions = topic.map_or(0, |t| t.partitions().len() as i32);
         if partitions == 0 {
             return Err(SinkError::transient(format!("Kafka topic \"{}\" has no partitions yet", self.settings.topic)));
         }
         let committed = if self.settings.exactly_once {
             // Fences any older producer with this id (a zombie) before we read.
-            producer.init_transactions(self.settings.timeout).map_err(|e| classify("transaction initialisation", &e))?;
+            producer
+                .init_transactions(self.settings.timeout)
+                .map_err(|e| refused(&producer, &self.settings.brokers).unwrap_or_else(|| classify("transaction initialisation", &e)))?;
             self.read_progress()?
         } else {
             Lsn::ZERO
@@ -531,10 +600,7 @@ pub fn check_connection(options: &BTreeMap<String, String>) -> Result<()> {
     if !connector.settings.validate {
         return Ok(());
     }
-    connector.admin()?.inner().fetch_metadata(None, Duration::from_secs(5).min(connector.settings.timeout)).map(|_| ()).map_err(|e| {
-        SinkError::transient(format!("could not reach Kafka brokers \"{}\": {e}", connector.settings.brokers))
-            .hint("Check the brokers option and that the broker is running, or pass validate => false.")
-    })
+    connector.reach("Check the brokers option and that the broker is running, or pass validate => false.")
 }
 
 /// The LSN in a progress record's value: `{"lsn": <u64>, ...}`.
@@ -546,6 +612,12 @@ pub fn progress_lsn(payload: &[u8]) -> Option<Lsn> {
 /// A progress record's value.
 pub fn progress_value(lsn: Lsn, sink: &str) -> Vec<u8> {
     serde_json::json!({"lsn": lsn.0, "lsn_text": lsn.to_string(), "sink": sink}).to_string().into_bytes()
+}
+
+/// The producer's [`ClientErrors::refusal`], after serving pending error events.
+fn refused(producer: &BaseProducer<DeliveryContext>, brokers: &str) -> Option<SinkError> {
+    producer.poll(Duration::from_millis(50));
+    producer.context().client.refusal(brokers)
 }
 
 fn error_for_code(code: RDKafkaErrorCode, message: String) -> SinkError {
@@ -655,11 +727,7 @@ impl Connector for KafkaConnector {
         if !self.settings.validate {
             return Ok(());
         }
-        let admin = self.admin()?;
-        admin.inner().fetch_metadata(None, Duration::from_secs(5).min(self.settings.timeout)).map_err(|e| {
-            SinkError::transient(format!("could not reach Kafka brokers \"{}\": {e}", self.settings.brokers))
-                .hint("Check the brokers option and that the broker is running, or pass validate => false to create the sink anyway.")
-        })?;
+        self.reach("Check the brokers option and that the broker is running, or pass validate => false to create the sink anyway.")?;
         // Like Materialize, create the topics when the sink is created (and check an
         // existing progress topic against the guidance).
         self.ensure_topics().await
@@ -711,6 +779,9 @@ impl Connector for KafkaConnector {
                 Ok(())
             }
             Err(mut e) => {
+                if let Some(r) = refused(&running.producer, &self.settings.brokers) {
+                    e = r;
+                }
                 if self.settings.exactly_once {
                     let _ = running.producer.abort_transaction(timeout);
                 }
@@ -791,6 +862,26 @@ mod tests {
         assert!(settings(&c).is_ok());
         c.envelope = EnvelopeKind::Debezium;
         assert!(settings(&c).unwrap_err().message.contains("HEADERS requires the upsert envelope"));
+    }
+
+    #[test]
+    fn refused_credentials_and_certificates_are_permanent_other_failures_are_not() {
+        let sasl = "sasl_plaintext://127.0.0.1:19094/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256";
+        let e = refusal(RDKafkaErrorCode::Authentication, sasl, "h:1").unwrap();
+        assert_eq!(e.kind, crate::engine::error::ErrorKind::Permanent);
+        assert!(e.message.contains("refused the connection") && e.detail.as_deref() == Some(sasl));
+        assert!(e.hint.unwrap().contains("sasl_password"));
+        let tls = "ssl://127.0.0.1:19097/bootstrap: Receive failed: error:0A000412:SSL routines::ssl/tls alert bad certificate: SSL alert number 42";
+        assert!(refusal(RDKafkaErrorCode::BrokerTransportFailure, tls, "h:1").unwrap().hint.unwrap().contains("ssl_certificate_authority"));
+        let down = "127.0.0.1:19093/bootstrap: Connect to ipv4#127.0.0.1:19093 failed: Connection refused";
+        assert!(refusal(RDKafkaErrorCode::BrokerTransportFailure, down, "h:1").is_none());
+        assert!(refusal(RDKafkaErrorCode::AllBrokersDown, "1/1 brokers are down", "h:1").is_none());
+        // The last refusal is kept; later transport errors do not hide it.
+        let errors = ClientErrors::default();
+        errors.record(&KafkaError::Global(RDKafkaErrorCode::Authentication), sasl);
+        errors.record(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down");
+        assert!(errors.refusal("h:1").unwrap().message.contains("\"h:1\" refused"));
+        assert!(ClientErrors::default().refusal("h:1").is_none());
     }
 
     #[test]
