@@ -48,7 +48,10 @@ impl Credential {
         if needs_secret && self.secret.as_deref().unwrap_or_default().is_empty() {
             return Err(SinkError::config(format!("credential type \"{}\" requires a SECRET", self.kind)).hint("Add SECRET = '...'."));
         }
-        let needs_identity = matches!(self.kind.as_str(), "aws_access_key" | "aws_iam_role" | "azure_storage_key" | "azure_sas" | "azure_ad" | "jdbc" | "password" | "gcs_service_account_id");
+        let needs_identity = matches!(
+            self.kind.as_str(),
+            "aws_access_key" | "aws_iam_role" | "azure_storage_key" | "azure_sas" | "azure_ad" | "jdbc" | "password" | "gcs_service_account_id"
+        );
         if needs_identity && self.identity.as_deref().unwrap_or_default().is_empty() {
             return Err(SinkError::config(format!("credential type \"{}\" requires an IDENTITY", self.kind)).hint("Add IDENTITY = '...'."));
         }
@@ -61,11 +64,13 @@ impl Credential {
         let secret = self.secret.clone().unwrap_or_default();
         let Some(mut out) = base_options(connector, &self.kind, &id, &secret) else {
             let fits: Vec<&str> = TYPES.iter().copied().filter(|t| base_options(connector, t, "x", "x").is_some()).collect();
-            return Err(SinkError::config(format!("credential \"{name}\" of type {} cannot be used by the {connector} connector", self.kind)).hint(if fits.is_empty() {
-                format!("The {connector} connector takes no credential; give its options directly.")
-            } else {
-                format!("Use a credential of type {}.", fits.join(" or "))
-            }));
+            return Err(SinkError::config(format!("credential \"{name}\" of type {} cannot be used by the {connector} connector", self.kind)).hint(
+                if fits.is_empty() {
+                    format!("The {connector} connector takes no credential; give its options directly.")
+                } else {
+                    format!("Use a credential of type {}.", fits.join(" or "))
+                },
+            ));
         };
         // Kafka credentials carry client properties (Kinetica: security.protocol, sasl.mechanism, ...).
         for (k, v) in &self.options {
@@ -75,10 +80,12 @@ impl Credential {
                 ("kafka", "sasl.mechanism" | "sasl.mechanisms") => "sasl_mechanisms".to_string(),
                 ("kafka", _) => format!("properties.{k}"),
                 ("azblob", "azure_tenant_id" | "tenant_id") => "azure_tenant_id".to_string(),
-                _ => {
-                    return Err(SinkError::config(format!("credential \"{name}\" has option \"{k}\", which the {connector} connector does not take"))
-                        .hint("Credential options are client properties of Kafka credentials (security.protocol, sasl.mechanism, ...) and azure_tenant_id."))
-                }
+                _ => return Err(SinkError::config(format!(
+                    "credential \"{name}\" has option \"{k}\", which the {connector} connector does not take"
+                ))
+                .hint(
+                    "Credential options are client properties of Kafka credentials (security.protocol, sasl.mechanism, ...) and azure_tenant_id.",
+                )),
             };
             out.push((mapped, v.clone()));
         }
@@ -141,9 +148,15 @@ mod tests {
                 ("properties.ssl.endpoint.identification.algorithm".to_string(), "none".to_string()),
             ])
         );
-        assert_eq!(cred("aws_access_key", "AK", "SK").expand("c", "s3").unwrap()[1], ("aws.credentials.secret_access_key".to_string(), "SK".to_string()));
+        assert_eq!(
+            cred("aws_access_key", "AK", "SK").expand("c", "s3").unwrap()[1],
+            ("aws.credentials.secret_access_key".to_string(), "SK".to_string())
+        );
         assert_eq!(cred("azure_sas", "acct", "sv=1").expand("c", "azblob").unwrap()[1].0, "azure_sas_token");
-        assert_eq!(cred("jdbc", "u", "p").expand("c", "jdbc").unwrap(), vec![("user".to_string(), "u".to_string()), ("password".to_string(), "p".to_string())]);
+        assert_eq!(
+            cred("jdbc", "u", "p").expand("c", "jdbc").unwrap(),
+            vec![("user".to_string(), "u".to_string()), ("password".to_string(), "p".to_string())]
+        );
         assert_eq!(cred("password", "", "tok").expand("c", "webhook").unwrap(), vec![("bearer_token".to_string(), "tok".to_string())]);
         assert_eq!(cred("password", "u", "p").expand("c", "nats").unwrap().len(), 3);
     }

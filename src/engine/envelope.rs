@@ -145,14 +145,7 @@ impl Envelope {
         sink_name: impl Into<String>,
         database: impl Into<String>,
     ) -> Self {
-        Envelope {
-            kind,
-            force_append_only,
-            key_columns,
-            sink_name: sink_name.into(),
-            database: database.into(),
-            key_cache: HashMap::new(),
-        }
+        Envelope { kind, force_append_only, key_columns, sink_name: sink_name.into(), database: database.into(), key_cache: HashMap::new() }
     }
 
     /// `(key indices, all-column indices)` for a relation, cached until it changes.
@@ -165,11 +158,8 @@ impl Envelope {
         let mut key = Vec::with_capacity(self.key_columns.len());
         for name in &self.key_columns {
             let idx = rel.column_index(name).ok_or_else(|| {
-                SinkError::permanent(format!(
-                    "key column \"{name}\" is no longer in relation \"{}\"",
-                    rel.qualified_name()
-                ))
-                .hint("A key column was dropped or renamed; recreate the sink with a valid KEY.")
+                SinkError::permanent(format!("key column \"{name}\" is no longer in relation \"{}\"", rel.qualified_name()))
+                    .hint("A key column was dropped or renamed; recreate the sink with a valid KEY.")
             })?;
             key.push(idx);
         }
@@ -183,12 +173,7 @@ impl Envelope {
         RowImage { relation: rel.clone(), indices: indices.clone(), cells: cells.clone() }
     }
 
-    fn key_of(
-        &self,
-        rel: &Arc<Relation>,
-        key: &Arc<[usize]>,
-        cells: &Arc<[Cell]>,
-    ) -> Option<RowImage> {
+    fn key_of(&self, rel: &Arc<Relation>, key: &Arc<[usize]>, cells: &Arc<[Cell]>) -> Option<RowImage> {
         if self.key_columns.is_empty() {
             None
         } else {
@@ -247,11 +232,7 @@ impl Envelope {
                             let old_cells: Arc<[Cell]> = old.cells.into();
                             let key_changed = key.iter().any(|&i| old_cells[i] != cells[i]);
                             if key_changed {
-                                out.push(Draft {
-                                    key: Some(Self::image(relation, &key, &old_cells)),
-                                    payload: Payload::Tombstone,
-                                    op: Op::Delete,
-                                });
+                                out.push(Draft { key: Some(Self::image(relation, &key, &old_cells)), payload: Payload::Tombstone, op: Op::Delete });
                             }
                         }
                         out.push(Draft {
@@ -286,11 +267,9 @@ impl Envelope {
                             return Err(not_append_only("DELETE", relation));
                         }
                     }
-                    EnvelopeKind::Upsert => out.push(Draft {
-                        key: Some(Self::image(relation, &key, &cells)),
-                        payload: Payload::Tombstone,
-                        op: Op::Delete,
-                    }),
+                    EnvelopeKind::Upsert => {
+                        out.push(Draft { key: Some(Self::image(relation, &key, &cells)), payload: Payload::Tombstone, op: Op::Delete })
+                    }
                     EnvelopeKind::Debezium => out.push(Draft {
                         key: self.key_of(relation, &key, &cells),
                         payload: Payload::Debezium(Box::new(DebeziumEvent {
@@ -308,11 +287,7 @@ impl Envelope {
                 EnvelopeKind::AppendOnly => {
                     return Err(not_append_only("TRUNCATE", &relations[0]));
                 }
-                EnvelopeKind::Upsert => out.push(Draft {
-                    key: None,
-                    payload: Payload::Truncate(relations),
-                    op: Op::Truncate,
-                }),
+                EnvelopeKind::Upsert => out.push(Draft { key: None, payload: Payload::Truncate(relations), op: Op::Truncate }),
                 EnvelopeKind::Debezium => {
                     for rel in &relations {
                         out.push(Draft {
@@ -334,12 +309,9 @@ impl Envelope {
 }
 
 fn not_append_only(what: &str, rel: &Relation) -> SinkError {
-    SinkError::permanent(format!(
-        "append-only sink received an {what} on \"{}\"",
-        rel.qualified_name()
-    ))
-    .detail("An append-only sink can only deliver inserts.")
-    .hint("Use the upsert or debezium envelope, or set force_append_only = true to turn updates into inserts and drop deletes.")
+    SinkError::permanent(format!("append-only sink received an {what} on \"{}\"", rel.qualified_name()))
+        .detail("An append-only sink can only deliver inserts.")
+        .hint("Use the upsert or debezium envelope, or set force_append_only = true to turn updates into inserts and drop deletes.")
 }
 
 #[cfg(test)]
@@ -348,12 +320,7 @@ pub(crate) mod tests {
     use crate::engine::types::PgType;
 
     pub fn relation() -> Arc<Relation> {
-        let col = |name: &str, oid: u32, key: bool| Column {
-            name: name.into(),
-            ty: PgType::from_oid(oid),
-            type_modifier: -1,
-            is_identity: key,
-        };
+        let col = |name: &str, oid: u32, key: bool| Column { name: name.into(), ty: PgType::from_oid(oid), type_modifier: -1, is_identity: key };
         Arc::new(Relation {
             id: 1,
             namespace: "public".into(),
@@ -365,14 +332,7 @@ pub(crate) mod tests {
     }
 
     pub fn txn(changes: Vec<Change>) -> Transaction {
-        Transaction {
-            xid: 7,
-            commit_lsn: Lsn(0x100),
-            end_lsn: Lsn(0x130),
-            commit_time_us: 1_720_032_185_312_345,
-            snapshot: false,
-            changes,
-        }
+        Transaction { xid: 7, commit_lsn: Lsn(0x100), end_lsn: Lsn(0x130), commit_time_us: 1_720_032_185_312_345, snapshot: false, changes }
     }
 
     pub fn t(s: &str) -> Cell {
@@ -446,11 +406,7 @@ pub(crate) mod tests {
         let mut env = Envelope::new(EnvelopeKind::Debezium, false, vec![], "s", "db");
         let out = run(
             &mut env,
-            Change::Update {
-                relation: rel.clone(),
-                old: Some(OldImage { key_only: false, cells: vec![t("1"), t("a")] }),
-                new: vec![t("1"), t("b")],
-            },
+            Change::Update { relation: rel.clone(), old: Some(OldImage { key_only: false, cells: vec![t("1"), t("a")] }), new: vec![t("1"), t("b")] },
         )
         .unwrap();
         let Payload::Debezium(ev) = &out[0].payload else { panic!("not debezium") };

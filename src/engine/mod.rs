@@ -25,4 +25,7 @@ pub mod pgoutput;
 pub mod pipeline;
 pub mod replication;
 pub mod retry;
+pub mod step;
+#[cfg(test)]
+pub mod testing;
 pub mod types;

@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use super::connector::{self, ConnectorSpec};
+use super::connector::registry;
+use super::connector::ConnectorSpec;
+use super::encoder;
 use super::encoder::avro::{self, AvroOptions, COMPATIBILITY_LEVELS};
 use super::encoder::registry::RegistrySettings;
-use super::encoder;
 use super::envelope::EnvelopeKind;
 use super::error::{Result, SinkError};
 
@@ -82,14 +83,7 @@ pub fn normalize_name(name: &str) -> String {
     name.trim().to_ascii_lowercase().split_whitespace().collect::<Vec<_>>().join("_")
 }
 
-pub fn parse_bool(name: &str, value: &str) -> Result<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "on" | "yes" | "1" | "t" => Ok(true),
-        "false" | "off" | "no" | "0" | "f" => Ok(false),
-        _ => Err(SinkError::config(format!("invalid value for boolean option \"{name}\": \"{value}\""))
-            .hint("Use true or false.")),
-    }
-}
+pub use super::connector::parse_bool;
 
 /// Split `a, b` into column names (a key given as one string).
 pub fn split_columns(value: &str) -> Vec<String> {
@@ -107,7 +101,7 @@ fn take_alias(opts: &mut BTreeMap<String, String>, a: &str, b: &str) -> Result<O
 
 /// Parse a definition. `options` keys are normalized here.
 pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result<SinkDefinition> {
-    let spec = connector::spec(connector_name)?;
+    let spec = registry::spec(connector_name)?;
     let mut opts: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in options {
         let n = normalize_name(k);
@@ -117,15 +111,14 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
     }
     let envelope = match take_alias(&mut opts, "envelope", "type")? {
         None => EnvelopeKind::Debezium,
-        Some(e) => EnvelopeKind::parse(&e).ok_or_else(|| {
-            SinkError::config(format!("unknown envelope \"{e}\"")).hint("Supported envelopes: append-only, upsert, debezium.")
-        })?,
+        Some(e) => EnvelopeKind::parse(&e)
+            .ok_or_else(|| SinkError::config(format!("unknown envelope \"{e}\"")).hint("Supported envelopes: append-only, upsert, debezium."))?,
     };
     let format = take_alias(&mut opts, "format", "encode")?;
     let key_format = opts.remove("key_format").or_else(|| format.clone()).unwrap_or_else(|| "json".into()).to_ascii_lowercase();
     let value_format = opts.remove("value_format").or(format).unwrap_or_else(|| "json".into()).to_ascii_lowercase();
-    encoder::check_format(&key_format)?;
-    encoder::check_format(&value_format)?;
+    encoder::formats::check_format(&key_format)?;
+    encoder::formats::check_format(&value_format)?;
     let key_columns = take_alias(&mut opts, "key", "primary_key")?.map(|k| split_columns(&k)).unwrap_or_default();
     let bool_opt = |opts: &mut BTreeMap<String, String>, n: &str, default: bool| -> Result<bool> {
         opts.remove(n).map(|v| parse_bool(n, &v)).transpose().map(|v| v.unwrap_or(default))
@@ -156,10 +149,11 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
     }
     let (avro, registry) = parse_avro(&mut opts, &key_format, &value_format, !key_columns.is_empty())?;
     if spec.needs_json && value_format != "json" {
-        return Err(SinkError::config(format!("connector \"{}\" requires format json", spec.name))
-            .detail(format!("The value format is {value_format}.")));
+        return Err(
+            SinkError::config(format!("connector \"{}\" requires format json", spec.name)).detail(format!("The value format is {value_format}."))
+        );
     }
-    connector::validate_options(spec, &opts)?;
+    registry::validate_options(spec, &opts)?;
     Ok(SinkDefinition {
         connector: spec,
         envelope,
@@ -190,7 +184,10 @@ fn parse_avro(
         let value = opts.remove(&name).unwrap_or_default();
         match avro::parse_doc_option(&name, &value) {
             Some(doc) => a.docs.push(doc?),
-            None => return Err(SinkError::config(format!("unknown option \"{name}\"")).hint("DOC ON options are spelled \"[KEY|VALUE] DOC ON TYPE t\" or \"... DOC ON COLUMN t.c\".")),
+            None => {
+                return Err(SinkError::config(format!("unknown option \"{name}\""))
+                    .hint("DOC ON options are spelled \"[KEY|VALUE] DOC ON TYPE t\" or \"... DOC ON COLUMN t.c\"."))
+            }
         }
     }
     a.key_fullname = opts.remove("avro_key_fullname");
@@ -200,7 +197,8 @@ fn parse_avro(
         if let Some(v) = opts.remove(opt) {
             let up = v.trim().to_ascii_uppercase();
             if !COMPATIBILITY_LEVELS.contains(&up.as_str()) {
-                return Err(SinkError::config(format!("invalid value for option \"{opt}\": \"{v}\"")).hint(format!("Use one of {}.", COMPATIBILITY_LEVELS.join(", "))));
+                return Err(SinkError::config(format!("invalid value for option \"{opt}\": \"{v}\""))
+                    .hint(format!("Use one of {}.", COMPATIBILITY_LEVELS.join(", "))));
             }
             *slot = Some(up);
         }
@@ -211,10 +209,13 @@ fn parse_avro(
         }
     }
     if a.key_fullname.is_some() && a.value_fullname.is_none() {
-        return Err(SinkError::config("AVRO KEY FULLNAME requires AVRO VALUE FULLNAME").hint("Give avro_value_fullname too, as Materialize requires."));
+        return Err(
+            SinkError::config("AVRO KEY FULLNAME requires AVRO VALUE FULLNAME").hint("Give avro_value_fullname too, as Materialize requires.")
+        );
     }
     if a.value_fullname.is_some() && a.key_fullname.is_none() && explicit_key {
-        return Err(SinkError::config("AVRO VALUE FULLNAME with a KEY requires AVRO KEY FULLNAME").hint("Give avro_key_fullname too, as Materialize requires."));
+        return Err(SinkError::config("AVRO VALUE FULLNAME with a KEY requires AVRO KEY FULLNAME")
+            .hint("Give avro_key_fullname too, as Materialize requires."));
     }
     opts.remove("csr_connection");
     let registry = RegistrySettings::take_from(opts)?;

@@ -224,12 +224,7 @@ impl Decoder {
 
 fn check_width(rel: &Relation, cells: &[Cell]) -> Result<()> {
     if cells.len() != rel.columns.len() {
-        return Err(malformed(&format!(
-            "tuple has {} columns but relation \"{}\" has {}",
-            cells.len(),
-            rel.qualified_name(),
-            rel.columns.len()
-        )));
+        return Err(malformed(&format!("tuple has {} columns but relation \"{}\" has {}", cells.len(), rel.qualified_name(), rel.columns.len())));
     }
     Ok(())
 }
@@ -377,10 +372,7 @@ mod tests {
     fn decodes_a_transaction_with_every_change_kind() {
         let mut d = Decoder::new();
         assert!(matches!(d.feed(&begin(0x200, 0, 42)).unwrap(), Decoded::Nothing));
-        assert!(matches!(
-            d.feed(&relation(9, "public", "t", b'd', &[("id", 23, true), ("body", 25, false)])).unwrap(),
-            Decoded::Relation(9)
-        ));
+        assert!(matches!(d.feed(&relation(9, "public", "t", b'd', &[("id", 23, true), ("body", 25, false)])).unwrap(), Decoded::Relation(9)));
         d.feed(&insert(9, &[Some("1"), None])).unwrap();
         d.feed(&update(9, None, &[Some("1"), Some("\u{0}")])).unwrap();
         d.feed(&update(9, Some((b'K', &[Some("1"), None])), &[Some("2"), Some("x")])).unwrap();

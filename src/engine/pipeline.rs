@@ -5,15 +5,27 @@
 
 use std::sync::Arc;
 
-use super::change::{Cell, Change, Transaction};
+use super::change::{Cell, Change, Relation, RelationMeta, Transaction};
 use super::connector::{Batch, Record, TxnStamp};
-use super::encoder::{self, Encoder, EncoderContext, Role};
+use super::encoder::avro::EncoderContext;
+use super::encoder::formats;
+use super::encoder::{Encoder, Role};
 use super::envelope::{Draft, Envelope, EnvelopeKind};
 use super::error::{Result, SinkError};
 use super::lsn::Lsn;
 use super::options::SinkDefinition;
 use super::pgoutput::{Decoded, Decoder};
-use super::types::TypeResolver;
+use super::types::PgType;
+
+/// Resolves what the stream does not say (implemented by the glue over the
+/// catalog): types the engine does not know by OID, and, for formats that need
+/// them, a relation's NOT NULL flags and comments.
+pub trait TypeResolver {
+    fn resolve(&mut self, oid: u32) -> Option<PgType>;
+    fn relation_meta(&mut self, _rel: &Relation) -> Option<RelationMeta> {
+        None
+    }
+}
 
 pub struct Pipeline {
     decoder: Decoder,
@@ -41,8 +53,8 @@ impl Pipeline {
         Ok(Pipeline {
             decoder: Decoder::new(),
             envelope: Envelope::new(def.envelope, def.force_append_only, def.key_columns.clone(), sink_name, database),
-            key_encoder: encoder::build(&def.key_format, Role::Key, &ctx)?,
-            value_encoder: encoder::build(&def.value_format, Role::Value, &ctx)?,
+            key_encoder: formats::build(&def.key_format, Role::Key, &ctx)?,
+            value_encoder: formats::build(&def.value_format, Role::Value, &ctx)?,
             needs_meta: def.key_format == "avro" || def.value_format == "avro",
             accepts_unchanged: def.connector.accepts_unchanged_toast,
             encode: !(def.connector.applies_rows && def.envelope != EnvelopeKind::Debezium),
@@ -116,7 +128,14 @@ impl Pipeline {
                 } else {
                     (None, None)
                 };
-                batch.records.push(Record { key, value, draft, commit_lsn: txn.commit_lsn, commit_time_us: txn.commit_time_us, stamp: stamp.clone() });
+                batch.records.push(Record {
+                    key,
+                    value,
+                    draft,
+                    commit_lsn: txn.commit_lsn,
+                    commit_time_us: txn.commit_time_us,
+                    stamp: stamp.clone(),
+                });
             }
             batch.changes += 1;
         }
@@ -129,7 +148,9 @@ impl Pipeline {
     /// from the old image (REPLICA IDENTITY FULL); otherwise only connectors that can
     /// leave the column untouched may proceed.
     fn resolve_unchanged(&self, change: &mut Change) -> Result<()> {
-        let Change::Update { relation, old, new } = change else { return Ok(()) };
+        let Change::Update { relation, old, new } = change else {
+            return Ok(());
+        };
         if !new.iter().any(|c| *c == Cell::Unchanged) {
             return Ok(());
         }
@@ -172,7 +193,7 @@ mod tests {
     use super::*;
     use crate::engine::options;
     use crate::engine::pgoutput::wire::*;
-    use crate::engine::types::{PgType, TypeKind};
+    use crate::engine::types::TypeKind;
     use std::collections::BTreeMap;
 
     struct Resolver(Vec<u32>);
@@ -265,4 +286,3 @@ mod tests {
         assert_eq!(format_millis(-1_000), "-1.000");
     }
 }
-

@@ -73,8 +73,7 @@ impl Target {
 }
 
 fn bad_conninfo(why: String) -> SinkError {
-    SinkError::config(format!("invalid pg_sink.replication_conninfo: {why}"))
-        .hint("Use libpq key=value pairs: host, port, user, password, dbname.")
+    SinkError::config(format!("invalid pg_sink.replication_conninfo: {why}")).hint("Use libpq key=value pairs: host, port, user, password, dbname.")
 }
 
 /// Split `key=value key2='quoted value'` into pairs.
@@ -271,7 +270,8 @@ impl Handshake {
                 }
             }
             let mut tmp = [0u8; 8192];
-            let n = self.conn.read(&mut tmp).map_err(|e| SinkError::transient(format!("could not read from the walsender at {}: {e}", self.target)))?;
+            let n =
+                self.conn.read(&mut tmp).map_err(|e| SinkError::transient(format!("could not read from the walsender at {}: {e}", self.target)))?;
             if n == 0 {
                 return Err(SinkError::transient(format!("the walsender at {} closed the connection", self.target)));
             }
@@ -334,8 +334,7 @@ fn handshake(target: &Target) -> Result<Handshake> {
         ("application_name", target.application_name.as_str()),
     ];
     params.extend(target.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    frontend::startup_message(params, &mut msg)
-    .map_err(|e| SinkError::transient(format!("startup message: {e}")))?;
+    frontend::startup_message(params, &mut msg).map_err(|e| SinkError::transient(format!("startup message: {e}")))?;
     hs.send(&msg)?;
     authenticate(&mut hs, target)?;
     // ParameterStatus, BackendKeyData ... until ReadyForQuery.
@@ -412,7 +411,9 @@ fn authenticate(hs: &mut Handshake, target: &Target) -> Result<()> {
                 scram.finish(&b[4..]).map_err(|e| SinkError::transient(format!("SCRAM: {e}")))?;
                 continue;
             }
-            other => return Err(SinkError::transient(format!("the walsender asks for an authentication method pg_sink does not support (code {other})"))),
+            other => {
+                return Err(SinkError::transient(format!("the walsender asks for an authentication method pg_sink does not support (code {other})")))
+            }
         }
         hs.send(&msg)?;
     }
@@ -728,7 +729,15 @@ mod tests {
         assert_eq!(pairs[3], ("user".into(), "me".into()));
         assert!(parse_conninfo("host").is_err());
         assert!(parse_conninfo("password='open").is_err());
-        let mut t = Target { host: "/tmp".into(), port: 5432, user: "postgres".into(), database: "db".into(), password: None, application_name: "a".into(), settings: vec![] };
+        let mut t = Target {
+            host: "/tmp".into(),
+            port: 5432,
+            user: "postgres".into(),
+            database: "db".into(),
+            password: None,
+            application_name: "a".into(),
+            settings: vec![],
+        };
         t.apply_conninfo("host=127.0.0.1 port=6000 password='p w'").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.password.as_deref()), ("127.0.0.1", 6000, Some("p w")));
         let err = t.apply_conninfo("sslmode=require").unwrap_err();

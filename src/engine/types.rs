@@ -64,16 +64,6 @@ impl PgType {
     }
 }
 
-/// Resolves OIDs the engine does not know (implemented by the glue over `pg_type`).
-pub trait TypeResolver {
-    fn resolve(&mut self, oid: u32) -> Option<PgType>;
-    /// NOT NULL flags and comments of a relation (only asked for when a format
-    /// needs them).
-    fn relation_meta(&mut self, _rel: &crate::engine::change::Relation) -> Option<crate::engine::change::RelationMeta> {
-        None
-    }
-}
-
 const SCALARS: &[(u32, &str, fn() -> TypeKind)] = &[
     (16, "boolean", || TypeKind::Bool),
     (17, "bytea", || TypeKind::Bytea),

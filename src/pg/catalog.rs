@@ -86,13 +86,10 @@ pub fn json_text(v: &serde_json::Value) -> String {
 }
 
 fn find(condition: &str, param: &str) -> Option<SinkRow> {
-    select(
-        &format!("SELECT {SINK_COLUMNS} FROM sink.sinks s LEFT JOIN sink.progress p ON p.sink_id = s.id WHERE {condition}"),
-        &[Some(param)],
-    )
-    .into_iter()
-    .next()
-    .map(parse_row)
+    select(&format!("SELECT {SINK_COLUMNS} FROM sink.sinks s LEFT JOIN sink.progress p ON p.sink_id = s.id WHERE {condition}"), &[Some(param)])
+        .into_iter()
+        .next()
+        .map(parse_row)
 }
 
 pub fn find_by_name(name: &str) -> Option<SinkRow> {
@@ -139,9 +136,8 @@ pub fn connection_options(conn: &str) -> Result<(String, BTreeMap<String, String
         let value = match &v {
             serde_json::Value::Object(o) if o.contains_key("secret") => {
                 let secret = o.get("secret").map(json_text).unwrap_or_default();
-                secret_value(&secret).ok_or_else(|| {
-                    SinkError::permanent(format!("secret \"{secret}\" used by connection \"{conn}\" does not exist"))
-                })?
+                secret_value(&secret)
+                    .ok_or_else(|| SinkError::permanent(format!("secret \"{secret}\" used by connection \"{conn}\" does not exist")))?
             }
             other => json_text(other),
         };
@@ -160,8 +156,12 @@ pub fn credential(name: &str) -> Option<Credential> {
 /// `credential = 'name'` in `options`: replace it by the connector options it
 /// stands for (callers run as superuser and have checked the right to use it).
 pub fn expand_credential(connector: &str, options: &mut BTreeMap<String, String>) -> Result<(), SinkError> {
-    let Some(name) = options.get("credential").cloned() else { return Ok(()) };
-    let cred = credential(&name).ok_or_else(|| SinkError::permanent(format!("credential \"{name}\" does not exist")).hint("Create it with CREATE CREDENTIAL or sink.create_credential()."))?;
+    let Some(name) = options.get("credential").cloned() else {
+        return Ok(());
+    };
+    let cred = credential(&name).ok_or_else(|| {
+        SinkError::permanent(format!("credential \"{name}\" does not exist")).hint("Create it with CREATE CREDENTIAL or sink.create_credential().")
+    })?;
     credential::apply(options, &name, &cred, connector)
 }
 
@@ -188,7 +188,9 @@ pub fn effective_options(sink: &SinkRow) -> Result<BTreeMap<String, String>, Sin
 /// `csr_connection => 'name'`: add that schema registry connection's settings as
 /// `schema.registry*` options (options given on the sink win).
 pub fn expand_registry_connection(options: &mut BTreeMap<String, String>) -> Result<(), SinkError> {
-    let Some(conn) = options.get("csr_connection").cloned() else { return Ok(()) };
+    let Some(conn) = options.get("csr_connection").cloned() else {
+        return Ok(());
+    };
     let (kind, conn_opts) = connection_options(&conn)?;
     if !registry::is_registry_kind(&kind) {
         return Err(SinkError::config(format!("connection \"{conn}\" is a {kind} connection, not a schema registry"))

@@ -18,34 +18,27 @@ use std::time::Duration;
 use pgrx::prelude::*;
 
 use crate::engine::change::{Cell, Column, Relation, Transaction};
-use crate::engine::connector::{Batch, Connector, ConnectorConfig, Record};
+use crate::engine::connector::{Connector, ConnectorConfig};
 use crate::engine::error::SinkError;
 use crate::engine::lsn::Lsn;
 use crate::engine::options::SinkDefinition;
-use crate::engine::pgoutput;
 use crate::engine::pipeline::Pipeline;
+use crate::engine::pipeline::TypeResolver;
 use crate::engine::replication::{self, StartError};
-use crate::engine::types::{PgType, TypeResolver};
+use crate::engine::step::{SnapshotSource, Step, SNAPSHOT_CHUNK};
+use crate::engine::types::PgType;
 
 use super::catalog::{self, SinkRow};
-use super::gucs;
+use super::gucs::{self, Transport};
 use super::spi::{output_text, select, select_one, CatalogTypes, SpiSession};
 
-/// Rows of the snapshot delivered per connector call.
-const SNAPSHOT_CHUNK: i64 = 10_000;
+pub use crate::engine::step::Outcome;
 
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub transactions: usize,
-    pub changes: usize,
-    pub records: usize,
-    pub bytes: usize,
-    pub confirmed: Option<Lsn>,
-    /// Nothing was pending when the batch was read.
-    pub caught_up: bool,
-    /// This step created the slot (and delivered the snapshot).
-    pub initialized: bool,
-    pub preview: Vec<Record>,
+/// How one attempt at a step ended.
+enum Stepped {
+    Done(Outcome),
+    /// The walsender could not be reached in `Auto` mode: read through SQL instead.
+    FallBack,
 }
 
 #[derive(Clone, Copy)]
@@ -67,18 +60,6 @@ struct Parts {
     idle_end: Lsn,
     /// When this sink last logged a running-transactions record.
     snapshot_logged: Option<std::time::Instant>,
-}
-
-/// How a worker reads its slot (`pg_sink.transport`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Transport {
-    /// `pg_logical_slot_peek_binary_changes` in the step's own transaction.
-    #[default]
-    Sql,
-    /// A walsender connection; if it cannot be opened, fall back to `Sql`.
-    Auto,
-    /// A walsender connection, or a transient error.
-    Walsender,
 }
 
 /// A sink's pipeline and connector, kept across steps while its definition does not
@@ -163,25 +144,18 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
     Ok(parts)
 }
 
-fn deliver(rt: &tokio::runtime::Runtime, connector: &mut dyn Connector, batch: &Batch, sql: &mut SpiSession) -> Result<(), SinkError> {
-    rt.block_on(connector.deliver(batch, sql))
-}
-
 /// `Some(confirmed_flush_lsn)` if the slot exists.
 fn slot_position(slot: &str) -> Option<Option<Lsn>> {
-    select(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-        &[Some(slot)],
-    )
-    .into_iter()
-    .next()
-    .map(|r| r.into_iter().next().flatten().and_then(|l| l.parse().ok()))
+    select("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(slot)])
+        .into_iter()
+        .next()
+        .map(|r| r.into_iter().next().flatten().and_then(|l| l.parse().ok()))
 }
 
 /// Run one step for `sink`. Errors are engine errors; Postgres errors propagate.
 pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome, SinkError> {
     let mut result = step_with(sink, mode, session);
-    if matches!(&result, Err(e) if e.message == FALL_BACK) {
+    if matches!(result, Ok(Stepped::FallBack)) {
         session.fell_back = true;
         result = step_with(sink, mode, session);
     }
@@ -189,10 +163,13 @@ pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome
         // Rebuild clients after a transient failure.
         session.cached = None;
     }
-    result
+    match result? {
+        Stepped::Done(outcome) => Ok(outcome),
+        Stepped::FallBack => Err(SinkError::transient("the replication stream could not be opened")),
+    }
 }
 
-fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome, SinkError> {
+fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Stepped, SinkError> {
     let rt = session.runtime()?;
     let (transport, session_fell_back, stop_requested) = (session.transport, session.fell_back, session.stop_requested);
     let Parts { def, pipeline, connector, stream, idle_end, snapshot_logged } = parts(sink, session)?;
@@ -207,6 +184,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
                 None => preview_snapshot(sink, pipeline, &mut types, limit),
                 Some(_) => preview_changes(sink, pipeline, &mut types, limit),
             }
+            .map(Stepped::Done);
         }
         Mode::Deliver { write_idle_progress } => write_idle_progress,
     };
@@ -222,7 +200,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
         Some(_) => sink.confirmed.is_none(),
     };
     if needs_init {
-        return initialize(sink, &def, pipeline, connector.as_mut(), &rt, &mut types);
+        return initialize(sink, def, pipeline, connector.as_mut(), &rt, &mut types).map(Stepped::Done);
     }
     let confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
     if let (Some(Some(slot_lsn)), None) = (slot, &stream) {
@@ -233,27 +211,14 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
     }
 
     let step_limit = gucs::max_step_changes();
-    let mut run = Run {
-        pipeline,
-        connector: connector.as_mut(),
-        rt: &rt,
-        sql: SpiSession::for_owner(&sink.owner),
-        types: CatalogTypes::default(),
-        batch: Batch::default(),
-        outcome: Outcome::default(),
-        end: confirmed,
-        last_commit: None,
-        batch_limit: gucs::max_batch_changes() as usize,
-        durable: confirmed,
-        lost_at_start: false,
-    };
-    run.batch = run.pipeline.new_batch();
+    let mut sql = SpiSession::for_owner(&sink.owner);
+    let mut run = Step::new(pipeline, connector.as_mut(), &rt, &mut sql, &mut types, confirmed, gucs::max_batch_changes() as usize);
     let transport = if session_fell_back { Transport::Sql } else { transport };
     let (caught_up, flushed) = match transport {
         Transport::Sql => {
             *stream = None;
-            let flushed: Lsn = select_one("SELECT pg_current_wal_flush_lsn()::text", &[]).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
-            let n = run.peek_all(sink, step_limit)?;
+            let flushed = wal_flush_lsn();
+            let n = peek(sink, step_limit, |msg| run.feed(msg))?;
             ((n as i64) < step_limit, flushed)
         }
         Transport::Auto | Transport::Walsender => {
@@ -263,17 +228,20 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
                     Ok(s) => *stream = Some(s),
                     Err(StartError::Connect(e)) if transport == Transport::Auto => {
                         warning!("pg_sink sink \"{}\": reading the slot through SQL instead of a walsender: {}", sink.name, e.summary());
-                        return Err(SinkError::transient(FALL_BACK));
+                        return Ok(Stepped::FallBack);
                     }
                     Err(StartError::Connect(e) | StartError::Refused { error: e, .. }) => return Err(e),
                 }
             }
-            let Some(s) = stream.as_mut() else { return Err(SinkError::transient("replication stream unavailable")) };
+            let Some(s) = stream.as_mut() else {
+                return Err(SinkError::transient("replication stream unavailable"));
+            };
             // Like a peek: everything flushed when the step begins, nothing after.
-            let upto: Lsn = select_one("SELECT pg_current_wal_flush_lsn()::text", &[]).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO);
+            let upto = wal_flush_lsn();
             let fed = s.feedback(confirmed, true);
             let lost_at_start = fed.is_err();
-            match fed.and_then(|_| run.stream(s, step_limit, upto, stop_requested, idle_end)) {
+            let stop = || stop_requested.is_some_and(|f| f());
+            match fed.and_then(|_| run.read_stream(s, step_limit, upto, &stop, idle_end)) {
                 Ok(caught_up) => (caught_up, upto),
                 Err(e) if reused && (lost_at_start || run.lost_at_start) => {
                     // The walsender went away between steps (sync(), preview() or
@@ -281,18 +249,14 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
                     // one on the next step; nothing was read from this one.
                     pgrx::debug1!("pg_sink sink \"{}\": replication stream closed: {}", sink.name, e.message);
                     *stream = None;
-                    return Ok(Outcome { caught_up: true, confirmed: Some(confirmed), ..Default::default() });
+                    return Ok(Stepped::Done(Outcome { caught_up: true, confirmed: Some(confirmed), ..Default::default() }));
                 }
                 Err(e) => return Err(e),
             }
         }
     };
-    run.flush()?;
-    let Run { connector, mut outcome, end, last_commit, .. } = run;
-    if outcome.transactions > 0 {
-        rt.block_on(connector.finish_step())?;
-    }
-    outcome.caught_up = caught_up;
+    let quiet = stream.is_some().then_some(*idle_end);
+    let (outcome, progress) = run.finish(caught_up, flushed, quiet, write_idle)?;
     // Decoding restarts at the slot's restart_lsn, which only moves past a
     // running-transactions record. Log one now so the next peek does not re-decode
     // from far behind. A stream keeps decoding across steps and only restarts after
@@ -307,19 +271,16 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcom
     if outcome.transactions > 0 && gucs::FAIL_AFTER_DELIVER.get() {
         return Err(SinkError::transient("pg_sink.fail_after_deliver: failing after delivery, before recording progress"));
     }
-    let mut new_confirmed = end.max(if stream.is_some() { *idle_end } else { Lsn::ZERO });
-    if caught_up {
-        new_confirmed = new_confirmed.max(flushed);
+    if progress.record {
+        catalog::record_progress(sink.id, progress.confirmed, outcome.records, outcome.bytes, outcome.transactions, outcome.last_commit, caught_up);
     }
-    if outcome.transactions > 0 || (write_idle && new_confirmed > confirmed) {
-        catalog::record_progress(sink.id, new_confirmed, outcome.records, outcome.bytes, outcome.transactions, last_commit, caught_up);
-    }
-    outcome.confirmed = Some(new_confirmed);
-    Ok(outcome)
+    Ok(Stepped::Done(outcome))
 }
 
-/// The marker error of a failed walsender connection in `Auto` mode.
-const FALL_BACK: &str = "pg_sink: falling back to SQL decoding";
+/// The WAL flush position: where a step's slice of the slot ends.
+fn wal_flush_lsn() -> Lsn {
+    select_one("SELECT pg_current_wal_flush_lsn()::text", &[]).and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO)
+}
 
 /// The walsender's application_name for a slot: how `release_slot` finds it.
 pub fn stream_application_name(slot: &str) -> String {
@@ -359,7 +320,7 @@ fn replication_target() -> Result<replication::Target, SinkError> {
     let user = select_one("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[]).unwrap_or_else(|| "postgres".into());
     let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
     // The walsender formats values: the same output settings as the worker's session.
-    let settings = super::api::OUTPUT_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let settings = super::identity::OUTPUT_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let mut t = replication::Target { host, port: port as u16, user, database, password: None, application_name: String::new(), settings };
     if let Some(ci) = gucs::replication_conninfo() {
         t.apply_conninfo(&ci)?;
@@ -386,129 +347,6 @@ pub fn release_slot(slot: &str) {
         }
         std::thread::sleep(Duration::from_millis(10));
         pgrx::check_for_interrupts!();
-    }
-}
-
-/// One step's reading and delivering: messages in, batches out.
-struct Run<'a> {
-    pipeline: &'a mut Pipeline,
-    connector: &'a mut dyn Connector,
-    rt: &'a tokio::runtime::Runtime,
-    sql: SpiSession,
-    types: CatalogTypes,
-    batch: Batch,
-    outcome: Outcome,
-    end: Lsn,
-    last_commit: Option<i64>,
-    batch_limit: usize,
-    /// The catalog's confirmed LSN when the step began: what feedback may report.
-    durable: Lsn,
-    /// The stream failed before this step read any message from it.
-    lost_at_start: bool,
-}
-
-impl Run<'_> {
-    fn feed(&mut self, msg: &[u8]) -> Result<(), SinkError> {
-        self.pipeline.feed(msg, &mut self.types, &mut self.batch)?;
-        if self.batch.changes >= self.batch_limit {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), SinkError> {
-        if self.batch.transactions == 0 {
-            return Ok(());
-        }
-        deliver(self.rt, self.connector, &self.batch, &mut self.sql)?;
-        let o = &mut self.outcome;
-        o.transactions += self.batch.transactions;
-        o.changes += self.batch.changes;
-        o.records += self.batch.records.len();
-        o.bytes += self.batch.bytes();
-        self.end = self.end.max(self.batch.end_lsn);
-        self.last_commit = self.batch.records.last().map(|r| r.commit_time_us).or(self.last_commit);
-        self.batch = self.pipeline.new_batch();
-        Ok(())
-    }
-
-    /// Read the peek's output, delivering batches of whole transactions as they
-    /// fill up. Batch boundaries depend only on the stream and the settings, so a
-    /// step retried after a crash produces the same batches (and the file
-    /// connector overwrites the same objects).
-    fn peek_all(&mut self, sink: &SinkRow, limit: i64) -> Result<usize, SinkError> {
-        peek(sink, limit, |msg| self.feed(msg))
-    }
-
-    /// Read the walsender's stream up to `upto` (the WAL flush position when the
-    /// step began), like a peek would: every transaction committed at or before
-    /// it, none after it (a later transaction's BEGIN is left in the stream for the
-    /// next step), at most `limit` messages, always ending on a transaction
-    /// boundary. So a step over a given backlog reads the same transactions, and
-    /// cuts the same batches, whenever it runs. Returns whether it caught up.
-    ///
-    /// `quiet` gets the keepalive positions seen between transactions: everything
-    /// before them has been read.
-    fn stream(&mut self, s: &mut replication::Stream, limit: i64, upto: Lsn, stop: Option<fn() -> bool>, quiet: &mut Lsn) -> Result<bool, SinkError> {
-        let mut n = 0usize;
-        let mut silent_since = std::time::Instant::now();
-        let mut read_any = false;
-        loop {
-            let in_txn = self.pipeline.in_transaction();
-            if n as i64 >= limit && !in_txn {
-                return Ok(false);
-            }
-            let next = s.next(Duration::from_millis(100));
-            if next.is_err() && !read_any {
-                self.lost_at_start = true;
-            }
-            read_any = true;
-            match next? {
-                Some(replication::Message::Data { payload, .. }) => {
-                    if !in_txn && pgoutput::begin_commit_lsn(payload).is_some_and(|l| l > upto) {
-                        s.unread();
-                        return Ok(true);
-                    }
-                    // Relation and type messages are sent once per walsender, not
-                    // once per step: only the rest count, so limits cut the same
-                    // place on a new stream.
-                    if !pgoutput::is_metadata(payload) {
-                        n += 1;
-                    }
-                    self.feed(payload)?;
-                    silent_since = std::time::Instant::now();
-                    // A transaction whose commit record ends at or past `upto` is
-                    // the last one committed before it: nothing more to wait for.
-                    if pgoutput::commit_end_lsn(payload).is_some_and(|l| l >= upto) {
-                        return Ok(true);
-                    }
-                }
-                Some(replication::Message::Keepalive { end, reply }) => {
-                    if reply {
-                        // Only what the catalog has committed counts as flushed.
-                        s.feedback(self.durable, false)?;
-                    }
-                    if !in_txn {
-                        *quiet = (*quiet).max(end);
-                        if end >= upto {
-                            return Ok(true);
-                        }
-                    }
-                    silent_since = std::time::Instant::now();
-                }
-                None => {
-                    if stop.is_some_and(|f| f()) {
-                        return Err(SinkError::transient("pg_sink worker is stopping"));
-                    }
-                    if !in_txn && silent_since.elapsed() >= Duration::from_millis(500) {
-                        // The walsender pings when it waits for WAL; ask for its
-                        // position in case it is waiting already.
-                        s.feedback(self.durable, true)?;
-                        silent_since = std::time::Instant::now();
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -605,6 +443,19 @@ fn now_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
+/// The initial snapshot's rows, read through an SPI cursor.
+struct SnapshotCursor<'c, 'r> {
+    cursor: &'c mut pgrx::spi::SpiCursor<'r>,
+    rel: &'c Arc<Relation>,
+    lsn: Lsn,
+}
+
+impl SnapshotSource for SnapshotCursor<'_, '_> {
+    fn next_chunk(&mut self, rows: i64) -> Result<Transaction, SinkError> {
+        snapshot_chunk(self.cursor, self.rel, self.lsn, rows)
+    }
+}
+
 /// Read the next chunk of snapshot rows from `cursor` as an insert-only transaction.
 fn snapshot_chunk(cursor: &mut pgrx::spi::SpiCursor<'_>, rel: &Arc<Relation>, lsn: Lsn, rows: i64) -> Result<Transaction, SinkError> {
     let mut table = cursor.fetch(rows).map_err(|e| SinkError::transient(format!("snapshot read failed: {e}")))?;
@@ -670,12 +521,9 @@ fn initialize(
             .hint("Call sink.sync() as the first statement of its own transaction."));
     }
     let snapshot = def.snapshot;
-    let slot_start: Lsn = select_one(
-        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[Some(&sink.slot_name)],
-    )
-    .and_then(|l| l.parse().ok())
-    .ok_or_else(|| SinkError::transient("could not create the replication slot"))?;
+    let slot_start: Lsn = select_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[Some(&sink.slot_name)])
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| SinkError::transient("could not create the replication slot"))?;
     let mut start = slot_start;
     if snapshot {
         // SAFETY: locking a relation we resolved from the catalog; released at
@@ -686,41 +534,25 @@ fn initialize(
             .ok_or_else(|| SinkError::transient("could not read the WAL position"))?
             .max(slot_start);
     }
-    let mut outcome = Outcome { initialized: true, confirmed: Some(start), ..Default::default() };
-    let mut sql = SpiSession::for_owner(&sink.owner);
+    let mut outcome = Outcome::default();
     if snapshot {
+        let mut sql = SpiSession::for_owner(&sink.owner);
         let rel = snapshot_relation(sink, types);
         let query = snapshot_query(sink, &rel);
+        let mut step = Step::new(pipeline, connector, rt, &mut sql, types, Lsn::ZERO, usize::MAX);
         // SAFETY: a snapshot taken after the lock; popped below.
         unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-        let result: Result<(), SinkError> = Spi::connect(|client| {
+        let result = Spi::connect(|client| {
             let mut cursor = client.open_cursor(query.as_str(), &[]);
-            let mut chunk = 0u32;
-            loop {
-                let txn = snapshot_chunk(&mut cursor, &rel, start, SNAPSHOT_CHUNK)?;
-                let rows = txn.changes.len();
-                if rows == 0 && chunk > 0 {
-                    break;
-                }
-                let mut batch = pipeline.new_batch();
-                batch.snapshot_chunk = Some(chunk);
-                pipeline.add_transaction(txn, &mut batch)?;
-                deliver(rt, connector, &batch, &mut sql)?;
-                outcome.changes += batch.changes;
-                outcome.records += batch.records.len();
-                outcome.bytes += batch.bytes();
-                chunk += 1;
-                if (rows as i64) < SNAPSHOT_CHUNK {
-                    break;
-                }
-            }
-            Ok(())
+            step.deliver_snapshot(&mut SnapshotCursor { cursor: &mut cursor, rel: &rel, lsn: start }, SNAPSHOT_CHUNK)
         });
         // SAFETY: pops the snapshot pushed above.
         unsafe { pg_sys::PopActiveSnapshot() };
         result?;
-        rt.block_on(connector.finish_step())?;
+        outcome = step.into_outcome();
     }
+    outcome.initialized = true;
+    outcome.confirmed = Some(start);
     catalog::mark_snapshot_done(sink.id, start);
     if outcome.records > 0 {
         catalog::record_progress(sink.id, start, outcome.records, outcome.bytes, 0, None, false);

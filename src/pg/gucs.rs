@@ -4,8 +4,6 @@ use std::ffi::{CStr, CString};
 
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 
-use super::delivery::Transport;
-
 /// Database whose `sink` catalog the launcher serves (like `cron.database_name`).
 /// Default `postgres`: the database every cluster has. Postmaster-level, so it can
 /// only be set in postgresql.conf with `shared_preload_libraries = 'pg_sink'`.
@@ -46,17 +44,20 @@ pub static VALIDATE_CONNECTIONS: GucSetting<bool> = GucSetting::<bool>::new(true
 /// connection cannot be opened (pg_hba.conf, max_wal_senders), through SQL.
 /// `walsender`: only that way (a failed connection is an error in the status).
 /// `sql`: `pg_logical_slot_peek_binary_changes` in the worker's own transaction.
-#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum TransportSetting {
+/// `sync()` and `preview()` always read through SQL (their step is the caller's
+/// transaction); the default a session starts with is therefore `Sql`.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Transport {
     #[name = c"auto"]
     Auto,
     #[name = c"walsender"]
     Walsender,
     #[name = c"sql"]
+    #[default]
     Sql,
 }
 
-pub static TRANSPORT: GucSetting<TransportSetting> = GucSetting::<TransportSetting>::new(TransportSetting::Auto);
+pub static TRANSPORT: GucSetting<Transport> = GucSetting::<Transport>::new(Transport::Auto);
 
 /// Overrides for the walsender connection (libpq key=value: host, port, user,
 /// password, dbname). Empty: the bootstrap superuser over this server's first
@@ -175,11 +176,7 @@ pub fn validate_connections() -> bool {
 }
 
 pub fn transport() -> Transport {
-    match TRANSPORT.get() {
-        TransportSetting::Auto => Transport::Auto,
-        TransportSetting::Walsender => Transport::Walsender,
-        TransportSetting::Sql => Transport::Sql,
-    }
+    TRANSPORT.get()
 }
 
 pub fn replication_conninfo() -> Option<String> {

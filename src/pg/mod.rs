@@ -6,13 +6,13 @@
 //! driven from the same thread.
 
 pub mod access;
-pub mod api;
 pub mod catalog;
 pub mod delivery;
 pub mod errors;
-pub mod execute;
 pub mod gucs;
+pub mod identity;
 pub mod spi;
+pub mod sql;
 mod tests;
 pub mod worker;
 

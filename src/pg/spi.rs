@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 
+use crate::engine::change::{Relation, RelationMeta};
 use crate::engine::connector::SqlSession;
 use crate::engine::error::{Result, SinkError};
-use crate::engine::change::{Relation, RelationMeta};
-use crate::engine::types::{self, PgType, TypeKind, TypeResolver};
+use crate::engine::pipeline::TypeResolver;
+use crate::engine::types::{self, PgType, TypeKind};
 
 pub type Rows = Vec<Vec<Option<String>>>;
 
@@ -46,12 +47,7 @@ pub fn select_one(sql: &str, params: &[Option<&str>]) -> Option<String> {
 }
 
 fn spi_fail(sql: &str, e: pgrx::spi::Error) -> ! {
-    super::errors::fail(
-        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-        format!("pg_sink internal query failed: {e}"),
-        Some(format!("Query: {sql}")),
-        None,
-    )
+    super::errors::fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pg_sink internal query failed: {e}"), Some(format!("Query: {sql}")), None)
 }
 
 /// The engine's SQL access, inside the current transaction, with the privileges of
@@ -62,7 +58,8 @@ pub struct SpiSession {
 
 impl SpiSession {
     pub fn for_owner(owner: &str) -> SpiSession {
-        let oid = select_one("SELECT $1::regrole::oid::text", &[Some(owner)]).and_then(|o| o.parse::<u32>().ok()).unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID);
+        let oid =
+            select_one("SELECT $1::regrole::oid::text", &[Some(owner)]).and_then(|o| o.parse::<u32>().ok()).unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID);
         SpiSession { owner: pg_sys::Oid::from(oid) }
     }
 
@@ -200,10 +197,7 @@ impl TypeResolver for CatalogTypes {
             let name = r.first().cloned().flatten().unwrap_or_default();
             by_name.insert(name, (r.get(1).cloned().flatten().as_deref() == Some("true"), r.get(2).cloned().flatten()));
         }
-        let mut meta = RelationMeta {
-            comment: select_one("SELECT obj_description($1::oid, 'pg_class')", &[Some(&oid)]),
-            ..Default::default()
-        };
+        let mut meta = RelationMeta { comment: select_one("SELECT obj_description($1::oid, 'pg_class')", &[Some(&oid)]), ..Default::default() };
         for c in &rel.columns {
             let (nn, comment) = by_name.get(&c.name).cloned().unwrap_or((false, None));
             meta.not_null.push(nn);

@@ -15,9 +15,8 @@ mod tests {
     #[pg_test]
     fn create_sink_writes_catalog_and_publication() {
         setup();
-        let id = Spi::get_one::<i64>("SELECT sink.create_sink('s1', 't', 'table', '{\"table\": \"t_copy\"}', envelope => 'upsert')")
-            .unwrap()
-            .unwrap();
+        let id =
+            Spi::get_one::<i64>("SELECT sink.create_sink('s1', 't', 'table', '{\"table\": \"t_copy\"}', envelope => 'upsert')").unwrap().unwrap();
         let row = Spi::get_three::<String, String, String>(
             "SELECT envelope, array_to_string(key_columns, ','), options->>'table' FROM sink.sinks WHERE id = (SELECT max(id) FROM sink.sinks)",
         )
@@ -37,7 +36,10 @@ mod tests {
     #[pg_test]
     fn preview_reads_the_snapshot_without_delivering() {
         setup();
-        Spi::run("SELECT sink.create_sink('s2', 't', 'file', '{\"path\": \"/tmp/pg_sink_pgtest_out\", \"schedule\": \"manual\"}', envelope => 'upsert')").unwrap();
+        Spi::run(
+            "SELECT sink.create_sink('s2', 't', 'file', '{\"path\": \"/tmp/pg_sink_pgtest_out\", \"schedule\": \"manual\"}', envelope => 'upsert')",
+        )
+        .unwrap();
         let value = Spi::get_one::<String>("SELECT value FROM sink.preview('s2', 1)").unwrap();
         assert_eq!(value.as_deref(), Some("{\"id\":1,\"v\":\"a\",\"n\":\"1.50\"}"));
         let op = Spi::get_one::<String>("SELECT string_agg(op, ',') FROM sink.preview('s2', 5)").unwrap();

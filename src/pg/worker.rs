@@ -15,8 +15,8 @@ use pgrx::PgTryBuilder;
 use crate::engine::error::{ErrorKind, SinkError};
 use crate::engine::retry::Backoff;
 
-use super::api::{as_superuser, LOCK_CLASS, OUTPUT_SETTINGS};
 use super::delivery::{self, Mode};
+use super::identity::{as_superuser, LOCK_CLASS, OUTPUT_SETTINGS};
 use super::spi::{select, select_one};
 use super::{catalog, gucs};
 
@@ -97,13 +97,10 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
             if !extension_installed() {
                 return Ok(Vec::new());
             }
-            Ok(select(
-                "SELECT id::text FROM sink.sinks WHERE state = 'running' AND schedule = 'continuous' ORDER BY id",
-                &[],
-            )
-            .into_iter()
-            .filter_map(|r| r.into_iter().next().flatten().and_then(|s| s.parse::<i64>().ok()))
-            .collect::<Vec<i64>>())
+            Ok(select("SELECT id::text FROM sink.sinks WHERE state = 'running' AND schedule = 'continuous' ORDER BY id", &[])
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten().and_then(|s| s.parse::<i64>().ok()))
+                .collect::<Vec<i64>>())
         });
         let wanted = match wanted {
             Ok(w) => w,
@@ -121,11 +118,7 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
             next_start.remove(&id);
         }
         // Forget workers that exited; they are restarted below after a backoff.
-        let exited: Vec<i64> = workers
-            .iter()
-            .filter(|(_, w)| matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)))
-            .map(|(id, _)| *id)
-            .collect();
+        let exited: Vec<i64> = workers.iter().filter(|(_, w)| matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped))).map(|(id, _)| *id).collect();
         for id in exited {
             workers.remove(&id);
             let entry = next_start.entry(id).or_insert_with(|| (Instant::now(), Backoff::new(Duration::from_secs(1), gucs::retry_max())));
@@ -158,7 +151,8 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
                 }
                 Err(_) => {
                     warning!("pg_sink could not start a worker for sink {id}");
-                    let hint_entry = next_start.entry(id).or_insert_with(|| (Instant::now(), Backoff::new(Duration::from_secs(1), gucs::retry_max())));
+                    let hint_entry =
+                        next_start.entry(id).or_insert_with(|| (Instant::now(), Backoff::new(Duration::from_secs(1), gucs::retry_max())));
                     hint_entry.0 = Instant::now() + hint_entry.1.next_delay();
                 }
             }
@@ -185,7 +179,9 @@ fn sigterm() -> bool {
 /// Sleep until the latch is set, `fd` (the stream's wake descriptor) is readable,
 /// or `timeout` passes. False when the worker must exit.
 fn wait_latch_or_fd(fd: Option<i32>, timeout: Duration) -> bool {
-    let Some(fd) = fd else { return BackgroundWorker::wait_latch(Some(timeout)) };
+    let Some(fd) = fd else {
+        return BackgroundWorker::wait_latch(Some(timeout));
+    };
     let flags = pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH | pg_sys::WL_SOCKET_READABLE;
     // SAFETY: waits on this process's latch and a descriptor the stream owns.
     let rc = unsafe {
@@ -254,7 +250,9 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
                 // sync() or a DDL call holds the sink; try again shortly.
                 return Ok((Next::Busy, false));
             }
-            let Some(sink) = catalog::find_by_id(sink_id) else { return Ok((Next::Stop, false)) };
+            let Some(sink) = catalog::find_by_id(sink_id) else {
+                return Ok((Next::Stop, false));
+            };
             if sink.state != "running" || sink.schedule != "continuous" {
                 return Ok((Next::Stop, false));
             }

@@ -34,14 +34,13 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{Batch, Connector, ConnectorConfig, ConnectorSpec, Record, SqlSession};
+use super::{parse_bool, Batch, Connector, ConnectorConfig, ConnectorSpec, Record, SqlSession};
 use crate::engine::change::{Cell, Relation};
 use crate::engine::connector::table::quote_ident;
-use crate::engine::envelope::{Payload, RowImage};
 use crate::engine::encoder::hash;
+use crate::engine::envelope::{Payload, RowImage};
 use crate::engine::error::{Result, SinkError};
 use crate::engine::lsn::Lsn;
-use crate::engine::options::parse_bool;
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
     name: "kafka",
@@ -111,8 +110,7 @@ fn int_option(cfg: &ConnectorConfig, name: &str, default: i32, min: i32) -> Resu
         None => Ok(default),
         Some(v) => match v.trim().parse::<i32>() {
             Ok(n) if n >= min => Ok(n),
-            _ => Err(SinkError::config(format!("invalid value for option \"{name}\": \"{v}\""))
-                .hint(format!("Give an integer of at least {min}."))),
+            _ => Err(SinkError::config(format!("invalid value for option \"{name}\": \"{v}\"")).hint(format!("Give an integer of at least {min}."))),
         },
     }
 }
@@ -121,12 +119,10 @@ fn int_option(cfg: &ConnectorConfig, name: &str, default: i32, min: i32) -> Resu
 pub fn parse_map(name: &str, text: &str) -> Result<BTreeMap<String, String>> {
     let text = text.trim();
     if text.starts_with('{') {
-        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-            .map_err(|e| SinkError::config(format!("invalid value for option \"{name}\": {e}")).hint("Give a JSON object of strings, or k=v,k2=v2."))?;
-        return Ok(map
-            .into_iter()
-            .map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-            .collect());
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).map_err(|e| {
+            SinkError::config(format!("invalid value for option \"{name}\": {e}")).hint("Give a JSON object of strings, or k=v,k2=v2.")
+        })?;
+        return Ok(map.into_iter().map(|(k, v)| (k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect());
     }
     let mut out = BTreeMap::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -140,9 +136,11 @@ pub fn parse_map(name: &str, text: &str) -> Result<BTreeMap<String, String>> {
 }
 
 pub fn settings(cfg: &ConnectorConfig) -> Result<KafkaSettings> {
-    let topic = cfg.get("topic").or_else(|| cfg.get("kafka_topic_name")).map(str::to_string).ok_or_else(|| {
-        SinkError::config("connector \"kafka\" requires option \"topic\"").hint("Name the topic, e.g. topic => 'orders'.")
-    })?;
+    let topic = cfg
+        .get("topic")
+        .or_else(|| cfg.get("kafka_topic_name"))
+        .map(str::to_string)
+        .ok_or_else(|| SinkError::config("connector \"kafka\" requires option \"topic\"").hint("Name the topic, e.g. topic => 'orders'."))?;
     if topic.is_empty() || topic.len() > 249 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
         return Err(SinkError::config(format!("invalid Kafka topic name \"{topic}\""))
             .detail("Topic names have 1 to 249 characters among ASCII letters, digits, '.', '_' and '-'."));
@@ -240,7 +238,9 @@ pub struct ClientErrors {
 
 impl ClientErrors {
     fn record(&self, error: &KafkaError, reason: &str) {
-        let Some(code) = error.rdkafka_error_code() else { return };
+        let Some(code) = error.rdkafka_error_code() else {
+            return;
+        };
         if refusal(code, reason, "").is_some() {
             if let Ok(mut slot) = self.refused.lock() {
                 *slot = Some((code, reason.to_string()));
@@ -261,7 +261,9 @@ pub fn refusal(code: RDKafkaErrorCode, reason: &str, brokers: &str) -> Option<Si
     use RDKafkaErrorCode::*;
     let tls = ["SSL handshake failed", "certificate verify failed", "SSL routines"].iter().any(|s| reason.contains(s));
     let hint = match code {
-        _ if tls => "Check ssl_certificate_authority (the CA that signed the brokers' certificates) and, for mutual TLS, ssl_certificate and ssl_key.",
+        _ if tls => {
+            "Check ssl_certificate_authority (the CA that signed the brokers' certificates) and, for mutual TLS, ssl_certificate and ssl_key."
+        }
         Authentication | SaslAuthenticationFailed => "Check the connection's security_protocol, sasl_mechanisms, sasl_username and sasl_password.",
         _ => return None,
     };
@@ -328,10 +330,18 @@ fn record_row(r: &Record) -> Option<&RowImage> {
 /// Headers from the `HEADERS` column: a JSON object; keys with our reserved prefix
 /// are ignored, as Materialize ignores `materialize-` keys.
 pub fn user_headers(r: &Record, column: &str) -> Vec<(String, Option<String>)> {
-    let Payload::Row(row) = &r.draft.payload else { return Vec::new() };
-    let Some(idx) = row.relation.column_index(column) else { return Vec::new() };
-    let Some(text) = row.cells[idx].as_text() else { return Vec::new() };
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else { return Vec::new() };
+    let Payload::Row(row) = &r.draft.payload else {
+        return Vec::new();
+    };
+    let Some(idx) = row.relation.column_index(column) else {
+        return Vec::new();
+    };
+    let Some(text) = row.cells[idx].as_text() else {
+        return Vec::new();
+    };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Vec::new();
+    };
     map.into_iter()
         .filter(|(k, _)| !k.starts_with(super::HEADER_PREFIX))
         .map(|(k, v)| {
@@ -422,9 +432,8 @@ impl KafkaConnector {
         c.remove("compression.type");
         let probe: BaseProducer<DeliveryContext> = c.create_with_context(DeliveryContext::default()).map_err(|e| classify("client creation", &e))?;
         probe.client().fetch_metadata(None, Duration::from_secs(5).min(self.settings.timeout)).map(|_| ()).map_err(|e| {
-            refused(&probe, &self.settings.brokers).unwrap_or_else(|| {
-                SinkError::transient(format!("could not reach Kafka brokers \"{}\": {e}", self.settings.brokers)).hint(hint)
-            })
+            refused(&probe, &self.settings.brokers)
+                .unwrap_or_else(|| SinkError::transient(format!("could not reach Kafka brokers \"{}\": {e}", self.settings.brokers)).hint(hint))
         })
     }
 
@@ -476,7 +485,8 @@ impl KafkaConnector {
     /// partition and no retention (either would break exactly-once).
     async fn check_progress_topic(&self, admin: &AdminClient<DefaultClientContext>, partitions: usize) -> Result<()> {
         let topic = &self.settings.progress_topic;
-        let guidance = "The progress topic must have 1 partition and no retention (retention.ms = -1, retention.bytes = -1); compaction is recommended.";
+        let guidance =
+            "The progress topic must have 1 partition and no retention (retention.ms = -1, retention.bytes = -1); compaction is recommended.";
         if partitions != 1 {
             return Err(SinkError::permanent(format!("progress topic \"{topic}\" has {partitions} partitions"))
                 .detail(guidance)
@@ -557,8 +567,12 @@ impl KafkaConnector {
             c.set("transactional.id", &self.settings.transactional_id)
                 .set("transaction.timeout.ms", &(self.settings.timeout.as_millis().max(60_000)).to_string());
         }
-        let producer: BaseProducer<DeliveryContext> = c.create_with_context(DeliveryContext::default()).map_err(|e| classify("producer creation", &e))?;
-        let meta = producer.client().fetch_metadata(Some(&self.settings.topic), self.settings.timeout).map_err(|e| refused(&producer, &self.settings.brokers).unwrap_or_else(|| classify("metadata fetch", &e)))?;
+        let producer: BaseProducer<DeliveryContext> =
+            c.create_with_context(DeliveryContext::default()).map_err(|e| classify("producer creation", &e))?;
+        let meta = producer
+            .client()
+            .fetch_metadata(Some(&self.settings.topic), self.settings.timeout)
+            .map_err(|e| refused(&producer, &self.settings.brokers).unwrap_or_else(|| classify("metadata fetch", &e)))?;
         let topic = meta.topics().iter().find(|t| t.name() == self.settings.topic);
         if let Some(code) = topic.and_then(|t| t.error()).map(RDKafkaErrorCode::from).filter(|c| is_permanent(*c)) {
             // Not allowed to see the topic (an ACL), for instance: retrying cannot help.
@@ -689,7 +703,11 @@ impl KafkaConnector {
     fn partitions(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<Vec<i32>> {
         let n = self.state.as_ref().map_or(1, |s| s.partitions);
         let Some(expr) = self.settings.partition_by.clone() else {
-            return Ok(batch.records.iter().map(|r| hash::default_partition(r.key.as_deref().map(|k| &k[batch.key_prefix.min(k.len())..]), n)).collect());
+            return Ok(batch
+                .records
+                .iter()
+                .map(|r| hash::default_partition(r.key.as_deref().map(|k| &k[batch.key_prefix.min(k.len())..]), n))
+                .collect());
         };
         let mut out = Vec::with_capacity(batch.records.len());
         for r in &batch.records {
@@ -701,7 +719,8 @@ impl KafkaConnector {
             let fresh = self.partitioner.get(&rel.id).map(|(cached, _)| !(Arc::ptr_eq(cached, rel) || **cached == **rel)).unwrap_or(true);
             if fresh {
                 let types = super::sql_types(rel, sql)?;
-                let cols: Vec<String> = rel.columns.iter().zip(&types).enumerate().map(|(i, (c, t))| format!("${}::{} AS {}", i + 1, t, quote_ident(&c.name))).collect();
+                let cols: Vec<String> =
+                    rel.columns.iter().zip(&types).enumerate().map(|(i, (c, t))| format!("${}::{} AS {}", i + 1, t, quote_ident(&c.name))).collect();
                 let query = format!("SELECT (({expr}))::numeric::text FROM (SELECT {}) AS r", cols.join(", "));
                 self.partitioner.insert(rel.id, (rel.clone(), query));
             }
@@ -742,7 +761,9 @@ impl Connector for KafkaConnector {
         }
         let partitions = self.partitions(batch, sql)?;
         let headers_column = self.settings.headers_column.clone();
-        let Some(running) = self.state.as_mut() else { return Err(SinkError::transient("Kafka producer unavailable")) };
+        let Some(running) = self.state.as_mut() else {
+            return Err(SinkError::transient("Kafka producer unavailable"));
+        };
         if batch.end_lsn <= running.committed {
             // Kafka already has this batch (Postgres crashed after the Kafka commit).
             return Ok(());
@@ -817,7 +838,14 @@ mod tests {
 
     #[test]
     fn settings_follow_materialize_and_defaults() {
-        let s = settings(&cfg(&[("topic", "t1"), ("broker", "kafka://h:9092"), ("compression_type", "ZSTD"), ("topic_config", "cleanup.policy=compact, min.insync.replicas=2"), ("properties.linger.ms", "20")])).unwrap();
+        let s = settings(&cfg(&[
+            ("topic", "t1"),
+            ("broker", "kafka://h:9092"),
+            ("compression_type", "ZSTD"),
+            ("topic_config", "cleanup.policy=compact, min.insync.replicas=2"),
+            ("properties.linger.ms", "20"),
+        ]))
+        .unwrap();
         assert_eq!(s.brokers, "h:9092");
         assert!(s.exactly_once);
         assert_eq!(s.transactional_id, "pg_sink-shop-orders");
@@ -827,7 +855,9 @@ mod tests {
         assert_eq!(s.client.get("linger.ms").unwrap(), "20");
         assert_eq!(s.topic_config.get("cleanup.policy").unwrap(), "compact");
         assert_eq!(s.partition_count, -1);
-        let s = settings(&cfg(&[("kafka_topic_name", "t2"), ("brokers", "a:1,b:2"), ("sasl_mechanisms", "scram-sha-256"), ("exactly_once", "false")])).unwrap();
+        let s =
+            settings(&cfg(&[("kafka_topic_name", "t2"), ("brokers", "a:1,b:2"), ("sasl_mechanisms", "scram-sha-256"), ("exactly_once", "false")]))
+                .unwrap();
         assert_eq!(s.topic, "t2");
         assert!(!s.exactly_once);
         assert_eq!(s.client.get("security.protocol").unwrap(), "sasl_ssl");

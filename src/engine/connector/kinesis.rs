@@ -146,7 +146,17 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<KinesisSettings> {
                 .hint("Use wrapped (key, value and headers) or value (the encoded value only)."))
         }
     };
-    Ok(KinesisSettings { stream, region, endpoint, keys, role_arn, external_id, wrapped, timeout: cfg.timeout(10_000)?, validate: cfg.flag("validate", true)? })
+    Ok(KinesisSettings {
+        stream,
+        region,
+        endpoint,
+        keys,
+        role_arn,
+        external_id,
+        wrapped,
+        timeout: cfg.timeout(10_000)?,
+        validate: cfg.flag("validate", true)?,
+    })
 }
 
 fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
@@ -264,17 +274,26 @@ where
             .detail(e.message().unwrap_or_default().to_string())
             .hint("Create the stream (and check aws.region and endpoint), then resume the sink."),
         Some(
-            code @ ("AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException" | "IncompleteSignature"
-            | "MissingAuthenticationToken" | "ExpiredTokenException" | "InvalidClientTokenId" | "KMSAccessDeniedException"
-            | "KMSDisabledException" | "KMSNotFoundException" | "KMSInvalidStateException"),
+            code @ ("AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "IncompleteSignature"
+            | "MissingAuthenticationToken"
+            | "ExpiredTokenException"
+            | "InvalidClientTokenId"
+            | "KMSAccessDeniedException"
+            | "KMSDisabledException"
+            | "KMSNotFoundException"
+            | "KMSInvalidStateException"),
         ) => SinkError::permanent(format!("Kinesis refused the {what}: {code}"))
             .detail(e.message().unwrap_or_default().to_string())
             .hint("Check the credentials, the role and its permissions on the stream."),
         Some(code @ ("InvalidArgumentException" | "ValidationException" | "SerializationException")) => {
             SinkError::permanent(format!("Kinesis rejected the {what}: {code}")).detail(e.message().unwrap_or_default().to_string())
         }
-        _ => SinkError::transient(format!("Kinesis {what} failed: {text}"))
-            .hint("Check endpoint and aws.region and that the service is reachable; the sink retries (at creation, validate => false skips this check)."),
+        _ => SinkError::transient(format!("Kinesis {what} failed: {text}")).hint(
+            "Check endpoint and aws.region and that the service is reachable; the sink retries (at creation, validate => false skips this check).",
+        ),
     }
 }
 
@@ -354,8 +373,11 @@ impl KinesisConnector {
                         if let Some(code) = r.error_code() {
                             if !retryable_record_error(code) {
                                 let e = &entries[pending[j]];
-                                return Err(SinkError::permanent(format!("Kinesis rejected a record: {code}"))
-                                    .detail(format!("Record with partition key {}: {}", e.partition_key, r.error_message().unwrap_or_default())));
+                                return Err(SinkError::permanent(format!("Kinesis rejected a record: {code}")).detail(format!(
+                                    "Record with partition key {}: {}",
+                                    e.partition_key,
+                                    r.error_message().unwrap_or_default()
+                                )));
                             }
                             first_error.get_or_insert_with(|| format!("{code}: {}", r.error_message().unwrap_or_default()));
                         } else {
@@ -398,7 +420,8 @@ impl Connector for KinesisConnector {
         }
         let client = self.client().await;
         let stream = self.settings.stream.clone();
-        let out = client.describe_stream_summary().stream_name(&stream).send().await.map_err(|e| classify("DescribeStreamSummary request", &stream, &e));
+        let out =
+            client.describe_stream_summary().stream_name(&stream).send().await.map_err(|e| classify("DescribeStreamSummary request", &stream, &e));
         let out = match out {
             Ok(o) => o,
             Err(e) => {

@@ -1,7 +1,8 @@
 //! Connectors move encoded records to a target and say when they are durable there.
 //! That is all they do: envelopes and encoders are chosen elsewhere. A connector is
 //! one file in this folder implementing [`Connector`] plus one [`ConnectorSpec`] in
-//! [`REGISTRY`] naming it and its options.
+//! [`registry::REGISTRY`] naming it and its options. This file holds what every
+//! connector shares; it imports none of them.
 //!
 //! Progress only advances after [`Connector::deliver`] returns `Ok`: that is the
 //! connector's promise that the whole batch survives a crash of this process.
@@ -11,6 +12,7 @@ pub mod kafka;
 pub mod kinesis;
 pub mod nats;
 pub mod object;
+pub mod registry;
 pub mod table;
 pub mod webhook;
 
@@ -144,10 +146,7 @@ pub struct Batch {
 
 impl Batch {
     pub fn bytes(&self) -> usize {
-        self.records
-            .iter()
-            .map(|r| r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len()))
-            .sum()
+        self.records.iter().map(|r| r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())).sum()
     }
 }
 
@@ -168,11 +167,17 @@ pub trait SqlSession {
 pub fn sql_types(rel: &crate::engine::change::Relation, sql: &mut dyn SqlSession) -> Result<Vec<String>> {
     let oids = format!("{{{}}}", rel.columns.iter().map(|c| c.ty.oid.to_string()).collect::<Vec<_>>().join(","));
     let mods = format!("{{{}}}", rel.columns.iter().map(|c| c.type_modifier.to_string()).collect::<Vec<_>>().join(","));
-    let rows = sql.query(
-        "SELECT format_type(o, m) FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS u(o, m, n) ORDER BY n",
-        &[Some(&oids), Some(&mods)],
-    )?;
+    let rows = sql
+        .query("SELECT format_type(o, m) FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS u(o, m, n) ORDER BY n", &[Some(&oids), Some(&mods)])?;
     Ok(rows.into_iter().map(|r| r.into_iter().next().flatten().unwrap_or_else(|| "text".into())).collect())
+}
+
+pub fn parse_bool(name: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" | "t" => Ok(true),
+        "false" | "off" | "no" | "0" | "f" => Ok(false),
+        _ => Err(SinkError::config(format!("invalid value for boolean option \"{name}\": \"{value}\"")).hint("Use true or false.")),
+    }
 }
 
 /// What a connector is built from: the sink's settings it may need.
@@ -200,7 +205,7 @@ impl ConnectorConfig {
 
     /// A boolean option, `default` when absent.
     pub fn flag(&self, name: &str, default: bool) -> Result<bool> {
-        self.get(name).map(|v| crate::engine::options::parse_bool(name, v)).transpose().map(|v| v.unwrap_or(default))
+        self.get(name).map(|v| parse_bool(name, v)).transpose().map(|v| v.unwrap_or(default))
     }
 
     /// The `timeout_ms` option (at least 100 ms), `default_ms` when absent.
@@ -270,56 +275,4 @@ impl std::fmt::Debug for ConnectorSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name)
     }
-}
-
-pub const REGISTRY: &[ConnectorSpec] = &[
-    object::FILE,
-    object::S3,
-    object::GCS,
-    object::AZBLOB,
-    jdbc::SPEC,
-    kafka::SPEC,
-    kinesis::SPEC,
-    nats::SPEC,
-    table::SPEC,
-    webhook::SPEC,
-];
-
-/// Other names users of RisingWave or Kinetica give the same connectors.
-const ALIASES: &[(&str, &str)] = &[("azure", "azblob"), ("fs", "file"), ("http", "webhook"), ("https", "webhook")];
-
-pub fn spec(name: &str) -> Result<&'static ConnectorSpec> {
-    let name = ALIASES.iter().find(|(a, _)| a.eq_ignore_ascii_case(name)).map_or(name, |(_, n)| n);
-    REGISTRY.iter().find(|s| s.name.eq_ignore_ascii_case(name)).ok_or_else(|| {
-        SinkError::config(format!("unknown connector \"{name}\""))
-            .hint(format!("Supported connectors: {}.", REGISTRY.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")))
-    })
-}
-
-/// Check connector options against the spec: all known, and (for a sink, not for a
-/// connection that sinks complete) all required present.
-pub fn validate_options(spec: &ConnectorSpec, options: &BTreeMap<String, String>) -> Result<()> {
-    validate_known(spec, options)?;
-    for req in spec.required {
-        if !options.contains_key(*req) {
-            return Err(SinkError::config(format!("connector \"{}\" requires option \"{req}\"", spec.name))
-                .detail(spec.options.iter().find(|(o, _)| o == req).map(|(_, d)| d.to_string()).unwrap_or_default()));
-        }
-    }
-    Ok(())
-}
-
-/// Check that every option is one the connector knows.
-pub fn validate_known(spec: &ConnectorSpec, options: &BTreeMap<String, String>) -> Result<()> {
-    for name in options.keys() {
-        if !spec.options.iter().any(|(o, _)| o == name) && !spec.option_prefixes.iter().any(|p| name.starts_with(p)) {
-            return Err(SinkError::config(format!("unknown option \"{name}\" for connector \"{}\"", spec.name))
-                .hint(format!(
-                    "Valid options for \"{}\": {}.",
-                    spec.name,
-                    spec.options.iter().map(|(o, _)| *o).collect::<Vec<_>>().join(", ")
-                )));
-        }
-    }
-    Ok(())
 }

@@ -63,16 +63,12 @@ pub struct NatsSettings {
 }
 
 pub fn settings(cfg: &ConnectorConfig) -> Result<NatsSettings> {
-    let servers: Vec<String> = cfg
-        .get("server_url")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
+    let servers: Vec<String> =
+        cfg.get("server_url").unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
     if servers.is_empty() {
-        return Err(SinkError::config("connector \"nats\" requires option \"server_url\"").hint("Give host:port, e.g. server_url => 'localhost:4222'."));
+        return Err(
+            SinkError::config("connector \"nats\" requires option \"server_url\"").hint("Give host:port, e.g. server_url => 'localhost:4222'.")
+        );
     }
     for s in &servers {
         if s.contains('@') {
@@ -104,15 +100,15 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<NatsSettings> {
         "credential" => match (get("jwt"), get("nkey")) {
             (Some(jwt), Some(seed)) => {
                 if !seed.starts_with('S') {
-                    return Err(SinkError::config("nkey must be an NKEY seed (it starts with \"S\")").hint("Use the user's seed, e.g. from its .creds file."));
+                    return Err(
+                        SinkError::config("nkey must be an NKEY seed (it starts with \"S\")").hint("Use the user's seed, e.g. from its .creds file.")
+                    );
                 }
                 Auth::Credential { jwt, seed }
             }
             _ => return Err(SinkError::config("connect_mode credential requires jwt and nkey").hint("Give the user JWT and its NKEY seed.")),
         },
-        other => {
-            return Err(SinkError::config(format!("invalid connect_mode \"{other}\"")).hint("Use plain, user_and_password or credential."))
-        }
+        other => return Err(SinkError::config(format!("invalid connect_mode \"{other}\"")).hint("Use plain, user_and_password or credential.")),
     };
     Ok(NatsSettings {
         servers,
@@ -183,7 +179,8 @@ impl NatsConnector {
             Ok(Err(e)) => {
                 let text = e.to_string();
                 if text.to_ascii_lowercase().contains("authorization") {
-                    Err(SinkError::permanent(format!("NATS refused the credentials: {text}")).hint("Check connect_mode, username/password or jwt/nkey."))
+                    Err(SinkError::permanent(format!("NATS refused the credentials: {text}"))
+                        .hint("Check connect_mode, username/password or jwt/nkey."))
                 } else {
                     Err(transient("connect", text))
                 }
@@ -225,7 +222,9 @@ impl Connector for NatsConnector {
         if self.client.is_none() {
             self.client = Some(self.connect().await?);
         }
-        let Some(client) = self.client.clone() else { return Err(SinkError::transient("NATS client unavailable")) };
+        let Some(client) = self.client.clone() else {
+            return Err(SinkError::transient("NATS client unavailable"));
+        };
         let timeout = self.settings.timeout;
         // Position of each record within its transaction: stable across retries.
         let mut seq = 0usize;
@@ -292,7 +291,9 @@ mod tests {
         assert_eq!(s.servers, vec!["a:4222", "b:4223"]);
         assert_eq!(s.auth, Auth::Plain);
         assert!(!s.jetstream);
-        let s = settings(&cfg(&[("server_url", "a:1"), ("subject", "x"), ("connect_mode", "user_and_password"), ("username", "u"), ("password", "p")])).unwrap();
+        let s =
+            settings(&cfg(&[("server_url", "a:1"), ("subject", "x"), ("connect_mode", "user_and_password"), ("username", "u"), ("password", "p")]))
+                .unwrap();
         assert_eq!(s.auth, Auth::UserPassword { user: "u".into(), password: "p".into() });
         let s = settings(&cfg(&[("server_url", "a:1"), ("subject", "x"), ("connect_mode", "credential"), ("jwt", "eyJ"), ("nkey", "SUAB")])).unwrap();
         assert!(matches!(s.auth, Auth::Credential { .. }));
@@ -305,7 +306,10 @@ mod tests {
             (&[("server_url", "u:p@h:1"), ("subject", "x")][..], "contains credentials"),
             (&[("server_url", "h:1"), ("subject", "a b")][..], "invalid NATS subject"),
             (&[("server_url", "h:1"), ("subject", "a.>")][..], "invalid NATS subject"),
-            (&[("server_url", "h:1"), ("subject", "x"), ("connect_mode", "user_and_password"), ("username", "u")][..], "requires username and password"),
+            (
+                &[("server_url", "h:1"), ("subject", "x"), ("connect_mode", "user_and_password"), ("username", "u")][..],
+                "requires username and password",
+            ),
             (&[("server_url", "h:1"), ("subject", "x"), ("connect_mode", "credential"), ("jwt", "j")][..], "requires jwt and nkey"),
             (&[("server_url", "h:1"), ("subject", "x"), ("connect_mode", "credential"), ("jwt", "j"), ("nkey", "UAB")][..], "NKEY seed"),
             (&[("server_url", "h:1"), ("subject", "x"), ("connect_mode", "oauth")][..], "invalid connect_mode"),

@@ -38,12 +38,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
 
 fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
     let target = target_name(cfg)?;
-    Ok(Box::new(TableConnector {
-        target,
-        envelope: cfg.envelope,
-        key_columns: cfg.key_columns.clone(),
-        shapes: HashMap::new(),
-    }))
+    Ok(Box::new(TableConnector { target, envelope: cfg.envelope, key_columns: cfg.key_columns.clone(), shapes: HashMap::new() }))
 }
 
 /// The target as written in the options (`table`, `table.name` or `table://...`).
@@ -186,10 +181,10 @@ impl Connector for TableConnector {
 mod tests {
     use super::*;
     use crate::engine::change::Change;
+    use crate::engine::change::OldImage;
     use crate::engine::connector::Record;
     use crate::engine::envelope::tests::{relation, t, txn};
     use crate::engine::envelope::{Draft, Envelope};
-    use crate::engine::change::OldImage;
 
     /// Records statements; answers the two catalog queries the connector asks.
     #[derive(Default)]
@@ -271,7 +266,15 @@ mod tests {
 
     #[test]
     fn needs_a_target() {
-        let cfg = ConnectorConfig { sink_name: "s".into(), database: "db".into(), sink_uid: "db-1-0".into(), envelope: EnvelopeKind::Upsert, key_columns: vec![], options: Default::default(), columns: vec![] };
+        let cfg = ConnectorConfig {
+            sink_name: "s".into(),
+            database: "db".into(),
+            sink_uid: "db-1-0".into(),
+            envelope: EnvelopeKind::Upsert,
+            key_columns: vec![],
+            options: Default::default(),
+            columns: vec![],
+        };
         assert!(build(&cfg).is_err());
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }

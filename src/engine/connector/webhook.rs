@@ -69,7 +69,9 @@ pub struct WebhookConnector {
 /// `(host, port)` of an http(s) URL.
 fn parse_url(url: &str) -> Result<(String, u16)> {
     let bad = |why: &str| {
-        SinkError::config(format!("invalid webhook url \"{url}\"")).detail(why.to_string()).hint("Use http://host:port/path or https://host:port/path.")
+        SinkError::config(format!("invalid webhook url \"{url}\""))
+            .detail(why.to_string())
+            .hint("Use http://host:port/path or https://host:port/path.")
     };
     let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("It has no scheme."))?;
     let default_port = match scheme.to_ascii_lowercase().as_str() {
@@ -118,7 +120,9 @@ fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
     };
     let authorization = match (cfg.get("bearer_token"), cfg.get("username"), cfg.get("password")) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            return Err(SinkError::config("options \"bearer_token\" and \"username\"/\"password\" exclude each other").hint("Use one way to authenticate."))
+            return Err(
+                SinkError::config("options \"bearer_token\" and \"username\"/\"password\" exclude each other").hint("Use one way to authenticate.")
+            )
         }
         (Some(t), None, None) => Some(format!("Bearer {t}")),
         (None, Some(u), Some(p)) => {
@@ -226,9 +230,9 @@ impl WebhookConnector {
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
-        let mut resp = req.send(&body[..]).map_err(|e| {
-            SinkError::transient(format!("webhook request to {} failed: {e}", self.url)).hint("The sink retries the request.")
-        })?;
+        let mut resp = req
+            .send(&body[..])
+            .map_err(|e| SinkError::transient(format!("webhook request to {} failed: {e}", self.url)).hint("The sink retries the request."))?;
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(());
@@ -253,7 +257,9 @@ impl Connector for WebhookConnector {
         let (host, port) = &self.host_port;
         let addrs: Vec<_> = (host.as_str(), *port)
             .to_socket_addrs()
-            .map_err(|e| SinkError::transient(format!("could not resolve webhook host \"{host}\": {e}")).hint("Check the url, or pass validate => false."))?
+            .map_err(|e| {
+                SinkError::transient(format!("could not resolve webhook host \"{host}\": {e}")).hint("Check the url, or pass validate => false.")
+            })?
             .collect();
         let mut last = None;
         for a in addrs {
@@ -262,8 +268,11 @@ impl Connector for WebhookConnector {
                 Err(e) => last = Some(e),
             }
         }
-        Err(SinkError::transient(format!("could not connect to webhook {host}:{port}: {}", last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into())))
-            .hint("Check that the receiver runs, or pass validate => false to create the sink anyway."))
+        Err(SinkError::transient(format!(
+            "could not connect to webhook {host}:{port}: {}",
+            last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into())
+        ))
+        .hint("Check that the receiver runs, or pass validate => false to create the sink anyway."))
     }
 
     async fn deliver(&mut self, batch: &Batch, _sql: &mut dyn SqlSession) -> Result<()> {

@@ -2,8 +2,8 @@
 //! connection whose connector follows from the location), `CREATE CREDENTIAL`, and
 //! `CREATE STREAM .. ON TABLE .. WITH OPTIONS (DATASINK_NAME = ..)` (a sink).
 
+use super::ast::{Command, Dialect, Options, ParseError, Statement, Value};
 use super::parser::{stmt, unsupported, PResult, Parser};
-use super::{Command, Dialect, Options, ParseError, Statement, Value};
 
 /// The connector a Kinetica location names.
 pub fn connector_for(location: &str) -> Result<&'static str, String> {
@@ -56,7 +56,7 @@ impl Parser<'_> {
         let connector = connector_for(&location).map_err(|e| {
             let mut err = unsupported(self.src, at, e, "Locations: kafka://, table://, s3, gcs, azure, http(s)://, jdbc:, file://.");
             if !location.to_ascii_lowercase().starts_with("hdfs") {
-                err.kind = super::ErrorKind::Syntax;
+                err.kind = super::ast::ErrorKind::Syntax;
                 err.expected = vec!["a location such as 'kafka://host:port'".into()];
             }
             err
@@ -67,7 +67,11 @@ impl Parser<'_> {
             let list = self.assignment_list()?;
             options.extend(data_sink_options(self.src, list)?);
         }
-        Ok(stmt(Dialect::Kinetica, "CREATE DATA SINK", Command::CreateConnection { name, connector: connector.into(), options, if_not_exists: false, or_replace }))
+        Ok(stmt(
+            Dialect::Kinetica,
+            "CREATE DATA SINK",
+            Command::CreateConnection { name, connector: connector.into(), options, if_not_exists: false, or_replace },
+        ))
     }
 
     pub fn kinetica_credential(&mut self, or_replace: bool) -> PResult<Statement> {
@@ -95,13 +99,22 @@ impl Parser<'_> {
             self.expect_kw("OPTIONS")?;
             options = self.assignment_list()?.into_iter().map(|(k, v, _)| (k, v)).collect();
         }
-        Ok(stmt(Dialect::Kinetica, "CREATE CREDENTIAL", Command::CreateCredential { name, kind: kind.to_ascii_lowercase(), identity, secret, options, or_replace }))
+        Ok(stmt(
+            Dialect::Kinetica,
+            "CREATE CREDENTIAL",
+            Command::CreateCredential { name, kind: kind.to_ascii_lowercase(), identity, secret, options, or_replace },
+        ))
     }
 
     pub fn kinetica_stream(&mut self, or_replace: bool) -> PResult<Statement> {
         if or_replace {
             let at = self.offset();
-            return Err(unsupported(self.src, at, "CREATE OR REPLACE STREAM is not supported", "Drop the stream first (its delivered position is lost), then create it again."));
+            return Err(unsupported(
+                self.src,
+                at,
+                "CREATE OR REPLACE STREAM is not supported",
+                "Drop the stream first (its delivered position is lost), then create it again.",
+            ));
         }
         let name = self.object_name("a stream name")?;
         self.expect_kw("ON")?;
@@ -110,7 +123,12 @@ impl Parser<'_> {
         if self.eat_kw("REFRESH") {
             if self.peek_kw("EVERY") {
                 let at = self.offset();
-                return Err(unsupported(self.src, at, "REFRESH EVERY is not supported", "Streams deliver on change; for periodic delivery use TYPE/schedule = 'manual' and sink.sync() from pg_cron."));
+                return Err(unsupported(
+                    self.src,
+                    at,
+                    "REFRESH EVERY is not supported",
+                    "Streams deliver on change; for periodic delivery use TYPE/schedule = 'manual' and sink.sync() from pg_cron.",
+                ));
             }
             self.expect_kws(&["ON", "CHANGE"])?;
         }
@@ -138,6 +156,19 @@ impl Parser<'_> {
             Some(f) => format!("SELECT * FROM {table} WHERE {f}"),
             None => table,
         };
-        Ok(stmt(Dialect::Kinetica, "CREATE STREAM", Command::CreateSink { name, source, connector: None, connection: Some(connection), key: None, options, if_not_exists: false, or_replace: false }))
+        Ok(stmt(
+            Dialect::Kinetica,
+            "CREATE STREAM",
+            Command::CreateSink {
+                name,
+                source,
+                connector: None,
+                connection: Some(connection),
+                key: None,
+                options,
+                if_not_exists: false,
+                or_replace: false,
+            },
+        ))
     }
 }

@@ -2,12 +2,15 @@
 //! numbers and punctuation, each with its byte span in the input so errors can
 //! point at it and expressions can be cut out of the text verbatim.
 
-use super::ParseError;
+use super::ast::ParseError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tok {
     /// A bare word (kept as written; compare case-insensitively) or a "quoted" identifier.
-    Word { text: String, quoted: bool },
+    Word {
+        text: String,
+        quoted: bool,
+    },
     /// A string literal ('..' with '' escapes, or RisingWave's `..`).
     Str(String),
     Number(String),
@@ -148,6 +151,31 @@ fn quoted(src: &str, start: usize, q: u8) -> Result<(String, usize), ParseError>
         }
         i += 1;
     }
+}
+
+/// Materialize's `PARTITION BY` helpers are ours in schema `sink`: qualify
+/// unqualified calls of `seahash`, `kafka_murmur2` and `crc32`.
+pub fn qualify_hash_functions(expr: &str) -> String {
+    let Ok(tokens) = tokenize(expr) else {
+        return expr.to_string();
+    };
+    let mut out = String::new();
+    let mut last = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        let Tok::Word { text, quoted: false } = &t.tok else {
+            continue;
+        };
+        let is_call = tokens.get(i + 1).is_some_and(|n| n.tok == Tok::Punct("(".into()));
+        let qualified = i > 0 && tokens[i - 1].tok == Tok::Punct(".".into());
+        if is_call && !qualified && ["seahash", "kafka_murmur2", "crc32"].contains(&text.to_ascii_lowercase().as_str()) {
+            out.push_str(&expr[last..t.start]);
+            out.push_str("sink.");
+            out.push_str(&text.to_ascii_lowercase());
+            last = t.end;
+        }
+    }
+    out.push_str(&expr[last..]);
+    out
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Materialize: `CREATE SINK .. INTO KAFKA CONNECTION`, and `CREATE CONNECTION ..
 //! TO KAFKA | TO CONFLUENT SCHEMA REGISTRY` (plus the seed's older `FOR ..` form).
 
+use super::ast::{Command, Dialect, Options, ParseError, Statement, Value};
 use super::parser::{stmt, unsupported, PResult, Parser};
-use super::{Command, Dialect, Options, ParseError, Statement, Value};
 
 impl Parser<'_> {
     pub fn materialize_sink(&mut self, name: String, if_not_exists: bool) -> PResult<Statement> {
@@ -18,7 +18,12 @@ impl Parser<'_> {
         if !self.eat_kw("KAFKA") {
             if self.peek().is_some() && !self.peek_punct("(") {
                 let at = self.offset();
-                return Err(unsupported(self.src, at, "Materialize-style sinks go INTO KAFKA CONNECTION", "For other targets, use RisingWave's CREATE SINK .. WITH (connector = '..') or Kinetica's CREATE DATA SINK."));
+                return Err(unsupported(
+                    self.src,
+                    at,
+                    "Materialize-style sinks go INTO KAFKA CONNECTION",
+                    "For other targets, use RisingWave's CREATE SINK .. WITH (connector = '..') or Kinetica's CREATE DATA SINK.",
+                ));
             }
             return Err(self.unexpected(&["KAFKA"]));
         }
@@ -86,7 +91,16 @@ impl Parser<'_> {
         let mut s = stmt(
             Dialect::Materialize,
             "CREATE SINK",
-            Command::CreateSink { name, source, connector: Some("kafka".into()), connection: Some(connection), key, options, if_not_exists, or_replace: false },
+            Command::CreateSink {
+                name,
+                source,
+                connector: Some("kafka".into()),
+                connection: Some(connection),
+                key,
+                options,
+                if_not_exists,
+                or_replace: false,
+            },
         );
         s.notices = notices;
         Ok(s)
@@ -107,7 +121,12 @@ impl Parser<'_> {
             let csr = self.object_name("a schema registry connection name")?;
             match options.iter().find(|(k, _)| k == "csr_connection") {
                 Some((_, Value::Text(other))) if *other != csr => {
-                    return Err(unsupported(self.src, at, "the key and the value must use the same schema registry connection", format!("Use CONNECTION {other} for both.")));
+                    return Err(unsupported(
+                        self.src,
+                        at,
+                        "the key and the value must use the same schema registry connection",
+                        format!("Use CONNECTION {other} for both."),
+                    ));
                 }
                 Some(_) => {}
                 None => options.push(("csr_connection".into(), Value::Text(csr))),
@@ -119,7 +138,12 @@ impl Parser<'_> {
         }
         if self.peek_kw("PROTOBUF") || self.peek_kw("CSV") {
             let at = self.offset();
-            return Err(unsupported(self.src, at, format!("FORMAT {} is not supported for sinks", self.peek().map(|t| t.shown(self.src)).unwrap_or_default()), "Use JSON, AVRO, TEXT or BYTES."));
+            return Err(unsupported(
+                self.src,
+                at,
+                format!("FORMAT {} is not supported for sinks", self.peek().map(|t| t.shown(self.src)).unwrap_or_default()),
+                "Use JSON, AVRO, TEXT or BYTES.",
+            ));
         }
         Err(self.unexpected(&["JSON", "AVRO", "TEXT", "BYTES"]))
     }
@@ -155,7 +179,12 @@ impl Parser<'_> {
         for other in ["AWS", "SSH", "POSTGRES", "MYSQL", "AWS PRIVATELINK", "SQL"] {
             if self.peek_kw(other) {
                 let at = self.offset();
-                return Err(unsupported(self.src, at, format!("{other} connections are not supported"), "pg_sink connections are KAFKA or CONFLUENT SCHEMA REGISTRY here; other targets take their options on the sink."));
+                return Err(unsupported(
+                    self.src,
+                    at,
+                    format!("{other} connections are not supported"),
+                    "pg_sink connections are KAFKA or CONFLUENT SCHEMA REGISTRY here; other targets take their options on the sink.",
+                ));
             }
         }
         Err(self.unexpected(&["KAFKA", "CONFLUENT SCHEMA REGISTRY"]))

@@ -2,13 +2,35 @@
 //! [FORMAT PLAIN|UPSERT|DEBEZIUM ENCODE JSON|AVRO|TEXT|BYTES [(..)] [KEY ENCODE ..]]`
 //! and `CREATE CONNECTION name WITH (type = '..', ..)`.
 
+use super::ast::{Command, Dialect, Options, ParseError, Statement, Value};
 use super::parser::{stmt, unsupported, PResult, Parser};
-use super::{Command, Dialect, Options, ParseError, Statement, Value};
 
 /// RisingWave connectors pg_sink does not have.
 const ELSEWHERE: &[&str] = &[
-    "iceberg", "clickhouse", "doris", "starrocks", "elasticsearch", "opensearch", "redis", "mongodb", "deltalake", "bigquery", "cassandra",
-    "scylladb", "pulsar", "mqtt", "snowflake", "blackhole", "sqlserver", "google_pubsub", "dynamodb", "webhdfs", "hdfs", "kafka_connect", "postgres", "mysql",
+    "iceberg",
+    "clickhouse",
+    "doris",
+    "starrocks",
+    "elasticsearch",
+    "opensearch",
+    "redis",
+    "mongodb",
+    "deltalake",
+    "bigquery",
+    "cassandra",
+    "scylladb",
+    "pulsar",
+    "mqtt",
+    "snowflake",
+    "blackhole",
+    "sqlserver",
+    "google_pubsub",
+    "dynamodb",
+    "webhdfs",
+    "hdfs",
+    "kafka_connect",
+    "postgres",
+    "mysql",
 ];
 
 impl Parser<'_> {
@@ -36,7 +58,12 @@ impl Parser<'_> {
             match (k.as_str(), v) {
                 ("connector", Value::Text(c)) => {
                     if ELSEWHERE.contains(&c.as_str()) {
-                        return Err(unsupported(self.src, at, format!("connector \"{c}\" is not supported"), "pg_sink connectors: kafka, kinesis, nats, jdbc, s3, gcs, azblob, file, webhook, table."));
+                        return Err(unsupported(
+                            self.src,
+                            at,
+                            format!("connector \"{c}\" is not supported"),
+                            "pg_sink connectors: kafka, kinesis, nats, jdbc, s3, gcs, azblob, file, webhook, table.",
+                        ));
                     }
                     connector = Some(c);
                 }
@@ -73,7 +100,11 @@ impl Parser<'_> {
         if !self.at_end() {
             return Err(self.unexpected(&["FORMAT", "end of statement"]));
         }
-        Ok(stmt(Dialect::RisingWave, "CREATE SINK", Command::CreateSink { name, source, connector, connection, key: None, options, if_not_exists, or_replace: false }))
+        Ok(stmt(
+            Dialect::RisingWave,
+            "CREATE SINK",
+            Command::CreateSink { name, source, connector, connection, key: None, options, if_not_exists, or_replace: false },
+        ))
     }
 
     fn encode(&mut self) -> PResult<String> {

@@ -20,8 +20,7 @@ fn opts(pairs: &[(&str, Value)]) -> Options {
 
 #[test]
 fn materialize_topic_configuration_example() {
-    let s = one(
-        "CREATE SINK custom_topic_sink
+    let s = one("CREATE SINK custom_topic_sink
   IN CLUSTER my_io_cluster
   FROM orders
   INTO KAFKA CONNECTION kafka_connection (
@@ -31,8 +30,7 @@ fn materialize_topic_configuration_example() {
     TOPIC CONFIG MAP['cleanup.policy' => 'compact']
   )
   FORMAT AVRO USING CONFLUENT SCHEMA REGISTRY CONNECTION csr_connection
-  ENVELOPE UPSERT;",
-    );
+  ENVELOPE UPSERT;");
     assert_eq!(s.dialect, Dialect::Materialize);
     assert_eq!(s.notices.len(), 1);
     assert_eq!(
@@ -60,8 +58,7 @@ fn materialize_topic_configuration_example() {
 
 #[test]
 fn materialize_docs_key_partitioning_and_trailing_comma() {
-    let s = one(
-        "CREATE SINK docs_sink
+    let s = one("CREATE SINK docs_sink
 FROM t
 INTO KAFKA CONNECTION kafka_connection (TOPIC 'doc-commont-example')
 KEY (key)
@@ -70,15 +67,13 @@ FORMAT AVRO USING CONFLUENT SCHEMA REGISTRY CONNECTION csr_connection (
     KEY DOC ON COLUMN t.key = 'Comment on column only in key schema',
     VALUE DOC ON COLUMN t.key = 'Comment on column only in value schema'
 )
-ENVELOPE UPSERT;",
-    );
+ENVELOPE UPSERT;");
     let Command::CreateSink { key, options, .. } = s.command else { panic!() };
     assert_eq!(key, Some(vec!["key".to_string()]));
     let names: Vec<&str> = options.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(names, ["topic", "csr_connection", "doc_on_type_t", "key_doc_on_column_t.key", "value_doc_on_column_t.key", "format", "envelope"]);
 
-    let s = one(
-        "CREATE SINK compatibility_level_sink
+    let s = one("CREATE SINK compatibility_level_sink
   IN CLUSTER my_io_cluster
   FROM t
   INTO KAFKA CONNECTION kafka_connection (
@@ -88,13 +83,11 @@ ENVELOPE UPSERT;",
     KEY COMPATIBILITY LEVEL 'BACKWARD',
     VALUE COMPATIBILITY LEVEL 'BACKWARD_TRANSITIVE'
   )
-  ENVELOPE UPSERT;",
-    );
+  ENVELOPE UPSERT;");
     let Command::CreateSink { options, .. } = s.command else { panic!() };
     assert!(options.contains(&("value_compatibility_level".into(), t("BACKWARD_TRANSITIVE"))));
 
-    let s = one(
-        "CREATE SINK customer_orders
+    let s = one("CREATE SINK customer_orders
   FROM orders
   INTO KAFKA CONNECTION kafka_connection (
     TOPIC 'customer-orders',
@@ -105,8 +98,7 @@ ENVELOPE UPSERT;",
   HEADERS hdrs
   KEY FORMAT TEXT VALUE FORMAT JSON
   ENVELOPE UPSERT
-  WITH (SNAPSHOT = false)",
-    );
+  WITH (SNAPSHOT = false)");
     let Command::CreateSink { key, options, .. } = s.command else { panic!() };
     assert_eq!(key, Some(vec!["customer_id".to_string(), "order_id".to_string()]));
     assert_eq!(
@@ -148,7 +140,10 @@ CREATE CONNECTION k2 TO KAFKA (BROKERS ('a:1', 'b:2')) WITH (VALIDATE = false)",
     )
     .unwrap();
     assert_eq!(v.len(), 5);
-    assert_eq!(v[0].command, Command::CreateSecret { name: "kafka_ssl_key".into(), value: "<BROKER_SSL_KEY>".into(), if_not_exists: false, or_replace: false });
+    assert_eq!(
+        v[0].command,
+        Command::CreateSecret { name: "kafka_ssl_key".into(), value: "<BROKER_SSL_KEY>".into(), if_not_exists: false, or_replace: false }
+    );
     assert!(matches!(&v[1].command, Command::CreateSecret { if_not_exists: true, .. }));
     assert_eq!(
         v[2].command,
@@ -167,30 +162,34 @@ CREATE CONNECTION k2 TO KAFKA (BROKERS ('a:1', 'b:2')) WITH (VALIDATE = false)",
     );
     let Command::CreateConnection { connector, options, .. } = &v[3].command else { panic!() };
     assert_eq!(connector, "confluent_schema_registry");
-    assert_eq!(options, &opts(&[("url", t("<CONFLUENT_REGISTRY_URL>")), ("username", Value::Secret("csr_username".into())), ("password", Value::Secret("csr_password".into()))]));
+    assert_eq!(
+        options,
+        &opts(&[
+            ("url", t("<CONFLUENT_REGISTRY_URL>")),
+            ("username", Value::Secret("csr_username".into())),
+            ("password", Value::Secret("csr_password".into()))
+        ])
+    );
     let Command::CreateConnection { options, .. } = &v[4].command else { panic!() };
     assert_eq!(options, &opts(&[("brokers", t("a:1,b:2")), ("validate", t("false"))]));
 }
 
 #[test]
 fn risingwave_examples() {
-    let s = one(
-        "CREATE SINK s1 FROM t WITH (
+    let s = one("CREATE SINK s1 FROM t WITH (
  connector = 'kinesis',
  stream = 'kinesis-sink-demo',
  aws.region = 'us-east-1',
  aws.credentials.access_key_id = 'your_access_key',
  aws.credentials.secret_access_key = 'your_secret_key',
- type = 'debezium');",
-    );
+ type = 'debezium');");
     assert_eq!(s.dialect, Dialect::RisingWave);
     let Command::CreateSink { connector, options, source, .. } = s.command else { panic!() };
     assert_eq!((connector.as_deref(), source.as_str()), (Some("kinesis"), "t"));
     assert_eq!(options[1], ("aws.region".into(), t("us-east-1")));
     assert_eq!(options[4], ("type".into(), t("debezium")));
 
-    let s = one(
-        "CREATE SINK IF NOT EXISTS n AS SELECT id, v FROM public.t WHERE id > 3
+    let s = one("CREATE SINK IF NOT EXISTS n AS SELECT id, v FROM public.t WHERE id > 3
 WITH (
    connector='nats',
    server_url='127.0.0.1:4222',
@@ -200,8 +199,7 @@ WITH (
    password='p',
    jwt=`j`
 )
-FORMAT UPSERT ENCODE AVRO (schema.registry = 'http://r:8081', force_append_only = 'false') KEY ENCODE TEXT;",
-    );
+FORMAT UPSERT ENCODE AVRO (schema.registry = 'http://r:8081', force_append_only = 'false') KEY ENCODE TEXT;");
     let Command::CreateSink { source, options, if_not_exists, .. } = s.command else { panic!() };
     assert!(if_not_exists);
     assert_eq!(source, "SELECT id, v FROM public.t WHERE id > 3");
@@ -217,7 +215,8 @@ FORMAT UPSERT ENCODE AVRO (schema.registry = 'http://r:8081', force_append_only 
             ("key_format", t("text")),
         ])
     );
-    let s = one("CREATE SINK s FROM t WITH (connector = 's3', s3.bucket_name = 'b', s3.path = 'x/y/', s3.region_name = 'r') FORMAT PLAIN ENCODE JSON");
+    let s =
+        one("CREATE SINK s FROM t WITH (connector = 's3', s3.bucket_name = 'b', s3.path = 'x/y/', s3.region_name = 'r') FORMAT PLAIN ENCODE JSON");
     let Command::CreateSink { options, .. } = s.command else { panic!() };
     assert!(options.contains(&("location".into(), t("s3://b/x/y"))));
     assert!(options.contains(&("envelope".into(), t("append-only"))));
@@ -256,20 +255,35 @@ fn kinetica_examples() {
         Command::CreateConnection {
             name: "kin_dsink".into(),
             connector: "kafka".into(),
-            options: opts(&[("location", t("kafka://kafka.abc.com:9092")), ("credential", t("kafka_credential")), ("kafka_topic_name", t("kafka_topic"))]),
+            options: opts(&[
+                ("location", t("kafka://kafka.abc.com:9092")),
+                ("credential", t("kafka_credential")),
+                ("kafka_topic_name", t("kafka_topic"))
+            ]),
             if_not_exists: false,
             or_replace: false,
         }
     );
     assert!(matches!(&v[2].command, Command::CreateConnection { connector, .. } if connector == "table"));
     let Command::CreateSink { name, source, connection, options, .. } = &v[3].command else { panic!() };
-    assert_eq!((name.as_str(), source.as_str(), connection.as_deref()), ("example.s", "SELECT * FROM example.emp WHERE dept = 'x'", Some("kin_dsink")));
+    assert_eq!(
+        (name.as_str(), source.as_str(), connection.as_deref()),
+        ("example.s", "SELECT * FROM example.emp WHERE dept = 'x'", Some("kin_dsink"))
+    );
     assert_eq!(options, &opts(&[("type", t("upsert"))]));
-    assert_eq!(v[4].command, Command::AlterConnection { name: "kin_dsink".into(), set: opts(&[("kafka_topic_name", t("t2")), ("validate", t("false"))]) });
-    assert_eq!(v[5].command, Command::Grant { revoke: false, kind: ObjectKind::Connection, name: "kin_dsink".into(), roles: vec!["auser".into(), "buser".into()] });
+    assert_eq!(
+        v[4].command,
+        Command::AlterConnection { name: "kin_dsink".into(), set: opts(&[("kafka_topic_name", t("t2")), ("validate", t("false"))]) }
+    );
+    assert_eq!(
+        v[5].command,
+        Command::Grant { revoke: false, kind: ObjectKind::Connection, name: "kin_dsink".into(), roles: vec!["auser".into(), "buser".into()] }
+    );
     assert_eq!(v[6].command, Command::Show { kind: Some(ObjectKind::Connection), name: None });
     assert_eq!(v[8].command, Command::Drop { kind: ObjectKind::Sink, name: "example.s".into(), if_exists: true, cascade: false });
-    for (loc, c) in [("s3", "s3"), ("azure://h", "azblob"), ("gcs", "gcs"), ("https://h:1/p", "webhook"), ("jdbc:mysql://h/db", "jdbc"), ("file:///x", "file")] {
+    for (loc, c) in
+        [("s3", "s3"), ("azure://h", "azblob"), ("gcs", "gcs"), ("https://h:1/p", "webhook"), ("jdbc:mysql://h/db", "jdbc"), ("file:///x", "file")]
+    {
         assert_eq!(kinetica::connector_for(loc), Ok(c));
     }
 }
@@ -280,10 +294,19 @@ fn quoting_drop_show_grant() {
     let Command::CreateSink { name, source, options, .. } = s.command else { panic!() };
     assert_eq!((name.as_str(), source.as_str()), ("My \"Sink\"", "\"Odd Schema\".\"T\""));
     assert_eq!(options, opts(&[("path", t("it's"))]));
-    assert_eq!(one("drop connection if exists c cascade").command, Command::Drop { kind: ObjectKind::Connection, name: "c".into(), if_exists: true, cascade: true });
-    assert_eq!(one("REVOKE USAGE ON SECRET s FROM bob").command, Command::Grant { revoke: true, kind: ObjectKind::Secret, name: "s".into(), roles: vec!["bob".into()] });
+    assert_eq!(
+        one("drop connection if exists c cascade").command,
+        Command::Drop { kind: ObjectKind::Connection, name: "c".into(), if_exists: true, cascade: true }
+    );
+    assert_eq!(
+        one("REVOKE USAGE ON SECRET s FROM bob").command,
+        Command::Grant { revoke: true, kind: ObjectKind::Secret, name: "s".into(), roles: vec!["bob".into()] }
+    );
     assert_eq!(one("SHOW SINKS").command, Command::Show { kind: Some(ObjectKind::Sink), name: None });
-    assert_eq!(qualify_hash_functions("crc32(a) + sink.crc32(b) + x.seahash(c) + \"seahash\"(d)"), "sink.crc32(a) + sink.crc32(b) + x.seahash(c) + \"seahash\"(d)");
+    assert_eq!(
+        qualify_hash_functions("crc32(a) + sink.crc32(b) + x.seahash(c) + \"seahash\"(d)"),
+        "sink.crc32(a) + sink.crc32(b) + x.seahash(c) + \"seahash\"(d)"
+    );
 }
 
 #[test]
@@ -312,7 +335,10 @@ fn syntax_errors_point_at_the_token_and_say_what_was_expected() {
     assert!(err("CREATE STREAM s ON t WITH OPTIONS (TYPE = 'upsert')").message.contains("DATASINK_NAME"));
     assert!(err("CREATE SINK s FROM t INTO KAFKA CONNECTION k (TOPIC 't') FORMAT AVRO").message.contains("end of input"));
     assert_eq!(err("CREATE SINK s FROM t INTO KAFKA CONNECTION k (TOPIC 't') KEY FORMAT JSON").expected, ["VALUE"]);
-    assert_eq!(err("CREATE SINK s FROM t INTO KAFKA CONNECTION k (TOPIC 't') ENVELOPE UPSERT garbage").message, "syntax error at or near \"garbage\"");
+    assert_eq!(
+        err("CREATE SINK s FROM t INTO KAFKA CONNECTION k (TOPIC 't') ENVELOPE UPSERT garbage").message,
+        "syntax error at or near \"garbage\""
+    );
     assert_eq!(err("   ;  ; ").message, "empty statement");
     assert_eq!(err("SELECT 1").expected[0], "CREATE");
     assert!(err("CREATE SECRET s AS 'x").message.contains("unterminated"));

@@ -28,7 +28,7 @@ use serde_json::{json, Map, Value};
 
 use super::json::{cell_to_json, days_from_civil, days_in_month, timestamp_micros};
 use super::registry::Registry;
-use super::{Encoder, EncoderContext, Role};
+use super::{Encoder, Role};
 use crate::engine::change::{Cell, Relation};
 use crate::engine::envelope::{DebeziumEvent, Payload, RowImage};
 use crate::engine::error::{Result, SinkError};
@@ -60,8 +60,7 @@ pub enum DocTarget {
     Column(String, String),
 }
 
-pub const COMPATIBILITY_LEVELS: &[&str] =
-    &["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE", "NONE"];
+pub const COMPATIBILITY_LEVELS: &[&str] = &["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE", "NONE"];
 
 /// Parse one `DOC ON` option from its normalized name (`key_doc_on_column_t.key`)
 /// and value. `None` if the name is not a `DOC ON` option.
@@ -135,7 +134,15 @@ pub fn avro_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
 }
 
 fn decimal_of(ty: &PgType, typmod: i32) -> Option<(u32, u32)> {
-    (ty.kind == TypeKind::Numeric).then(|| if typmod >= 4 { (((typmod - 4) >> 16) as u32 & 0xffff, ((typmod - 4) & 0xffff) as u32) } else { (81, 39) })
+    (ty.kind == TypeKind::Numeric).then(
+        || {
+            if typmod >= 4 {
+                (((typmod - 4) >> 16) as u32 & 0xffff, ((typmod - 4) & 0xffff) as u32)
+            } else {
+                (81, 39)
+            }
+        },
+    )
 }
 
 fn timestamp_millis(typmod: i32) -> bool {
@@ -154,7 +161,11 @@ struct SchemaBuilder<'a> {
 impl SchemaBuilder<'_> {
     fn doc_for_type(&self, names: &[&str], comment: Option<&str>) -> Option<String> {
         let find = |role: Option<Role>| {
-            self.options.docs.iter().find(|d| d.role == role && matches!(&d.target, DocTarget::Type(t) if names.contains(&t.as_str()))).map(|d| d.doc.clone())
+            self.options
+                .docs
+                .iter()
+                .find(|d| d.role == role && matches!(&d.target, DocTarget::Type(t) if names.contains(&t.as_str())))
+                .map(|d| d.doc.clone())
         };
         find(Some(self.role)).or_else(|| find(None)).or_else(|| comment.map(str::to_string))
     }
@@ -200,9 +211,13 @@ impl SchemaBuilder<'_> {
                 let (p, s) = decimal_of(ty, typmod).unwrap_or((81, 39));
                 json!({"type": "bytes", "logicalType": "decimal", "precision": p, "scale": s})
             }
-            TypeKind::Json | TypeKind::Jsonb => json!({"type": "string", "connect.name": "io.debezium.data.Json"}),
+            TypeKind::Json | TypeKind::Jsonb => {
+                json!({"type": "string", "connect.name": "io.debezium.data.Json"})
+            }
             TypeKind::Uuid => json!({"type": "string", "logicalType": "uuid"}),
-            TypeKind::Interval => self.named("com.materialize.sink.interval", |_| json!({"type": "fixed", "size": 16, "name": "com.materialize.sink.interval"})),
+            TypeKind::Interval => {
+                self.named("com.materialize.sink.interval", |_| json!({"type": "fixed", "size": 16, "name": "com.materialize.sink.interval"}))
+            }
             TypeKind::Oid => self.named("com.materialize.sink.uint4", |_| json!({"type": "fixed", "size": 4, "name": "com.materialize.sink.uint4"})),
             TypeKind::Array(elem) => {
                 let items = self.scalar(elem, -1);
@@ -344,7 +359,6 @@ fn malformed(ty: &PgType, reason: &str) -> SinkError {
     SinkError::permanent(format!("could not encode a {} value as Avro: {reason}", ty.name))
 }
 
-
 /// `YYYY-MM-DD[ BC]` → days since 1970-01-01.
 fn date_days(ty: &PgType, text: &str) -> Result<i64> {
     let (body, bc) = match text.strip_suffix(" BC") {
@@ -385,12 +399,13 @@ pub fn interval_parts(ty: &PgType, text: &str) -> Result<(i32, i32, i64)> {
         let t = tokens[i];
         if t.contains(':') {
             let neg = t.starts_with('-');
-            let u = time_micros(ty, t.trim_start_matches(['-', '+']))
-                .or_else(|_| {
-                    // Hours beyond 24 (e.g. "100:00:00") are allowed in intervals.
-                    let (h, rest) = t.trim_start_matches(['-', '+']).split_once(':').ok_or_else(|| malformed(ty, "not an interval"))?;
-                    Ok::<i64, SinkError>(h.parse::<i64>().map_err(|_| malformed(ty, "not an interval"))? * 3_600_000_000 + time_micros(ty, &format!("00:{rest}"))?)
-                })?;
+            let u = time_micros(ty, t.trim_start_matches(['-', '+'])).or_else(|_| {
+                // Hours beyond 24 (e.g. "100:00:00") are allowed in intervals.
+                let (h, rest) = t.trim_start_matches(['-', '+']).split_once(':').ok_or_else(|| malformed(ty, "not an interval"))?;
+                Ok::<i64, SinkError>(
+                    h.parse::<i64>().map_err(|_| malformed(ty, "not an interval"))? * 3_600_000_000 + time_micros(ty, &format!("00:{rest}"))?,
+                )
+            })?;
             micros += if neg { -u } else { u };
             i += 1;
             continue;
@@ -657,6 +672,18 @@ struct State {
     compatibility_set: bool,
 }
 
+/// What the Avro encoder needs beyond the format's name (the pipeline fills it
+/// for every sink; other encoders need nothing).
+#[derive(Debug, Clone, Default)]
+pub struct EncoderContext {
+    pub avro: AvroOptions,
+    pub registry: Option<super::registry::RegistrySettings>,
+    /// Registry subjects are `<subject_base>-key` / `-value` (the topic for Kafka).
+    pub subject_base: String,
+    /// Values are Debezium events.
+    pub debezium: bool,
+}
+
 impl AvroEncoder {
     pub fn new(role: Role, ctx: &EncoderContext) -> Result<Self> {
         for (opt, v) in [("avro_key_fullname", &ctx.avro.key_fullname), ("avro_value_fullname", &ctx.avro.value_fullname)] {
@@ -688,7 +715,8 @@ impl AvroEncoder {
             None => {
                 apache_avro::Schema::parse_str(&text)
                     .map_err(|e| SinkError::permanent(format!("generated an invalid Avro schema for \"{}\": {e}", rel.qualified_name())))?;
-                let not_null: Arc<[bool]> = (0..rel.columns.len()).map(|i| rel.meta.as_ref().is_some_and(|m| m.not_null.get(i).copied().unwrap_or(false))).collect();
+                let not_null: Arc<[bool]> =
+                    (0..rel.columns.len()).map(|i| rel.meta.as_ref().is_some_and(|m| m.not_null.get(i).copied().unwrap_or(false))).collect();
                 let id = match &self.registry {
                     None => None,
                     Some(reg) => {
@@ -914,7 +942,10 @@ mod tests {
         assert_eq!(f["tm"], AV::TimeMicros(47_655_000_016));
         assert_eq!(f["ts3"], AV::TimestampMillis(1234));
         assert_eq!(f["ts6"], AV::TimestampMicros(-1));
-        assert_eq!(f["arr"], AV::Array(vec![AV::Union(1, Box::new(AV::Int(1))), AV::Union(0, Box::new(AV::Null)), AV::Union(1, Box::new(AV::Int(3)))]));
+        assert_eq!(
+            f["arr"],
+            AV::Array(vec![AV::Union(1, Box::new(AV::Int(1))), AV::Union(0, Box::new(AV::Null)), AV::Union(1, Box::new(AV::Int(3)))])
+        );
         assert!(matches!(&f["u"], AV::Uuid(_) | AV::String(_)));
         assert_eq!(f["inet"], AV::String("10.0.0.1/32".into()));
     }
@@ -976,11 +1007,8 @@ mod tests {
 
     #[test]
     fn composites_are_named_records_with_their_docs() {
-        let point = PgType::new(
-            90001,
-            "geo.point2",
-            TypeKind::Composite(vec![("x".into(), PgType::from_oid(701)), ("y-val".into(), PgType::from_oid(701))]),
-        );
+        let point =
+            PgType::new(90001, "geo.point2", TypeKind::Composite(vec![("x".into(), PgType::from_oid(701)), ("y-val".into(), PgType::from_oid(701))]));
         let mut type_docs = BTreeMap::new();
         type_docs.insert(90001, (Some("A point".to_string()), [("x".to_string(), "X axis".to_string())].into_iter().collect()));
         let meta = RelationMeta { not_null: vec![false, false], type_docs, ..Default::default() };
@@ -1017,7 +1045,16 @@ mod tests {
             before: Some(image(&rel, vec![Some("1"), Some("a")])),
             after: Some(image(&rel, vec![Some("1"), None])),
             op: Op::Update,
-            source: SourceInfo { sink_name: "s".into(), database: "db".into(), schema: "public".into(), table: "t".into(), xid: 9, lsn: Lsn(99), commit_time_us: 5_000_000, snapshot: false },
+            source: SourceInfo {
+                sink_name: "s".into(),
+                database: "db".into(),
+                schema: "public".into(),
+                table: "t".into(),
+                xid: 9,
+                lsn: Lsn(99),
+                commit_time_us: 5_000_000,
+                snapshot: false,
+            },
         };
         let mut out = Vec::new();
         write_debezium(&ev, &|_| false, &mut out).unwrap();

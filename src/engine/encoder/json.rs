@@ -219,17 +219,12 @@ pub fn cell_to_json(ty: &PgType, text: &str) -> Result<Value> {
             "f" => Ok(Value::Bool(false)),
             _ => Err(malformed(ty, "expected \"t\" or \"f\"")),
         },
-        TypeKind::Int2 | TypeKind::Int4 | TypeKind::Int8 => text
-            .parse::<i64>()
-            .map(Value::from)
-            .map_err(|_| malformed(ty, "not an integer")),
-        TypeKind::Oid => text
-            .parse::<u64>()
-            .map(Value::from)
-            .map_err(|_| malformed(ty, "not an unsigned integer")),
+        TypeKind::Int2 | TypeKind::Int4 | TypeKind::Int8 => text.parse::<i64>().map(Value::from).map_err(|_| malformed(ty, "not an integer")),
+        TypeKind::Oid => text.parse::<u64>().map(Value::from).map_err(|_| malformed(ty, "not an unsigned integer")),
         TypeKind::Float4 | TypeKind::Float8 => float_to_json(ty, text),
-        TypeKind::Json | TypeKind::Jsonb => serde_json::from_str(text)
-            .map_err(|e| malformed(ty, &format!("invalid JSON at line {} column {}", e.line(), e.column()))),
+        TypeKind::Json | TypeKind::Jsonb => {
+            serde_json::from_str(text).map_err(|e| malformed(ty, &format!("invalid JSON at line {} column {}", e.line(), e.column())))
+        }
         TypeKind::Timestamp => timestamp_to_json(ty, text, false),
         TypeKind::TimestampTz => timestamp_to_json(ty, text, true),
         TypeKind::Array(element) => array_to_json(ty, element, text),
@@ -350,8 +345,7 @@ pub(crate) fn timestamp_micros(text: &str, with_zone: bool) -> Result<i128, &'st
         return Err("time out of range");
     }
     let days = days_from_civil(year, month, day);
-    let seconds = i128::from(days) * 86_400 + i128::from(hour * 3600 + minute * 60 + second)
-        - i128::from(offset_s);
+    let seconds = i128::from(days) * 86_400 + i128::from(hour * 3600 + minute * 60 + second) - i128::from(offset_s);
     Ok(seconds * 1_000_000 + i128::from(fraction_us))
 }
 
@@ -450,9 +444,7 @@ fn parse_array_level(ty: &PgType, leaf: &PgType, delimiter: char, cur: &mut Curs
                     match cur.peek() {
                         None => return Err(malformed(ty, "unterminated array")),
                         Some(c) if c == delimiter || c == '}' => break,
-                        Some('{') | Some('"') => {
-                            return Err(malformed(ty, "unexpected '{' or '\"' in an unquoted array element"))
-                        }
+                        Some('{') | Some('"') => return Err(malformed(ty, "unexpected '{' or '\"' in an unquoted array element")),
                         Some('\\') => {
                             cur.bump();
                             match cur.bump() {
@@ -489,9 +481,7 @@ fn parse_array_level(ty: &PgType, leaf: &PgType, delimiter: char, cur: &mut Curs
 }
 
 fn element_to_json(array: &PgType, leaf: &PgType, text: &str) -> Result<Value> {
-    cell_to_json(leaf, text).map_err(|e| {
-        SinkError::permanent(format!("malformed {} value: element: {}", array.name, e.message))
-    })
+    cell_to_json(leaf, text).map_err(|e| SinkError::permanent(format!("malformed {} value: element: {}", array.name, e.message)))
 }
 
 /// The whitespace `array_in` skips around elements.
@@ -555,22 +545,15 @@ fn composite_to_json(ty: &PgType, fields: &[(String, PgType)], text: &str) -> Re
         return Err(malformed(ty, "unexpected characters after the record's closing parenthesis"));
     }
     if raw.len() != fields.len() {
-        return Err(malformed(
-            ty,
-            &format!("expected {} fields, found {}", fields.len(), raw.len()),
-        ));
+        return Err(malformed(ty, &format!("expected {} fields, found {}", fields.len(), raw.len())));
     }
 
     let mut object = Map::new();
     for ((name, field_ty), value) in fields.iter().zip(raw) {
         let value = match value {
             None => Value::Null,
-            Some(text) => cell_to_json(field_ty, &text).map_err(|e| {
-                SinkError::permanent(format!(
-                    "malformed {} value: field \"{name}\": {}",
-                    ty.name, e.message
-                ))
-            })?,
+            Some(text) => cell_to_json(field_ty, &text)
+                .map_err(|e| SinkError::permanent(format!("malformed {} value: field \"{name}\": {}", ty.name, e.message)))?,
         };
         object.insert(name.clone(), value);
     }
@@ -798,10 +781,7 @@ mod tests {
         assert_eq!(enc(1022, "{1.5,NaN,-Infinity}"), r#"[1.5,"NaN","-Infinity"]"#);
         assert_eq!(enc(1231, "{1.10,NaN}"), r#"["1.10","NaN"]"#);
         // As Postgres prints ARRAY['a b','c"d',NULL,'NULL','e\f','']:
-        assert_eq!(
-            enc(1009, r#"{"a b","c\"d",NULL,"NULL","e\\f",""}"#),
-            r#"["a b","c\"d",null,"NULL","e\\f",""]"#
-        );
+        assert_eq!(enc(1009, r#"{"a b","c\"d",NULL,"NULL","e\\f",""}"#), r#"["a b","c\"d",null,"NULL","e\\f",""]"#);
         assert_eq!(enc(1009, r#"{plain,"with,comma","{brace}",é}"#), r#"["plain","with,comma","{brace}","é"]"#);
         // Input syntax Postgres accepts: whitespace around elements, escaped unquoted NULL.
         assert_eq!(enc(1009, r#" { a , \NULL , NULL } "#), r#"["a","NULL",null]"#);
@@ -827,10 +807,7 @@ mod tests {
             r#"["1720032185312.345","-1.000",null,"infinity"]"#
         );
         assert_eq!(enc(1185, r#"{"2024-07-03 18:43:05.312345+00"}"#), r#"["1720032185312.345"]"#);
-        assert_eq!(
-            enc(3807, r#"{"{\"a\": 1}","[1, 2]",NULL,"null"}"#),
-            r#"[{"a":1},[1,2],null,null]"#
-        );
+        assert_eq!(enc(3807, r#"{"{\"a\": 1}","[1, 2]",NULL,"null"}"#), r#"[{"a":1},[1,2],null,null]"#);
         assert_eq!(enc(199, r#"{"{\"k\": \"v\"}"}"#), r#"[{"k":"v"}]"#);
         // box[] uses ';' between elements.
         let boxes = PgType::new(1020, "box[]", TypeKind::Array(Box::new(PgType::new(603, "box", TypeKind::Other))));
@@ -849,16 +826,7 @@ mod tests {
     }
 
     fn rec_type() -> PgType {
-        PgType::new(
-            16_400,
-            "rec",
-            TypeKind::Composite(vec![
-                ("a".into(), ty(23)),
-                ("b".into(), ty(25)),
-                ("c".into(), ty(25)),
-                ("d".into(), ty(25)),
-            ]),
-        )
+        PgType::new(16_400, "rec", TypeKind::Composite(vec![("a".into(), ty(23)), ("b".into(), ty(25)), ("c".into(), ty(25)), ("d".into(), ty(25))]))
     }
 
     #[test]
@@ -883,16 +851,8 @@ mod tests {
 
     #[test]
     fn nested_composites_and_arrays() {
-        let inner = PgType::new(
-            16_401,
-            "inner_t",
-            TypeKind::Composite(vec![("a".into(), ty(23)), ("b".into(), ty(1009))]),
-        );
-        let outer = PgType::new(
-            16_402,
-            "outer_t",
-            TypeKind::Composite(vec![("x".into(), inner.clone()), ("y".into(), ty(1114))]),
-        );
+        let inner = PgType::new(16_401, "inner_t", TypeKind::Composite(vec![("a".into(), ty(23)), ("b".into(), ty(1009))]));
+        let outer = PgType::new(16_402, "outer_t", TypeKind::Composite(vec![("x".into(), inner.clone()), ("y".into(), ty(1114))]));
         // As Postgres prints ROW(ROW(1, ARRAY['p q','r']), '2024-07-03 18:43:05')::outer_t:
         assert_eq!(
             enc_ty(&outer, r#"("(1,""{""""p q"""",r}"")","2024-07-03 18:43:05")"#),
@@ -900,10 +860,7 @@ mod tests {
         );
         // rec[] as Postgres prints ARRAY[ROW(1,'a b',NULL,'x')::rec, NULL]:
         let recs = PgType::new(16_403, "rec[]", TypeKind::Array(Box::new(rec_type())));
-        assert_eq!(
-            enc_ty(&recs, r#"{"(1,\"a b\",,x)",NULL}"#),
-            r#"[{"a":1,"b":"a b","c":null,"d":"x"},null]"#
-        );
+        assert_eq!(enc_ty(&recs, r#"{"(1,\"a b\",,x)",NULL}"#), r#"[{"a":1,"b":"a b","c":null,"d":"x"},null]"#);
         let with_json = PgType::new(3, "j", TypeKind::Composite(vec![("doc".into(), ty(3802))]));
         assert_eq!(enc_ty(&with_json, r#"("{""k"": [1, 2]}")"#), r#"{"doc":{"k":[1,2]}}"#);
     }
@@ -938,20 +895,14 @@ mod tests {
     fn bad_cells_name_column_and_relation() {
         let rel = relation();
         let e = row_to_json(&image(&rel, vec![t("x1"), t("a")])).unwrap_err();
-        assert_eq!(
-            e.message,
-            "could not encode column \"id\" of relation \"public.t\" as JSON: malformed integer value: not an integer"
-        );
+        assert_eq!(e.message, "could not encode column \"id\" of relation \"public.t\" as JSON: malformed integer value: not an integer");
     }
 
     #[test]
     fn row_tombstone_and_truncate_payloads() {
         let rel = relation();
         let row = image(&rel, vec![t("1"), t("a")]);
-        assert_eq!(
-            JsonEncoder.encode_value(&Payload::Row(row)).unwrap(),
-            Some(br#"{"id":1,"name":"a"}"#.to_vec())
-        );
+        assert_eq!(JsonEncoder.encode_value(&Payload::Row(row)).unwrap(), Some(br#"{"id":1,"name":"a"}"#.to_vec()));
         assert_eq!(JsonEncoder.encode_value(&Payload::Tombstone).unwrap(), None);
         assert_eq!(JsonEncoder.encode_value(&Payload::Truncate(vec![rel])).unwrap(), None);
     }
@@ -1080,7 +1031,9 @@ mod tests {
 
     #[test]
     fn build_returns_this_encoder() {
-        use super::super::{build, EncoderContext, Role};
+        use super::super::avro::EncoderContext;
+        use super::super::formats::build;
+        use super::super::Role;
         let ctx = EncoderContext::default();
         assert_eq!(build("JSON", Role::Key, &ctx).unwrap().name(), "json");
         assert_eq!(build("Avro", Role::Value, &ctx).unwrap().name(), "avro");

@@ -1,6 +1,7 @@
 //! Encoders turn drafts into bytes, the key and the value separately, so a sink can
 //! mix formats (`KEY FORMAT .. VALUE FORMAT ..`). They also own partition hashing of
-//! the encoded key. A new format is one file here plus one arm in [`build`].
+//! the encoded key. A new format is one file here plus one arm in
+//! [`formats::build`], which chooses among them.
 //!
 //! * `json` — Materialize's JSON mapping ([`json`]);
 //! * `avro` — generated schemas, optionally registered in a Confluent schema
@@ -8,13 +9,14 @@
 //! * `text`, `bytes` — one column as text or raw bytes ([`text`]).
 
 pub mod avro;
+pub mod formats;
 pub mod hash;
 pub mod json;
 pub mod registry;
 pub mod text;
 
 use super::envelope::{Payload, RowImage};
-use super::error::{Result, SinkError};
+use super::error::Result;
 
 pub trait Encoder: Send {
     /// The format's name as users spell it (`json`, ...).
@@ -44,36 +46,4 @@ pub fn bytea_from_hex(text: &str) -> Option<Vec<u8>> {
 pub enum Role {
     Key,
     Value,
-}
-
-/// What encoders may need beyond the format's name.
-#[derive(Debug, Clone, Default)]
-pub struct EncoderContext {
-    pub avro: avro::AvroOptions,
-    pub registry: Option<registry::RegistrySettings>,
-    /// Registry subjects are `<subject_base>-key` / `-value` (the topic for Kafka).
-    pub subject_base: String,
-    /// Values are Debezium events.
-    pub debezium: bool,
-}
-
-/// Formats the engine offers.
-pub const FORMATS: &[&str] = &["json", "avro", "text", "bytes"];
-
-pub fn check_format(format: &str) -> Result<()> {
-    if FORMATS.contains(&format.to_ascii_lowercase().as_str()) {
-        Ok(())
-    } else {
-        Err(SinkError::config(format!("unknown format \"{format}\"")).hint(format!("Supported formats: {}.", FORMATS.join(", "))))
-    }
-}
-
-pub fn build(format: &str, role: Role, ctx: &EncoderContext) -> Result<Box<dyn Encoder>> {
-    match format.to_ascii_lowercase().as_str() {
-        "json" => Ok(Box::new(json::JsonEncoder)),
-        "avro" => Ok(Box::new(avro::AvroEncoder::new(role, ctx)?)),
-        "text" => Ok(Box::new(text::TextEncoder { bytes: false })),
-        "bytes" => Ok(Box::new(text::TextEncoder { bytes: true })),
-        other => Err(SinkError::config(format!("unknown format \"{other}\"")).hint(format!("Supported formats: {}.", FORMATS.join(", ")))),
-    }
 }

@@ -101,7 +101,8 @@ pub fn connection_to_sink_options(
         out.insert(sink_name.to_string(), v.clone());
     }
     if !out.contains_key("schema.registry") {
-        return Err(SinkError::config(format!("schema registry connection \"{conn}\" needs option \"url\"")).hint("For example url => 'http://localhost:8081'."));
+        return Err(SinkError::config(format!("schema registry connection \"{conn}\" needs option \"url\""))
+            .hint("For example url => 'http://localhost:8081'."));
     }
     Ok(out)
 }
@@ -237,9 +238,7 @@ pub(crate) fn pem_certs(pem: &str, what: &str) -> Result<Vec<Certificate<'static
 
 /// Percent-encode a subject for a URL path.
 fn encode_path(s: &str) -> String {
-    s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 #[cfg(test)]

@@ -46,9 +46,9 @@ impl TextEncoder {
             Cell::Null => Ok(None),
             Cell::Unchanged => Err(SinkError::permanent(format!("column \"{}\" holds an unchanged TOAST value that was not filled in", col.name))
                 .hint("Set REPLICA IDENTITY FULL on the table so updates carry the old value.")),
-            Cell::Text(t) if self.bytes && col.ty.kind == TypeKind::Bytea => super::bytea_from_hex(t)
-                .map(Some)
-                .ok_or_else(|| SinkError::permanent(format!("malformed bytea in column \"{}\"", col.name))),
+            Cell::Text(t) if self.bytes && col.ty.kind == TypeKind::Bytea => {
+                super::bytea_from_hex(t).map(Some).ok_or_else(|| SinkError::permanent(format!("malformed bytea in column \"{}\"", col.name)))
+            }
             Cell::Text(t) => Ok(Some(t.as_bytes().to_vec())),
         }
     }
@@ -71,7 +71,9 @@ impl Encoder for TextEncoder {
         match payload {
             Payload::Tombstone | Payload::Truncate(_) => Ok(None),
             Payload::Row(row) => self.image(row),
-            Payload::Debezium(_) => Err(SinkError::permanent(format!("the debezium envelope cannot be encoded as {}", self.name().to_ascii_uppercase()))),
+            Payload::Debezium(_) => {
+                Err(SinkError::permanent(format!("the debezium envelope cannot be encoded as {}", self.name().to_ascii_uppercase())))
+            }
         }
     }
 }

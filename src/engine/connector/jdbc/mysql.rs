@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Params, Value};
 
-use super::{Backend, TableInfo, Target};
+use super::target::{Backend, TableInfo, Target};
 use crate::engine::error::{Result, SinkError};
 
 pub struct MyBackend {
@@ -54,7 +54,10 @@ impl MyBackend {
             .map_err(|e| my_error("connect", e))?;
         let mut b = MyBackend { conn };
         // Timestamps are written as UTC, as the worker renders them.
-        b.conn.query_drop("SET time_zone = '+00:00', sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')").await.map_err(|e| my_error("set up the session", e))?;
+        b.conn
+            .query_drop("SET time_zone = '+00:00', sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
+            .await
+            .map_err(|e| my_error("set up the session", e))?;
         Ok(b)
     }
 }

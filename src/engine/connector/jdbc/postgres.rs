@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::{Backend, TableInfo, Target};
+use super::target::{Backend, TableInfo, Target};
 use crate::engine::error::{Result, SinkError};
 
 pub struct PgBackend {
@@ -29,7 +29,9 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> SinkError {
     let message = format!("could not {what} on the PostgreSQL target: {detail}");
     match code.as_deref() {
         // invalid authorization, invalid catalog name, insufficient privilege
-        Some(c) if c.starts_with("28") || c == "3D000" || c == "42501" => SinkError::permanent(message).hint("Check the jdbc.url, user and password."),
+        Some(c) if c.starts_with("28") || c == "3D000" || c == "42501" => {
+            SinkError::permanent(message).hint("Check the jdbc.url, user and password.")
+        }
         // data errors: a value the target refuses
         Some(c) if c.starts_with("22") || c.starts_with("23") || c.starts_with("42") => SinkError::permanent(message),
         _ => SinkError::transient(message).hint("Check the host and port of jdbc.url and that the database runs; a running sink retries."),

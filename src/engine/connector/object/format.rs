@@ -34,8 +34,7 @@ impl FileFormat {
             "jsonl" | "json" | "ndjson" => Ok(FileFormat::JsonLines),
             "csv" => Ok(FileFormat::Csv),
             "parquet" => Ok(FileFormat::Parquet),
-            other => Err(SinkError::config(format!("invalid value for option \"file_format\": \"{other}\""))
-                .hint("Use jsonl, csv or parquet.")),
+            other => Err(SinkError::config(format!("invalid value for option \"file_format\": \"{other}\"")).hint("Use jsonl, csv or parquet.")),
         }
     }
     pub fn extension(&self) -> &'static str {
@@ -127,10 +126,7 @@ pub fn render(format: FileFormat, records: &[Record], key_is_json: bool, value_i
 }
 
 fn shape(records: &[Record]) -> Result<Arc<Relation>> {
-    records
-        .iter()
-        .find_map(|r| relation_of(r).cloned())
-        .ok_or_else(|| SinkError::permanent("a CSV or Parquet file needs rows with a known relation"))
+    records.iter().find_map(|r| relation_of(r).cloned()).ok_or_else(|| SinkError::permanent("a CSV or Parquet file needs rows with a known relation"))
 }
 
 fn csv_field(out: &mut Vec<u8>, v: Option<&str>) {
@@ -348,7 +344,11 @@ mod tests {
         let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
         assert_eq!(reader.metadata().file_metadata().num_rows(), 2);
         let rows: Vec<String> = reader.get_row_iter(None).unwrap().map(|r| r.unwrap().to_string()).collect();
-        assert!(rows[0].contains("id: 1") && rows[0].contains("note: \"x\"") && rows[0].contains("ok: true") && rows[0].contains("x: 2.5"), "{}", rows[0]);
+        assert!(
+            rows[0].contains("id: 1") && rows[0].contains("note: \"x\"") && rows[0].contains("ok: true") && rows[0].contains("x: 2.5"),
+            "{}",
+            rows[0]
+        );
         assert!(rows[1].contains("_pg_sink_op: \"delete\"") && rows[1].contains("id: 2") && rows[1].contains("note: null"), "{}", rows[1]);
     }
 

@@ -509,13 +509,15 @@ mod tests {
     fn files_are_cut_at_transactions_named_by_lsn_and_listed_in_the_manifest() {
         let dir = std::env::temp_dir().join(format!("pg_sink_object_test_{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut cfg = ConnectorConfig::for_test(&[("location", &format!("file://{}", dir.display())), ("max_file_size", "1024"), ("partitioning", "date")]);
+        let mut cfg =
+            ConnectorConfig::for_test(&[("location", &format!("file://{}", dir.display())), ("max_file_size", "1024"), ("partitioning", "date")]);
         cfg.sink_name = "s1".into();
         let mut c = build(Provider::File, &cfg).unwrap();
         let big = "x".repeat(700);
         // Two records of one transaction stay together although they pass the size;
         // the next day starts a new partition.
-        let b = batch(vec![record(0x10, 0, &format!("\"{big}\"")), record(0x10, 1, &format!("\"{big}\"")), record(0x20, 2, "1"), record(0x30, DAY, "2")]);
+        let b =
+            batch(vec![record(0x10, 0, &format!("\"{big}\"")), record(0x10, 1, &format!("\"{big}\"")), record(0x20, 2, "1"), record(0x30, DAY, "2")]);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(c.deliver(&b, &mut NoSql)).unwrap();
         assert_eq!(
@@ -529,7 +531,8 @@ mod tests {
                 "s1/dt=1970-01-02/0000000000000030-0000000000000030.jsonl",
             ]
         );
-        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("s1/_manifest/0000000000000010-0000000000000010.json")).unwrap()).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("s1/_manifest/0000000000000010-0000000000000010.json")).unwrap()).unwrap();
         assert_eq!(manifest["records"], 2);
         assert_eq!(manifest["file"], "dt=1970-01-01/0000000000000010-0000000000000010.jsonl");
 
@@ -555,7 +558,14 @@ mod tests {
 
     #[test]
     fn rollover_cuts_on_commit_time_span() {
-        let s = FileSettings { format: FileFormat::JsonLines, max_file_size: usize::MAX, rollover_us: 10, partitioning: Partitioning::None, manifest: true, multipart_threshold: usize::MAX };
+        let s = FileSettings {
+            format: FileFormat::JsonLines,
+            max_file_size: usize::MAX,
+            rollover_us: 10,
+            partitioning: Partitioning::None,
+            manifest: true,
+            multipart_threshold: usize::MAX,
+        };
         let records = vec![record(1, 0, "1"), record(2, 5, "1"), record(3, 10, "1"), record(4, 12, "1")];
         let parts = split(&records, &s);
         assert_eq!(parts.iter().map(|p| p.records.len()).collect::<Vec<_>>(), vec![2, 2]);

@@ -71,7 +71,9 @@ fn bad_location(raw: &str, why: &str, provider: Provider) -> SinkError {
         Provider::Gcs => "gcs://bucket/prefix",
         Provider::Azure => "azure://container/prefix",
     };
-    SinkError::config(format!("invalid {} location \"{raw}\"", provider.name())).detail(why.to_string()).hint(format!("Use a location like '{example}'."))
+    SinkError::config(format!("invalid {} location \"{raw}\"", provider.name()))
+        .detail(why.to_string())
+        .hint(format!("Use a location like '{example}'."))
 }
 
 /// Parse `location` (or `path`) and the bucket options.
@@ -79,7 +81,8 @@ pub fn parse_location(provider: Provider, cfg: &ConnectorConfig) -> Result<Locat
     let raw = cfg.get("location").or_else(|| cfg.get("path"));
     if provider == Provider::File {
         let raw = raw.ok_or_else(|| {
-            SinkError::config("connector \"file\" requires option \"location\"").hint("Give an absolute directory, e.g. location => 'file:///var/lib/pg_sink/out'.")
+            SinkError::config("connector \"file\" requires option \"location\"")
+                .hint("Give an absolute directory, e.g. location => 'file:///var/lib/pg_sink/out'.")
         })?;
         let path = raw.strip_prefix("file://").unwrap_or(raw);
         if raw.contains("://") && !raw.starts_with("file://") {
@@ -117,8 +120,11 @@ pub fn parse_location(provider: Provider, cfg: &ConnectorConfig) -> Result<Locat
         (Some(a), _) => a,
         (None, Some(b)) if !b.is_empty() => b,
         _ => {
-            return Err(SinkError::config(format!("connector \"{}\" needs a bucket", provider.name()))
-                .hint(format!("Give location => '{}://name/prefix' or option \"{}\".", provider.schemes()[0], provider.bucket_option())))
+            return Err(SinkError::config(format!("connector \"{}\" needs a bucket", provider.name())).hint(format!(
+                "Give location => '{}://name/prefix' or option \"{}\".",
+                provider.schemes()[0],
+                provider.bucket_option()
+            )))
         }
     };
     Ok(Location { provider, bucket, prefix, dir: None })
@@ -167,7 +173,8 @@ pub fn build(loc: &Location, cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStor
         Provider::File => {
             let dir = loc.dir.clone().ok_or_else(|| SinkError::config("file sink without a directory"))?;
             std::fs::create_dir_all(&dir).map_err(|e| SinkError::transient(format!("could not create directory \"{}\": {e}", dir.display())))?;
-            let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| SinkError::transient(format!("could not open directory \"{}\": {e}", dir.display())))?;
+            let fs = LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| SinkError::transient(format!("could not open directory \"{}\": {e}", dir.display())))?;
             Ok(Arc::new(fs))
         }
         Provider::S3 => {
@@ -178,7 +185,8 @@ pub fn build(loc: &Location, cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStor
             }
             let (managed, public) = auth_mode(cfg, key.is_some())?;
             if cfg.get("aws.credentials.session_token").is_some() && key.is_none() {
-                return Err(SinkError::config("option \"aws.credentials.session_token\" needs an access key").hint("Give aws.credentials.access_key_id and aws.credentials.secret_access_key too."));
+                return Err(SinkError::config("option \"aws.credentials.session_token\" needs an access key")
+                    .hint("Give aws.credentials.access_key_id and aws.credentials.secret_access_key too."));
             }
             let region = cfg.get("s3_region").or_else(|| cfg.get("aws.region")).or_else(|| cfg.get("region")).unwrap_or("us-east-1");
             let (opts, retry) = client_options(cfg, endpoint)?;
@@ -211,10 +219,12 @@ pub fn build(loc: &Location, cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStor
             let explicit = key.is_some() || sas.is_some() || client.0.is_some();
             let (managed, public) = auth_mode(cfg, explicit)?;
             let account = cfg.get("azure_storage_account_name").ok_or_else(|| {
-                SinkError::config("connector \"azblob\" requires option \"azure_storage_account_name\"").hint("Name the storage account that holds the container.")
+                SinkError::config("connector \"azblob\" requires option \"azure_storage_account_name\"")
+                    .hint("Name the storage account that holds the container.")
             })?;
             let (opts, retry) = client_options(cfg, endpoint)?;
-            let mut b = MicrosoftAzureBuilder::new().with_account(account).with_container_name(&loc.bucket).with_client_options(opts).with_retry(retry);
+            let mut b =
+                MicrosoftAzureBuilder::new().with_account(account).with_container_name(&loc.bucket).with_client_options(opts).with_retry(retry);
             if let Some(e) = endpoint {
                 b = b.with_endpoint(e.trim_end_matches('/').to_string());
                 if e.starts_with("http://") {
@@ -256,11 +266,14 @@ pub fn build(loc: &Location, cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStor
             let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(&loc.bucket).with_client_options(opts).with_retry(retry);
             if let Some(k) = key {
                 let mut json: serde_json::Value = serde_json::from_str(k).map_err(|e| {
-                    SinkError::config("option \"gcs_service_account_keys\" is not a JSON service account key").detail(e.to_string()).hint("Paste the key file's JSON text (type service_account).")
+                    SinkError::config("option \"gcs_service_account_keys\" is not a JSON service account key")
+                        .detail(e.to_string())
+                        .hint("Paste the key file's JSON text (type service_account).")
                 })?;
                 for field in ["private_key", "client_email"] {
                     if json.get(field).and_then(|v| v.as_str()).is_none() {
-                        return Err(SinkError::config(format!("the service account key has no \"{field}\"")).hint("Paste the key file's JSON text (type service_account)."));
+                        return Err(SinkError::config(format!("the service account key has no \"{field}\""))
+                            .hint("Paste the key file's JSON text (type service_account)."));
                     }
                 }
                 if let (Some(e), Some(obj)) = (endpoint, json.as_object_mut()) {
@@ -268,7 +281,8 @@ pub fn build(loc: &Location, cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStor
                 }
                 b = b.with_service_account_key(json.to_string());
             } else if endpoint.is_some() {
-                return Err(SinkError::config("a custom GCS endpoint needs \"gcs_service_account_keys\"").hint("The client takes the endpoint from the service account key."));
+                return Err(SinkError::config("a custom GCS endpoint needs \"gcs_service_account_keys\"")
+                    .hint("The client takes the endpoint from the service account key."));
             }
             if public {
                 b = b.with_skip_signature(true);
@@ -312,7 +326,12 @@ mod tests {
         let l = loc(Provider::S3, &[("location", "s3://b")]).unwrap();
         let e = build(&l, &ConnectorConfig::for_test(&[("aws.credentials.access_key_id", "k")])).err().unwrap();
         assert!(e.message.contains("must be given together"));
-        let e = build(&l, &ConnectorConfig::for_test(&[("aws.credentials.access_key_id", "k"), ("aws.credentials.secret_access_key", "s"), ("public", "true")])).err().unwrap();
+        let e = build(
+            &l,
+            &ConnectorConfig::for_test(&[("aws.credentials.access_key_id", "k"), ("aws.credentials.secret_access_key", "s"), ("public", "true")]),
+        )
+        .err()
+        .unwrap();
         assert!(e.message.contains("exclude each other"));
         assert!(build(&l, &ConnectorConfig::for_test(&[("endpoint", "http://127.0.0.1:1")])).is_ok());
         let g = loc(Provider::Gcs, &[("location", "gcs://b")]).unwrap();

@@ -12,10 +12,11 @@ use serde_json::{json, Value as Json};
 use crate::engine::dialect::{self, Command, ErrorKind, ObjectKind, Options, ParseError, Statement, Value};
 use crate::engine::options;
 
-use super::api::{self, as_superuser};
-use super::access;
-use super::errors::{fail, Code};
-use super::spi::select;
+use super::{connections, credentials, grants, secrets, sinks};
+use crate::pg::access;
+use crate::pg::errors::{fail, Code};
+use crate::pg::identity::{as_superuser, with_created_by};
+use crate::pg::spi::select;
 
 type Row = (String, String, String, Option<String>, Option<String>, JsonB);
 
@@ -27,7 +28,14 @@ fn execute(
     sql: &str,
 ) -> TableIterator<
     'static,
-    (name!(command, String), name!(kind, String), name!(name, String), name!(owner, Option<String>), name!(connector, Option<String>), name!(details, JsonB)),
+    (
+        name!(command, String),
+        name!(kind, String),
+        name!(name, String),
+        name!(owner, Option<String>),
+        name!(connector, Option<String>),
+        name!(details, JsonB),
+    ),
 > {
     let statements = dialect::parse(sql).unwrap_or_else(|e| raise_parse(&e));
     let mut rows = Vec::new();
@@ -35,7 +43,7 @@ fn execute(
         for n in &s.notices {
             pgrx::notice!("{n}");
         }
-        api::with_created_by(s.dialect.as_str(), || run(&s, &mut rows));
+        with_created_by(s.dialect.as_str(), || run(&s, &mut rows));
     }
     TableIterator::new(rows)
 }
@@ -45,7 +53,10 @@ fn raise_parse(e: &ParseError) -> ! {
         ErrorKind::Syntax => Code::ERRCODE_SYNTAX_ERROR,
         ErrorKind::Unsupported => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
     };
-    let hint = e.hint.clone().unwrap_or_else(|| "pg_sink accepts the sink DDL of Materialize, RisingWave and Kinetica; see the README for each grammar.".into());
+    let hint = e
+        .hint
+        .clone()
+        .unwrap_or_else(|| "pg_sink accepts the sink DDL of Materialize, RisingWave and Kinetica; see the README for each grammar.".into());
     fail(code, e.message.clone(), Some(e.detail()), Some(hint))
 }
 
@@ -60,7 +71,12 @@ fn option_texts(opts: &Options) -> BTreeMap<String, String> {
             Value::Map(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), Json::String(v.clone()))).collect()).to_string(),
         };
         if out.insert(name.clone(), text).is_some() {
-            fail(Code::ERRCODE_SYNTAX_ERROR, format!("option \"{name}\" specified more than once"), Some(format!("Option \"{k}\" appears twice in the statement.")), Some("Give each option once.".into()));
+            fail(
+                Code::ERRCODE_SYNTAX_ERROR,
+                format!("option \"{name}\" specified more than once"),
+                Some(format!("Option \"{k}\" appears twice in the statement.")),
+                Some("Give each option once.".into()),
+            );
         }
     }
     out
@@ -101,10 +117,10 @@ fn run(s: &Statement, rows: &mut Vec<Row>) {
     match &s.command {
         Command::CreateSecret { name, value, if_not_exists, or_replace } => {
             let created = if *or_replace && exists("secret", name) {
-                api::alter_secret(name, value);
+                secrets::alter_secret(name, value);
                 true
             } else {
-                api::create_secret(name, value, *if_not_exists)
+                secrets::create_secret(name, value, *if_not_exists)
             };
             rows.push(row(tag, "secret", name, None, json!({ "created": created })));
         }
@@ -113,7 +129,7 @@ fn run(s: &Statement, rows: &mut Vec<Row>) {
                 pgrx::notice!("secret \"{name}\" does not exist, skipping");
                 rows.push(row(tag, "secret", name, None, json!({ "altered": false })));
             } else {
-                api::alter_secret(name, value);
+                secrets::alter_secret(name, value);
                 rows.push(row(tag, "secret", name, None, json!({ "altered": true })));
             }
         }
@@ -124,47 +140,59 @@ fn run(s: &Statement, rows: &mut Vec<Row>) {
                 if let (Json::Object(m), Json::Object(o)) = (&mut set, &opts.0) {
                     m.extend(o.clone());
                 }
-                access::alter_credential(name, JsonB(set));
+                credentials::alter_credential(name, JsonB(set));
                 true
             } else {
-                access::create_credential(name, kind, identity.as_deref(), secret.as_deref(), opts, false)
+                credentials::create_credential(name, kind, identity.as_deref(), secret.as_deref(), opts, false)
             };
             rows.push(row(tag, "credential", name, None, json!({ "created": created, "type": kind })));
         }
         Command::AlterCredential { name, set } => {
-            access::alter_credential(name, option_json(set));
+            credentials::alter_credential(name, option_json(set));
             rows.push(row(tag, "credential", name, None, json!({ "altered": true })));
         }
         Command::CreateConnection { name, connector, options, if_not_exists, or_replace } => {
-            let created = api::put_connection(name, connector, option_texts(options), *if_not_exists, *or_replace);
-            let kind = super::spi::select_one("SELECT connector FROM sink.connections WHERE name = $1", &[Some(name)]);
+            let created = connections::put_connection(name, connector, option_texts(options), *if_not_exists, *or_replace);
+            let kind = crate::pg::spi::select_one("SELECT connector FROM sink.connections WHERE name = $1", &[Some(name)]);
             rows.push(row(tag, "connection", name, kind.as_deref(), json!({ "created": created })));
         }
         Command::AlterConnection { name, set } => {
-            api::alter_connection_map(name, option_texts(set), Vec::new());
+            connections::alter_connection_map(name, option_texts(set), Vec::new());
             rows.push(row(tag, "connection", name, None, json!({ "altered": true })));
         }
         Command::CreateSink { name, source, connector, connection, key, options, if_not_exists, or_replace: _ } => {
             let existed = exists("sink", name);
-            api::create_sink(name, source, connector.as_deref(), option_json(options), None, None, key.clone(), false, None, connection.as_deref(), *if_not_exists);
+            sinks::create_sink(
+                name,
+                source,
+                connector.as_deref(),
+                option_json(options),
+                None,
+                None,
+                key.clone(),
+                false,
+                None,
+                connection.as_deref(),
+                *if_not_exists,
+            );
             let sink = super::catalog::find_by_name(name);
             rows.push(row(tag, "sink", name, sink.as_ref().map(|s| s.connector.as_str()), json!({ "created": !existed })));
         }
         Command::Drop { kind, name, if_exists, cascade } => {
             let dropped = match kind {
-                ObjectKind::Sink => api::drop_sink(name, *if_exists),
-                ObjectKind::Connection => api::drop_connection(name, *if_exists, *cascade),
-                ObjectKind::Secret => api::drop_secret(name, *if_exists),
-                ObjectKind::Credential => access::drop_credential(name, *if_exists),
+                ObjectKind::Sink => sinks::drop_sink(name, *if_exists),
+                ObjectKind::Connection => connections::drop_connection(name, *if_exists, *cascade),
+                ObjectKind::Secret => secrets::drop_secret(name, *if_exists),
+                ObjectKind::Credential => credentials::drop_credential(name, *if_exists),
             };
             rows.push((tag.to_string(), kind.as_str().to_string(), name.clone(), None, None, JsonB(json!({ "dropped": dropped }))));
         }
         Command::Grant { revoke, kind, name, roles } => {
             for role in roles {
                 if *revoke {
-                    access::revoke_usage(kind.as_str(), name, role);
+                    grants::revoke_usage(kind.as_str(), name, role);
                 } else {
-                    access::grant_usage(kind.as_str(), name, role);
+                    grants::grant_usage(kind.as_str(), name, role);
                 }
             }
             rows.push(row(tag, kind.as_str(), name, None, json!({ "privilege": "USAGE", "roles": roles })));

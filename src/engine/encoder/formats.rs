@@ -1,0 +1,27 @@
+//! The formats users name (`FORMAT JSON`, `KEY FORMAT AVRO VALUE FORMAT TEXT`):
+//! which encoder each name builds.
+
+use super::avro::{self, EncoderContext};
+use super::{json, text, Encoder, Role};
+use crate::engine::error::{Result, SinkError};
+
+/// Formats the engine offers.
+pub const FORMATS: &[&str] = &["json", "avro", "text", "bytes"];
+
+pub fn check_format(format: &str) -> Result<()> {
+    if FORMATS.contains(&format.to_ascii_lowercase().as_str()) {
+        Ok(())
+    } else {
+        Err(SinkError::config(format!("unknown format \"{format}\"")).hint(format!("Supported formats: {}.", FORMATS.join(", "))))
+    }
+}
+
+pub fn build(format: &str, role: Role, ctx: &EncoderContext) -> Result<Box<dyn Encoder>> {
+    match format.to_ascii_lowercase().as_str() {
+        "json" => Ok(Box::new(json::JsonEncoder)),
+        "avro" => Ok(Box::new(avro::AvroEncoder::new(role, ctx)?)),
+        "text" => Ok(Box::new(text::TextEncoder { bytes: false })),
+        "bytes" => Ok(Box::new(text::TextEncoder { bytes: true })),
+        other => Err(SinkError::config(format!("unknown format \"{other}\"")).hint(format!("Supported formats: {}.", FORMATS.join(", ")))),
+    }
+}

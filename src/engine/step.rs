@@ -1,0 +1,553 @@
+//! One step of a sink: read a bounded slice of its slot, cut it into batches of
+//! whole transactions, hand each batch to the connector, and work out which
+//! position may be confirmed once the connector says the step is durable.
+//!
+//! ```text
+//!  messages (peek cursor │ walsender) ──► Step::feed ──► Pipeline ──► Batch
+//!                                             │ batch full              │
+//!                                             └──────► Connector::deliver ◄┘
+//!  Step::finish ──► Connector::finish_step ──► Progress { confirmed, record }
+//! ```
+//!
+//! The rules live here, as plain Rust, so they are unit-tested with a scripted
+//! stream and an in-memory connector with failpoints (`engine::testing`):
+//!
+//! - **Bounded read.** A step reads what was flushed when it began (`upto`) and at
+//!   most `limit` non-metadata messages, always ending on a transaction boundary.
+//!   A later transaction's BEGIN is put back for the next step. So a step retried
+//!   over the same backlog reads the same transactions.
+//! - **Batch cut.** A batch is cut after the transaction that brings it to
+//!   `batch_changes` changes; boundaries depend only on the stream and the settings,
+//!   so a retried step produces the same batches (and idempotent targets overwrite
+//!   the same objects).
+//! - **Confirmed LSN.** Only what the connector reported durable is confirmed: the
+//!   end of the last delivered transaction, raised to the stream's last keepalive
+//!   seen between transactions and, when the step caught up, to the WAL flush
+//!   position taken before reading (nothing before it is left to deliver).
+//!
+//! The glue supplies the stream, the SQL session for in-database targets, the
+//! type resolver and the transaction that records [`Progress`].
+
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+
+use super::change::Transaction;
+use super::connector::{Batch, Connector, Record, SqlSession};
+use super::error::{Result, SinkError};
+use super::lsn::Lsn;
+use super::pgoutput;
+use super::pipeline::{Pipeline, TypeResolver};
+use super::replication::{self, Message};
+
+/// Rows of the initial snapshot delivered per connector call.
+pub const SNAPSHOT_CHUNK: i64 = 10_000;
+
+/// How long [`Step::read_stream`] waits for one message before checking for a stop.
+const POLL: Duration = Duration::from_millis(100);
+/// Silence between transactions after which the walsender is asked for its position.
+const ASK_AFTER: Duration = Duration::from_millis(500);
+
+/// What one step did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub transactions: usize,
+    pub changes: usize,
+    pub records: usize,
+    pub bytes: usize,
+    pub confirmed: Option<Lsn>,
+    /// Nothing was pending when the step read its slice.
+    pub caught_up: bool,
+    /// This step created the slot (and delivered the snapshot).
+    pub initialized: bool,
+    /// Commit time of the last delivered change.
+    pub last_commit: Option<i64>,
+    /// The records a preview would deliver.
+    pub preview: Vec<Record>,
+}
+
+/// A replication stream as the step reads it (the walsender's, or a scripted one).
+pub trait MessageStream {
+    /// The next message, waiting up to `wait`; `None` when nothing arrived.
+    fn next(&mut self, wait: Duration) -> Result<Option<Message<'_>>>;
+    /// Put back the message `next` returned last.
+    fn unread(&mut self);
+    /// Tell the server `flushed` is durable; `reply` asks for a keepalive.
+    fn feedback(&mut self, flushed: Lsn, reply: bool) -> Result<()>;
+}
+
+impl MessageStream for replication::Stream {
+    fn next(&mut self, wait: Duration) -> Result<Option<Message<'_>>> {
+        replication::Stream::next(self, wait)
+    }
+    fn unread(&mut self) {
+        replication::Stream::unread(self)
+    }
+    fn feedback(&mut self, flushed: Lsn, reply: bool) -> Result<()> {
+        replication::Stream::feedback(self, flushed, reply)
+    }
+}
+
+/// Where the initial snapshot's rows come from: successive chunks of the table,
+/// each an insert-only transaction labelled with the snapshot's LSN.
+pub trait SnapshotSource {
+    fn next_chunk(&mut self, rows: i64) -> Result<Transaction>;
+}
+
+/// How far a finished step may confirm, and whether to write it down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub confirmed: Lsn,
+    /// Progress must be recorded: something was delivered, or an idle sink's
+    /// position moved and the caller wants idle progress written.
+    pub record: bool,
+}
+
+/// The confirmed-LSN rule (see the module doc). `start` is the catalog's confirmed
+/// LSN when the step began, `delivered` the end of the last delivered transaction
+/// (or `start`), `quiet` the stream's last keepalive between transactions,
+/// `flushed` the WAL flush position read before the slice.
+pub fn progress(start: Lsn, delivered: Lsn, quiet: Option<Lsn>, caught_up: bool, flushed: Lsn, transactions: usize, write_idle: bool) -> Progress {
+    let mut confirmed = start.max(delivered).max(quiet.unwrap_or(Lsn::ZERO));
+    if caught_up {
+        confirmed = confirmed.max(flushed);
+    }
+    Progress { confirmed, record: transactions > 0 || (write_idle && confirmed > start) }
+}
+
+/// One step's reading and delivering: messages in, batches out.
+pub struct Step<'a> {
+    pipeline: &'a mut Pipeline,
+    connector: &'a mut dyn Connector,
+    rt: &'a Runtime,
+    sql: &'a mut dyn SqlSession,
+    types: &'a mut dyn TypeResolver,
+    batch: Batch,
+    outcome: Outcome,
+    /// End of the last delivered transaction.
+    end: Lsn,
+    batch_changes: usize,
+    /// The catalog's confirmed LSN when the step began: what feedback may report.
+    durable: Lsn,
+    /// The stream failed before this step read any message from it.
+    pub lost_at_start: bool,
+}
+
+impl<'a> Step<'a> {
+    /// A step over `pipeline` that starts at the catalog's `confirmed` LSN and cuts
+    /// batches of `batch_changes` changes.
+    pub fn new(
+        pipeline: &'a mut Pipeline,
+        connector: &'a mut dyn Connector,
+        rt: &'a Runtime,
+        sql: &'a mut dyn SqlSession,
+        types: &'a mut dyn TypeResolver,
+        confirmed: Lsn,
+        batch_changes: usize,
+    ) -> Self {
+        pipeline.confirmed = confirmed;
+        let batch = pipeline.new_batch();
+        Step {
+            pipeline,
+            connector,
+            rt,
+            sql,
+            types,
+            batch,
+            outcome: Outcome::default(),
+            end: confirmed,
+            batch_changes: batch_changes.max(1),
+            durable: confirmed,
+            lost_at_start: false,
+        }
+    }
+
+    /// Feed one pgoutput message; delivers the batch once it is full.
+    pub fn feed(&mut self, msg: &[u8]) -> Result<()> {
+        self.pipeline.feed(msg, self.types, &mut self.batch)?;
+        if self.batch.changes >= self.batch_changes {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Deliver what the current batch holds (whole transactions only).
+    pub fn flush(&mut self) -> Result<()> {
+        if self.batch.transactions == 0 {
+            return Ok(());
+        }
+        self.rt.block_on(self.connector.deliver(&self.batch, self.sql))?;
+        self.count_delivered();
+        self.end = self.end.max(self.batch.end_lsn);
+        self.batch = self.pipeline.new_batch();
+        Ok(())
+    }
+
+    fn count_delivered(&mut self) {
+        let o = &mut self.outcome;
+        o.transactions += self.batch.transactions;
+        o.changes += self.batch.changes;
+        o.records += self.batch.records.len();
+        o.bytes += self.batch.bytes();
+        o.last_commit = self.batch.records.last().map(|r| r.commit_time_us).or(o.last_commit);
+    }
+
+    /// Read `stream` up to `upto` (the WAL flush position when the step began), like
+    /// a peek would: every transaction committed at or before it, none after it, at
+    /// most `limit` non-metadata messages, always ending on a transaction boundary.
+    /// Returns whether the step caught up. `quiet` is raised to the keepalive
+    /// positions seen between transactions: everything before them has been read.
+    pub fn read_stream(&mut self, s: &mut dyn MessageStream, limit: i64, upto: Lsn, stop: &dyn Fn() -> bool, quiet: &mut Lsn) -> Result<bool> {
+        let mut n = 0i64;
+        let mut silent_since = std::time::Instant::now();
+        let mut read_any = false;
+        loop {
+            let in_txn = self.pipeline.in_transaction();
+            if n >= limit && !in_txn {
+                return Ok(false);
+            }
+            let next = s.next(POLL);
+            if next.is_err() && !read_any {
+                self.lost_at_start = true;
+            }
+            read_any = true;
+            match next? {
+                Some(Message::Data { payload, .. }) => {
+                    if !in_txn && pgoutput::begin_commit_lsn(payload).is_some_and(|l| l > upto) {
+                        s.unread();
+                        return Ok(true);
+                    }
+                    // Relation and type messages are sent once per walsender, not
+                    // once per step: only the rest count, so limits cut the same
+                    // place on a new stream.
+                    if !pgoutput::is_metadata(payload) {
+                        n += 1;
+                    }
+                    // The payload borrows the stream; the commit's end is read first.
+                    let last = pgoutput::commit_end_lsn(payload).is_some_and(|l| l >= upto);
+                    self.feed(payload)?;
+                    silent_since = std::time::Instant::now();
+                    // A transaction whose commit record ends at or past `upto` is
+                    // the last one committed before it: nothing more to wait for.
+                    if last {
+                        return Ok(true);
+                    }
+                }
+                Some(Message::Keepalive { end, reply }) => {
+                    if reply {
+                        // Only what the catalog has committed counts as flushed.
+                        s.feedback(self.durable, false)?;
+                    }
+                    if !in_txn {
+                        *quiet = (*quiet).max(end);
+                        if end >= upto {
+                            return Ok(true);
+                        }
+                    }
+                    silent_since = std::time::Instant::now();
+                }
+                None => {
+                    if stop() {
+                        return Err(SinkError::transient("pg_sink worker is stopping"));
+                    }
+                    if !in_txn && silent_since.elapsed() >= ASK_AFTER {
+                        // The walsender pings when it waits for WAL; ask for its
+                        // position in case it is waiting already.
+                        s.feedback(self.durable, true)?;
+                        silent_since = std::time::Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deliver the initial snapshot in chunks of `chunk_rows` rows, then end the
+    /// connector's step (connectors that keep the snapshot in one target
+    /// transaction commit it there). Chunk 0 is delivered even when empty.
+    pub fn deliver_snapshot(&mut self, source: &mut dyn SnapshotSource, chunk_rows: i64) -> Result<()> {
+        let mut chunk = 0u32;
+        loop {
+            let txn = source.next_chunk(chunk_rows)?;
+            let rows = txn.changes.len();
+            if rows == 0 && chunk > 0 {
+                break;
+            }
+            let mut batch = self.pipeline.new_batch();
+            batch.snapshot_chunk = Some(chunk);
+            self.pipeline.add_transaction(txn, &mut batch)?;
+            self.rt.block_on(self.connector.deliver(&batch, self.sql))?;
+            let o = &mut self.outcome;
+            o.changes += batch.changes;
+            o.records += batch.records.len();
+            o.bytes += batch.bytes();
+            chunk += 1;
+            if (rows as i64) < chunk_rows {
+                break;
+            }
+        }
+        self.rt.block_on(self.connector.finish_step())
+    }
+
+    /// Deliver what is left, end the connector's step if anything was delivered,
+    /// and apply the confirmed-LSN rule.
+    pub fn finish(mut self, caught_up: bool, flushed: Lsn, quiet: Option<Lsn>, write_idle: bool) -> Result<(Outcome, Progress)> {
+        self.flush()?;
+        if self.outcome.transactions > 0 {
+            self.rt.block_on(self.connector.finish_step())?;
+        }
+        let p = progress(self.durable, self.end, quiet, caught_up, flushed, self.outcome.transactions, write_idle);
+        let mut outcome = self.outcome;
+        outcome.caught_up = caught_up;
+        outcome.confirmed = Some(p.confirmed);
+        Ok((outcome, p))
+    }
+
+    /// What a snapshot-only step (the initialisation) delivered.
+    pub fn into_outcome(self) -> Outcome {
+        self.outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::pgoutput::wire::*;
+    use crate::engine::testing::{fixture, Fault, MemoryConnector, NoSql, NoTypes, Scripted, ScriptedStream};
+
+    fn rt() -> Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    /// Transactions t = 1..=n, each of `per` inserts, commit LSN 0x100·t, ending at 0x100·t + 0x10.
+    fn backlog(n: u64, per: u64) -> Vec<Vec<u8>> {
+        let mut msgs = vec![relation(1, "public", "t", b'd', &[("id", 23, true), ("v", 25, false)])];
+        let mut id = 0;
+        for t in 1..=n {
+            msgs.push(begin(0x100 * t, 0, t as u32));
+            for _ in 0..per {
+                id += 1;
+                msgs.push(insert(1, &[Some(&id.to_string()), Some("x")]));
+            }
+            msgs.push(commit(0x100 * t, 0x100 * t + 0x10, 0));
+        }
+        msgs
+    }
+
+    fn peek_step(msgs: &[Vec<u8>], connector: &mut MemoryConnector, confirmed: u64, batch: usize) -> Result<(Outcome, Progress)> {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types) = (NoSql, NoTypes);
+        let mut step = Step::new(&mut pipeline, connector, &rt, &mut sql, &mut types, Lsn(confirmed), batch);
+        for m in msgs {
+            step.feed(m)?;
+        }
+        step.finish(true, Lsn(0x9000), None, false)
+    }
+
+    #[test]
+    fn batches_are_cut_after_the_transaction_that_fills_them() {
+        let mut c = MemoryConnector::default();
+        let (out, p) = peek_step(&backlog(5, 2), &mut c, 0, 3).unwrap();
+        // 2 changes per transaction, cut at >= 3: [t1 t2] [t3 t4] [t5].
+        assert_eq!(c.batch_sizes(), vec![(2, 4), (2, 4), (1, 2)]);
+        assert_eq!(c.batches[0].start_lsn, Lsn(0x100));
+        assert_eq!(c.batches[0].end_lsn, Lsn(0x210));
+        assert_eq!((out.transactions, out.changes, out.records), (5, 10, 10));
+        assert_eq!(c.finished_steps, 1);
+        assert_eq!(p, Progress { confirmed: Lsn(0x9000), record: true }, "caught up: the flush position is confirmed");
+    }
+
+    #[test]
+    fn a_retried_step_cuts_the_same_batches() {
+        let msgs = backlog(7, 3);
+        let mut a = MemoryConnector::default();
+        peek_step(&msgs, &mut a, 0, 5).unwrap();
+        let mut b = MemoryConnector::default();
+        b.faults.push_back(Fault::BeforeDurable);
+        b.faults.push_back(Fault::Ok);
+        b.faults.push_back(Fault::AfterDurable);
+        assert!(peek_step(&msgs, &mut b, 0, 5).is_err());
+        assert!(peek_step(&msgs, &mut b, 0, 5).is_err());
+        b.batches.clear();
+        peek_step(&msgs, &mut b, 0, 5).unwrap();
+        let lsns = |c: &MemoryConnector| c.batches.iter().map(|x| (x.start_lsn, x.end_lsn)).collect::<Vec<_>>();
+        assert_eq!(lsns(&a), lsns(&b));
+    }
+
+    #[test]
+    fn confirmed_lsn_only_counts_what_was_delivered() {
+        // Not caught up: the end of the last delivered transaction, nothing more.
+        assert_eq!(progress(Lsn(0x10), Lsn(0x210), None, false, Lsn(0x9000), 2, false), Progress { confirmed: Lsn(0x210), record: true });
+        // Caught up: the flush position read before the slice.
+        assert_eq!(progress(Lsn(0x10), Lsn(0x210), None, true, Lsn(0x9000), 2, false).confirmed, Lsn(0x9000));
+        // A keepalive seen between transactions counts as read.
+        assert_eq!(progress(Lsn(0x10), Lsn(0x10), Some(Lsn(0x500)), false, Lsn(0x9000), 0, true), Progress { confirmed: Lsn(0x500), record: true });
+        // Idle, and idle progress not wanted: nothing is written.
+        assert_eq!(progress(Lsn(0x10), Lsn(0x10), None, true, Lsn(0x9000), 0, false), Progress { confirmed: Lsn(0x9000), record: false });
+        // Never backwards.
+        assert_eq!(progress(Lsn(0x800), Lsn(0x10), Some(Lsn(0x20)), true, Lsn(0x30), 0, true), Progress { confirmed: Lsn(0x800), record: false });
+    }
+
+    #[test]
+    fn already_confirmed_transactions_are_not_delivered_again() {
+        let mut c = MemoryConnector::default();
+        let (out, _) = peek_step(&backlog(4, 1), &mut c, 0x210, 10).unwrap();
+        assert_eq!(out.transactions, 2, "t1 and t2 end at or before 0x210");
+        assert_eq!(c.batches[0].start_lsn, Lsn(0x300));
+    }
+
+    #[test]
+    fn failing_before_durable_delivers_nothing_and_confirms_nothing() {
+        let mut c = MemoryConnector::default();
+        c.faults.push_back(Fault::Ok);
+        c.faults.push_back(Fault::BeforeDurable);
+        let err = peek_step(&backlog(4, 1), &mut c, 0, 1).unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(c.batch_sizes(), vec![(1, 1)], "only the first batch reached the target");
+        assert_eq!(c.finished_steps, 0, "a failed step is not finished");
+        // The retry starts again from the catalog's position and delivers all.
+        c.batches.clear();
+        let (out, p) = peek_step(&backlog(4, 1), &mut c, 0, 1).unwrap();
+        assert_eq!(out.transactions, 4);
+        assert!(p.record);
+    }
+
+    #[test]
+    fn failing_after_durable_redelivers_the_batch_on_retry() {
+        let mut c = MemoryConnector::default();
+        c.faults.push_back(Fault::AfterDurable);
+        assert!(peek_step(&backlog(2, 1), &mut c, 0, 10).is_err());
+        assert_eq!(c.records().len(), 2, "the target holds the batch");
+        peek_step(&backlog(2, 1), &mut c, 0, 10).unwrap();
+        // Nothing was confirmed, so the batch comes again: a target without its
+        // own progress sees it twice (the connector's dedup is what prevents that).
+        assert_eq!(c.records().len(), 4);
+        assert_eq!(c.batches[0].start_lsn, c.batches[1].start_lsn);
+    }
+
+    #[test]
+    fn an_error_mid_batch_fails_the_step_with_the_connector_s_kind() {
+        let mut c = MemoryConnector::default();
+        c.faults.push_back(Fault::MidBatch { after: 1, permanent: true });
+        let err = peek_step(&backlog(1, 3), &mut c, 0, 10).unwrap_err();
+        assert!(!err.is_transient(), "a permanent error stays permanent");
+        assert_eq!(c.records().len(), 1, "the target took part of the batch");
+    }
+
+    #[test]
+    fn finish_step_failure_fails_the_step() {
+        let mut c = MemoryConnector::default();
+        c.fail_finish = true;
+        assert!(peek_step(&backlog(1, 1), &mut c, 0, 10).is_err());
+    }
+
+    fn stream_step(script: Vec<Scripted>, limit: i64, upto: u64, c: &mut MemoryConnector) -> (Result<(bool, Lsn)>, ScriptedStream, Outcome) {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types) = (NoSql, NoTypes);
+        let mut s = ScriptedStream::new(script);
+        let mut quiet = Lsn::ZERO;
+        let mut step = Step::new(&mut pipeline, c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
+        let r = step.read_stream(&mut s, limit, Lsn(upto), &|| false, &mut quiet);
+        let r = r.map(|caught_up| (caught_up, quiet));
+        let out = match step.finish(false, Lsn::ZERO, None, false) {
+            Ok((o, _)) => o,
+            Err(_) => Outcome::default(),
+        };
+        (r, s, out)
+    }
+
+    #[test]
+    fn a_stream_read_stops_at_the_flush_position_and_leaves_the_next_begin() {
+        let mut c = MemoryConnector::default();
+        let script = backlog(3, 1).into_iter().map(Scripted::Data).collect();
+        // upto 0x250: t1 and t2 commit before it, t3's BEGIN (commit at 0x300) is after.
+        let (r, s, out) = stream_step(script, 1000, 0x250, &mut c);
+        assert_eq!(r.unwrap(), (true, Lsn::ZERO));
+        assert_eq!(out.transactions, 2);
+        assert_eq!(s.remaining(), 3, "t3's BEGIN, insert and COMMIT are left for the next step");
+    }
+
+    #[test]
+    fn a_stream_read_ends_on_a_transaction_boundary_after_the_limit() {
+        let mut c = MemoryConnector::default();
+        let script = backlog(3, 3).into_iter().map(Scripted::Data).collect();
+        // Each transaction is 5 messages; a limit of 6 stops after t2 (not inside it).
+        let (r, s, out) = stream_step(script, 6, 0x9000, &mut c);
+        assert_eq!(r.unwrap(), (false, Lsn::ZERO), "not caught up: the limit stopped it");
+        assert_eq!(out.transactions, 2);
+        assert_eq!(s.remaining(), 5);
+    }
+
+    #[test]
+    fn keepalives_between_transactions_count_as_read_and_replies_report_only_durable() {
+        let mut c = MemoryConnector::default();
+        let mut script: Vec<Scripted> = backlog(1, 1).into_iter().map(Scripted::Data).collect();
+        script.push(Scripted::Keepalive { end: 0x400, reply: true });
+        script.push(Scripted::Keepalive { end: 0x9000, reply: false });
+        let (r, s, _) = stream_step(script, 1000, 0x8000, &mut c);
+        assert_eq!(r.unwrap(), (true, Lsn(0x9000)));
+        assert_eq!(s.feedbacks, vec![(Lsn::ZERO, false)], "feedback reports the catalog's position, not what was read");
+    }
+
+    #[test]
+    fn a_stream_that_fails_before_any_message_is_lost_at_start() {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types, mut c) = (NoSql, NoTypes, MemoryConnector::default());
+        let mut s = ScriptedStream::new(vec![Scripted::Fail]);
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
+        assert!(step.read_stream(&mut s, 10, Lsn(0x100), &|| false, &mut Lsn(0)).is_err());
+        assert!(step.lost_at_start);
+    }
+
+    #[test]
+    fn a_stop_request_ends_a_silent_read() {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types, mut c) = (NoSql, NoTypes, MemoryConnector::default());
+        let mut s = ScriptedStream::new(vec![Scripted::Silence]);
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
+        let err = step.read_stream(&mut s, 10, Lsn(0x100), &|| true, &mut Lsn(0)).unwrap_err();
+        assert!(err.message.contains("stopping"));
+    }
+
+    #[test]
+    fn the_snapshot_is_delivered_in_chunks_then_finished() {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types, mut c) = (NoSql, NoTypes, MemoryConnector::default());
+        let mut rows = fixture::SnapshotRows::new(25, Lsn(0x700));
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
+        step.deliver_snapshot(&mut rows, 10).unwrap();
+        let out = step.into_outcome();
+        assert_eq!(out.records, 25);
+        assert_eq!(c.batches.iter().map(|b| b.snapshot_chunk).collect::<Vec<_>>(), vec![Some(0), Some(1), Some(2)]);
+        assert_eq!(c.batch_sizes(), vec![(1, 10), (1, 10), (1, 5)]);
+        assert_eq!(c.finished_steps, 1);
+        // An empty table still gets its (empty) chunk 0, and an exact multiple no empty tail.
+        let mut c = MemoryConnector::default();
+        let mut rows = fixture::SnapshotRows::new(20, Lsn(0x700));
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
+        step.deliver_snapshot(&mut rows, 10).unwrap();
+        assert_eq!(c.batch_sizes(), vec![(1, 10), (1, 10)]);
+        let mut c = MemoryConnector::default();
+        let mut rows = fixture::SnapshotRows::new(0, Lsn(0x700));
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
+        step.deliver_snapshot(&mut rows, 10).unwrap();
+        assert_eq!(c.batch_sizes(), vec![(1, 0)]);
+    }
+
+    #[test]
+    fn a_failed_snapshot_chunk_fails_the_initialisation() {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types, mut c) = (NoSql, NoTypes, MemoryConnector::default());
+        c.faults.push_back(Fault::Ok);
+        c.faults.push_back(Fault::BeforeDurable);
+        let mut rows = fixture::SnapshotRows::new(25, Lsn(0x700));
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
+        assert!(step.deliver_snapshot(&mut rows, 10).is_err());
+        assert_eq!(c.finished_steps, 0);
+    }
+}

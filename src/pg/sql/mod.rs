@@ -1,0 +1,128 @@
+//! The SQL surface, schema `sink`, one file per group of functions:
+//!
+//! | file | functions |
+//! |---|---|
+//! | [`secrets`] | `create_secret`, `alter_secret`, `drop_secret` |
+//! | [`connections`] | `create_connection`, `alter_connection`, `drop_connection` |
+//! | [`credentials`] | `create_credential`, `alter_credential`, `drop_credential` |
+//! | [`grants`] | `grant_usage`, `revoke_usage` |
+//! | [`sinks`] | `create_sink`, `alter_sink`, `pause_sink`, `resume_sink`, `drop_sink` |
+//! | [`sync`] | `sync`, `preview` |
+//! | [`execute`] | `execute` (Materialize, RisingWave and Kinetica DDL) |
+//! | [`hashes`] | `seahash`, `kafka_murmur2`, `crc32` |
+//!
+//! Functions run as the caller, so privilege checks see the caller; catalog writes,
+//! publications and slots are made under the extension's superuser identity
+//! ([`crate::pg::identity::as_superuser`]). This file holds the checks they share.
+
+pub mod connections;
+pub mod credentials;
+pub mod execute;
+pub mod grants;
+pub mod hashes;
+pub mod secrets;
+pub mod sinks;
+pub mod sync;
+
+use std::collections::BTreeMap;
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use crate::engine::options::{self};
+
+use crate::pg::catalog::{self, SinkRow};
+use crate::pg::errors::{fail, Code};
+use crate::pg::identity::is_superuser;
+use crate::pg::spi::{select, select_one};
+
+fn check_owner(sink: &SinkRow) {
+    if is_superuser() {
+        return;
+    }
+    let member = select_one("SELECT pg_has_role(current_user, $1::regrole, 'MEMBER')::text", &[Some(&sink.owner)]);
+    if member.as_deref() != Some("true") {
+        fail(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of sink \"{}\"", sink.name),
+            Some(format!("Sink \"{}\" is owned by {}.", sink.name, sink.owner)),
+            None,
+        );
+    }
+}
+
+/// Run a check query; if Postgres refuses it, raise its error again with our
+/// detail and hint, so the user learns which part of the definition is wrong.
+fn check_sql(sql: &str, detail: String, hint: &str) {
+    pgrx::PgTryBuilder::new(|| {
+        select(sql, &[]);
+    })
+    .catch_others(|cause| {
+        let (code, message) = match &cause {
+            pg_sys::panic::CaughtError::PostgresError(r)
+            | pg_sys::panic::CaughtError::ErrorReport(r)
+            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (r.sql_error_code(), r.message().to_string()),
+        };
+        fail(code, message, Some(detail.clone()), Some(hint.into()))
+    })
+    .execute();
+}
+
+/// Options as text, from a JSON object of strings, numbers and booleans.
+fn option_map(options: &JsonB, what: &str) -> BTreeMap<String, String> {
+    let serde_json::Value::Object(map) = &options.0 else {
+        fail(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what} must be a JSON object"),
+            Some(format!("Got {}.", options.0)),
+            Some("Pass options as jsonb, e.g. '{\"path\": \"/tmp/out\"}'.".into()),
+        )
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in map {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            serde_json::Value::Array(items) => items.iter().map(catalog::json_text).collect::<Vec<_>>().join(","),
+            // A secret reference, or a map-valued option such as topic_config.
+            serde_json::Value::Object(_) => v.to_string(),
+            other => fail(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("invalid value for option \"{k}\""),
+                Some(format!("Option values must be strings, numbers, booleans, lists or maps; got {other}.")),
+                Some("Refer to a secret as {\"secret\": \"name\"}.".into()),
+            ),
+        };
+        let name = options::normalize_name(k);
+        if out.insert(name.clone(), text).is_some() {
+            fail(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("option \"{name}\" specified more than once"),
+                Some("Option names are case-insensitive; spaces count as underscores.".into()),
+                Some("Give each option once.".into()),
+            );
+        }
+    }
+    out
+}
+
+fn put_option(opts: &mut BTreeMap<String, String>, name: &str, value: String) {
+    if let Some(old) = opts.get(name) {
+        if *old != value {
+            fail(
+                Code::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("conflicting values for option \"{name}\""),
+                Some(format!("The argument says \"{value}\" but options say \"{old}\".")),
+                Some("Give the option only once.".into()),
+            );
+        }
+    }
+    opts.insert(name.to_string(), value);
+}
+
+pub(crate) fn check_name(kind: &str, name: &str) {
+    if name.is_empty() || name.len() > 63 {
+        fail(Code::ERRCODE_INVALID_NAME, format!("invalid {kind} name \"{name}\""), Some(format!("A {kind} name must have 1 to 63 bytes.")), None);
+    }
+}
