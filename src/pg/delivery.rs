@@ -75,9 +75,21 @@ pub struct Session {
     pub fell_back: bool,
     /// Checked while waiting for the rest of a transaction from the walsender.
     pub stop_requested: Option<fn() -> bool>,
+    /// Set when a step begins, cleared by [`Session::committed`] once the caller's
+    /// transaction committed the step's progress. Still set when the next step
+    /// begins: the last one raised an ERROR or panicked (unwinding past every
+    /// `Result`), or its commit failed, after reading from the stream. What it read
+    /// was never recorded, so the next step starts over from the catalog.
+    uncommitted: bool,
 }
 
 impl Session {
+    /// The caller's transaction committed the last step: the stream's read position
+    /// and the catalog agree again.
+    pub fn committed(&mut self) {
+        self.uncommitted = false;
+    }
+
     /// After a configuration reload: the transport may have changed, and
     /// pg_hba.conf or `pg_sink.replication_conninfo` too, so the stream is opened
     /// again (and a fallback to SQL retried).
@@ -154,6 +166,11 @@ fn slot_position(slot: &str) -> Option<Option<Lsn>> {
 
 /// Run one step for `sink`. Errors are engine errors; Postgres errors propagate.
 pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome, SinkError> {
+    if session.uncommitted {
+        // The last step did not end in a commit: drop its stream and clients.
+        session.cached = None;
+    }
+    session.uncommitted = true;
     let mut result = step_with(sink, mode, session);
     if matches!(result, Ok(Stepped::FallBack)) {
         session.fell_back = true;

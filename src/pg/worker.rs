@@ -265,6 +265,7 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
         });
         match step {
             Ok((next, wrote_idle)) => {
+                session.committed();
                 if wrote_idle {
                     last_idle_write = Instant::now();
                 }

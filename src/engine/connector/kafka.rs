@@ -34,7 +34,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{parse_bool, Batch, Connector, ConnectorConfig, ConnectorSpec, Record, SqlSession};
+use super::{parse_bool, Batch, Connector, ConnectorConfig, ConnectorSpec, Position, Record, SqlSession};
 use crate::engine::change::{Cell, Relation};
 use crate::engine::connector::table::quote_ident;
 use crate::engine::encoder::hash;
@@ -79,6 +79,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
     needs_json: false,
     applies_rows: false,
     build,
+    check_connection: Some(check_connection),
 };
 
 /// Settings parsed from the options.
@@ -307,8 +308,8 @@ impl DeliveryContext {
 struct Running {
     producer: BaseProducer<DeliveryContext>,
     partitions: i32,
-    /// End LSN of the last transaction Kafka has (from the progress topic).
-    committed: Lsn,
+    /// Position of the last batch Kafka has (from the progress topic).
+    committed: Position,
 }
 
 pub struct KafkaConnector {
@@ -508,8 +509,8 @@ impl KafkaConnector {
         Ok(())
     }
 
-    /// The end LSN of the last batch committed to Kafka for this sink.
-    fn read_progress(&self) -> Result<Lsn> {
+    /// The position of the last batch committed to Kafka for this sink.
+    fn read_progress(&self) -> Result<Position> {
         let mut c = self.client_config();
         c.remove("compression.type");
         c.set("group.id", &self.settings.progress_group_id)
@@ -521,12 +522,12 @@ impl KafkaConnector {
         let topic = &self.settings.progress_topic;
         let (low, high) = consumer.fetch_watermarks(topic, 0, self.settings.timeout).map_err(|e| classify("progress watermark fetch", &e))?;
         if high <= low {
-            return Ok(Lsn::ZERO);
+            return Ok(Position::default());
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, Offset::Beginning).map_err(|e| classify("progress assignment", &e))?;
         consumer.assign(&tpl).map_err(|e| classify("progress assignment", &e))?;
-        let mut committed = Lsn::ZERO;
+        let mut committed = Position::default();
         let deadline = std::time::Instant::now() + self.settings.timeout;
         loop {
             if std::time::Instant::now() > deadline {
@@ -538,8 +539,8 @@ impl KafkaConnector {
                 Some(Err(e)) => return Err(classify("progress read", &e)),
                 Some(Ok(msg)) => {
                     if msg.key() == Some(self.settings.progress_key.as_bytes()) {
-                        if let Some(lsn) = msg.payload().and_then(progress_lsn) {
-                            committed = committed.max(lsn);
+                        if let Some(p) = msg.payload().and_then(progress_position) {
+                            committed = committed.max(p);
                         }
                     }
                     if msg.offset() + 1 >= high {
@@ -589,7 +590,7 @@ impl KafkaConnector {
                 .map_err(|e| refused(&producer, &self.settings.brokers).unwrap_or_else(|| classify("transaction initialisation", &e)))?;
             self.read_progress()?
         } else {
-            Lsn::ZERO
+            Position::default()
         };
         self.state = Some(Running { producer, partitions, committed });
         Ok(())
@@ -618,14 +619,27 @@ pub fn check_connection(options: &BTreeMap<String, String>) -> Result<()> {
 }
 
 /// The LSN in a progress record's value: `{"lsn": <u64>, ...}`.
-pub fn progress_lsn(payload: &[u8]) -> Option<Lsn> {
+pub fn progress_position(payload: &[u8]) -> Option<Position> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    v.get("lsn").and_then(|l| l.as_u64()).map(Lsn)
+    let lsn = v.get("lsn").and_then(|l| l.as_u64()).map(Lsn)?;
+    let chunk = v.get("snapshot_chunks").and_then(|c| c.as_u64()).unwrap_or(0);
+    Some(Position { lsn, chunk: u32::try_from(chunk).unwrap_or(u32::MAX) })
 }
 
-/// A progress record's value.
-pub fn progress_value(lsn: Lsn, sink: &str) -> Vec<u8> {
-    serde_json::json!({"lsn": lsn.0, "lsn_text": lsn.to_string(), "sink": sink}).to_string().into_bytes()
+/// A progress record's value. `snapshot_chunks` is written only for the
+/// initial snapshot's batches (all at one LSN).
+pub fn progress_value(p: Position, sink: &str) -> Vec<u8> {
+    let mut v = serde_json::json!({"lsn": p.lsn.0, "lsn_text": p.lsn.to_string(), "sink": sink});
+    if p.chunk > 0 {
+        v["snapshot_chunks"] = p.chunk.into();
+    }
+    v.to_string().into_bytes()
+}
+
+/// Kafka has the batch already: its position is at or before the committed one
+/// (Postgres crashed after the Kafka commit, before its own).
+pub fn already_delivered(batch: &Batch, committed: Position) -> bool {
+    batch.position() <= committed
 }
 
 /// The producer's [`ClientErrors::refusal`], after serving pending error events.
@@ -661,7 +675,7 @@ fn drain(producer: &BaseProducer<DeliveryContext>, timeout: Duration) {
 
 fn send_all(running: &Running, topic: &str, batch: &Batch, partitions: &[i32], headers_column: Option<&str>) -> Result<()> {
     for (i, r) in batch.records.iter().enumerate() {
-        if r.commit_lsn < running.committed {
+        if r.commit_lsn < running.committed.lsn {
             continue;
         }
         let mut headers = OwnedHeaders::new_with_capacity(3);
@@ -764,8 +778,7 @@ impl Connector for KafkaConnector {
         let Some(running) = self.state.as_mut() else {
             return Err(SinkError::transient("Kafka producer unavailable"));
         };
-        if batch.end_lsn <= running.committed {
-            // Kafka already has this batch (Postgres crashed after the Kafka commit).
+        if already_delivered(batch, running.committed) {
             return Ok(());
         }
         let topic = self.settings.topic.clone();
@@ -774,7 +787,7 @@ impl Connector for KafkaConnector {
             (|| -> Result<()> {
                 running.producer.begin_transaction().map_err(|e| classify("transaction begin", &e))?;
                 send_all(running, &topic, batch, &partitions, headers_column.as_deref())?;
-                let value = progress_value(batch.end_lsn, &self.settings.progress_key);
+                let value = progress_value(batch.position(), &self.settings.progress_key);
                 let progress = BaseRecord::to(&self.settings.progress_topic).partition(0).key(self.settings.progress_key.as_bytes()).payload(&value);
                 running.producer.send(progress).map_err(|(e, _)| classify("progress produce", &e))?;
                 drain(&running.producer, timeout);
@@ -796,7 +809,7 @@ impl Connector for KafkaConnector {
                         .detail(format!("Record with key {key}."))
                         .hint(permanent_hint(code)));
                 }
-                running.committed = batch.end_lsn;
+                running.committed = batch.position();
                 Ok(())
             }
             Err(mut e) => {
@@ -915,9 +928,28 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_chunks_after_the_first_are_not_taken_for_delivered() {
+        // Every chunk of the snapshot ends at the snapshot's LSN: once chunk 0 is in
+        // Kafka, chunk 1 must still go (the defect: it was skipped as delivered).
+        let chunk = |c: u32| Batch { end_lsn: Lsn(0x700), snapshot_chunk: Some(c), ..Default::default() };
+        let after_chunk0 = chunk(0).position();
+        assert!(already_delivered(&chunk(0), after_chunk0));
+        assert!(!already_delivered(&chunk(1), after_chunk0));
+        assert!(!already_delivered(&chunk(2), chunk(1).position()));
+        // The first streamed batch after the snapshot comes after every chunk.
+        let streamed = Batch { end_lsn: Lsn(0x810), ..Default::default() };
+        assert!(!already_delivered(&streamed, chunk(40).position()));
+        assert!(already_delivered(&chunk(40), streamed.position()));
+    }
+
+    #[test]
     fn progress_records_round_trip_and_errors_are_classified() {
-        assert_eq!(progress_lsn(&progress_value(Lsn(0x1_0000_0010), "u")), Some(Lsn(0x1_0000_0010)));
-        assert_eq!(progress_lsn(b"garbage"), None);
+        let at = |lsn: u64, chunk: u32| Position { lsn: Lsn(lsn), chunk };
+        assert_eq!(progress_position(&progress_value(at(0x1_0000_0010, 0), "u")), Some(at(0x1_0000_0010, 0)));
+        assert_eq!(progress_position(&progress_value(at(0x700, 3), "u")), Some(at(0x700, 3)));
+        // Records written before snapshot chunks were counted read as chunk 0.
+        assert_eq!(progress_position(br#"{"lsn": 1792, "sink": "u"}"#), Some(at(0x700, 0)));
+        assert_eq!(progress_position(b"garbage"), None);
         assert!(is_permanent(RDKafkaErrorCode::MessageSizeTooLarge));
         assert!(is_permanent(RDKafkaErrorCode::TopicAuthorizationFailed));
         assert!(!is_permanent(RDKafkaErrorCode::BrokerTransportFailure));

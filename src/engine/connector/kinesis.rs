@@ -53,6 +53,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
     needs_json: false,
     applies_rows: false,
     build,
+    check_connection: None,
 };
 
 /// PutRecords limits of the service.

@@ -144,7 +144,22 @@ pub struct Batch {
     pub snapshot_chunk: Option<u32>,
 }
 
+/// Where a batch ends in a sink's history, for targets that keep their own
+/// progress (Kafka's progress topic): the end LSN of its last transaction and,
+/// because every chunk of the initial snapshot carries the snapshot's one LSN, the
+/// number of snapshot chunks up to and including it (0 for streamed batches). No
+/// two batches of a sink share a position, and positions grow in delivery order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub lsn: Lsn,
+    pub chunk: u32,
+}
+
 impl Batch {
+    pub fn position(&self) -> Position {
+        Position { lsn: self.end_lsn, chunk: self.snapshot_chunk.map_or(0, |c| c + 1) }
+    }
+
     pub fn bytes(&self) -> usize {
         self.records.iter().map(|r| r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())).sum()
     }
@@ -269,6 +284,9 @@ pub struct ConnectorSpec {
     /// bytes only for the Debezium envelope (`table`).
     pub applies_rows: bool,
     pub build: fn(&ConnectorConfig) -> Result<Box<dyn Connector>>,
+    /// A connection's own check at `create_connection` (option values always; the
+    /// target is probed only when the options say `validate = true`).
+    pub check_connection: Option<fn(&BTreeMap<String, String>) -> Result<()>>,
 }
 
 impl std::fmt::Debug for ConnectorSpec {

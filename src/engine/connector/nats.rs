@@ -21,6 +21,7 @@ use bytes::Bytes;
 use super::{Batch, Connector, ConnectorConfig, ConnectorSpec, Record, SqlSession};
 use crate::engine::envelope::Payload;
 use crate::engine::error::{Result, SinkError};
+use crate::engine::lsn::Lsn;
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
     name: "nats",
@@ -42,6 +43,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
     needs_json: false,
     applies_rows: false,
     build,
+    check_connection: None,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -189,15 +191,26 @@ impl NatsConnector {
         }
     }
 
-    fn headers(&self, r: &Record, seq: usize) -> HeaderMap {
+    fn headers(&self, r: &Record, snapshot_chunk: Option<u32>, seq: usize) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in r.headers() {
             h.insert(k, v);
         }
         if self.settings.jetstream {
-            h.insert("Nats-Msg-Id", format!("{}-{}-{}", self.settings.sink_uid, r.commit_lsn, seq).as_str());
+            h.insert("Nats-Msg-Id", msg_id(&self.settings.sink_uid, r.commit_lsn, snapshot_chunk, seq).as_str());
         }
         h
+    }
+}
+
+/// A record's `Nats-Msg-Id`: `<sink uid>-<commit LSN>-<position in its
+/// transaction>`, the same whenever the record is sent again. The initial
+/// snapshot's chunks share one LSN, so their ids also name the chunk
+/// (`<uid>-<LSN>-s<chunk>-<position in the chunk>`).
+fn msg_id(sink_uid: &str, commit_lsn: Lsn, snapshot_chunk: Option<u32>, seq: usize) -> String {
+    match snapshot_chunk {
+        Some(chunk) => format!("{sink_uid}-{commit_lsn}-s{chunk}-{seq}"),
+        None => format!("{sink_uid}-{commit_lsn}-{seq}"),
     }
 }
 
@@ -238,7 +251,7 @@ impl Connector for NatsConnector {
                     last_lsn = Some(r.commit_lsn);
                     let payload = Bytes::from(r.value.clone().unwrap_or_default());
                     let ack = js
-                        .publish_with_headers(subject_for(&self.settings.subject, r), self.headers(r, seq), payload)
+                        .publish_with_headers(subject_for(&self.settings.subject, r), self.headers(r, batch.snapshot_chunk, seq), payload)
                         .await
                         .map_err(|e| transient("JetStream publish", e))?;
                     acks.push(ack);
@@ -262,7 +275,7 @@ impl Connector for NatsConnector {
                 for r in &batch.records {
                     let payload = Bytes::from(r.value.clone().unwrap_or_default());
                     client
-                        .publish_with_headers(subject_for(&self.settings.subject, r), self.headers(r, 0), payload)
+                        .publish_with_headers(subject_for(&self.settings.subject, r), self.headers(r, None, 0), payload)
                         .await
                         .map_err(|e| transient("publish", e))?;
                 }
@@ -283,6 +296,16 @@ mod tests {
 
     fn cfg(pairs: &[(&str, &str)]) -> ConnectorConfig {
         ConnectorConfig::for_test(pairs)
+    }
+
+    #[test]
+    fn snapshot_chunks_get_message_ids_of_their_own() {
+        // Every chunk shares the snapshot's LSN and numbers its rows from 0: chunk 1's
+        // ids must not repeat chunk 0's, or JetStream drops them as duplicates.
+        let lsn = Lsn(0x700);
+        assert_ne!(msg_id("u", lsn, Some(0), 5), msg_id("u", lsn, Some(1), 5));
+        assert_eq!(msg_id("u", lsn, Some(1), 5), "u-0/700-s1-5");
+        assert_eq!(msg_id("u", lsn, None, 5), "u-0/700-5", "streamed ids are unchanged");
     }
 
     #[test]

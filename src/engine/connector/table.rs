@@ -34,6 +34,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
     needs_json: true,
     applies_rows: true,
     build,
+    check_connection: None,
 };
 
 fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {

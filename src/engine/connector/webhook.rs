@@ -43,6 +43,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
     needs_json: false,
     applies_rows: false,
     build,
+    check_connection: None,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,12 +41,12 @@ pub(crate) fn put_connection(name: &str, connector: &str, mut opts: BTreeMap<Str
     if !is_registry {
         let spec = crate::engine::connector::registry::spec(kind).or_raise();
         crate::engine::connector::registry::validate_known(spec, &resolved).or_raise();
-    }
-    if kind == "kafka" {
-        // Option values are checked always; the broker is probed only when validating.
-        let mut probe = resolved.clone();
-        probe.insert("validate".into(), validate.to_string());
-        crate::engine::connector::kafka::check_connection(&probe).or_raise();
+        if let Some(check) = spec.check_connection {
+            // Option values are checked always; the target is probed only when validating.
+            let mut probe = resolved.clone();
+            probe.insert("validate".into(), validate.to_string());
+            check(&probe).or_raise();
+        }
     }
     if is_registry {
         // Known options, a URL, and a registry that answers and takes the credentials.

@@ -173,18 +173,50 @@ pub(crate) fn create_sink(
     if_not_exists: default!(bool, false),
 ) -> i64 {
     check_name("sink", name);
-    if let Some(existing) = catalog::find_by_name(name) {
-        if if_not_exists {
-            pgrx::notice!("sink \"{name}\" already exists, skipping");
-            return existing.id;
-        }
-        fail(
-            Code::ERRCODE_DUPLICATE_OBJECT,
-            format!("sink \"{name}\" already exists"),
-            None,
-            Some("Choose another name, or drop the existing sink first.".into()),
-        );
+    if let Some(id) = existing_sink(name, if_not_exists) {
+        return id;
     }
+    require_logical_wal();
+    let src = readable_source(source);
+    let mut opts = sink_options(&options, envelope, format, key.as_deref(), key_not_enforced, snapshot);
+    let (connector_name, effective) = effective_options(&opts, connector, connection);
+    let info = table_info(src.oid);
+    check_column_list(&src, &info);
+    let mut def = options::parse(&connector_name, &effective).or_raise();
+    default_key_to_primary_key(&mut def, &mut opts, &src, &info);
+    let visible = src.columns.clone().unwrap_or_else(|| info.columns.clone());
+    check_key(&def, &info, &visible);
+    check_replica_identity(&def, &src, &info);
+    check_headers_column(&def, &src, &visible);
+    check_partition_expression(&def, &src);
+    check_single_column_formats(&def, &src, &visible);
+    check_target(name, &def, &src, &visible);
+    // Everything is valid: write the catalog, the publication and the target.
+    let owner = current_user();
+    let id = as_superuser(|| write_sink(name, connection, &owner, &opts, &def, &src, &info));
+    if def.connector.name == "table" {
+        prepare_table_target(id, &def, &src, &info, &owner);
+    }
+    warn_if_not_served(name, &def);
+    id
+}
+
+/// `Some(id)` of an existing sink of that name when `if_not_exists`; an error without it.
+fn existing_sink(name: &str, if_not_exists: bool) -> Option<i64> {
+    let existing = catalog::find_by_name(name)?;
+    if if_not_exists {
+        pgrx::notice!("sink \"{name}\" already exists, skipping");
+        return Some(existing.id);
+    }
+    fail(
+        Code::ERRCODE_DUPLICATE_OBJECT,
+        format!("sink \"{name}\" already exists"),
+        None,
+        Some("Choose another name, or drop the existing sink first.".into()),
+    );
+}
+
+fn require_logical_wal() {
     let wal_level = select_one("SELECT current_setting('wal_level')", &[]).unwrap_or_default();
     if wal_level != "logical" {
         fail(
@@ -194,6 +226,10 @@ pub(crate) fn create_sink(
             Some("Set wal_level = logical in postgresql.conf and restart the server.".into()),
         );
     }
+}
+
+/// The source, its filter compiled against it, and the caller's SELECT on it checked.
+fn readable_source(source: &str) -> Source {
     let src = parse_source(source);
     if let Some(filter) = &src.filter {
         check_sql(
@@ -212,15 +248,26 @@ pub(crate) fn create_sink(
         );
     }
 
-    // Options: the JSON map plus the named arguments.
-    let mut opts = option_map(&options, "sink options");
+    src
+}
+
+/// The JSON options plus the named arguments, as the catalog keeps them.
+fn sink_options(
+    options: &JsonB,
+    envelope: Option<&str>,
+    format: Option<&str>,
+    key: Option<&[String]>,
+    key_not_enforced: bool,
+    snapshot: Option<bool>,
+) -> BTreeMap<String, String> {
+    let mut opts = option_map(options, "sink options");
     if let Some(e) = envelope {
         put_option(&mut opts, "envelope", e.to_string());
     }
     if let Some(f) = format {
         put_option(&mut opts, "format", f.to_string());
     }
-    if let Some(k) = &key {
+    if let Some(k) = key {
         put_option(&mut opts, "key", k.join(","));
     }
     if key_not_enforced {
@@ -229,6 +276,13 @@ pub(crate) fn create_sink(
     if let Some(s) = snapshot {
         put_option(&mut opts, "snapshot", s.to_string());
     }
+    opts
+}
+
+/// The connector and the options the sink will run with: the sink's own, then the
+/// connection's, with secrets, credentials and the registry connection resolved
+/// (each checked for USAGE).
+fn effective_options(opts: &BTreeMap<String, String>, connector: Option<&str>, connection: Option<&str>) -> (String, BTreeMap<String, String>) {
     let mut connector_name = connector.map(str::to_string);
     let mut effective = opts.clone();
     if let Some(conn) = connection {
@@ -256,7 +310,7 @@ pub(crate) fn create_sink(
         }
     }
     // The sink's own secret references (the connection's were checked when it was created).
-    for (k, v) in &opts {
+    for (k, v) in opts {
         if let Some(sname) = catalog::secret_ref(v) {
             effective.insert(k.clone(), use_secret(&sname, k));
         }
@@ -285,7 +339,10 @@ pub(crate) fn create_sink(
         }
         as_superuser(|| catalog::expand_registry_connection(&mut effective)).or_raise();
     }
-    let info = table_info(src.oid);
+    (connector_name, effective)
+}
+
+fn check_column_list(src: &Source, info: &TableInfo) {
     if let Some(cols) = &src.columns {
         for c in cols {
             if !info.columns.contains(c) {
@@ -298,7 +355,10 @@ pub(crate) fn create_sink(
             }
         }
     }
-    let mut def = options::parse(&connector_name, &effective).or_raise();
+}
+
+/// An upsert sink without a key uses the source's primary key.
+fn default_key_to_primary_key(def: &mut options::SinkDefinition, opts: &mut BTreeMap<String, String>, src: &Source, info: &TableInfo) {
     if def.key_columns.is_empty() && def.envelope == EnvelopeKind::Upsert {
         if info.pk.is_empty() {
             fail(
@@ -311,7 +371,10 @@ pub(crate) fn create_sink(
         def.key_columns = info.pk.clone();
         opts.insert("key".into(), info.pk.join(","));
     }
-    let visible = src.columns.clone().unwrap_or_else(|| info.columns.clone());
+}
+
+/// The key is among the sink's columns and, for upserts, provably unique (or NOT ENFORCED).
+fn check_key(def: &options::SinkDefinition, info: &TableInfo, visible: &[String]) {
     for k in &def.key_columns {
         if !visible.contains(k) {
             fail(
@@ -344,6 +407,10 @@ pub(crate) fn create_sink(
             );
         }
     }
+}
+
+/// Updates and deletes can be streamed, and carry the key.
+fn check_replica_identity(def: &options::SinkDefinition, src: &Source, info: &TableInfo) {
     match info.replica_identity.as_str() {
         "n" => fail(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -371,6 +438,11 @@ pub(crate) fn create_sink(
             }
         }
     }
+}
+
+/// The HEADERS column is a jsonb column of the sink.
+fn check_headers_column(def: &options::SinkDefinition, src: &Source, visible: &[String]) {
+    let src_oid = src.oid.to_string();
     if let Some(col) = def.connector_options.get("headers") {
         if !visible.contains(col) {
             fail(
@@ -394,136 +466,155 @@ pub(crate) fn create_sink(
             );
         }
     }
+}
+
+/// PARTITION BY compiles against the source, with the caller's privileges: unknown
+/// columns, syntax errors and non-numeric results are reported now.
+fn check_partition_expression(def: &options::SinkDefinition, src: &Source) {
     if let Some(expr) = def.connector_options.get("partition_by") {
-        // Compile the expression against the source, with the caller's privileges:
-        // unknown columns, syntax errors and non-numeric results are reported now.
         check_sql(
             &format!("SELECT (({expr}))::numeric FROM {} LIMIT 0", src.name),
             format!("The PARTITION BY expression {expr} does not work on {}.", src.name),
             "PARTITION BY takes an SQL expression over the source's columns that returns a number, e.g. sink.seahash(col::text).",
         );
     }
-    // Reachability check (Kinetica validates Kafka sinks on creation), unless
-    // validate => false.
-    // TEXT and BYTES encode one column: check the key and the value now.
-    for (format, what, cols) in [(&def.key_format, "key", def.key_columns.clone()), (&def.value_format, "sink's source", visible.clone())] {
+}
+
+/// TEXT and BYTES encode one column: check the key and the value now.
+fn check_single_column_formats(def: &options::SinkDefinition, src: &Source, visible: &[String]) {
+    for (format, what, cols) in [(&def.key_format, "key", def.key_columns.clone()), (&def.value_format, "sink's source", visible.to_vec())] {
         if (format == "text" || format == "bytes") && !(what == "key" && def.key_columns.is_empty()) {
             let typed = column_types(src.oid, &cols);
             crate::engine::encoder::text::check_single_column(format, what, &typed).or_raise();
         }
     }
+}
+
+/// Reach the schema registry and the target (Kinetica validates sinks on
+/// creation), unless `validate => false` / `pg_sink.validate_connections` is off.
+fn check_target(name: &str, def: &options::SinkDefinition, src: &Source, visible: &[String]) {
     let validate = crate::pg::gucs::validate_connections();
     if let Some(settings) = def.registry.as_ref().filter(|_| validate) {
         registry::Registry::new(settings).and_then(|r| r.check()).or_raise();
     }
+    let src_oid = src.oid.to_string();
     let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
-    {
-        let cfg = crate::engine::connector::ConnectorConfig {
-            sink_name: name.to_string(),
-            database: database.clone(),
-            sink_uid: String::new(),
-            envelope: def.envelope,
-            key_columns: def.key_columns.clone(),
-            options: def.connector_options.clone(),
-            columns: {
-                let types: BTreeMap<String, String> = select(
-                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped",
-                    &[Some(&src_oid)],
-                )
-                .into_iter()
-                .filter_map(|r| Some((r.first().cloned().flatten()?, r.get(1).cloned().flatten()?)))
-                .collect();
-                visible.iter().map(|c| (c.clone(), types.get(c).cloned().unwrap_or_else(|| "text".into()))).collect()
-            },
-        };
-        let mut connector = (def.connector.build)(&cfg).or_raise();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .on_thread_start(delivery::block_signals)
-            .build()
-            .map_err(|e| SinkError::transient(e.to_string()))
-            .or_raise();
-        if validate {
-            rt.block_on(connector.check()).or_raise();
-        }
+    let types: BTreeMap<String, String> = select(
+        "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped",
+        &[Some(&src_oid)],
+    )
+    .into_iter()
+    .filter_map(|r| Some((r.first().cloned().flatten()?, r.get(1).cloned().flatten()?)))
+    .collect();
+    let cfg = crate::engine::connector::ConnectorConfig {
+        sink_name: name.to_string(),
+        database,
+        sink_uid: String::new(),
+        envelope: def.envelope,
+        key_columns: def.key_columns.clone(),
+        options: def.connector_options.clone(),
+        columns: visible.iter().map(|c| (c.clone(), types.get(c).cloned().unwrap_or_else(|| "text".into()))).collect(),
+    };
+    let mut connector = (def.connector.build)(&cfg).or_raise();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_start(delivery::block_signals)
+        .build()
+        .map_err(|e| SinkError::transient(e.to_string()))
+        .or_raise();
+    if validate {
+        rt.block_on(connector.check()).or_raise();
     }
-    // Everything is valid: write the catalog, the publication and the target.
-    let owner = current_user();
+}
+
+/// The catalog rows (sink, progress) and the publication; the caller runs it as
+/// the extension's superuser. Returns the new sink's id.
+fn write_sink(
+    name: &str,
+    connection: Option<&str>,
+    owner: &str,
+    opts: &BTreeMap<String, String>,
+    def: &options::SinkDefinition,
+    src: &Source,
+    info: &TableInfo,
+) -> i64 {
+    let src_oid = src.oid.to_string();
     let schedule = def.schedule.as_str();
     let opts_json = serde_json::Value::Object(opts.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect()).to_string();
     let columns_json = src.columns.as_ref().map(|c| serde_json::to_string(c).unwrap_or_default());
     let key_json = serde_json::to_string(&def.key_columns).unwrap_or_default();
-    let id: i64 = as_superuser(|| {
-        let id = update(
-            "INSERT INTO sink.sinks (name, owner, source, columns, row_filter, connector, connection, envelope, key_format, value_format, \
-                                     key_columns, key_not_enforced, snapshot, schedule, options, slot_name, publication_name, created_by) \
-             VALUES ($1, $2::regrole, $3::oid::regclass, (SELECT array_agg(x) FROM json_array_elements_text($4::json) x), $5, $6, $7, $8, $9, $10, \
-                     (SELECT coalesce(array_agg(x), '{}') FROM json_array_elements_text($11::json) x), $12::boolean, $13::boolean, $14, $15::jsonb, '-', '-', $16) \
-             RETURNING id::text",
-            &[
-                Some(name),
-                Some(&owner),
-                Some(&src_oid),
-                columns_json.as_deref(),
-                src.filter.as_deref(),
-                Some(def.connector.name),
-                connection,
-                Some(def.envelope.as_str()),
-                Some(&def.key_format),
-                Some(&def.value_format),
-                Some(&key_json),
-                Some(if def.key_not_enforced { "true" } else { "false" }),
-                Some(if def.snapshot { "true" } else { "false" }),
-                Some(schedule),
-                Some(&opts_json),
-                Some(created_by()),
-            ],
-        );
-        let id: i64 = id.into_iter().next().and_then(|r| r.into_iter().next().flatten()).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let object = format!("pg_sink_{id}");
-        update("UPDATE sink.sinks SET slot_name = $2, publication_name = $2 WHERE id = $1::bigint", &[Some(&id.to_string()), Some(&object)]);
-        update("INSERT INTO sink.progress (sink_id) VALUES ($1::bigint)", &[Some(&id.to_string())]);
-        let cols = src.columns.as_ref().map(|c| format!(" {}", quoted_list(c))).unwrap_or_default();
-        let filter = src.filter.as_ref().map(|f| format!(" WHERE ({f})")).unwrap_or_default();
-        update(&format!("CREATE PUBLICATION {} FOR TABLE {}{cols}{filter}", quote_ident(&object), src.name), &[]);
-        // Let Postgres check now that the column list and row filter cover the
-        // replica identity (otherwise the user's own UPDATEs would start failing).
-        let probe = || {
-            update(
-                &format!("EXPLAIN UPDATE {} SET {} = {} WHERE false", src.name, quote_ident(&info.columns[0]), quote_ident(&info.columns[0])),
-                &[],
-            );
-            update(&format!("EXPLAIN DELETE FROM {} WHERE false", src.name), &[]);
-        };
-        pgrx::PgTryBuilder::new(probe)
-            .catch_when(PgSqlErrorCode::ERRCODE_INVALID_COLUMN_REFERENCE, |e| {
-                let detail = match &e {
-                    pg_sys::panic::CaughtError::PostgresError(r) => r.detail().unwrap_or_default().to_string(),
-                    _ => String::new(),
-                };
-                fail(
-                    Code::ERRCODE_INVALID_COLUMN_REFERENCE,
-                    format!("the sink's column list or filter would block updates of {}", src.name),
-                    Some(detail),
-                    Some(format!(
-                        "Include the replica identity columns in the column list and use only them in WHERE, or run ALTER TABLE {} REPLICA IDENTITY FULL (then the column list must include every column).",
-                        src.name
-                    )),
-                )
-            })
-            .execute();
-        id
-    });
-    if def.connector.name == "table" {
-        prepare_table_target(id, &def, &src, &info, &owner);
-    }
+    let id = update(
+        "INSERT INTO sink.sinks (name, owner, source, columns, row_filter, connector, connection, envelope, key_format, value_format, \
+                                 key_columns, key_not_enforced, snapshot, schedule, options, slot_name, publication_name, created_by) \
+         VALUES ($1, $2::regrole, $3::oid::regclass, (SELECT array_agg(x) FROM json_array_elements_text($4::json) x), $5, $6, $7, $8, $9, $10, \
+                 (SELECT coalesce(array_agg(x), '{}') FROM json_array_elements_text($11::json) x), $12::boolean, $13::boolean, $14, $15::jsonb, '-', '-', $16) \
+         RETURNING id::text",
+        &[
+            Some(name),
+            Some(owner),
+            Some(&src_oid),
+            columns_json.as_deref(),
+            src.filter.as_deref(),
+            Some(def.connector.name),
+            connection,
+            Some(def.envelope.as_str()),
+            Some(&def.key_format),
+            Some(&def.value_format),
+            Some(&key_json),
+            Some(if def.key_not_enforced { "true" } else { "false" }),
+            Some(if def.snapshot { "true" } else { "false" }),
+            Some(schedule),
+            Some(&opts_json),
+            Some(created_by()),
+        ],
+    );
+    let id: i64 = id.into_iter().next().and_then(|r| r.into_iter().next().flatten()).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let object = format!("pg_sink_{id}");
+    update("UPDATE sink.sinks SET slot_name = $2, publication_name = $2 WHERE id = $1::bigint", &[Some(&id.to_string()), Some(&object)]);
+    update("INSERT INTO sink.progress (sink_id) VALUES ($1::bigint)", &[Some(&id.to_string())]);
+    create_publication(&object, src, info);
+    id
+}
+
+/// The sink's publication: its table, column list and row filter. Postgres checks
+/// now that they cover the replica identity (otherwise the user's own UPDATEs
+/// would start failing).
+fn create_publication(object: &str, src: &Source, info: &TableInfo) {
+    let cols = src.columns.as_ref().map(|c| format!(" {}", quoted_list(c))).unwrap_or_default();
+    let filter = src.filter.as_ref().map(|f| format!(" WHERE ({f})")).unwrap_or_default();
+    update(&format!("CREATE PUBLICATION {} FOR TABLE {}{cols}{filter}", quote_ident(object), src.name), &[]);
+    let probe = || {
+        update(&format!("EXPLAIN UPDATE {} SET {} = {} WHERE false", src.name, quote_ident(&info.columns[0]), quote_ident(&info.columns[0])), &[]);
+        update(&format!("EXPLAIN DELETE FROM {} WHERE false", src.name), &[]);
+    };
+    pgrx::PgTryBuilder::new(probe)
+        .catch_when(PgSqlErrorCode::ERRCODE_INVALID_COLUMN_REFERENCE, |e| {
+            let detail = match &e {
+                pg_sys::panic::CaughtError::PostgresError(r) => r.detail().unwrap_or_default().to_string(),
+                _ => String::new(),
+            };
+            fail(
+                Code::ERRCODE_INVALID_COLUMN_REFERENCE,
+                format!("the sink's column list or filter would block updates of {}", src.name),
+                Some(detail),
+                Some(format!(
+                    "Include the replica identity columns in the column list and use only them in WHERE, or run ALTER TABLE {} REPLICA IDENTITY FULL (then the column list must include every column).",
+                    src.name
+                )),
+            )
+        })
+        .execute();
+}
+
+/// Warn when a continuous sink lives in a database the worker does not serve.
+fn warn_if_not_served(name: &str, def: &options::SinkDefinition) {
+    let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
     if def.schedule == Schedule::Continuous && database != crate::pg::gucs::database() {
         pgrx::warning!(
             "sink \"{name}\" is in database \"{database}\", but the pg_sink worker serves \"{}\"; deliver it with sink.sync()",
             crate::pg::gucs::database()
         );
     }
-    id
 }
 
 /// Resolve or create the `table` connector's target and store its canonical name.

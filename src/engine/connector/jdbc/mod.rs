@@ -51,6 +51,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
     needs_json: false,
     applies_rows: true,
     build,
+    check_connection: None,
 };
 
 pub fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {

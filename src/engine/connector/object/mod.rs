@@ -63,6 +63,7 @@ macro_rules! object_spec {
             needs_json: false,
             applies_rows: false,
             build: $build,
+            check_connection: None,
         }
     };
 }
