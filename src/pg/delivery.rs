@@ -156,12 +156,45 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
     Ok(parts)
 }
 
-/// `Some(confirmed_flush_lsn)` if the slot exists.
-fn slot_position(slot: &str) -> Option<Option<Lsn>> {
-    select("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(slot)])
+/// A sink's replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    confirmed: Option<Lsn>,
+    /// `wal_status = 'lost'`: the server removed WAL the slot still needed
+    /// (`max_slot_wal_keep_size`); it can never be read again.
+    lost: bool,
+}
+
+/// The sink's slot, if it exists.
+fn slot_state(slot: &str) -> Option<Slot> {
+    let row = select("SELECT confirmed_flush_lsn::text, wal_status::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(slot)])
         .into_iter()
-        .next()
-        .map(|r| r.into_iter().next().flatten().and_then(|l| l.parse().ok()))
+        .next()?;
+    let confirmed = row.first().cloned().flatten().and_then(|l| l.parse().ok());
+    Some(Slot { confirmed, lost: row.get(1).cloned().flatten().as_deref() == Some("lost") })
+}
+
+/// A slot that delivery depends on and that is gone or invalidated: changes since
+/// the sink's confirmed position cannot be read any more. The sink fails (it must
+/// never start again from the current WAL and skip them silently); `sink.resync`
+/// delivers the source again from a new snapshot.
+fn slot_lost(sink: &SinkRow, slot: Option<Slot>) -> Option<SinkError> {
+    let confirmed = sink.confirmed?;
+    let (message, detail) = match slot {
+        None => (
+            format!("replication slot \"{}\" of sink \"{}\" does not exist", sink.slot_name, sink.name),
+            format!("It was dropped outside pg_sink or lost in a failover; the changes after {confirmed} that it held cannot be read any more."),
+        ),
+        Some(s) if s.lost => (
+            format!("replication slot \"{}\" of sink \"{}\" was invalidated", sink.slot_name, sink.name),
+            format!("The server removed WAL after {confirmed} that the sink had not read yet (max_slot_wal_keep_size)."),
+        ),
+        Some(_) => return None,
+    };
+    Some(SinkError::permanent(message).detail(detail).hint(format!(
+        "Run SELECT sink.resync('{}') to deliver the source again from a new snapshot, or drop the sink.",
+        sink.name.replace('\'', "''")
+    )))
 }
 
 /// Run one step for `sink`. Errors are engine errors; Postgres errors propagate.
@@ -192,7 +225,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
     let Parts { def, pipeline, connector, stream, idle_end, snapshot_logged } = parts(sink, session)?;
     let def = &*def;
     let mut types = CatalogTypes::default();
-    let slot = slot_position(&sink.slot_name);
+    let slot = slot_state(&sink.slot_name);
 
     let write_idle = match mode {
         Mode::Preview(limit) => {
@@ -206,21 +239,28 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
         Mode::Deliver { write_idle_progress } => write_idle_progress,
     };
 
-    let needs_init = match slot {
-        None => true,
-        Some(_) if def.snapshot && !sink.snapshot_done => {
-            // A slot left by an initialisation that crashed before it committed.
-            // Read-only SPI: assigning an xid here would forbid creating the new slot.
-            select("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
-            true
-        }
-        Some(_) => sink.confirmed.is_none(),
-    };
-    if needs_init {
-        return initialize(sink, def, pipeline, connector.as_mut(), &rt, &mut types).map(Stepped::Done);
+    if let Some(e) = slot_lost(sink, slot) {
+        return Err(e);
+    }
+    if sink.confirmed.is_none() {
+        // The slot to start from: `None` creates one.
+        let leftover = match slot {
+            None => None,
+            Some(_) if def.snapshot => {
+                // A slot left by an initialisation that failed before it committed:
+                // its snapshot was never recorded, so it is taken again.
+                // Read-only SPI: assigning an xid here would forbid creating the new slot.
+                select("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
+                None
+            }
+            // Without a snapshot, a slot left by a first step that failed is adopted:
+            // the sink's history starts where that slot does, so nothing is lost.
+            Some(s) => s.confirmed,
+        };
+        return initialize(sink, def, pipeline, connector.as_mut(), &rt, &mut types, leftover).map(Stepped::Done);
     }
     let confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
-    if let (Some(Some(slot_lsn)), None) = (slot, &stream) {
+    if let (Some(Slot { confirmed: Some(slot_lsn), .. }), None) = (slot, &stream) {
         if slot_lsn < confirmed {
             let lsn = confirmed.to_string();
             select("SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::pg_lsn)", &[Some(&sink.slot_name), Some(&lsn)]);
@@ -529,6 +569,7 @@ fn initialize(
     connector: &mut dyn Connector,
     rt: &tokio::runtime::Runtime,
     types: &mut dyn TypeResolver,
+    leftover: Option<Lsn>,
 ) -> Result<Outcome, SinkError> {
     // SAFETY: plain reads of backend-local transaction state.
     let (has_xid, isolation) = unsafe { (pg_sys::GetTopTransactionIdIfAny() != pg_sys::InvalidTransactionId, pg_sys::XactIsoLevel) };
@@ -538,9 +579,12 @@ fn initialize(
             .hint("Call sink.sync() as the first statement of its own transaction."));
     }
     let snapshot = def.snapshot;
-    let slot_start: Lsn = select_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[Some(&sink.slot_name)])
-        .and_then(|l| l.parse().ok())
-        .ok_or_else(|| SinkError::transient("could not create the replication slot"))?;
+    let slot_start: Lsn = match leftover {
+        Some(lsn) => lsn,
+        None => select_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[Some(&sink.slot_name)])
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| SinkError::transient("could not create the replication slot"))?,
+    };
     let mut start = slot_start;
     if snapshot {
         // SAFETY: locking a relation we resolved from the catalog; released at
@@ -570,6 +614,9 @@ fn initialize(
     }
     outcome.initialized = true;
     outcome.confirmed = Some(start);
+    if gucs::FAIL_AFTER_DELIVER.get() {
+        return Err(SinkError::transient("pg_sink.fail_after_deliver: failing after the initial delivery, before recording progress"));
+    }
     catalog::mark_snapshot_done(sink.id, start);
     if outcome.records > 0 {
         catalog::record_progress(sink.id, start, outcome.records, outcome.bytes, 0, None, false);

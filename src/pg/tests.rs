@@ -13,6 +13,23 @@ mod tests {
     }
 
     #[pg_test]
+    fn errors_a_retry_cannot_fix_fail_the_sink() {
+        use crate::engine::error::ErrorKind;
+        use crate::pg::worker::{kind_of_sqlstate, sqlstate_text};
+        assert_eq!(sqlstate_text(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE as i32), "42P01");
+        for code in
+            [PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN]
+        {
+            assert_eq!(kind_of_sqlstate(code as i32), ErrorKind::Permanent, "{code:?}");
+        }
+        for code in
+            [PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED, PgSqlErrorCode::ERRCODE_RAISE_EXCEPTION, PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE]
+        {
+            assert_eq!(kind_of_sqlstate(code as i32), ErrorKind::Transient, "{code:?}");
+        }
+    }
+
+    #[pg_test]
     fn create_sink_writes_catalog_and_publication() {
         setup();
         let id =

@@ -42,19 +42,19 @@ fn in_transaction<R>(f: impl FnOnce() -> Result<R, SinkError> + std::panic::Unwi
     }
     let result = PgTryBuilder::new(f)
         .catch_others(|cause| {
-            let message = match &cause {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r)
-                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                    let mut m = r.message().to_string();
-                    if let Some(d) = r.detail() {
-                        m.push_str(": ");
-                        m.push_str(d);
-                    }
-                    m
+            let (message, kind) = match &cause {
+                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                    (report_text(r.message(), r.detail()), kind_of_sqlstate(r.sql_error_code() as i32))
                 }
+                // A panic is a bug, not the target's answer: retried, and logged.
+                pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (report_text(r.message(), r.detail()), ErrorKind::Transient),
             };
-            Err(SinkError::transient(message))
+            let mut e = SinkError::transient(message);
+            e.kind = kind;
+            if kind == ErrorKind::Permanent {
+                e = e.hint("Fix the cause, then run sink.resume_sink().");
+            }
+            Err(e)
         })
         .execute();
     match result {
@@ -72,6 +72,30 @@ fn in_transaction<R>(f: impl FnOnce() -> Result<R, SinkError> + std::panic::Unwi
             unsafe { pg_sys::AbortCurrentTransaction() };
             Err(e)
         }
+    }
+}
+
+fn report_text(message: &str, detail: Option<&str>) -> String {
+    match detail {
+        Some(d) => format!("{message}: {d}"),
+        None => message.to_string(),
+    }
+}
+
+/// The five characters of a packed SQLSTATE (Postgres' `MAKE_SQLSTATE`).
+pub fn sqlstate_text(code: i32) -> String {
+    (0..5).map(|i| char::from(b'0' + ((code >> (6 * i)) & 0x3F) as u8)).collect()
+}
+
+/// What an ERROR raised inside a step means for the sink. Retrying cannot fix
+/// class 42 (the target table or a column is gone, a privilege was revoked, the
+/// statement is invalid) or 0A (not supported): the sink fails and says why.
+/// Everything else (lock timeouts, deadlocks, serialization failures, out of
+/// resources, a trigger's RAISE, ...) is retried with backoff.
+pub fn kind_of_sqlstate(code: i32) -> ErrorKind {
+    match &sqlstate_text(code)[..2] {
+        "42" | "0A" => ErrorKind::Permanent,
+        _ => ErrorKind::Transient,
     }
 }
 

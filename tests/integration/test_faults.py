@@ -38,7 +38,7 @@ def test_kafka_snapshot_of_several_chunks_delivers_every_row_once(db, broker):  
     db.execute("SELECT sink.drop_sink('f_snap_k')")
 
 
-def test_jetstream_snapshot_of_several_chunks_delivers_every_row_once(db):
+def test_jetstream_snapshot_of_several_chunks_delivers_every_row_once(db, nats_servers):
     _snapshot_source(db, "f_snap_n")
     run(_stream("PGSINK_SNAP", ["pgs.snap.>"]))
     db.execute("SELECT sink.create_sink('f_snap_n', 'f_snap_n', 'nats', %s::jsonb, envelope => 'upsert')",
@@ -84,3 +84,110 @@ def test_an_error_at_the_target_mid_step_loses_nothing(db):
     db.execute("SELECT sink.drop_sink('f_err')")
     db.execute("DROP TABLE f_err_copy")
     db.execute("DROP FUNCTION f_err_reject_once()")
+
+
+def _table_sink(db, name, **kw):
+    db.execute(f"DROP TABLE IF EXISTS {name}, {name}_copy CASCADE")
+    db.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
+    extra = "".join(f", {k} => {v}" for k, v in kw.items())
+    db.execute(f"SELECT sink.create_sink('{name}', '{name}', 'table', '{{\"table\": \"{name}_copy\"}}', envelope => 'upsert'{extra})")
+
+
+def _state(db, name):
+    return db.execute("SELECT state, last_error FROM sink.status WHERE name = %s", (name,)).fetchone()
+
+
+def _same_rows(db, name):
+    source = db.execute(f"SELECT id, v FROM {name} ORDER BY id").fetchall()
+    target = db.execute(f"SELECT id, v FROM {name}_copy ORDER BY id").fetchall()
+    assert target == source, f"lost: {sorted(set(source) - set(target))[:10]}, extra: {sorted(set(target) - set(source))[:10]}"
+
+
+def _slot(db, name):
+    return one(db, "SELECT slot_name FROM sink.sinks WHERE name = %s", name)
+
+
+def test_a_dropped_slot_fails_the_sink_loudly_and_resync_recovers(db):
+    _table_sink(db, "f_slot")
+    wait_started(db, "f_slot")
+    db.execute("INSERT INTO f_slot SELECT g, 'a' FROM generate_series(1, 10) g")
+    wait_caught_up(db, "f_slot")
+    # A DBA frees disk (or a failover loses the slot) while the sink is paused.
+    db.execute("SELECT sink.pause_sink('f_slot')")
+    slot = _slot(db, "f_slot")
+    wait_for(lambda: one(db, "SELECT NOT active FROM pg_replication_slots WHERE slot_name = %s", slot), what="the slot to be released")
+    db.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    db.execute("INSERT INTO f_slot SELECT g, 'b' FROM generate_series(11, 110) g")
+    db.execute("SELECT sink.resume_sink('f_slot')")
+    # Before: the slot was created again at the current WAL, the 100 rows were
+    # never delivered, and the state stayed 'running'.
+    wait_for(lambda: _state(db, "f_slot")[0] == "failed", what="the sink to fail")
+    state, error = _state(db, "f_slot")
+    assert "does not exist" in error and slot in error, error
+    assert one(db, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", slot) == 0, "no new slot was made"
+    db.execute("SELECT sink.resync('f_slot')")
+    wait_started(db, "f_slot")
+    db.execute("UPDATE f_slot SET v = 'c' WHERE id > 100")
+    wait_caught_up(db, "f_slot")
+    _same_rows(db, "f_slot")
+    assert _state(db, "f_slot")[0] == "running"
+    db.execute("SELECT sink.drop_sink('f_slot')")
+
+
+def test_an_invalidated_slot_fails_the_sink(db):
+    _table_sink(db, "f_inval")
+    wait_started(db, "f_inval")
+    db.execute("SELECT sink.pause_sink('f_inval')")
+    slot = _slot(db, "f_inval")
+    wait_for(lambda: one(db, "SELECT NOT active FROM pg_replication_slots WHERE slot_name = %s", slot), what="the slot to be released")
+    db.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+    db.execute("SELECT pg_reload_conf()")
+    try:
+        # Write WAL past the limit, then let checkpoints remove it.
+        for _ in range(6):
+            db.execute("INSERT INTO f_inval SELECT g, repeat('x', 500) FROM generate_series(1, 2000) g ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v || '.'")
+            db.execute("SELECT pg_switch_wal()")
+            db.execute("CHECKPOINT")
+        wait_for(lambda: one(db, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", slot) == "lost", what="the slot to be invalidated")
+    finally:
+        db.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        db.execute("SELECT pg_reload_conf()")
+    db.execute("SELECT sink.resume_sink('f_inval')")
+    # Before: every step failed and was retried for ever, state 'running'.
+    wait_for(lambda: _state(db, "f_inval")[0] == "failed", what="the sink to fail")
+    assert "invalidated" in _state(db, "f_inval")[1]
+    db.execute("SELECT sink.resync('f_inval')")
+    wait_started(db, "f_inval")
+    wait_caught_up(db, "f_inval")
+    _same_rows(db, "f_inval")
+    db.execute("SELECT sink.drop_sink('f_inval')")
+
+
+def test_a_failed_first_step_without_snapshot_keeps_its_slot_and_loses_nothing(db):
+    db.execute("ALTER SYSTEM SET pg_sink.fail_after_deliver = on")
+    db.execute("SELECT pg_reload_conf()")
+    try:
+        _table_sink(db, "f_first", snapshot="false")
+        # The first step creates the slot, then fails before recording progress.
+        wait_for(lambda: one(db, "SELECT errors FROM sink.status WHERE name = 'f_first'") >= 2, what="failed first steps")
+        db.execute("INSERT INTO f_first SELECT g, 'a' FROM generate_series(1, 50) g")
+    finally:
+        db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
+        db.execute("SELECT pg_reload_conf()")
+    # Before: every retry failed with "replication slot ... already exists".
+    wait_started(db, "f_first")
+    wait_caught_up(db, "f_first")
+    assert "already exists" not in (_state(db, "f_first")[1] or "")
+    _same_rows(db, "f_first")
+    db.execute("SELECT sink.drop_sink('f_first')")
+
+
+def test_a_dropped_target_table_fails_the_sink_instead_of_retrying_for_ever(db):
+    _table_sink(db, "f_gone")
+    wait_started(db, "f_gone")
+    db.execute("DROP TABLE f_gone_copy")
+    db.execute("INSERT INTO f_gone VALUES (1, 'a')")
+    # Before: 'relation does not exist' was retried for ever with state 'running'.
+    wait_for(lambda: _state(db, "f_gone")[0] == "failed", what="the sink to fail")
+    assert "does not exist" in _state(db, "f_gone")[1]
+    db.execute("SELECT sink.drop_sink('f_gone')")

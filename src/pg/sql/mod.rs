@@ -6,7 +6,7 @@
 //! | [`connections`] | `create_connection`, `alter_connection`, `drop_connection` |
 //! | [`credentials`] | `create_credential`, `alter_credential`, `drop_credential` |
 //! | [`grants`] | `grant_usage`, `revoke_usage` |
-//! | [`sinks`] | `create_sink`, `alter_sink`, `pause_sink`, `resume_sink`, `drop_sink` |
+//! | [`sinks`] | `create_sink`, `alter_sink`, `pause_sink`, `resume_sink`, `resync`, `drop_sink` |
 //! | [`sync`] | `sync`, `preview` |
 //! | [`execute`] | `execute` (Materialize, RisingWave and Kinetica DDL) |
 //! | [`hashes`] | `seahash`, `kafka_murmur2`, `crc32` |

@@ -769,6 +769,29 @@ fn resume_sink(name: &str) {
 }
 
 /// Drop a sink, its slot and its publication. What it delivered stays at the target.
+/// Deliver the sink's source again, from a new snapshot, after its slot was lost
+/// (dropped outside pg_sink, lost in a failover, or invalidated by
+/// `max_slot_wal_keep_size`): the changes in the gap cannot be read any more, so
+/// the sink fails instead of skipping them, and this is the way on. The old slot
+/// (if any) is dropped, the progress starts over, and the sink runs. Keyed targets
+/// (upsert) are brought up to date; a row deleted during the gap stays there. A
+/// sink made with `snapshot => false` starts again from the current position.
+#[pg_extern(volatile)]
+fn resync(name: &str) {
+    let sink = catalog::require(name);
+    check_owner(&sink);
+    lock_sink(sink.id);
+    let id = sink.id.to_string();
+    as_superuser(|| {
+        delivery::release_slot(&sink.slot_name);
+        if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(&sink.slot_name)]).is_some() {
+            update("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
+        }
+        update("UPDATE sink.progress SET confirmed_lsn = NULL, snapshot_done = false, last_error = NULL WHERE sink_id = $1::bigint", &[Some(&id)]);
+        update("UPDATE sink.sinks SET state = 'running' WHERE id = $1::bigint", &[Some(&id)]);
+    });
+}
+
 #[pg_extern(volatile)]
 pub(crate) fn drop_sink(name: &str, if_exists: default!(bool, false)) -> bool {
     let Some(sink) = catalog::find_by_name(name) else {
