@@ -10,7 +10,9 @@ use crate::engine::lsn::Lsn;
 use crate::engine::options::{self, SinkDefinition};
 
 use super::errors::{fail, Code};
-use super::spi::{select, update};
+use pgrx::pg_sys;
+
+use super::spi::{select, select_one, update};
 
 #[derive(Debug, Clone)]
 pub struct SinkRow {
@@ -233,6 +235,15 @@ pub fn mark_snapshot_done(sink_id: i64, consistent_point: Lsn) {
         "UPDATE sink.progress SET snapshot_done = true, confirmed_lsn = $2::pg_lsn, confirmed_at = now() WHERE sink_id = $1::bigint",
         &[Some(&id), Some(&lsn)],
     );
+}
+
+/// Whether this transaction (or one of its subtransactions) wrote the sink's
+/// progress row: that progress may still be rolled back.
+pub fn progress_written_by_this_transaction(sink_id: i64) -> bool {
+    let xmin = select_one("SELECT xmin::text FROM sink.progress WHERE sink_id = $1::bigint", &[Some(&sink_id.to_string())]);
+    let Some(xid) = xmin.and_then(|x| x.parse::<u32>().ok()) else { return false };
+    // SAFETY: a plain check of an xid against this backend's transaction state.
+    unsafe { pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(xid)) }
 }
 
 /// Note an error in the sink's status (own transaction, by the caller); `failed`

@@ -43,7 +43,13 @@ enum Stepped {
 
 #[derive(Clone, Copy)]
 pub enum Mode {
-    Deliver { write_idle_progress: bool },
+    /// `whole_backlog`: read everything flushed when the step began, however much
+    /// (`sink.sync()`, whose steps all run in the caller's one transaction), instead
+    /// of at most `pg_sink.max_step_changes`.
+    Deliver {
+        write_idle_progress: bool,
+        whole_backlog: bool,
+    },
     Preview(usize),
 }
 
@@ -236,8 +242,9 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
             }
             .map(Stepped::Done);
         }
-        Mode::Deliver { write_idle_progress } => write_idle_progress,
+        Mode::Deliver { write_idle_progress, .. } => write_idle_progress,
     };
+    let whole_backlog = matches!(mode, Mode::Deliver { whole_backlog: true, .. });
 
     if let Some(e) = slot_lost(sink, slot) {
         return Err(e);
@@ -260,14 +267,17 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
         return initialize(sink, def, pipeline, connector.as_mut(), &rt, &mut types, leftover).map(Stepped::Done);
     }
     let confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
+    // Moving the slot cannot be undone: it follows only progress that is committed,
+    // never the progress an earlier step of this same transaction wrote (sync()
+    // called twice in one transaction that is then rolled back).
     if let (Some(Slot { confirmed: Some(slot_lsn), .. }), None) = (slot, &stream) {
-        if slot_lsn < confirmed {
+        if slot_lsn < confirmed && !catalog::progress_written_by_this_transaction(sink.id) {
             let lsn = confirmed.to_string();
             select("SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::pg_lsn)", &[Some(&sink.slot_name), Some(&lsn)]);
         }
     }
 
-    let step_limit = gucs::max_step_changes();
+    let step_limit = if whole_backlog { i64::from(i32::MAX) } else { gucs::max_step_changes() };
     let mut sql = SpiSession::for_owner(&sink.owner);
     let mut run = Step::new(pipeline, connector.as_mut(), &rt, &mut sql, &mut types, confirmed, gucs::max_batch_changes() as usize);
     let transport = if session_fell_back { Transport::Sql } else { transport };

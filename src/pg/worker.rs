@@ -280,7 +280,7 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
             if sink.state != "running" || sink.schedule != "continuous" {
                 return Ok((Next::Stop, false));
             }
-            let out = as_superuser(|| delivery::step(&sink, Mode::Deliver { write_idle_progress: write_idle }, session.0))?;
+            let out = as_superuser(|| delivery::step(&sink, Mode::Deliver { write_idle_progress: write_idle, whole_backlog: false }, session.0))?;
             let wrote_idle = out.caught_up && out.transactions == 0 && write_idle;
             // Sleep only when nothing was found: while changes flow, go straight to
             // the next step (latency = step time, not poll interval).

@@ -11,6 +11,8 @@ the target is compared with the source row by row, counting duplicates.
 import collections
 import json
 
+import psycopg
+
 from conftest import one, wait_caught_up, wait_for, wait_started
 from test_kafka import BROKERS, broker, read_topic  # noqa: F401  (broker is a fixture)
 from test_nats import SYSTEM, _stream, _stream_messages, run
@@ -86,11 +88,12 @@ def test_an_error_at_the_target_mid_step_loses_nothing(db):
     db.execute("DROP FUNCTION f_err_reject_once()")
 
 
-def _table_sink(db, name, **kw):
+def _table_sink(db, name, options=None, **kw):
     db.execute(f"DROP TABLE IF EXISTS {name}, {name}_copy CASCADE")
     db.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
     extra = "".join(f", {k} => {v}" for k, v in kw.items())
-    db.execute(f"SELECT sink.create_sink('{name}', '{name}', 'table', '{{\"table\": \"{name}_copy\"}}', envelope => 'upsert'{extra})")
+    opts = json.dumps({"table": f"{name}_copy", **(options or {})})
+    db.execute(f"SELECT sink.create_sink('{name}', '{name}', 'table', %s::jsonb, envelope => 'upsert'{extra})", (opts,))
 
 
 def _state(db, name):
@@ -191,3 +194,31 @@ def test_a_dropped_target_table_fails_the_sink_instead_of_retrying_for_ever(db):
     wait_for(lambda: _state(db, "f_gone")[0] == "failed", what="the sink to fail")
     assert "does not exist" in _state(db, "f_gone")[1]
     db.execute("SELECT sink.drop_sink('f_gone')")
+
+
+def test_a_rolled_back_sync_leaves_the_slot_where_the_committed_progress_is(db):
+    _table_sink(db, "f_sync", {"schedule": "manual"})
+    db.execute("SELECT sink.sync('f_sync')")
+    db.execute("SET pg_sink.max_step_changes = 10")
+    for i in range(10):
+        db.execute("INSERT INTO f_sync SELECT g, 'a' FROM generate_series(%s::int, %s::int) g", (i * 10 + 1, i * 10 + 10))
+    # sync() in a transaction that is rolled back, twice, once more inside a
+    # savepoint. sync() used to run steps of max_step_changes, each moving the
+    # slot (which no rollback undoes) to the progress the step before had written:
+    # after the rollback those rows were skipped for ever.
+    with db.transaction():
+        db.execute("SELECT sink.sync('f_sync')")
+        db.execute("INSERT INTO f_sync VALUES (101, 'rolled back')")
+        db.execute("SELECT sink.sync('f_sync')")
+        db.execute("SAVEPOINT s")
+        db.execute("SELECT sink.sync('f_sync')")
+        db.execute("ROLLBACK TO SAVEPOINT s")
+        db.execute("SELECT sink.sync('f_sync')")
+        raise psycopg.Rollback()
+    assert one(db, "SELECT count(*) FROM f_sync_copy") == 0, "the rollback undid the table target too"
+    db.execute("INSERT INTO f_sync VALUES (102, 'b')")
+    out = one(db, "SELECT sink.sync('f_sync')")
+    assert out["changes"] == 101, out
+    _same_rows(db, "f_sync")
+    db.execute("RESET pg_sink.max_step_changes")
+    db.execute("SELECT sink.drop_sink('f_sync')")

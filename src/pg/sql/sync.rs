@@ -38,7 +38,7 @@ fn sync(name: &str) -> JsonB {
     with_output_settings(|| {
         as_superuser(|| loop {
             let current = catalog::find_by_id(sink.id).unwrap_or_else(|| sink.clone());
-            let out = match delivery::step(&current, Mode::Deliver { write_idle_progress: true }, &mut session) {
+            let out = match delivery::step(&current, Mode::Deliver { write_idle_progress: true, whole_backlog: true }, &mut session) {
                 Ok(o) => o,
                 Err(e) => {
                     let e: SinkError = e;
