@@ -1,11 +1,15 @@
 //! `webhook`: POST each batch as JSON to an HTTP(S) endpoint (Kinetica's webhook
-//! data sink). A batch is sent as requests of at most `max_records_per_request`
-//! records, in order, one at a time; a 2xx answer means the receiver has them.
+//! data sink). A batch is sent as requests, in order, one at a time; a 2xx answer
+//! means the receiver has them. A request holds records of one transaction (or
+//! one snapshot chunk) only, at most `max_records_per_request` of them.
 //!
-//! Each request carries `Idempotency-Key: <sink uid>:<START>-<END>:<n>` (the first
-//! and last commit LSN it holds, as 16 hex digits, and how many records of the first
-//! transaction went in earlier requests; batches are cut the same way on every
-//! attempt, so a retried request has the same key and body), the LSN range, the sink's name, and,
+//! Each request carries `Idempotency-Key: <sink uid>:<LSN>-<LSN>:<n>` (the commit
+//! LSN of its transaction as 16 hex digits, twice: the first and last LSN of the
+//! request, and how many of the transaction's records went in earlier requests;
+//! `<uid>:snapshot-<LSN>-<chunk>:<n>` for the snapshot). A
+//! request depends only on its transaction, never on where a step ended, so the
+//! request retried after a crash has the same key and body, whatever else the
+//! retried step reads. It also carries the LSN range, the sink's name, and,
 //! with `signing_secret`, `Pg-Sink-Signature: sha256=<hex HMAC-SHA256 of the body>`.
 //! Delivery is at-least-once; receivers that keep the keys they have seen get
 //! every change exactly once.
@@ -203,22 +207,16 @@ impl WebhookConnector {
         out
     }
 
-    /// `offset`: how many records of the first record's transaction (or snapshot
-    /// chunk) went in earlier requests.
-    fn post(&self, records: &[Record], batch: &Batch, offset: usize) -> Result<()> {
+    fn post(&self, records: &[Record], batch: &Batch, key: &str) -> Result<()> {
         let first = records[0].commit_lsn;
         let last = records[records.len() - 1].commit_lsn;
         let body = self.body(records, batch);
-        let key = match batch.snapshot_chunk {
-            Some(chunk) => format!("{}:snapshot-{:016X}-{chunk}:{offset}", self.sink_uid, first.0),
-            None => format!("{}:{:016X}-{:016X}:{offset}", self.sink_uid, first.0, last.0),
-        };
         let content_type = if self.format == BodyFormat::JsonArray { "application/json" } else { "application/x-ndjson" };
         let mut req = self
             .agent
             .post(&self.url)
             .header("Content-Type", content_type)
-            .header("Idempotency-Key", &key)
+            .header("Idempotency-Key", key)
             .header("Pg-Sink-Name", &self.sink_name)
             .header("Pg-Sink-Start-Lsn", &first.to_string())
             .header("Pg-Sink-End-Lsn", &last.to_string());
@@ -277,20 +275,85 @@ impl Connector for WebhookConnector {
     }
 
     async fn deliver(&mut self, batch: &Batch, _sql: &mut dyn SqlSession) -> Result<()> {
-        let mut start = 0usize;
-        for chunk in batch.records.chunks(self.per_request) {
-            let lsn = chunk[0].commit_lsn;
-            let offset = batch.records[..start].iter().rev().take_while(|r| r.commit_lsn == lsn).count();
-            self.post(chunk, batch, offset)?;
-            start += chunk.len();
+        for (range, key) in requests(batch, self.per_request, &self.sink_uid) {
+            self.post(&batch.records[range], batch, &key)?;
         }
         Ok(())
     }
 }
 
+/// How a batch is cut into requests: runs of one transaction's records (the
+/// whole batch for a snapshot chunk), each cut into pieces of at most
+/// `per_request`, with their idempotency keys.
+fn requests(batch: &Batch, per_request: usize, sink_uid: &str) -> Vec<(std::ops::Range<usize>, String)> {
+    let per_request = per_request.max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let records = &batch.records;
+    while start < records.len() {
+        let lsn = records[start].commit_lsn;
+        let end = match batch.snapshot_chunk {
+            Some(_) => records.len(),
+            None => start + records[start..].iter().take_while(|r| r.commit_lsn == lsn).count(),
+        };
+        for piece in (start..end).step_by(per_request) {
+            let offset = piece - start;
+            let key = match batch.snapshot_chunk {
+                Some(chunk) => format!("{sink_uid}:snapshot-{:016X}-{chunk}:{offset}", lsn.0),
+                None => format!("{sink_uid}:{:016X}-{:016X}:{offset}", lsn.0, lsn.0),
+            };
+            out.push((piece..(piece + per_request).min(end), key));
+        }
+        start = end;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn batch(txns: &[(u64, usize)]) -> Batch {
+        let mut b = Batch::default();
+        for (lsn, n) in txns {
+            for _ in 0..*n {
+                b.records.push(Record {
+                    key: None,
+                    value: None,
+                    draft: crate::engine::envelope::Draft {
+                        key: None,
+                        payload: crate::engine::envelope::Payload::Truncate(vec![]),
+                        op: crate::engine::envelope::Op::Truncate,
+                    },
+                    commit_lsn: crate::engine::lsn::Lsn(*lsn),
+                    commit_time_us: 0,
+                    stamp: Default::default(),
+                });
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn a_request_s_key_does_not_depend_on_where_the_step_ended() {
+        // The first attempt's step ended after t2; the retry's reads t3 too. Before,
+        // the last request packed t1..t2 under one key and the retry t1..t3 under
+        // another: the receiver could not tell the retry was the same data.
+        let first = requests(&batch(&[(0x100, 3), (0x200, 2)]), 4, "u");
+        let retry = requests(&batch(&[(0x100, 3), (0x200, 2), (0x300, 1)]), 4, "u");
+        assert_eq!(&retry[..first.len()], &first[..]);
+        assert_eq!(first, vec![(0..3, "u:0000000000000100-0000000000000100:0".to_string()), (3..5, "u:0000000000000200-0000000000000200:0".to_string())]);
+        // A transaction bigger than a request is split, with offsets.
+        let big = requests(&batch(&[(0x100, 5)]), 2, "u");
+        assert_eq!(
+            big.iter().map(|(r, k)| (r.clone(), k.rsplit(':').next().unwrap().to_string())).collect::<Vec<_>>(),
+            vec![(0..2, "0".into()), (2..4, "2".into()), (4..5, "4".into())]
+        );
+        // Snapshot chunks are cut by size alone and name their chunk.
+        let mut snap = batch(&[(0x700, 5)]);
+        snap.snapshot_chunk = Some(3);
+        assert_eq!(requests(&snap, 4, "u")[1], (4..5, "u:snapshot-0000000000000700-3:4".to_string()));
+    }
 
     #[test]
     fn urls_parse_with_default_ports() {
