@@ -10,6 +10,7 @@ the target is compared with the source row by row, counting duplicates.
 """
 import collections
 import json
+import time
 
 import psycopg
 
@@ -222,3 +223,44 @@ def test_a_rolled_back_sync_leaves_the_slot_where_the_committed_progress_is(db):
     _same_rows(db, "f_sync")
     db.execute("RESET pg_sink.max_step_changes")
     db.execute("SELECT sink.drop_sink('f_sync')")
+
+
+def test_kafka_progress_is_read_past_another_sinks_open_transaction(db, broker):  # noqa: F811
+    from confluent_kafka import Producer
+
+    db.execute("DROP TABLE IF EXISTS f_prog CASCADE")
+    db.execute("CREATE TABLE f_prog (id int PRIMARY KEY, v text)")
+    db.execute("INSERT INTO f_prog SELECT g, 'a' FROM generate_series(1, 10) g")
+    db.execute("SELECT sink.create_sink('f_prog', 'f_prog', 'kafka', %s::jsonb, envelope => 'upsert')",
+               (json.dumps({"properties.bootstrap.server": BROKERS, "topic": "f-prog", "timeout_ms": 5000}),))
+    wait_started(db, "f_prog")
+    wait_caught_up(db, "f_prog")
+    # Another sink (here: a producer of our own) has a transaction open on the
+    # shared progress topic: a read_committed reader's end is where it began.
+    blocker = Producer({"bootstrap.servers": BROKERS, "transactional.id": f"f-prog-blocker-{time.time()}"})
+    blocker.init_transactions()
+    blocker.begin_transaction()
+    blocker.produce(f"_pg_sink-progress-{one(db, 'SELECT current_database()')}", key=b"another sink", value=b"{}")
+    blocker.flush()
+    try:
+        # Our sink commits a batch to Kafka (its progress lands after the open
+        # transaction), then fails before the catalog records it; every retry
+        # reads the progress topic again to learn what Kafka has.
+        db.execute("SELECT sink.pause_sink('f_prog')")
+        db.execute("ALTER SYSTEM SET pg_sink.fail_after_deliver = on")
+        db.execute("SELECT pg_reload_conf()")
+        errors = one(db, "SELECT errors FROM sink.status WHERE name = 'f_prog'")
+        db.execute("INSERT INTO f_prog SELECT g, 'b' FROM generate_series(11, 20) g")
+        db.execute("SELECT sink.resume_sink('f_prog')")
+        wait_for(lambda: one(db, "SELECT errors FROM sink.status WHERE name = 'f_prog'") >= errors + 3, what="failed attempts")
+    finally:
+        blocker.abort_transaction()
+        db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
+        db.execute("SELECT pg_reload_conf()")
+    wait_caught_up(db, "f_prog")
+    keys = collections.Counter(json.loads(k)["id"] for _, k, v, _ in read_topic("f-prog") if k is not None)
+    assert set(keys) == set(range(1, 21)), "rows lost"
+    # Before: the retries stopped reading at the open transaction, missed the
+    # batch's progress record and produced the batch again.
+    assert max(keys.values()) == 1, f"duplicates: {[k for k, n in keys.items() if n > 1]}"
+    db.execute("SELECT sink.drop_sink('f_prog')")

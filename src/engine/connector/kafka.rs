@@ -518,9 +518,15 @@ impl KafkaConnector {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest");
+        // A read_committed client is told the last stable offset as the high
+        // watermark; the end of the log comes from a read_uncommitted one.
+        let mut w = c.clone();
+        w.set("isolation.level", "read_uncommitted");
+        let ends: BaseConsumer = w.create().map_err(|e| classify("progress consumer creation", &e))?;
         let consumer: BaseConsumer = c.create().map_err(|e| classify("progress consumer creation", &e))?;
         let topic = &self.settings.progress_topic;
-        let (low, high) = consumer.fetch_watermarks(topic, 0, self.settings.timeout).map_err(|e| classify("progress watermark fetch", &e))?;
+        let (low, high) = ends.fetch_watermarks(topic, 0, self.settings.timeout).map_err(|e| classify("progress watermark fetch", &e))?;
+        drop(ends);
         if high <= low {
             return Ok(Position::default());
         }
@@ -535,7 +541,17 @@ impl KafkaConnector {
             }
             match consumer.poll(Duration::from_millis(500)) {
                 None => continue,
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    // Under read_committed the end is the last stable offset: another
+                    // sink's transaction still open on this shared topic hides every
+                    // record committed after it, ours included. Wait until it ends
+                    // (commit or abort), within the timeout.
+                    let at = consumer.position().ok().and_then(|tpl| tpl.find_partition(topic, 0).and_then(|p| p.offset().to_raw())).unwrap_or(high);
+                    if at >= high {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 Some(Err(e)) => return Err(classify("progress read", &e)),
                 Some(Ok(msg)) => {
                     if msg.key() == Some(self.settings.progress_key.as_bytes()) {

@@ -342,7 +342,10 @@ mod tests {
         let first = requests(&batch(&[(0x100, 3), (0x200, 2)]), 4, "u");
         let retry = requests(&batch(&[(0x100, 3), (0x200, 2), (0x300, 1)]), 4, "u");
         assert_eq!(&retry[..first.len()], &first[..]);
-        assert_eq!(first, vec![(0..3, "u:0000000000000100-0000000000000100:0".to_string()), (3..5, "u:0000000000000200-0000000000000200:0".to_string())]);
+        assert_eq!(
+            first,
+            vec![(0..3, "u:0000000000000100-0000000000000100:0".to_string()), (3..5, "u:0000000000000200-0000000000000200:0".to_string())]
+        );
         // A transaction bigger than a request is split, with offsets.
         let big = requests(&batch(&[(0x100, 5)]), 2, "u");
         assert_eq!(
