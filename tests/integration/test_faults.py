@@ -264,3 +264,22 @@ def test_kafka_progress_is_read_past_another_sinks_open_transaction(db, broker):
     # batch's progress record and produced the batch again.
     assert max(keys.values()) == 1, f"duplicates: {[k for k, n in keys.items() if n > 1]}"
     db.execute("SELECT sink.drop_sink('f_prog')")
+
+
+def test_truncate_does_not_stop_an_upsert_sink_on_a_compacted_topic(db, broker):  # noqa: F811
+    db.execute("DROP TABLE IF EXISTS f_trunc CASCADE")
+    db.execute("CREATE TABLE f_trunc (id int PRIMARY KEY, v text)")
+    db.execute("SELECT sink.create_sink('f_trunc', 'f_trunc', 'kafka', %s::jsonb, envelope => 'upsert')",
+               (json.dumps({"brokers": BROKERS, "topic": "f-trunc", "topic_config": {"cleanup.policy": "compact"}}),))
+    wait_started(db, "f_trunc")
+    db.execute("INSERT INTO f_trunc SELECT g, 'a' FROM generate_series(1, 5) g")
+    db.execute("TRUNCATE f_trunc")
+    db.execute("INSERT INTO f_trunc VALUES (6, 'after the truncate')")
+    # Before: the TRUNCATE became a record without a key, which the compacted
+    # topic refused, and the sink failed for good.
+    wait_caught_up(db, "f_trunc")
+    assert one(db, "SELECT state FROM sink.status WHERE name = 'f_trunc'") == "running"
+    msgs = read_topic("f-trunc")
+    assert all(k is not None for _, k, _, _ in msgs), "a keyless record reached the topic"
+    assert [json.loads(k)["id"] for _, k, _, _ in msgs] == [1, 2, 3, 4, 5, 6]
+    db.execute("SELECT sink.drop_sink('f_trunc')")

@@ -19,6 +19,9 @@
 //!
 //! The data topic and the progress topic are created when missing. The progress
 //! topic gets 1 partition, compaction, and no retention.
+//!
+//! TRUNCATE is not produced (Debezium's default, `skipped.operations = t`): it has
+//! no key, and a compacted topic refuses keyless records.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -652,6 +655,13 @@ pub fn progress_value(p: Position, sink: &str) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
+/// A TRUNCATE has no key, and a keyed (often compacted) topic cannot express it:
+/// a compacted topic refuses a record without a key, which stopped the sink for
+/// good. Like Debezium's default (`skipped.operations = t`), it is not produced.
+fn is_keyless_truncate(r: &Record) -> bool {
+    r.key.is_none() && r.draft.op == crate::engine::envelope::Op::Truncate
+}
+
 /// Kafka has the batch already: its position is at or before the committed one
 /// (Postgres crashed after the Kafka commit, before its own).
 pub fn already_delivered(batch: &Batch, committed: Position) -> bool {
@@ -691,7 +701,7 @@ fn drain(producer: &BaseProducer<DeliveryContext>, timeout: Duration) {
 
 fn send_all(running: &Running, topic: &str, batch: &Batch, partitions: &[i32], headers_column: Option<&str>) -> Result<()> {
     for (i, r) in batch.records.iter().enumerate() {
-        if r.commit_lsn < running.committed.lsn {
+        if r.commit_lsn < running.committed.lsn || is_keyless_truncate(r) {
             continue;
         }
         let mut headers = OwnedHeaders::new_with_capacity(3);
