@@ -3,6 +3,7 @@
 //! owns the credential types and how each one becomes a connector's own options;
 //! storage and privileges are the glue's.
 
+use crate::engine::secret::Secret;
 use std::collections::BTreeMap;
 
 use super::error::{Result, SinkError};
@@ -31,7 +32,7 @@ pub struct Credential {
     #[serde(default)]
     pub identity: Option<String>,
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }

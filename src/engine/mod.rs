@@ -25,6 +25,7 @@ pub mod pgoutput;
 pub mod pipeline;
 pub mod replication;
 pub mod retry;
+pub mod secret;
 pub mod step;
 #[cfg(test)]
 pub mod testing;

@@ -85,8 +85,8 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
     check_connection: Some(check_connection),
 };
 
-/// Settings parsed from the options.
-#[derive(Debug, Clone)]
+/// Settings parsed from the options. `Debug` hides the secrets in `client`.
+#[derive(Clone)]
 pub struct KafkaSettings {
     pub topic: String,
     pub brokers: String,
@@ -107,6 +107,23 @@ pub struct KafkaSettings {
     pub headers_column: Option<String>,
     /// SQL expression computing the partition hash.
     pub partition_by: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("topic", &self.topic)
+            .field("brokers", &self.brokers)
+            .field("exactly_once", &self.exactly_once)
+            .field("transactional_id", &self.transactional_id)
+            .field("progress_topic", &self.progress_topic)
+            .field("topic_config", &self.topic_config)
+            .field("timeout", &self.timeout)
+            .field("client", &crate::engine::secret::Redacted(&self.client))
+            .field("headers_column", &self.headers_column)
+            .field("partition_by", &self.partition_by)
+            .finish_non_exhaustive()
+    }
 }
 
 fn int_option(cfg: &ConnectorConfig, name: &str, default: i32, min: i32) -> Result<i32> {
@@ -951,6 +968,24 @@ mod tests {
         errors.record(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down");
         assert!(errors.refusal("h:1").unwrap().message.contains("\"h:1\" refused"));
         assert!(ClientErrors::default().refusal("h:1").is_none());
+    }
+
+    #[test]
+    fn settings_and_config_never_print_secrets() {
+        let c = cfg(&[
+            ("topic", "t"),
+            ("brokers", "b:9092"),
+            ("security_protocol", "SASL_SSL"),
+            ("sasl_mechanisms", "PLAIN"),
+            ("sasl_username", "u"),
+            ("sasl_password", "hunter2"),
+        ]);
+        let s = settings(&c).unwrap();
+        assert_eq!(s.client.get("sasl.password").map(String::as_str), Some("hunter2"));
+        for shown in [format!("{s:?}"), format!("{c:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!   Throttling backs off. This is at-least-once: a batch retried after a crash is
 //!   sent again.
 
+use crate::engine::secret::Secret;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -68,8 +69,8 @@ const MAX_ATTEMPTS: u32 = 12;
 #[derive(Debug, Clone, PartialEq)]
 pub struct StaticKeys {
     pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,9 +109,11 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<KinesisSettings> {
         }
     }
     let keys = match (get("aws.credentials.access_key_id"), get("aws.credentials.secret_access_key")) {
-        (Some(access_key_id), Some(secret_access_key)) => {
-            Some(StaticKeys { access_key_id, secret_access_key, session_token: get("aws.credentials.session_token") })
-        }
+        (Some(access_key_id), Some(secret_access_key)) => Some(StaticKeys {
+            access_key_id,
+            secret_access_key: secret_access_key.into(),
+            session_token: get("aws.credentials.session_token").map(Secret::from),
+        }),
         (None, None) => None,
         (id, _) => {
             let (given, missing) = if id.is_some() {
@@ -314,8 +317,8 @@ impl KinesisConnector {
         if let Some(k) = &s.keys {
             loader = loader.credentials_provider(aws_sdk_kinesis::config::Credentials::new(
                 k.access_key_id.clone(),
-                k.secret_access_key.clone(),
-                k.session_token.clone(),
+                k.secret_access_key.expose().to_string(),
+                k.session_token.as_ref().map(|t| t.expose().to_string()),
                 None,
                 "pg_sink",
             ));

@@ -196,7 +196,7 @@ pub fn parse_bool(name: &str, value: &str) -> Result<bool> {
 }
 
 /// What a connector is built from: the sink's settings it may need.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectorConfig {
     pub sink_name: String,
     /// Database the sink lives in (names transactional ids and the like).
@@ -211,6 +211,20 @@ pub struct ConnectorConfig {
     /// The sink's columns as `(name, format_type)`, known when the sink is created
     /// (for [`Connector::check`] to compare with the target); empty in the worker.
     pub columns: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ConnectorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorConfig")
+            .field("sink_name", &self.sink_name)
+            .field("database", &self.database)
+            .field("sink_uid", &self.sink_uid)
+            .field("envelope", &self.envelope)
+            .field("key_columns", &self.key_columns)
+            .field("options", &crate::engine::secret::Redacted(&self.options))
+            .field("columns", &self.columns)
+            .finish()
+    }
 }
 
 impl ConnectorConfig {

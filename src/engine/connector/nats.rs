@@ -11,6 +11,7 @@
 //! Credentials go through the client's options, never inside URLs (the client
 //! ignores them there).
 
+use crate::engine::secret::Secret;
 use std::time::Duration;
 
 use async_nats::header::HeaderMap;
@@ -49,8 +50,8 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Auth {
     Plain,
-    UserPassword { user: String, password: String },
-    Credential { jwt: String, seed: String },
+    UserPassword { user: String, password: Secret },
+    Credential { jwt: Secret, seed: Secret },
 }
 
 #[derive(Debug, Clone)]
@@ -93,7 +94,7 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<NatsSettings> {
     let auth = match mode.as_str() {
         "plain" => Auth::Plain,
         "user_and_password" => match (get("username"), get("password")) {
-            (Some(user), Some(password)) => Auth::UserPassword { user, password },
+            (Some(user), Some(password)) => Auth::UserPassword { user, password: password.into() },
             _ => {
                 return Err(SinkError::config("connect_mode user_and_password requires username and password")
                     .hint("Give username and password (the password as a secret in a connection)."))
@@ -106,7 +107,7 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<NatsSettings> {
                         SinkError::config("nkey must be an NKEY seed (it starts with \"S\")").hint("Use the user's seed, e.g. from its .creds file.")
                     );
                 }
-                Auth::Credential { jwt, seed }
+                Auth::Credential { jwt: jwt.into(), seed: seed.into() }
             }
             _ => return Err(SinkError::config("connect_mode credential requires jwt and nkey").hint("Give the user JWT and its NKEY seed.")),
         },
@@ -162,7 +163,7 @@ impl NatsConnector {
     async fn connect(&self) -> Result<Client> {
         let opts = match &self.settings.auth {
             Auth::Plain => ConnectOptions::new(),
-            Auth::UserPassword { user, password } => ConnectOptions::new().user_and_password(user.clone(), password.clone()),
+            Auth::UserPassword { user, password } => ConnectOptions::new().user_and_password(user.clone(), password.expose().to_string()),
             Auth::Credential { jwt, seed } => ConnectOptions::with_credentials(&creds(jwt, seed))
                 .map_err(|e| SinkError::config(format!("invalid NATS credentials: {e}")).hint("Check the jwt and nkey options."))?,
         };

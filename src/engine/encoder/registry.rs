@@ -7,6 +7,7 @@
 //! answers 5xx is transient (retried, nothing skipped); an incompatible schema (409),
 //! refused credentials (401/403) or an invalid request (422) stop the sink.
 
+use crate::engine::secret::Secret;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -20,12 +21,12 @@ use crate::engine::error::{Result, SinkError};
 pub struct RegistrySettings {
     pub url: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// PEM CA certificate(s) to trust instead of the built-in roots.
     pub ca_pem: Option<String>,
     /// PEM client certificate and key for mutual TLS.
     pub cert_pem: Option<String>,
-    pub key_pem: Option<String>,
+    pub key_pem: Option<Secret>,
     pub timeout: Duration,
 }
 
@@ -38,10 +39,10 @@ impl RegistrySettings {
         let settings = RegistrySettings {
             url: url.clone().unwrap_or_default(),
             username: opts.remove("schema.registry.username"),
-            password: opts.remove("schema.registry.password"),
+            password: opts.remove("schema.registry.password").map(Secret::from),
             ca_pem: opts.remove("schema.registry.ssl_ca"),
             cert_pem: opts.remove("schema.registry.ssl_certificate"),
-            key_pem: opts.remove("schema.registry.ssl_key"),
+            key_pem: opts.remove("schema.registry.ssl_key").map(Secret::from),
             timeout: Duration::from_secs(10),
         };
         if url.is_none() {

@@ -5,6 +5,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use crate::engine::credential::Credential;
+use crate::engine::secret::Secret;
 use crate::pg::access::{forget_grants, may_drop, missing, require_owner};
 use crate::pg::catalog::{self};
 use crate::pg::errors::{fail, Code, OrRaise};
@@ -18,7 +19,7 @@ fn credential_from(kind: &str, identity: Option<&str>, secret: Option<&str>, opt
     Credential {
         kind: kind.to_ascii_lowercase(),
         identity: identity.map(str::to_string),
-        secret: secret.map(str::to_string),
+        secret: secret.map(Secret::from),
         options: map.iter().map(|(k, v)| (k.to_ascii_lowercase(), catalog::json_text(v))).collect(),
     }
 }
@@ -77,7 +78,7 @@ pub fn alter_credential(name: &str, options: JsonB) {
         match key.as_str() {
             "type" => cred.kind = text.unwrap_or_default().to_ascii_lowercase(),
             "identity" => cred.identity = text,
-            "secret" => cred.secret = text,
+            "secret" => cred.secret = text.map(Secret::from),
             _ => match text {
                 Some(t) => {
                     cred.options.insert(key, t);
