@@ -18,7 +18,9 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -176,10 +178,18 @@ impl Conn {
 }
 
 impl Read for Conn {
+    /// A signal landing on the backend's thread (SIGHUP for a reload) interrupts a
+    /// blocking read; that is not the connection failing, so read again.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.read(buf),
-            Conn::Tcp(s) => s.read(buf),
+        loop {
+            let r = match self {
+                Conn::Unix(s) => s.read(buf),
+                Conn::Tcp(s) => s.read(buf),
+            };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
         }
     }
 }
@@ -317,7 +327,7 @@ pub fn start(target: &Target, slot: &str, publication: &str, start: Lsn) -> Resu
     }
     let Handshake { conn, buf: leftover, .. } = hs;
     conn.set_read_timeout(None).map_err(|e| StartError::Connect(SinkError::transient(format!("socket: {e}"))))?;
-    Stream::spawn(conn, leftover).map_err(StartError::Connect)
+    Stream::spawn(conn, leftover, HEARTBEAT).map_err(StartError::Connect)
 }
 
 /// Connect and authenticate; returns once the server is ready for a command.
@@ -438,10 +448,27 @@ pub enum Message<'a> {
 const QUEUE_CHUNKS: usize = 256;
 const READ_SIZE: usize = 256 * 1024;
 
+/// How often a standby status update goes out on its own, whatever the owner of
+/// the stream is doing: a target that takes longer than `wal_sender_timeout` to
+/// take a batch must not get the stream closed under the step (it then failed and
+/// was retried for ever). It reports only what the owner last said is durable.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Positions shared with the heartbeat thread.
+#[derive(Default)]
+struct Positions {
+    received: AtomicU64,
+    flushed: AtomicU64,
+}
+
 /// A started replication stream. Dropping it closes the connection.
 pub struct Stream {
     rx: Receiver<Chunk>,
-    writer: Conn,
+    /// Shared with the heartbeat thread; one status update at a time.
+    writer: Arc<Mutex<Conn>>,
+    positions: Arc<Positions>,
+    stop_heartbeat: Arc<AtomicBool>,
+    heartbeat: Option<JoinHandle<()>>,
     chunk: Vec<u8>,
     pos: usize,
     /// Start of the frame `next` returned last (for `unread`).
@@ -454,21 +481,38 @@ pub struct Stream {
 }
 
 impl Stream {
-    fn spawn(conn: Conn, leftover: Vec<u8>) -> Result<Stream> {
+    fn spawn(conn: Conn, leftover: Vec<u8>, every: Duration) -> Result<Stream> {
         let io = |e: io::Error| SinkError::transient(format!("replication stream: {e}"));
         let reader_conn = conn.try_clone().map_err(io)?;
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(io)?;
         wake_tx.set_nonblocking(true).map_err(io)?;
         wake_rx.set_nonblocking(true).map_err(io)?;
         let (tx, rx) = sync_channel(QUEUE_CHUNKS);
-        let reader = std::thread::Builder::new()
-            .name("pg_sink stream".into())
-            .spawn(move || {
-                block_signals();
-                read_loop(reader_conn, leftover, tx, wake_tx)
-            })
-            .map_err(io)?;
-        Ok(Stream { rx, writer: conn, chunk: Vec::new(), pos: 0, last: 0, wake: wake_rx, reader: Some(reader), ended: None, received: Lsn::ZERO })
+        let reader = with_signals_blocked(|| {
+            std::thread::Builder::new().name("pg_sink stream".into()).spawn(move || read_loop(reader_conn, leftover, tx, wake_tx))
+        })
+        .map_err(io)?;
+        let writer = Arc::new(Mutex::new(conn));
+        let positions = Arc::new(Positions::default());
+        let stop_heartbeat = Arc::new(AtomicBool::new(false));
+        let (w, p, stop) = (writer.clone(), positions.clone(), stop_heartbeat.clone());
+        let heartbeat =
+            with_signals_blocked(|| std::thread::Builder::new().name("pg_sink heartbeat".into()).spawn(move || heartbeat_loop(&w, &p, &stop, every)))
+                .map_err(io)?;
+        Ok(Stream {
+            rx,
+            writer,
+            positions,
+            stop_heartbeat,
+            heartbeat: Some(heartbeat),
+            chunk: Vec::new(),
+            pos: 0,
+            last: 0,
+            wake: wake_rx,
+            reader: Some(reader),
+            ended: None,
+            received: Lsn::ZERO,
+        })
     }
 
     /// A descriptor that becomes readable when data arrives (for the caller's
@@ -554,6 +598,7 @@ impl Stream {
                     Some(b'w') if body.len() >= 25 => {
                         let (s, e) = (Lsn(be_u64(&body[1..])), Lsn(be_u64(&body[9..])));
                         self.received = self.received.max(e).max(s);
+                        self.positions.received.fetch_max(self.received.0, Ordering::Relaxed);
                         // Borrow again from self.chunk (the checks above are on a copy of the range).
                         let payload = &self.chunk[start + 5 + 25..end];
                         return Ok(Some(Message::Data { start: s, end: e, payload }));
@@ -562,6 +607,7 @@ impl Stream {
                         let end_lsn = Lsn(be_u64(&body[1..]));
                         let reply = body[17] != 0;
                         self.received = self.received.max(end_lsn);
+                        self.positions.received.fetch_max(self.received.0, Ordering::Relaxed);
                         return Ok(Some(Message::Keepalive { end: end_lsn, reply }));
                     }
                     _ => return Err(SinkError::transient("malformed message in the replication stream")),
@@ -585,15 +631,23 @@ impl Stream {
     /// for a keepalive with its position.
     pub fn feedback(&mut self, flushed: Lsn, reply: bool) -> Result<()> {
         let write = self.received.max(flushed);
+        self.positions.flushed.fetch_max(flushed.0, Ordering::Relaxed);
         let msg = status_update(write, flushed, now_pg_micros(), reply);
-        self.writer.write_all(&msg).map_err(|e| SinkError::transient(format!("could not send feedback to the walsender: {e}")))
+        let mut w = self.writer.lock().map_err(|_| SinkError::transient("replication stream writer poisoned"))?;
+        w.write_all(&msg).map_err(|e| SinkError::transient(format!("could not send feedback to the walsender: {e}")))
     }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        let _ = self.writer.write_all(&[b'X', 0, 0, 0, 4]);
-        self.writer.shutdown();
+        self.stop_heartbeat.store(true, Ordering::Relaxed);
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.join();
+        }
+        if let Ok(mut w) = self.writer.lock() {
+            let _ = w.write_all(&[b'X', 0, 0, 0, 4]);
+            w.shutdown();
+        }
         // Drop the queue first, so a reader blocked on a full queue stops too.
         let (_, closed) = sync_channel(0);
         drop(std::mem::replace(&mut self.rx, closed));
@@ -665,6 +719,47 @@ fn read_loop(mut conn: Conn, mut pending: Vec<u8>, tx: SyncSender<Chunk>, mut wa
     }
 }
 
+/// Send a status update every `every` (checking `stop` every 50 ms) until the
+/// connection fails or the stream is dropped.
+fn heartbeat_loop(writer: &Mutex<Conn>, positions: &Positions, stop: &AtomicBool, every: Duration) {
+    let tick = Duration::from_millis(50).min(every);
+    let mut since = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        if since.elapsed() < every {
+            continue;
+        }
+        since = std::time::Instant::now();
+        let flushed = Lsn(positions.flushed.load(Ordering::Relaxed));
+        let write = Lsn(positions.received.load(Ordering::Relaxed)).max(flushed);
+        let msg = status_update(write, flushed, now_pg_micros(), false);
+        let Ok(mut w) = writer.lock() else { return };
+        if w.write_all(&msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Run `f` (which starts threads) with every signal blocked in the calling
+/// thread, then restore its mask. A thread inherits its creator's mask, so the
+/// threads `f` starts never have a moment in which a Postgres signal handler
+/// (SIGHUP, SIGTERM, SIGUSR1) could run on them: pgrx aborts the process when
+/// that happens. Signals that arrive meanwhile wait for this thread.
+pub fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: only changes this thread's signal mask, restored below.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
+    };
+    let r = f();
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    r
+}
+
 /// Threads the sink starts inside a backend (this reader, async runtimes) must
 /// never run a Postgres signal handler: block every signal in the calling thread.
 pub fn block_signals() {
@@ -717,7 +812,7 @@ mod tests {
                 writer.shutdown(std::net::Shutdown::Write).unwrap();
             }
         });
-        (Stream::spawn(Conn::Unix(ours), Vec::new()).unwrap(), theirs)
+        (Stream::spawn(Conn::Unix(ours), Vec::new(), Duration::from_secs(3600)).unwrap(), theirs)
     }
 
     #[test]
@@ -809,6 +904,22 @@ mod tests {
         peer.read_exact(&mut got).unwrap();
         assert_eq!(be_u64(&got[6..]), 0x99, "write = received");
         assert_eq!(be_u64(&got[14..]), 0x50, "flush = durable");
+    }
+
+    #[test]
+    fn a_heartbeat_reports_the_durable_position_while_the_owner_is_busy() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let mut s = Stream::spawn(Conn::Unix(ours), Vec::new(), Duration::from_millis(100)).unwrap();
+        s.feedback(Lsn(0x50), false).unwrap();
+        // The owner now does nothing (a slow target); status updates keep coming.
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..3 {
+            let mut got = [0u8; 39];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(got[5], b'r');
+            assert_eq!(be_u64(&got[14..]), 0x50, "flush = what the owner said is durable");
+        }
+        drop(s);
     }
 
     #[test]

@@ -131,7 +131,18 @@ pub struct Step<'a> {
     durable: Lsn,
     /// The stream failed before this step read any message from it.
     pub lost_at_start: bool,
+    /// Asked before each batch, each snapshot chunk and while the stream is
+    /// silent: the worker is told to stop (pause, drop, shutdown), so the step
+    /// ends there instead of after all of its slice.
+    stop: Option<&'a dyn Fn() -> bool>,
 }
+
+fn stopping() -> SinkError {
+    SinkError::transient(STOPPING)
+}
+
+/// The message of the error a stopped step ends with.
+pub const STOPPING: &str = "pg_sink worker is stopping";
 
 impl<'a> Step<'a> {
     /// A step over `pipeline` that starts at the catalog's `confirmed` LSN and cuts
@@ -159,7 +170,19 @@ impl<'a> Step<'a> {
             batch_changes: batch_changes.max(1),
             durable: confirmed,
             lost_at_start: false,
+            stop: None,
         }
+    }
+
+    /// End the step early (with a transient error, delivering nothing more) once
+    /// `stop` says so.
+    pub fn stop_when(mut self, stop: &'a dyn Fn() -> bool) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.is_some_and(|f| f())
     }
 
     /// Feed one pgoutput message; delivers the batch once it is full.
@@ -175,6 +198,9 @@ impl<'a> Step<'a> {
     pub fn flush(&mut self) -> Result<()> {
         if self.batch.transactions == 0 {
             return Ok(());
+        }
+        if self.stop_requested() {
+            return Err(stopping());
         }
         self.rt.block_on(self.connector.deliver(&self.batch, self.sql))?;
         self.count_delivered();
@@ -197,7 +223,7 @@ impl<'a> Step<'a> {
     /// most `limit` non-metadata messages, always ending on a transaction boundary.
     /// Returns whether the step caught up. `quiet` is raised to the keepalive
     /// positions seen between transactions: everything before them has been read.
-    pub fn read_stream(&mut self, s: &mut dyn MessageStream, limit: i64, upto: Lsn, stop: &dyn Fn() -> bool, quiet: &mut Lsn) -> Result<bool> {
+    pub fn read_stream(&mut self, s: &mut dyn MessageStream, limit: i64, upto: Lsn, quiet: &mut Lsn) -> Result<bool> {
         let mut n = 0i64;
         let mut silent_since = std::time::Instant::now();
         let mut read_any = false;
@@ -247,8 +273,8 @@ impl<'a> Step<'a> {
                     silent_since = std::time::Instant::now();
                 }
                 None => {
-                    if stop() {
-                        return Err(SinkError::transient("pg_sink worker is stopping"));
+                    if self.stop_requested() {
+                        return Err(stopping());
                     }
                     if !in_txn && silent_since.elapsed() >= ASK_AFTER {
                         // The walsender pings when it waits for WAL; ask for its
@@ -267,6 +293,9 @@ impl<'a> Step<'a> {
     pub fn deliver_snapshot(&mut self, source: &mut dyn SnapshotSource, chunk_rows: i64) -> Result<()> {
         let mut chunk = 0u32;
         loop {
+            if self.stop_requested() {
+                return Err(stopping());
+            }
             let txn = source.next_chunk(chunk_rows)?;
             let rows = txn.changes.len();
             if rows == 0 && chunk > 0 {
@@ -448,7 +477,7 @@ mod tests {
         let mut s = ScriptedStream::new(script);
         let mut quiet = Lsn::ZERO;
         let mut step = Step::new(&mut pipeline, c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
-        let r = step.read_stream(&mut s, limit, Lsn(upto), &|| false, &mut quiet);
+        let r = step.read_stream(&mut s, limit, Lsn(upto), &mut quiet);
         let r = r.map(|caught_up| (caught_up, quiet));
         let out = match step.finish(false, Lsn::ZERO, None, false) {
             Ok((o, _)) => o,
@@ -497,7 +526,7 @@ mod tests {
         let (mut sql, mut types, mut c) = (NoSql, NoTypes, MemoryConnector::default());
         let mut s = ScriptedStream::new(vec![Scripted::Fail]);
         let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
-        assert!(step.read_stream(&mut s, 10, Lsn(0x100), &|| false, &mut Lsn(0)).is_err());
+        assert!(step.read_stream(&mut s, 10, Lsn(0x100), &mut Lsn(0)).is_err());
         assert!(step.lost_at_start);
     }
 
@@ -507,9 +536,35 @@ mod tests {
         let mut pipeline = fixture::pipeline();
         let (mut sql, mut types, mut c) = (NoSql, NoTypes, MemoryConnector::default());
         let mut s = ScriptedStream::new(vec![Scripted::Silence]);
-        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
-        let err = step.read_stream(&mut s, 10, Lsn(0x100), &|| true, &mut Lsn(0)).unwrap_err();
+        let stop = || true;
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100).stop_when(&stop);
+        let err = step.read_stream(&mut s, 10, Lsn(0x100), &mut Lsn(0)).unwrap_err();
         assert!(err.message.contains("stopping"));
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_step_before_its_next_batch_and_snapshot_chunk() {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types, mut c) = (NoSql, NoTypes, MemoryConnector::default());
+        let asked = std::cell::Cell::new(0);
+        // Stop once the first batch went out.
+        let stop = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 1
+        };
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 2).stop_when(&stop);
+        let err = backlog(5, 1).iter().try_for_each(|m| step.feed(m)).unwrap_err();
+        assert_eq!(err.message, STOPPING);
+        assert!(err.is_transient());
+        assert_eq!(c.batch_sizes(), vec![(2, 2)], "only the batch before the request was delivered");
+        let mut c = MemoryConnector::default();
+        asked.set(0);
+        let mut rows = fixture::SnapshotRows::new(35, Lsn(0x700));
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100).stop_when(&stop);
+        assert_eq!(step.deliver_snapshot(&mut rows, 10).unwrap_err().message, STOPPING);
+        assert_eq!(c.batches.len(), 1, "one chunk, then the stop");
+        assert_eq!(c.finished_steps, 0);
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub(crate) fn missing(kind: &str, name: &str) -> ! {
 }
 
 pub(crate) fn is_member(user: &str, role: &str) -> bool {
-    select_one("SELECT pg_has_role($1::name, $2::regrole, 'MEMBER')::text", &[Some(user), Some(role)]).as_deref() == Some("true")
+    select_one("SELECT pg_catalog.pg_has_role($1::name, $2::regrole, 'MEMBER')::text", &[Some(user), Some(role)]).as_deref() == Some("true")
 }
 
 /// The caller must own the object (or be a member of its owner, or a superuser).
@@ -72,7 +72,7 @@ pub fn has_usage(kind: &str, name: &str, owner: &str, user: &str) -> bool {
     }
     as_superuser(|| {
         select_one(
-            "SELECT 1::text FROM sink.usage_grants WHERE kind = $1 AND name = $2 AND (grantee IS NULL OR pg_has_role($3::name, grantee, 'MEMBER'))",
+            "SELECT 1::text FROM sink.usage_grants WHERE kind = $1 AND name = $2 AND (grantee IS NULL OR pg_catalog.pg_has_role($3::name, grantee, 'MEMBER'))",
             &[Some(kind), Some(name), Some(user)],
         )
         .is_some()

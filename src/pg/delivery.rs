@@ -122,12 +122,10 @@ impl Session {
         if self.rt.is_none() {
             // One worker thread for clients' background tasks (pings, reconnects);
             // connector calls themselves run on this backend's thread via block_on.
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .on_thread_start(block_signals)
-                .build()
-                .map_err(|e| SinkError::transient(format!("could not start the async runtime: {e}")))?;
+            let rt = crate::engine::replication::with_signals_blocked(|| {
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().on_thread_start(block_signals).build()
+            })
+            .map_err(|e| SinkError::transient(format!("could not start the async runtime: {e}")))?;
             self.rt = Some(std::sync::Arc::new(rt));
         }
         self.rt.clone().ok_or_else(|| SinkError::transient("async runtime unavailable"))
@@ -228,6 +226,7 @@ pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome
 fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Stepped, SinkError> {
     let rt = session.runtime()?;
     let (transport, session_fell_back, stop_requested) = (session.transport, session.fell_back, session.stop_requested);
+    let stop = move || stop_requested.is_some_and(|f| f());
     let Parts { def, pipeline, connector, stream, idle_end, snapshot_logged } = parts(sink, session)?;
     let def = &*def;
     let mut types = CatalogTypes::default();
@@ -264,7 +263,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
             // the sink's history starts where that slot does, so nothing is lost.
             Some(s) => s.confirmed,
         };
-        return initialize(sink, def, pipeline, connector.as_mut(), &rt, &mut types, leftover).map(Stepped::Done);
+        return initialize(sink, def, pipeline, connector.as_mut(), &rt, &mut types, leftover, &stop).map(Stepped::Done);
     }
     let confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
     // Moving the slot cannot be undone: it follows only progress that is committed,
@@ -278,8 +277,8 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
     }
 
     let step_limit = if whole_backlog { i64::from(i32::MAX) } else { gucs::max_step_changes() };
-    let mut sql = SpiSession::for_owner(&sink.owner);
-    let mut run = Step::new(pipeline, connector.as_mut(), &rt, &mut sql, &mut types, confirmed, gucs::max_batch_changes() as usize);
+    let mut sql = SpiSession::for_owner(&sink.owner)?;
+    let mut run = Step::new(pipeline, connector.as_mut(), &rt, &mut sql, &mut types, confirmed, gucs::max_batch_changes() as usize).stop_when(&stop);
     let transport = if session_fell_back { Transport::Sql } else { transport };
     let (caught_up, flushed) = match transport {
         Transport::Sql => {
@@ -307,8 +306,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
             let upto = wal_flush_lsn();
             let fed = s.feedback(confirmed, true);
             let lost_at_start = fed.is_err();
-            let stop = || stop_requested.is_some_and(|f| f());
-            match fed.and_then(|_| run.read_stream(s, step_limit, upto, &stop, idle_end)) {
+            match fed.and_then(|_| run.read_stream(s, step_limit, upto, idle_end)) {
                 Ok(caught_up) => (caught_up, upto),
                 Err(e) if reused && (lost_at_start || run.lost_at_start) => {
                     // The walsender went away between steps (sync(), preview() or
@@ -580,6 +578,7 @@ fn initialize(
     rt: &tokio::runtime::Runtime,
     types: &mut dyn TypeResolver,
     leftover: Option<Lsn>,
+    stop: &dyn Fn() -> bool,
 ) -> Result<Outcome, SinkError> {
     // SAFETY: plain reads of backend-local transaction state.
     let (has_xid, isolation) = unsafe { (pg_sys::GetTopTransactionIdIfAny() != pg_sys::InvalidTransactionId, pg_sys::XactIsoLevel) };
@@ -607,10 +606,10 @@ fn initialize(
     }
     let mut outcome = Outcome::default();
     if snapshot {
-        let mut sql = SpiSession::for_owner(&sink.owner);
+        let mut sql = SpiSession::for_owner(&sink.owner)?;
         let rel = snapshot_relation(sink, types);
         let query = snapshot_query(sink, &rel);
-        let mut step = Step::new(pipeline, connector, rt, &mut sql, types, Lsn::ZERO, usize::MAX);
+        let mut step = Step::new(pipeline, connector, rt, &mut sql, types, Lsn::ZERO, usize::MAX).stop_when(stop);
         // SAFETY: a snapshot taken after the lock; popped below.
         unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
         let result = Spi::connect(|client| {

@@ -11,9 +11,52 @@ use super::spi::{select, select_one};
 /// Advisory lock class for "this sink is being processed" ('PS').
 pub const LOCK_CLASS: i32 = 0x5053;
 
-/// Run `f` as the bootstrap superuser; the caller's identity is restored afterwards
-/// (and by transaction abort if `f` raises).
+/// Run `f` as the bootstrap superuser with `search_path = pg_catalog, pg_temp`;
+/// the caller's identity and search_path are restored afterwards (and by
+/// transaction abort if `f` raises). Nothing in the caller's search_path (a
+/// function or operator shadowing a built-in) can run with the superuser's
+/// rights: names of the user's objects are resolved before, as the caller, and
+/// passed in schema-qualified.
 pub fn as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level like a function's SET clause; popped below (or by
+    // transaction abort).
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    set_for_this_level(c"search_path", c"pg_catalog, pg_temp");
+    let r = switch_to_superuser(f);
+    // SAFETY: pops the level pushed above, restoring the caller's search_path.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    r
+}
+
+/// Run a step of delivery as the bootstrap superuser (it reads the slot and
+/// writes the catalog), keeping the session's search_path: the step also runs
+/// the sink owner's code (target triggers, PARTITION BY expressions) as that
+/// owner, which resolves names as it would anywhere else. The step's own SQL is
+/// schema-qualified or on catalog tables.
+pub fn deliver_as_superuser<R>(f: impl FnOnce() -> R) -> R {
+    switch_to_superuser(f)
+}
+
+/// Set a GUC until the current GUC nest level is popped, as a function's SET
+/// clause does (`GUC_ACTION_SAVE`). `set_config(.., true)` would not do: a
+/// transaction-local value outlives the nest level until the transaction ends.
+fn set_for_this_level(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    // SAFETY: NUL-terminated strings; an invalid value raises an ordinary ERROR.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+fn switch_to_superuser<R>(f: impl FnOnce() -> R) -> R {
     let mut uid = pg_sys::Oid::INVALID;
     let mut ctx = 0;
     // SAFETY: the same save/switch/restore dance Postgres does for SECURITY DEFINER
@@ -71,7 +114,8 @@ pub(crate) fn with_output_settings<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: a GUC nest level like a function's SET clause; popped below.
     let level = unsafe { pg_sys::NewGUCNestLevel() };
     for (k, v) in OUTPUT_SETTINGS {
-        select("SELECT set_config($1, $2, true)", &[Some(k), Some(v)]);
+        let (Ok(k), Ok(v)) = (std::ffi::CString::new(*k), std::ffi::CString::new(*v)) else { continue };
+        set_for_this_level(&k, &v);
     }
     let r = f();
     // SAFETY: pops the level pushed above, restoring the previous values.

@@ -57,10 +57,15 @@ pub struct SpiSession {
 }
 
 impl SpiSession {
-    pub fn for_owner(owner: &str) -> SpiSession {
-        let oid =
-            select_one("SELECT $1::regrole::oid::text", &[Some(owner)]).and_then(|o| o.parse::<u32>().ok()).unwrap_or(pg_sys::BOOTSTRAP_SUPERUSERID);
-        SpiSession { owner: pg_sys::Oid::from(oid) }
+    /// A session that runs as the sink's owner. Fails closed: an owner that
+    /// cannot be found is an error, never the superuser.
+    pub fn for_owner(owner: &str) -> Result<SpiSession> {
+        let oid = select_one("SELECT pg_catalog.to_regrole($1)::oid::text", &[Some(owner)]).and_then(|o| o.parse::<u32>().ok());
+        match oid {
+            Some(oid) => Ok(SpiSession { owner: pg_sys::Oid::from(oid) }),
+            None => Err(SinkError::permanent(format!("the sink's owner role \"{owner}\" does not exist"))
+                .hint("Drop the sink, or create it again as an existing role.")),
+        }
     }
 
     fn as_owner<R>(&self, f: impl FnOnce() -> R) -> R {

@@ -16,7 +16,7 @@ use crate::engine::error::{ErrorKind, SinkError};
 use crate::engine::retry::Backoff;
 
 use super::delivery::{self, Mode};
-use super::identity::{as_superuser, LOCK_CLASS, OUTPUT_SETTINGS};
+use super::identity::{as_superuser, deliver_as_superuser, LOCK_CLASS, OUTPUT_SETTINGS};
 use super::spi::{select, select_one};
 use super::{catalog, gucs};
 
@@ -196,8 +196,15 @@ enum Next {
     Stop,
 }
 
+/// SIGTERM arrived (pause, drop, shutdown). Sticky: pgrx's flag is cleared by
+/// every read, and a step that stops on it must still see the worker exit.
 fn sigterm() -> bool {
-    BackgroundWorker::sigterm_received()
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if STOP.load(std::sync::atomic::Ordering::Relaxed) || BackgroundWorker::sigterm_received() {
+        STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+        return true;
+    }
+    false
 }
 
 /// Sleep until the latch is set, `fd` (the stream's wake descriptor) is readable,
@@ -255,7 +262,7 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
     session.transport = gucs::transport();
     session.stop_requested = Some(sigterm);
     loop {
-        if BackgroundWorker::sigterm_received() {
+        if sigterm() {
             break;
         }
         if BackgroundWorker::sighup_received() {
@@ -280,7 +287,8 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
             if sink.state != "running" || sink.schedule != "continuous" {
                 return Ok((Next::Stop, false));
             }
-            let out = as_superuser(|| delivery::step(&sink, Mode::Deliver { write_idle_progress: write_idle, whole_backlog: false }, session.0))?;
+            let out =
+                deliver_as_superuser(|| delivery::step(&sink, Mode::Deliver { write_idle_progress: write_idle, whole_backlog: false }, session.0))?;
             let wrote_idle = out.caught_up && out.transactions == 0 && write_idle;
             // Sleep only when nothing was found: while changes flow, go straight to
             // the next step (latency = step time, not poll interval).
@@ -296,7 +304,7 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
                 backoff.reset();
                 match next {
                     Next::Continue => {
-                        if BackgroundWorker::sigterm_received() {
+                        if sigterm() {
                             break;
                         }
                     }
@@ -315,6 +323,10 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
                 }
             }
             Err(e) => {
+                if sigterm() && e.message == crate::engine::step::STOPPING {
+                    // Paused, dropped or shut down mid-step: not an error of the sink.
+                    break;
+                }
                 let permanent = e.kind != ErrorKind::Transient;
                 let summary = e.summary();
                 let hint = e.hint.clone().unwrap_or_default();

@@ -283,3 +283,57 @@ def test_truncate_does_not_stop_an_upsert_sink_on_a_compacted_topic(db, broker):
     assert all(k is not None for _, k, _, _ in msgs), "a keyless record reached the topic"
     assert [json.loads(k)["id"] for _, k, _, _ in msgs] == [1, 2, 3, 4, 5, 6]
     db.execute("SELECT sink.drop_sink('f_trunc')")
+
+
+def test_a_target_slower_than_wal_sender_timeout_still_makes_progress(db):
+    _table_sink(db, "f_slow")
+    wait_started(db, "f_slow")
+    # Each row takes 0.6 s at the target: a batch of 5 rows takes 3 s, longer
+    # than the walsender waits for a reply.
+    db.execute("""CREATE OR REPLACE FUNCTION f_slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
+                  BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$""")
+    db.execute("CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON f_slow_copy FOR EACH ROW EXECUTE FUNCTION f_slow_row()")
+    db.execute("SELECT sink.pause_sink('f_slow')")
+    db.execute("ALTER SYSTEM SET wal_sender_timeout = '2s'")
+    db.execute("ALTER SYSTEM SET pg_sink.max_batch_changes = 5")
+    db.execute("SELECT pg_reload_conf()")
+    try:
+        for i in range(1, 21):
+            db.execute("INSERT INTO f_slow VALUES (%s, 'x')", (i,))
+        db.execute("SELECT sink.resume_sink('f_slow')")
+        # Before: nothing fed the walsender while a batch was delivered, so it
+        # closed the stream mid-step; the step failed and was retried for ever.
+        wait_for(lambda: one(db, "SELECT count(*) FROM f_slow_copy") == 20, timeout=90, what="every row at the slow target")
+    finally:
+        db.execute("ALTER SYSTEM RESET wal_sender_timeout")
+        db.execute("ALTER SYSTEM RESET pg_sink.max_batch_changes")
+        db.execute("SELECT pg_reload_conf()")
+    wait_caught_up(db, "f_slow")
+    _same_rows(db, "f_slow")
+    db.execute("SELECT sink.drop_sink('f_slow')")
+    db.execute("DROP FUNCTION f_slow_row() CASCADE")
+
+
+def test_pause_during_a_long_snapshot_returns_at_once(db):
+    db.execute("DROP TABLE IF EXISTS f_long, f_long_copy CASCADE")
+    db.execute("CREATE TABLE f_long (id int PRIMARY KEY, v text)")
+    db.execute("INSERT INTO f_long SELECT g, repeat('x', 100) FROM generate_series(1, 300000) g")
+    db.execute("SELECT sink.create_sink('f_long', 'f_long', 'table', '{\"table\": \"f_long_copy\"}', envelope => 'upsert')")
+    slot = _slot(db, "f_long")
+    # The first step creates the slot, then delivers the snapshot.
+    wait_for(lambda: one(db, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", slot) > 0, what="the snapshot to start")
+    time.sleep(1)
+    started = time.time()
+    # Before: pause_sink waited for the sink's lock, held by the worker until its
+    # whole snapshot (30 chunks) was delivered.
+    db.execute("SELECT sink.pause_sink('f_long')")
+    paused_in = time.time() - started
+    assert one(db, "SELECT snapshot_done FROM sink.status WHERE name = 'f_long'") is False
+    db.execute("SELECT sink.resume_sink('f_long')")
+    started = time.time()
+    wait_started(db, "f_long", timeout=300)
+    snapshot_took = time.time() - started
+    assert paused_in < max(3.0, snapshot_took / 3), f"pause took {paused_in:.1f} s, the snapshot {snapshot_took:.1f} s"
+    assert one(db, "SELECT count(*) FROM f_long_copy") == 300000
+    assert one(db, "SELECT errors FROM sink.status WHERE name = 'f_long'") == 0, "a stop is not an error"
+    db.execute("SELECT sink.drop_sink('f_long')")

@@ -40,7 +40,7 @@ fn check_owner(sink: &SinkRow) {
     if is_superuser() {
         return;
     }
-    let member = select_one("SELECT pg_has_role(current_user, $1::regrole, 'MEMBER')::text", &[Some(&sink.owner)]);
+    let member = select_one("SELECT pg_catalog.pg_has_role(current_user, $1::regrole, 'MEMBER')::text", &[Some(&sink.owner)]);
     if member.as_deref() != Some("true") {
         fail(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -51,9 +51,40 @@ fn check_owner(sink: &SinkRow) {
     }
 }
 
+/// Refuse SQL text that Postgres parses as anything but exactly one statement.
+/// Every statement built from user text (a row filter, a target table name) and
+/// run with more privileges than the caller goes through this first: text that
+/// closes the statement and starts another (`true); ALTER ROLE ..`) is an
+/// error here, not a second statement run as the superuser.
+pub(crate) fn one_statement(sql: &str) -> &str {
+    let Ok(c) = std::ffi::CString::new(sql) else {
+        fail(Code::ERRCODE_SYNTAX_ERROR, "a sink definition may not contain a NUL character", None, None)
+    };
+    // SAFETY: parses a NUL-terminated string in the current memory context; a
+    // syntax error raises an ordinary ERROR. The list is only counted.
+    let n = unsafe {
+        let list = pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        if list.is_null() {
+            0
+        } else {
+            (*list).length
+        }
+    };
+    if n != 1 {
+        fail(
+            Code::ERRCODE_SYNTAX_ERROR,
+            "a sink's filter and names must not contain more than one statement",
+            Some(format!("The definition makes {n} statements.")),
+            Some("Give the WHERE condition as one expression, and the target as a table name.".into()),
+        );
+    }
+    sql
+}
+
 /// Run a check query; if Postgres refuses it, raise its error again with our
 /// detail and hint, so the user learns which part of the definition is wrong.
 fn check_sql(sql: &str, detail: String, hint: &str) {
+    let sql = one_statement(sql);
     pgrx::PgTryBuilder::new(|| {
         select(sql, &[]);
     })

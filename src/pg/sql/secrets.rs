@@ -96,8 +96,8 @@ pub(crate) fn use_secret(sname: &str, option: &str) -> String {
     let user = current_user();
     let row = as_superuser(|| {
         select(
-            "SELECT value, (pg_has_role($2, owner, 'MEMBER') OR EXISTS (SELECT 1 FROM sink.usage_grants g WHERE g.kind = 'secret' AND g.name = s.name \
-                                AND (g.grantee IS NULL OR pg_has_role($2, g.grantee, 'MEMBER'))))::text \
+            "SELECT value, (pg_catalog.pg_has_role($2, owner, 'MEMBER') OR EXISTS (SELECT 1 FROM sink.usage_grants g WHERE g.kind = 'secret' AND g.name = s.name \
+                                AND (g.grantee IS NULL OR pg_catalog.pg_has_role($2, g.grantee, 'MEMBER'))))::text \
              FROM sink.secrets s WHERE name = $1 AND kind = 'secret'",
             &[Some(sname), Some(&user)],
         )

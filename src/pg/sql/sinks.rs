@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use super::secrets::use_secret;
-use super::{check_name, check_owner, check_sql, option_map, put_option};
+use super::{check_name, check_owner, check_sql, one_statement, option_map, put_option};
 use crate::engine::connector::table::quote_ident;
 use crate::engine::encoder::registry;
 use crate::engine::envelope::EnvelopeKind;
@@ -49,7 +49,7 @@ fn parse_source(source: &str) -> Source {
     } else {
         (trimmed.to_string(), None, None)
     };
-    let oid: Option<u32> = select_one("SELECT to_regclass($1)::oid::text", &[Some(&table)]).and_then(|o| o.parse().ok());
+    let oid: Option<u32> = select_one("SELECT pg_catalog.to_regclass($1)::oid::text", &[Some(&table)]).and_then(|o| o.parse().ok());
     let Some(oid) = oid else {
         fail(
             Code::ERRCODE_UNDEFINED_TABLE,
@@ -68,7 +68,12 @@ fn parse_source(source: &str) -> Source {
             None,
         );
     }
-    let name = select_one("SELECT $1::oid::regclass::text", &[Some(&oid_text)]).unwrap_or(table);
+    // Schema-qualified: superuser sections run with search_path = pg_catalog.
+    let name = select_one(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::oid",
+        &[Some(&oid_text)],
+    )
+    .unwrap_or(table);
     Source { oid, name, columns, filter }
 }
 
@@ -217,7 +222,7 @@ fn existing_sink(name: &str, if_not_exists: bool) -> Option<i64> {
 }
 
 fn require_logical_wal() {
-    let wal_level = select_one("SELECT current_setting('wal_level')", &[]).unwrap_or_default();
+    let wal_level = select_one("SELECT pg_catalog.current_setting('wal_level')", &[]).unwrap_or_default();
     if wal_level != "logical" {
         fail(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -239,7 +244,7 @@ fn readable_source(source: &str) -> Source {
         );
     }
     let src_oid = src.oid.to_string();
-    if select_one("SELECT has_table_privilege($1::oid, 'SELECT')::text", &[Some(&src_oid)]).as_deref() != Some("true") {
+    if select_one("SELECT pg_catalog.has_table_privilege($1::oid, 'SELECT')::text", &[Some(&src_oid)]).as_deref() != Some("true") {
         fail(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("permission denied for table {}", src.name),
@@ -516,12 +521,11 @@ fn check_target(name: &str, def: &options::SinkDefinition, src: &Source, visible
         columns: visible.iter().map(|c| (c.clone(), types.get(c).cloned().unwrap_or_else(|| "text".into()))).collect(),
     };
     let mut connector = (def.connector.build)(&cfg).or_raise();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .on_thread_start(delivery::block_signals)
-        .build()
-        .map_err(|e| SinkError::transient(e.to_string()))
-        .or_raise();
+    let rt = crate::engine::replication::with_signals_blocked(|| {
+        tokio::runtime::Builder::new_current_thread().enable_all().on_thread_start(delivery::block_signals).build()
+    })
+    .map_err(|e| SinkError::transient(e.to_string()))
+    .or_raise();
     if validate {
         rt.block_on(connector.check()).or_raise();
     }
@@ -582,7 +586,7 @@ fn write_sink(
 fn create_publication(object: &str, src: &Source, info: &TableInfo) {
     let cols = src.columns.as_ref().map(|c| format!(" {}", quoted_list(c))).unwrap_or_default();
     let filter = src.filter.as_ref().map(|f| format!(" WHERE ({f})")).unwrap_or_default();
-    update(&format!("CREATE PUBLICATION {} FOR TABLE {}{cols}{filter}", quote_ident(object), src.name), &[]);
+    update(one_statement(&format!("CREATE PUBLICATION {} FOR TABLE {}{cols}{filter}", quote_ident(object), src.name)), &[]);
     let probe = || {
         update(&format!("EXPLAIN UPDATE {} SET {} = {} WHERE false", src.name, quote_ident(&info.columns[0]), quote_ident(&info.columns[0])), &[]);
         update(&format!("EXPLAIN DELETE FROM {} WHERE false", src.name), &[]);
@@ -618,6 +622,33 @@ fn warn_if_not_served(name: &str, def: &options::SinkDefinition) {
 }
 
 /// Resolve or create the `table` connector's target and store its canonical name.
+/// A `table` target's schema and name, as Postgres parses the text (quoted or
+/// not); an unqualified name is in the caller's current schema.
+fn target_parts(raw: &str) -> (String, String) {
+    let parts: Vec<String> = select("SELECT x FROM unnest(pg_catalog.parse_ident($1)) x", &[Some(raw)])
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    match parts.as_slice() {
+        [table] => match select_one("SELECT current_schema()::text", &[]) {
+            Some(schema) => (schema, table.clone()),
+            None => fail(
+                Code::ERRCODE_INVALID_SCHEMA_NAME,
+                format!("no schema has been selected to create the target table \"{table}\" in"),
+                None,
+                Some("Schema-qualify the target, e.g. table => 'backup.orders'.".into()),
+            ),
+        },
+        [schema, table] => (schema.clone(), table.clone()),
+        _ => fail(
+            Code::ERRCODE_INVALID_NAME,
+            format!("invalid target table name \"{raw}\""),
+            Some("Give a table name, optionally schema-qualified.".into()),
+            None,
+        ),
+    }
+}
+
 fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, info: &TableInfo, owner: &str) {
     let cfg = crate::engine::connector::ConnectorConfig {
         sink_name: String::new(),
@@ -628,8 +659,9 @@ fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, in
         options: def.connector_options.clone(),
         columns: vec![],
     };
-    let target = crate::engine::connector::table::target_name(&cfg).or_raise();
-    let existing = select_one("SELECT to_regclass($1)::oid::text", &[Some(&target)]);
+    let (schema, table) = target_parts(&crate::engine::connector::table::target_name(&cfg).or_raise());
+    let target = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
+    let existing = select_one("SELECT pg_catalog.to_regclass($1)::oid::text", &[Some(&target)]);
     let oid = match existing {
         Some(oid) => {
             if oid == src.oid.to_string() {
@@ -640,7 +672,8 @@ fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, in
                     Some("Name another table as the target.".into()),
                 );
             }
-            if select_one("SELECT has_table_privilege($1::oid, 'INSERT, UPDATE, DELETE')::text", &[Some(&oid)]).as_deref() != Some("true") {
+            if select_one("SELECT pg_catalog.has_table_privilege($1::oid, 'INSERT, UPDATE, DELETE')::text", &[Some(&oid)]).as_deref() != Some("true")
+            {
                 fail(
                     Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
                     format!("permission denied for table {target}"),
@@ -676,20 +709,31 @@ fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, in
             }
             oid
         }
-        None => as_superuser(|| {
-            if def.envelope == EnvelopeKind::Debezium {
-                update(&format!("CREATE TABLE {target} (lsn pg_lsn NOT NULL, op text NOT NULL, key jsonb, value jsonb)"), &[]);
-            } else {
-                let cols = src.columns.clone().unwrap_or_else(|| info.columns.clone());
-                let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
-                update(&format!("CREATE TABLE {target} AS SELECT {} FROM {} WITH NO DATA", list.join(", "), src.name), &[]);
-                if def.envelope == EnvelopeKind::Upsert {
-                    update(&format!("ALTER TABLE {target} ADD PRIMARY KEY {}", quoted_list(&def.key_columns)), &[]);
-                }
+        None => {
+            // Creating the target is the caller's right to have, not ours to lend.
+            if select_one("SELECT pg_catalog.has_schema_privilege($1, 'CREATE')::text", &[Some(&schema)]).as_deref() != Some("true") {
+                fail(
+                    Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    format!("permission denied for schema {schema}"),
+                    Some(format!("The sink would create its target table {target}.")),
+                    Some("Create the target table yourself, or name one in a schema where you may create tables.".into()),
+                );
             }
-            update(&format!("ALTER TABLE {target} OWNER TO {}", quote_ident(owner)), &[]);
-            select_one("SELECT to_regclass($1)::oid::text", &[Some(&target)]).unwrap_or_default()
-        }),
+            as_superuser(|| {
+                if def.envelope == EnvelopeKind::Debezium {
+                    update(one_statement(&format!("CREATE TABLE {target} (lsn pg_lsn NOT NULL, op text NOT NULL, key jsonb, value jsonb)")), &[]);
+                } else {
+                    let cols = src.columns.clone().unwrap_or_else(|| info.columns.clone());
+                    let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+                    update(one_statement(&format!("CREATE TABLE {target} AS SELECT {} FROM {} WITH NO DATA", list.join(", "), src.name)), &[]);
+                    if def.envelope == EnvelopeKind::Upsert {
+                        update(one_statement(&format!("ALTER TABLE {target} ADD PRIMARY KEY {}", quoted_list(&def.key_columns))), &[]);
+                    }
+                }
+                update(&format!("ALTER TABLE {target} OWNER TO {}", quote_ident(owner)), &[]);
+                select_one("SELECT pg_catalog.to_regclass($1)::oid::text", &[Some(&target)]).unwrap_or_default()
+            })
+        }
     };
     let canonical = select_one(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::oid",
@@ -744,9 +788,26 @@ fn alter_sink(name: &str, options: JsonB) {
     as_superuser(|| update("UPDATE sink.sinks SET options = $2::jsonb WHERE id = $1::bigint", &[Some(&sink.id.to_string()), Some(&json)]));
 }
 
+/// Ask the sink's worker to stop now (SIGTERM): it ends its step before the next
+/// batch or snapshot chunk and rolls it back, so the sink's lock is free at once
+/// instead of after a whole step or snapshot. The launcher starts it again if
+/// the sink is still meant to run.
+fn interrupt_worker(sink: &SinkRow) {
+    as_superuser(|| {
+        select(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
+              WHERE application_name = $1 AND backend_type = 'pg_sink worker' AND datname = current_database()",
+            &[Some(&format!("pg_sink sink {}", sink.name))],
+        )
+    });
+}
+
 fn set_state(name: &str, state: &str) {
     let sink = catalog::require(name);
     check_owner(&sink);
+    if state == "paused" {
+        interrupt_worker(&sink);
+    }
     lock_sink(sink.id);
     as_superuser(|| {
         update("UPDATE sink.sinks SET state = $2 WHERE id = $1::bigint", &[Some(&sink.id.to_string()), Some(state)]);
@@ -807,6 +868,7 @@ pub(crate) fn drop_sink(name: &str, if_exists: default!(bool, false)) -> bool {
         )
     };
     check_owner(&sink);
+    interrupt_worker(&sink);
     lock_sink(sink.id);
     as_superuser(|| {
         delivery::release_slot(&sink.slot_name);

@@ -10,7 +10,7 @@ use crate::engine::error::SinkError;
 use crate::pg::catalog::{self};
 use crate::pg::delivery::{self, Mode};
 use crate::pg::errors::{fail, Code, OrRaise};
-use crate::pg::identity::{as_superuser, lock_sink, with_output_settings};
+use crate::pg::identity::{as_superuser, deliver_as_superuser, lock_sink, with_output_settings};
 
 /// Deliver everything up to the current WAL position, then return a summary.
 /// Lets pg_cron drive a sink: `SELECT sink.sync('orders')`.
@@ -36,7 +36,7 @@ fn sync(name: &str) -> JsonB {
     let started = std::time::Instant::now();
     let mut session = delivery::Session::default();
     with_output_settings(|| {
-        as_superuser(|| loop {
+        deliver_as_superuser(|| loop {
             let current = catalog::find_by_id(sink.id).unwrap_or_else(|| sink.clone());
             let out = match delivery::step(&current, Mode::Deliver { write_idle_progress: true, whole_backlog: true }, &mut session) {
                 Ok(o) => o,
@@ -87,8 +87,8 @@ fn preview(
     }
     lock_sink(sink.id);
     as_superuser(|| delivery::release_slot(&sink.slot_name));
-    let out =
-        with_output_settings(|| as_superuser(|| delivery::step(&sink, Mode::Preview(n as usize), &mut delivery::Session::default()))).or_raise();
+    let out = with_output_settings(|| deliver_as_superuser(|| delivery::step(&sink, Mode::Preview(n as usize), &mut delivery::Session::default())))
+        .or_raise();
     let rows: Vec<_> = out
         .preview
         .into_iter()
