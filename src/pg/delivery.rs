@@ -398,17 +398,25 @@ fn replication_target() -> Result<replication::Target, SinkError> {
 /// is released. Callers hold the sink's lock, so the worker cannot take it back.
 pub fn release_slot(slot: &str) {
     let app = stream_application_name(slot);
-    let terminated = select(
-        "SELECT pg_terminate_backend(a.pid)::text FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid \
-          WHERE s.slot_name = $1 AND a.backend_type = 'walsender' AND a.application_name = $2",
-        &[Some(slot), Some(&app)],
-    );
-    if terminated.is_empty() {
-        return;
-    }
-    for _ in 0..1000 {
-        if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", &[Some(slot)]).is_none() {
+    // Up to 10 s: a worker that was just told to stop (pause, drop) may leave its
+    // walsender holding the slot for a moment, even after that walsender's
+    // pg_stat_activity entry is gone; and a worker starting again may open a new
+    // one. Ours are ended; anyone else's slot use is waited for, then left to the
+    // caller's error.
+    for i in 0..1000 {
+        let held = select_one(
+            "SELECT 1::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL AND active_pid <> pg_catalog.pg_backend_pid()",
+            &[Some(slot)],
+        );
+        if held.is_none() {
             return;
+        }
+        if i % 50 == 0 {
+            select(
+                "SELECT pg_catalog.pg_terminate_backend(a.pid)::text FROM pg_catalog.pg_replication_slots s JOIN pg_catalog.pg_stat_activity a ON a.pid = s.active_pid \
+                  WHERE s.slot_name = $1 AND a.backend_type = 'walsender' AND a.application_name = $2",
+                &[Some(slot), Some(&app)],
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
         pgrx::check_for_interrupts!();
