@@ -476,8 +476,6 @@ pub struct Stream {
     wake: UnixStream,
     reader: Option<JoinHandle<()>>,
     ended: Option<String>,
-    /// Highest WAL position received (XLogData end or keepalive).
-    pub received: Lsn,
 }
 
 impl Stream {
@@ -511,7 +509,6 @@ impl Stream {
             wake: wake_rx,
             reader: Some(reader),
             ended: None,
-            received: Lsn::ZERO,
         })
     }
 
@@ -597,8 +594,7 @@ impl Stream {
                 b'd' => match body.first() {
                     Some(b'w') if body.len() >= 25 => {
                         let (s, e) = (Lsn(be_u64(&body[1..])), Lsn(be_u64(&body[9..])));
-                        self.received = self.received.max(e).max(s);
-                        self.positions.received.fetch_max(self.received.0, Ordering::Relaxed);
+                        self.positions.received.fetch_max(e.max(s).0, Ordering::Relaxed);
                         // Borrow again from self.chunk (the checks above are on a copy of the range).
                         let payload = &self.chunk[start + 5 + 25..end];
                         return Ok(Some(Message::Data { start: s, end: e, payload }));
@@ -606,8 +602,7 @@ impl Stream {
                     Some(b'k') if body.len() >= 18 => {
                         let end_lsn = Lsn(be_u64(&body[1..]));
                         let reply = body[17] != 0;
-                        self.received = self.received.max(end_lsn);
-                        self.positions.received.fetch_max(self.received.0, Ordering::Relaxed);
+                        self.positions.received.fetch_max(end_lsn.0, Ordering::Relaxed);
                         return Ok(Some(Message::Keepalive { end: end_lsn, reply }));
                     }
                     _ => return Err(SinkError::transient("malformed message in the replication stream")),
@@ -626,11 +621,16 @@ impl Stream {
         }
     }
 
+    /// Highest WAL position received (XLogData end or keepalive).
+    pub fn received(&self) -> Lsn {
+        Lsn(self.positions.received.load(Ordering::Relaxed))
+    }
+
     /// Standby status update: everything up to `received` is in, `flushed` is
     /// durable (the slot may release WAL before it). `reply`: ask the walsender
     /// for a keepalive with its position.
     pub fn feedback(&mut self, flushed: Lsn, reply: bool) -> Result<()> {
-        let write = self.received.max(flushed);
+        let write = self.received().max(flushed);
         self.positions.flushed.fetch_max(flushed.0, Ordering::Relaxed);
         let msg = status_update(write, flushed, now_pg_micros(), reply);
         let mut w = self.writer.lock().map_err(|_| SinkError::transient("replication stream writer poisoned"))?;
@@ -881,7 +881,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.received, Lsn(0x48));
+        assert_eq!(s.received(), Lsn(0x48));
         let err = s.next(w).unwrap_err();
         assert!(err.message.contains("closed"), "{}", err.message);
     }

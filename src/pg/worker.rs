@@ -323,8 +323,10 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
                 }
             }
             Err(e) => {
-                if sigterm() && e.message == crate::engine::step::STOPPING {
-                    // Paused, dropped or shut down mid-step: not an error of the sink.
+                if sigterm() {
+                    // Paused, dropped or shut down mid-step (the step ended on the
+                    // request, or failed on its way out): the sink's next worker
+                    // runs it again; nothing to record.
                     break;
                 }
                 let permanent = e.kind != ErrorKind::Transient;
