@@ -119,4 +119,35 @@ SELECT 'connection', name, owner::text, connector, created_by, created_at FROM c
 UNION ALL
 SELECT kind, name, owner::text, NULL, created_by, created_at FROM secrets;
 
+-- Who sees which rows (README, "Privileges"): a role sees the sinks it owns (or
+-- whose owner it is a member of) and their progress, the connections it owns or
+-- may use, the grants made to it or by it, and the names of its secrets. Secret
+-- values are readable by no one through SQL; the views check as the caller.
 GRANT SELECT ON sinks, connections, progress, status, usage_grants, objects TO PUBLIC;
+GRANT SELECT (name, kind, owner, created_by, created_at) ON secrets TO PUBLIC;
+ALTER VIEW status SET (security_invoker = true);
+ALTER VIEW objects SET (security_invoker = true);
+
+ALTER TABLE sinks ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_sees ON sinks FOR SELECT USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
+ALTER TABLE progress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_sees ON progress FOR SELECT USING (EXISTS (SELECT 1 FROM sinks s WHERE s.id = sink_id));
+ALTER TABLE secrets ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_sees ON secrets FOR SELECT USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
+ALTER TABLE usage_grants ENABLE ROW LEVEL SECURITY;
+CREATE POLICY party_sees ON usage_grants FOR SELECT
+    USING (grantee IS NULL OR pg_catalog.pg_has_role(grantee, 'MEMBER') OR pg_catalog.pg_has_role(granted_by, 'MEMBER'));
+ALTER TABLE connections ENABLE ROW LEVEL SECURITY;
+CREATE POLICY user_sees ON connections FOR SELECT
+    USING (pg_catalog.pg_has_role(owner, 'MEMBER')
+           OR EXISTS (SELECT 1 FROM usage_grants g WHERE g.kind = 'connection' AND g.name = connections.name));
+
+-- Members of sink_creator may create sinks (so may superusers and roles with
+-- REPLICATION, which may create slots anyway). Roles are cluster-wide: the role
+-- is made once and kept when the extension is dropped.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'sink_creator') THEN
+        CREATE ROLE sink_creator NOLOGIN;
+    END IF;
+END $$;

@@ -342,6 +342,8 @@ fn handshake(target: &Target) -> Result<Handshake> {
         ("database", target.database.as_str()),
         ("replication", "database"),
         ("application_name", target.application_name.as_str()),
+        // Text in the stream as UTF-8 whatever the server's encoding.
+        ("client_encoding", "UTF8"),
     ];
     params.extend(target.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(params, &mut msg).map_err(|e| SinkError::transient(format!("startup message: {e}")))?;

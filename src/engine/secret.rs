@@ -46,7 +46,41 @@ impl From<&str> for Secret {
 /// `ssl.key.pem`, `nkey_seed`, ...).
 pub fn is_secret_option(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["password", "secret", "token", "seed", "jwt", "key.pem", "private", "credentials_json", "authorization"].iter().any(|w| n.contains(w))
+    [
+        "password",
+        "secret",
+        "token",
+        "seed",
+        "jwt",
+        "key.pem",
+        "private",
+        "credentials_json",
+        "authorization",
+        "nkey",
+        "account_key",
+        "ssl_key",
+        "ssl.key",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+/// Whether an option's value must be kept as a secret: a secret option, or a URL
+/// or connection string carrying a password (`postgres://u:pw@h/db`,
+/// `jdbc:mysql://h/db?password=pw`, `host=h password=pw`).
+pub fn holds_secret(name: &str, value: &str) -> bool {
+    if is_secret_option(name) {
+        return true;
+    }
+    let v = value.to_ascii_lowercase();
+    if v.contains("password=") {
+        return true;
+    }
+    // userinfo with a password: `scheme://user:password@host`
+    v.split("://").skip(1).any(|rest| {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    })
 }
 
 /// An option map whose `Debug` prints `***` for the values of secret options.
@@ -73,5 +107,16 @@ mod tests {
             .collect();
         let shown = format!("{:?}", Redacted(&m));
         assert!(!shown.contains("hunter2") && shown.contains("\"topic\": \"t\"") && !shown.contains("\"k\""), "{shown}");
+    }
+
+    #[test]
+    fn urls_with_passwords_are_secrets() {
+        assert!(holds_secret("jdbc.url", "postgres://u:pw@h:5432/db"));
+        assert!(holds_secret("jdbc.url", "jdbc:mysql://h:3306/db?user=u&password=pw"));
+        assert!(holds_secret("url", "host=h user=u password=pw"));
+        assert!(holds_secret("sasl_password", "x"));
+        assert!(!holds_secret("jdbc.url", "postgres://u@h:5432/db"));
+        assert!(!holds_secret("url", "http://h:80/a:b@c"));
+        assert!(!holds_secret("brokers", "a:9092,b:9092"));
     }
 }

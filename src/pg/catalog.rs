@@ -38,9 +38,14 @@ pub struct SinkRow {
 }
 
 impl SinkRow {
-    /// Identifies this sink across drops and re-creations of the same name.
-    pub fn uid(&self, database: &str) -> String {
-        format!("{database}-{}-{}", self.id, self.created_us)
+    /// Identifies this sink at its targets (Kafka progress key, JetStream message
+    /// ids, webhook idempotency keys, jdbc progress rows): unique across drops and
+    /// re-creations of the same name, and across clusters made from this one (a
+    /// restore into a new cluster has another system identifier; a point-in-time
+    /// clone runs on another timeline), so a clone never takes over the progress of
+    /// the sink it was copied from. `cluster` is [`cluster_identity`].
+    pub fn uid(&self, cluster: &str, database: &str) -> String {
+        format!("{database}-{}-{}-{cluster}", self.id, self.created_us)
     }
 }
 
@@ -87,11 +92,26 @@ pub fn json_text(v: &serde_json::Value) -> String {
     }
 }
 
+/// `<system identifier>.<timeline>` of this cluster (the timeline WAL is written
+/// on now, which a promotion or point-in-time recovery changes).
+pub fn cluster_identity() -> String {
+    select_one(
+        "SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system())::text || '.' \
+                || ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int::text",
+        &[],
+    )
+    .unwrap_or_default()
+}
+
+/// A sink by name or id, whoever owns it (the catalog shows roles only their own
+/// sinks; callers check ownership and say "must be owner").
 fn find(condition: &str, param: &str) -> Option<SinkRow> {
-    select(&format!("SELECT {SINK_COLUMNS} FROM sink.sinks s LEFT JOIN sink.progress p ON p.sink_id = s.id WHERE {condition}"), &[Some(param)])
-        .into_iter()
-        .next()
-        .map(parse_row)
+    super::identity::as_superuser(|| {
+        select(&format!("SELECT {SINK_COLUMNS} FROM sink.sinks s LEFT JOIN sink.progress p ON p.sink_id = s.id WHERE {condition}"), &[Some(param)])
+    })
+    .into_iter()
+    .next()
+    .map(parse_row)
 }
 
 pub fn find_by_name(name: &str) -> Option<SinkRow> {

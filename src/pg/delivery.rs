@@ -146,7 +146,7 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
         let cfg = ConnectorConfig {
             sink_name: sink.name.clone(),
             database: database.clone(),
-            sink_uid: sink.uid(&database),
+            sink_uid: sink.uid(&catalog::cluster_identity(), &database),
             envelope: def.envelope,
             key_columns: def.key_columns.clone(),
             options: def.connector_options.clone(),

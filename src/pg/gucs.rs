@@ -65,7 +65,52 @@ pub static TRANSPORT: GucSetting<Transport> = GucSetting::<Transport>::new(Trans
 /// Superuser-only, because it may hold a password.
 pub static REPLICATION_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Directory under which roles without `pg_write_server_files` may point `file`
+/// sinks (Postgres' own rule for writing server files). Empty (default): only
+/// superusers and members of `pg_write_server_files` may use `file`.
+pub static FILE_ROOT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Hosts outbound connectors of non-superusers may reach: names, `*.suffix`,
+/// addresses, networks (`10.0.0.0/8`), comma-separated. Empty (default): any.
+pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Sinks a role other than a superuser may own; each holds a replication slot
+/// (WAL is kept for it) and a worker. 16 leaves room in the default
+/// `max_replication_slots` (10) raised for a few users; 0 forbids.
+pub static MAX_SINKS_PER_ROLE: GucSetting<i32> = GucSetting::<i32>::new(16);
+
+/// The settings that bound what a non-superuser may do (see README, privileges).
+fn init_privilege_settings() {
+    GucRegistry::define_string_guc(
+        c"pg_sink.file_root",
+        c"Directory under which roles without pg_write_server_files may write file sinks.",
+        c"Empty: only superusers and members of pg_write_server_files may use the file connector.",
+        &FILE_ROOT,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_sink.allowed_hosts",
+        c"Hosts that sinks and connections of non-superusers may connect to (names, *.suffix, addresses, networks).",
+        c"Empty: any host.",
+        &ALLOWED_HOSTS,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_sink.max_sinks_per_role",
+        c"Maximum number of sinks a role other than a superuser may own.",
+        c"Each sink holds a replication slot.",
+        &MAX_SINKS_PER_ROLE,
+        0,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
 pub fn init() {
+    init_privilege_settings();
     // SAFETY: reading a postmaster global during library load.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         GucRegistry::define_string_guc(
@@ -181,4 +226,20 @@ pub fn transport() -> Transport {
 
 pub fn replication_conninfo() -> Option<String> {
     REPLICATION_CONNINFO.get().as_deref().and_then(|c: &CStr| c.to_str().ok()).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+fn text_setting(g: &GucSetting<Option<CString>>) -> Option<String> {
+    g.get().as_deref().and_then(|c: &CStr| c.to_str().ok()).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+pub fn file_root() -> Option<String> {
+    text_setting(&FILE_ROOT)
+}
+
+pub fn allowed_hosts() -> Vec<String> {
+    text_setting(&ALLOWED_HOSTS).map(|s| s.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect()).unwrap_or_default()
+}
+
+pub fn max_sinks_per_role() -> i64 {
+    MAX_SINKS_PER_ROLE.get().max(0) as i64
 }

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod errors;
 pub mod gucs;
 pub mod identity;
+pub mod policy;
 pub mod spi;
 pub mod sql;
 mod tests;

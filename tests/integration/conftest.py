@@ -31,7 +31,11 @@ def server():
     shutil.chown(OUT, "postgres")
     conn = connect()
     conn.execute("CREATE EXTENSION pg_sink")
+    # Roles without pg_write_server_files may write file sinks here (README, privileges).
+    conn.execute(f"ALTER SYSTEM SET pg_sink.file_root = '{OUT}'")
+    conn.execute("SELECT pg_reload_conf()")
     conn.close()
+    time.sleep(0.5)
     yield
     if not os.environ.get("PGSINK_KEEP_SERVERS"):  # debugging aid
         cluster("stop")

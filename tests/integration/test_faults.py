@@ -10,11 +10,14 @@ the target is compared with the source row by row, counting duplicates.
 """
 import collections
 import json
+import os
+import shutil
+import subprocess
 import time
 
 import psycopg
 
-from conftest import one, wait_caught_up, wait_for, wait_started
+from conftest import DATA, PORT, ROOT, cluster, connect, one, sqlstate_of, wait_caught_up, wait_for, wait_started
 from test_kafka import BROKERS, broker, read_topic  # noqa: F401  (broker is a fixture)
 from test_nats import SYSTEM, _stream, _stream_messages, run
 
@@ -337,3 +340,97 @@ def test_pause_during_a_long_snapshot_returns_at_once(db):
     assert one(db, "SELECT count(*) FROM f_long_copy") == 300000
     assert one(db, "SELECT errors FROM sink.status WHERE name = 'f_long'") == 0, "a stop is not an error"
     db.execute("SELECT sink.drop_sink('f_long')")
+
+
+CLONE_DATA = "/tmp/pg_sink_test/clone"
+CLONE_PORT = PORT + 1
+
+
+def _clone_cluster(*args):
+    subprocess.run([os.path.join(ROOT, "scripts", "cluster.sh"), *args], check=True,
+                   env=dict(os.environ, PGSINK_DATA=CLONE_DATA, PGSINK_PORT=str(CLONE_PORT)))
+
+
+def test_a_point_in_time_clone_does_not_take_over_the_sinks_progress(db):
+    """A copy of the data directory (a disk snapshot, slots included) recovered to
+    a new timeline runs the same sink against the same target. Before: both used
+    the uid <database>-<id>-<created>, so the clone's progress row in the target
+    moved past the production sink's next changes, which were then skipped."""
+    db.execute("DROP DATABASE IF EXISTS f_clone_tgt WITH (FORCE)")
+    db.execute("CREATE DATABASE f_clone_tgt")
+    tgt = connect(dbname="f_clone_tgt")
+    tgt.execute("CREATE TABLE f_cl_t (id int PRIMARY KEY, v text)")
+    db.execute("DROP TABLE IF EXISTS f_cl")
+    db.execute("CREATE TABLE f_cl (id int PRIMARY KEY, v text)")
+    db.execute("INSERT INTO f_cl SELECT g, 'prod' FROM generate_series(1, 10) g")
+    url = f"jdbc:postgresql://127.0.0.1:{PORT}/f_clone_tgt?user=postgres"
+    db.execute("SELECT sink.create_sink('f_clone', 'f_cl', 'jdbc', %s::jsonb, envelope => 'upsert')",
+               (json.dumps({"jdbc.url": url, "table.name": "f_cl_t"}),))
+    wait_started(db, "f_clone")
+    wait_caught_up(db, "f_clone")
+    db.execute("SELECT sink.pause_sink('f_clone')")
+    prod_uid = one(db, "SELECT sink.uid('f_clone')")
+    tgt.close()
+    db.close()
+    clone = None
+    try:
+        cluster("stop")
+        shutil.rmtree(CLONE_DATA, ignore_errors=True)
+        shutil.copytree(DATA, CLONE_DATA, symlinks=True)
+        with open(os.path.join(CLONE_DATA, "postgresql.auto.conf"), "a") as f:
+            f.write(f"port = {CLONE_PORT}\nunix_socket_directories = '{CLONE_DATA}'\nrestore_command = 'false'\n")
+        open(os.path.join(CLONE_DATA, "recovery.signal"), "w").close()
+        subprocess.run(["chown", "-R", "postgres", CLONE_DATA], check=True)
+        cluster("start")
+        _clone_cluster("start")
+        clone = psycopg.connect(host="127.0.0.1", port=CLONE_PORT, user="postgres", dbname="postgres", autocommit=True)
+        wait_for(lambda: one(clone, "SELECT NOT pg_is_in_recovery()"), 60, "the clone to finish recovery")
+        clone_uid = one(clone, "SELECT sink.uid('f_clone')")
+        assert clone_uid != prod_uid, (clone_uid, prod_uid)
+        # The clone (mistakenly) runs the sink against the same target, far ahead in WAL.
+        clone.execute("SELECT sink.resume_sink('f_clone')")
+        clone.execute("INSERT INTO f_cl SELECT g, 'clone' FROM generate_series(1000, 4000) g")
+        wait_caught_up(clone, "f_clone")
+        clone.close()
+        clone = None
+        _clone_cluster("stop")
+        # Production goes on: nothing it writes may be taken for already delivered.
+        db = connect()
+        db.execute("SELECT sink.resume_sink('f_clone')")
+        db.execute("INSERT INTO f_cl SELECT g, 'prod' FROM generate_series(11, 30) g")
+        db.execute("UPDATE f_cl SET v = 'prod2' WHERE id <= 5")
+        wait_caught_up(db, "f_clone")
+        tgt = connect(dbname="f_clone_tgt")
+        got = dict(tgt.execute("SELECT id, v FROM f_cl_t WHERE id < 1000").fetchall())
+        want = dict(db.execute("SELECT id, v FROM f_cl").fetchall())
+        assert got == want, f"lost or stale: {sorted(set(want.items()) ^ set(got.items()))[:10]}"
+        ids = sorted(r[0] for r in tgt.execute("SELECT sink_id FROM pg_sink_progress").fetchall())
+        assert ids == sorted([prod_uid, clone_uid]), ids
+        tgt.close()
+    finally:
+        if clone is not None:
+            clone.close()
+        _clone_cluster("stop")
+        shutil.rmtree(CLONE_DATA, ignore_errors=True)
+        db = connect()
+        db.execute("SELECT sink.drop_sink('f_clone', if_exists => true)")
+        db.execute("DROP DATABASE IF EXISTS f_clone_tgt WITH (FORCE)")
+        db.close()
+
+
+def test_a_database_not_in_utf8_is_refused_instead_of_mangling_text(db):
+    # Before: the sink was created, and text in LATIN1 reached the target as invalid UTF-8.
+    db.execute("DROP DATABASE IF EXISTS f_latin1")
+    db.execute("CREATE DATABASE f_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        lat = connect(dbname="f_latin1")
+        lat.execute("CREATE EXTENSION pg_sink")
+        lat.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        lat.execute("INSERT INTO t VALUES (1, 'café')")
+        st, msg, detail, hint = sqlstate_of(lat, "SELECT sink.create_sink('f_lat', 't', 'table', '{\"table\": \"t_copy\"}', envelope => 'upsert')")
+        assert st == "0A000" and "LATIN1" in msg and detail and hint, (st, msg)
+        assert one(lat, "SELECT count(*) FROM sink.sinks") == 0
+        assert one(lat, "SELECT count(*) FROM pg_replication_slots WHERE database = 'f_latin1'") == 0
+        lat.close()
+    finally:
+        db.execute("DROP DATABASE IF EXISTS f_latin1 WITH (FORCE)")

@@ -377,11 +377,10 @@ def test_postgres_target_in_another_schema(db, pg_target):
 # --- progress in the target --------------------------------------------------------
 
 def sink_ids(db, name):
-    """The ways a progress row may name a sink: its uid (<database>-<id>-<created
-    microseconds>, as the other connectors' progress records), its name or its id."""
-    sid, created_us = db.execute("SELECT id, (extract(epoch FROM created_at) * 1000000)::bigint FROM sink.sinks WHERE name = %s",
-                                 (name,)).fetchone()
-    return {f"postgres-{sid}-{created_us}", name, str(sid)}
+    """The ways a progress row may name a sink: its uid (sink.uid(), as the other
+    connectors' progress records), its name or its id."""
+    sid = one(db, "SELECT id FROM sink.sinks WHERE name = %s", name)
+    return {one(db, "SELECT sink.uid(%s)", name), name, str(sid)}
 
 
 def progress_lsn(target, table, ids):

@@ -85,6 +85,7 @@ def roles(db):
     for r in ROLES:
         db.execute(f"CREATE ROLE {r} LOGIN")
         db.execute(f"GRANT USAGE ON SCHEMA sink TO {r}")
+        db.execute(f"GRANT sink_creator TO {r}")
     db.execute("DROP TABLE IF EXISTS pv_src, pv_canary CASCADE")
     db.execute("CREATE TABLE pv_src (id int PRIMARY KEY, v text)")
     db.execute("ALTER TABLE pv_src OWNER TO pv_alice")

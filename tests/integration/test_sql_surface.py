@@ -155,6 +155,7 @@ def test_privileges(db, tables):
     db.execute("DROP ROLE IF EXISTS sink_user")
     db.execute("CREATE ROLE sink_user LOGIN")
     db.execute("GRANT USAGE ON SCHEMA sink TO sink_user")
+    db.execute("GRANT sink_creator TO sink_user")
     user = connect("sink_user")
     st, msg, _, _ = sqlstate_of(user, "SELECT sink.create_sink('p1', 's_pk', 'file', %s::jsonb)", f'{{"path": "{d}"}}')
     assert st == "42501" and "permission denied" in msg

@@ -102,9 +102,8 @@ def create(db, name, options, envelope="upsert", source="wh_items", **kw):
 
 
 def sink_uid(db, name):
-    """The sink's uid as the worker computes it: <database>-<id>-<created_at in us>."""
-    return one(db, "SELECT current_database() || '-' || s.id || '-' || (extract(epoch FROM s.created_at) * 1000000)::bigint "
-                   "FROM sink.sinks s WHERE s.name = %s", name)
+    """The sink's uid as the worker uses it."""
+    return one(db, "SELECT sink.uid(%s)", name)
 
 
 def status(db, name):

@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod kinesis;
 pub mod nats;
 pub mod object;
+pub mod reach;
 pub mod registry;
 pub mod table;
 pub mod webhook;

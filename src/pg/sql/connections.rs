@@ -16,6 +16,7 @@ use crate::pg::access;
 use crate::pg::catalog::{self};
 use crate::pg::errors::{fail, Code, OrRaise};
 use crate::pg::identity::{as_superuser, created_by, current_user};
+use crate::pg::policy;
 use crate::pg::spi::{select, select_one, update};
 
 /// A reusable connection: a connector and its options; `{"secret": "name"}` values
@@ -38,6 +39,8 @@ pub(crate) fn put_connection(name: &str, connector: &str, mut opts: BTreeMap<Str
     // the caller must be allowed to use them, and the probes need the real values.
     let mut resolved = resolve_secrets(&opts);
     access::use_credential(kind, &mut resolved);
+    // Before any probe: a refused host is not contacted.
+    policy::check_reach(kind, &resolved);
     if !is_registry {
         let spec = crate::engine::connector::registry::spec(kind).or_raise();
         crate::engine::connector::registry::validate_known(spec, &resolved).or_raise();
@@ -59,42 +62,8 @@ pub(crate) fn put_connection(name: &str, connector: &str, mut opts: BTreeMap<Str
     }
     let owner = current_user();
     let by = created_by();
-    let json = serde_json::Value::Object(
-        opts.iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    serde_json::from_str(v)
-                        .ok()
-                        .filter(|j: &serde_json::Value| j.is_object())
-                        .unwrap_or_else(|| serde_json::Value::String(v.clone())),
-                )
-            })
-            .collect(),
-    )
-    .to_string();
-    if select_one("SELECT 1::text FROM sink.connections WHERE name = $1", &[Some(name)]).is_some() {
-        if or_replace {
-            access::require_owner("connection", name);
-            let used_as = as_superuser(|| {
-                select_one(
-                    "SELECT string_agg(DISTINCT connector, ', ')::text FROM sink.sinks WHERE connection = $1 AND connector <> $2",
-                    &[Some(name), Some(kind)],
-                )
-            });
-            if let Some(other) = used_as {
-                fail(
-                    Code::ERRCODE_OBJECT_IN_USE,
-                    format!("connection \"{name}\" is used by {other} sinks"),
-                    Some(format!("The new definition is a {kind} connection.")),
-                    Some("Drop those sinks first, or keep the connector.".into()),
-                );
-            }
-            as_superuser(|| {
-                update("UPDATE sink.connections SET connector = $2, options = $3::jsonb WHERE name = $1", &[Some(name), Some(kind), Some(&json)])
-            });
-            return true;
-        }
+    let exists = as_superuser(|| select_one("SELECT 1::text FROM sink.connections WHERE name = $1", &[Some(name)])).is_some();
+    if exists && !or_replace {
         if if_not_exists {
             pgrx::notice!("connection \"{name}\" already exists, skipping");
             return false;
@@ -106,6 +75,31 @@ pub(crate) fn put_connection(name: &str, connector: &str, mut opts: BTreeMap<Str
             Some("Choose another name, or pass if_not_exists => true.".into()),
         );
     }
+    if exists {
+        access::require_owner("connection", name);
+        let used_as = as_superuser(|| {
+            select_one(
+                "SELECT string_agg(DISTINCT connector, ', ')::text FROM sink.sinks WHERE connection = $1 AND connector <> $2",
+                &[Some(name), Some(kind)],
+            )
+        });
+        if let Some(other) = used_as {
+            fail(
+                Code::ERRCODE_OBJECT_IN_USE,
+                format!("connection \"{name}\" is used by {other} sinks"),
+                Some(format!("The new definition is a {kind} connection.")),
+                Some("Drop those sinks first, or keep the connector.".into()),
+            );
+        }
+    }
+    policy::move_inline_secrets("connection", name, &mut opts);
+    let json = stored_options(&opts);
+    if exists {
+        as_superuser(|| {
+            update("UPDATE sink.connections SET connector = $2, options = $3::jsonb WHERE name = $1", &[Some(name), Some(kind), Some(&json)])
+        });
+        return true;
+    }
     as_superuser(|| {
         update(
             "INSERT INTO sink.connections (name, connector, owner, options, created_by) VALUES ($1, $2, $3::regrole, $4::jsonb, $5)",
@@ -113,6 +107,16 @@ pub(crate) fn put_connection(name: &str, connector: &str, mut opts: BTreeMap<Str
         );
         true
     })
+}
+
+/// Options as the catalog keeps them: secret references as JSON objects.
+fn stored_options(opts: &BTreeMap<String, String>) -> String {
+    let entries = opts.iter().map(|(k, v)| {
+        let value =
+            serde_json::from_str(v).ok().filter(|j: &serde_json::Value| j.is_object()).unwrap_or_else(|| serde_json::Value::String(v.clone()));
+        (k.clone(), value)
+    });
+    serde_json::Value::Object(entries.collect()).to_string()
 }
 
 /// Change a connection's options (merged; a JSON null removes one). Sinks using it
@@ -193,5 +197,6 @@ pub(crate) fn drop_connection(name: &str, if_exists: default!(bool, false), casc
     }
     access::forget_grants("connection", name);
     as_superuser(|| update("DELETE FROM sink.connections WHERE name = $1", &[Some(name)]));
+    policy::forget_inline_secrets("connection", name);
     true
 }

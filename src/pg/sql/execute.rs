@@ -15,7 +15,7 @@ use crate::engine::options;
 use super::{connections, credentials, grants, secrets, sinks};
 use crate::pg::access;
 use crate::pg::errors::{fail, Code};
-use crate::pg::identity::{as_superuser, with_created_by};
+use crate::pg::identity::{as_superuser, current_user, with_created_by};
 use crate::pg::spi::select;
 
 type Row = (String, String, String, Option<String>, Option<String>, JsonB);
@@ -153,7 +153,7 @@ fn run(s: &Statement, rows: &mut Vec<Row>) {
         }
         Command::CreateConnection { name, connector, options, if_not_exists, or_replace } => {
             let created = connections::put_connection(name, connector, option_texts(options), *if_not_exists, *or_replace);
-            let kind = crate::pg::spi::select_one("SELECT connector FROM sink.connections WHERE name = $1", &[Some(name)]);
+            let kind = as_superuser(|| crate::pg::spi::select_one("SELECT connector FROM sink.connections WHERE name = $1", &[Some(name)]));
             rows.push(row(tag, "connection", name, kind.as_deref(), json!({ "created": created })));
         }
         Command::AlterConnection { name, set } => {
@@ -207,27 +207,31 @@ fn show(tag: &str, kind: Option<ObjectKind>, name: Option<&str>, rows: &mut Vec<
         Some(ObjectKind::Sink) => {
             "SELECT 'sink', name, owner::text, connector, jsonb_build_object('state', state, 'source', source::text, 'envelope', envelope, \
                     'format', value_format, 'key_format', key_format, 'connection', connection, 'dialect', created_by)::text \
-             FROM sink.sinks WHERE $1::text IS NULL OR name = $1 ORDER BY name"
+             FROM sink.sinks WHERE ($1::text IS NULL OR name = $1) AND pg_catalog.pg_has_role($2, owner, 'MEMBER') ORDER BY name"
         }
         Some(ObjectKind::Connection) => {
             "SELECT 'connection', name, owner::text, connector, jsonb_build_object('options', options, 'dialect', created_by)::text \
-             FROM sink.connections WHERE $1::text IS NULL OR name = $1 ORDER BY name"
+             FROM sink.connections c WHERE ($1::text IS NULL OR name = $1) AND (pg_catalog.pg_has_role($2, owner, 'MEMBER') \
+                   OR EXISTS (SELECT 1 FROM sink.usage_grants g WHERE g.kind = 'connection' AND g.name = c.name \
+                              AND (g.grantee IS NULL OR pg_catalog.pg_has_role($2, g.grantee, 'MEMBER')))) ORDER BY name"
         }
         Some(ObjectKind::Secret) => {
             "SELECT 'secret', name, owner::text, NULL, jsonb_build_object('dialect', created_by, 'created_at', created_at)::text \
-             FROM sink.secrets WHERE kind = 'secret' AND ($1::text IS NULL OR name = $1) ORDER BY name"
+             FROM sink.secrets WHERE kind = 'secret' AND ($1::text IS NULL OR name = $1) AND pg_catalog.pg_has_role($2, owner, 'MEMBER') ORDER BY name"
         }
         Some(ObjectKind::Credential) => {
             "SELECT 'credential', name, owner::text, NULL, jsonb_build_object('type', value::jsonb->>'type', 'identity', value::jsonb->>'identity', \
                     'options', value::jsonb->'options', 'dialect', created_by)::text \
-             FROM sink.secrets WHERE kind = 'credential' AND ($1::text IS NULL OR name = $1) ORDER BY name"
+             FROM sink.secrets WHERE kind = 'credential' AND ($1::text IS NULL OR name = $1) AND pg_catalog.pg_has_role($2, owner, 'MEMBER') ORDER BY name"
         }
         None => {
             "SELECT kind, name, owner, connector, jsonb_build_object('dialect', created_by, 'created_at', created_at)::text \
-             FROM sink.objects WHERE $1::text IS NULL OR name = $1 ORDER BY kind, name"
+             FROM sink.objects WHERE ($1::text IS NULL OR name = $1) AND pg_catalog.pg_has_role($2, owner::regrole, 'MEMBER') ORDER BY kind, name"
         }
     };
-    let found = as_superuser(|| select(query, &[name]));
+    // Each role is shown what it owns (and connections it may use), as the catalog does.
+    let user = current_user();
+    let found = as_superuser(|| select(query, &[name, Some(&user)]));
     if found.is_empty() {
         if let (Some(n), Some(k)) = (name, kind) {
             fail(Code::ERRCODE_UNDEFINED_OBJECT, format!("{} \"{n}\" does not exist", k.as_str()), None, Some(format!("{tag} * lists them all.")));

@@ -19,6 +19,7 @@ use crate::pg::catalog::{self, SinkRow};
 use crate::pg::delivery::{self};
 use crate::pg::errors::{fail, Code, OrRaise};
 use crate::pg::identity::{as_superuser, created_by, current_user, lock_sink};
+use crate::pg::policy;
 use crate::pg::spi::{select, select_one, update};
 
 /// Source given as a table name or as `SELECT cols FROM table [WHERE filter]`.
@@ -182,6 +183,8 @@ pub(crate) fn create_sink(
         return id;
     }
     require_logical_wal();
+    require_utf8_database();
+    policy::require_may_create_sink();
     let src = readable_source(source);
     let mut opts = sink_options(&options, envelope, format, key.as_deref(), key_not_enforced, snapshot);
     let (connector_name, effective) = effective_options(&opts, connector, connection);
@@ -198,6 +201,7 @@ pub(crate) fn create_sink(
     check_target(name, &def, &src, &visible);
     // Everything is valid: write the catalog, the publication and the target.
     let owner = current_user();
+    policy::move_inline_secrets("sink", name, &mut opts);
     let id = as_superuser(|| write_sink(name, connection, &owner, &opts, &def, &src, &info));
     if def.connector.name == "table" {
         prepare_table_target(id, &def, &src, &info, &owner);
@@ -233,6 +237,22 @@ fn require_logical_wal() {
     }
 }
 
+/// Every value is delivered as UTF-8, and the walsender and the snapshot read text
+/// in the database's encoding: in a database of another encoding, converting each
+/// value on every path (decoding, snapshot, the table target's writes) is not
+/// done, so such a sink is refused rather than delivering mangled text.
+fn require_utf8_database() {
+    let encoding = select_one("SELECT pg_catalog.getdatabaseencoding()::text", &[]).unwrap_or_default();
+    if encoding != "UTF8" {
+        fail(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("sinks require a UTF8 database; this database's encoding is {encoding}"),
+            Some("Sinks deliver text as UTF-8 and do not convert from other server encodings.".into()),
+            Some("Create the database with ENCODING 'UTF8' (for example with pg_dump and a restore into it).".into()),
+        );
+    }
+}
+
 /// The source, its filter compiled against it, and the caller's SELECT on it checked.
 fn readable_source(source: &str) -> Source {
     let src = parse_source(source);
@@ -252,6 +272,7 @@ fn readable_source(source: &str) -> Source {
             None,
         );
     }
+    policy::check_source_rls(src.oid, &src.name);
 
     src
 }
@@ -290,8 +311,9 @@ fn sink_options(
 fn effective_options(opts: &BTreeMap<String, String>, connector: Option<&str>, connection: Option<&str>) -> (String, BTreeMap<String, String>) {
     let mut connector_name = connector.map(str::to_string);
     let mut effective = opts.clone();
+    let mut connection_opts = BTreeMap::new();
     if let Some(conn) = connection {
-        if select_one("SELECT 1::text FROM sink.connections WHERE name = $1", &[Some(conn)]).is_none() {
+        if access::owner_of("connection", conn).is_none() {
             fail(
                 Code::ERRCODE_UNDEFINED_OBJECT,
                 format!("connection \"{conn}\" does not exist"),
@@ -310,9 +332,10 @@ fn effective_options(opts: &BTreeMap<String, String>, connector: Option<&str>, c
             ),
             _ => connector_name = Some(conn_connector),
         }
-        for (k, v) in conn_opts {
-            effective.entry(k).or_insert(v);
+        for (k, v) in &conn_opts {
+            effective.entry(k.clone()).or_insert(v.clone());
         }
+        connection_opts = conn_opts;
     }
     // The sink's own secret references (the connection's were checked when it was created).
     for (k, v) in opts {
@@ -329,10 +352,12 @@ fn effective_options(opts: &BTreeMap<String, String>, connector: Option<&str>, c
         )
     };
 
+    let used = connection.map(|name| policy::ConnectionUse { name, options: &connection_opts });
+    policy::check_sink_options(&connector_name, opts, &effective, used);
     access::use_credential(&connector_name, &mut effective);
     if effective.contains_key("csr_connection") {
         if let Some(conn) = effective.get("csr_connection").cloned() {
-            if select_one("SELECT 1::text FROM sink.connections WHERE name = $1", &[Some(&conn)]).is_none() {
+            if access::owner_of("connection", &conn).is_none() {
                 fail(
                     Code::ERRCODE_UNDEFINED_OBJECT,
                     format!("connection \"{conn}\" does not exist"),
@@ -748,6 +773,16 @@ fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, in
     });
 }
 
+/// The sink's identity at its targets (its Kafka progress key, the prefix of its
+/// JetStream message ids and webhook idempotency keys, its jdbc progress row):
+/// `<database>-<id>-<created, µs>-<system identifier>.<timeline>`.
+#[pg_extern(stable)]
+fn uid(name: &str) -> String {
+    let sink = catalog::require(name);
+    let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
+    sink.uid(&catalog::cluster_identity(), &database)
+}
+
 /// Change a sink's options (merged into the existing ones; a JSON null removes one).
 #[pg_extern(volatile)]
 fn alter_sink(name: &str, options: JsonB) {
@@ -782,7 +817,17 @@ fn alter_sink(name: &str, options: JsonB) {
         }
     }
     let probe = SinkRow { options: merged.clone(), ..sink.clone() };
-    catalog::definition(&probe).or_raise();
+    as_superuser(|| catalog::definition(&probe)).or_raise();
+    let set_here: BTreeMap<String, String> =
+        changes.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (options::normalize_name(k), catalog::json_text(v))).collect();
+    let effective = as_superuser(|| catalog::effective_options(&probe)).or_raise();
+    let connection_opts = match &sink.connection {
+        Some(c) => as_superuser(|| catalog::connection_options(c)).or_raise().1,
+        None => BTreeMap::new(),
+    };
+    let used = sink.connection.as_deref().map(|name| policy::ConnectionUse { name, options: &connection_opts });
+    policy::check_sink_options(&sink.connector, &set_here, &effective, used);
+    policy::move_inline_secrets("sink", &sink.name, &mut merged);
     lock_sink(sink.id);
     let json = serde_json::Value::Object(merged.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect()).to_string();
     as_superuser(|| update("UPDATE sink.sinks SET options = $2::jsonb WHERE id = $1::bigint", &[Some(&sink.id.to_string()), Some(&json)]));
@@ -873,6 +918,7 @@ pub(crate) fn drop_sink(name: &str, if_exists: default!(bool, false)) -> bool {
     as_superuser(|| {
         delivery::release_slot(&sink.slot_name);
         update("DELETE FROM sink.sinks WHERE id = $1::bigint", &[Some(&sink.id.to_string())]);
+        policy::forget_inline_secrets("sink", &sink.name);
         update(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&sink.publication_name)), &[]);
         if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(&sink.slot_name)]).is_some() {
             update("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
