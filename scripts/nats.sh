@@ -14,7 +14,7 @@
 #     a creds file in $NATS_DATA/user.creds. This is what `jwt` + `nkey`
 #     (RisingWave's connect_mode=credential) authenticate against.
 #
-#   scripts/nats.sh start|stop|status
+#   scripts/nats.sh start|stop|restart|status   (restart keeps the data: an outage)
 #
 # NATS_PORT (default 14222; the JWT server uses NATS_PORT+1), NATS_DATA (default
 # /tmp/pg_sink_nats; wiped at each start). Pids in $NATS_DATA/nats.pid and
@@ -311,6 +311,13 @@ status_one() {
 case "${1:-}" in
   start) start_all ;;
   stop) stop_all ;;
+  restart)
+    # Stop and start again keeping the data (streams, their messages): a server outage.
+    [ -e "$MARKER" ] || die "$DATA was not made by this script; run start first"
+    stop_all
+    start_one main
+    start_one jwt
+    ;;
   status)
     rc=0
     status_one main || rc=$?

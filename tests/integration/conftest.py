@@ -94,6 +94,16 @@ def connect(user="postgres", dbname="postgres"):
     return psycopg.connect(host="127.0.0.1", port=PORT, user=user, dbname=dbname, autocommit=True)
 
 
+def reconnect(timeout=120):
+    """A new connection once the server accepts connections again (after a crash)."""
+    def attempt():
+        try:
+            return connect()
+        except psycopg.OperationalError:
+            return None
+    return wait_for(attempt, timeout=timeout, what="the server to accept connections")
+
+
 @pytest.fixture
 def db(server):
     conn = connect()

@@ -974,8 +974,14 @@ def test_rw_nats_syntax_block_with_its_optional_parameters(db, clean):
     assert summary(rows) == [("CREATE SINK", "sink", "d_nats_opt")]
     o = sink_row(db, "d_nats_opt")["options"]
     assert o["connect_mode"] == "credential" and o["server_url"] == f"{NATS_SERVER},127.0.0.1:14299"
-    assert o["jwt"] == "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.sig", "backticks are strings"
-    assert o["nkey"] == "SUAD3NKEYSEEDFORTESTSONLY" and o["username"] == "d_user"
+    # Credentials given inline are kept as secrets, the catalog holds references.
+    def inline(option):
+        ref = json.loads(o[option])
+        assert ref == {"secret": f"sink:d_nats_opt:{option}"}, o[option]
+        return one(db, "SELECT value FROM sink.secrets WHERE name = %s", ref["secret"])
+    assert inline("jwt") == "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.sig", "backticks are strings"
+    assert inline("nkey") == "SUAD3NKEYSEEDFORTESTSONLY" and o["username"] == "d_user"
+    assert inline("password") == "d-nats-password"
 
 
 def test_rw_kafka_connector_connection_and_formats(db, servers, clean):
@@ -1212,6 +1218,10 @@ def test_kin_python_examples_translated_to_sql(db, kin_credentials, sql, name, c
     text = json.dumps(c["options"])
     for k, v in expected.items():
         assert str(as_json(c["options"][k])).lower() == v.lower(), (k, c["options"])
+    loc = c["options"].get("location")
+    if isinstance(loc, dict):  # a location with a password in it is kept as a secret
+        assert loc == {"secret": f"connection:{name}:location"}, loc
+        text += one(db, "SELECT value FROM sink.secrets WHERE name = %s", loc["secret"])
     assert location_of(sql).split("://", 1)[-1].split("?")[0] in text, f"location kept: {text}"
     if credential:
         assert credential in text

@@ -17,7 +17,7 @@ import psycopg
 import pymysql
 import pytest
 
-from conftest import MARIADB_PORT, PORT, cluster, connect, one, sqlstate_of, wait_caught_up, wait_for, wait_started
+from conftest import MARIADB_PORT, PORT, cluster, connect, one, reconnect, sqlstate_of, wait_caught_up, wait_for, wait_started
 
 MYSQL_HOST, MYSQL_PORT = "127.0.0.1", MARIADB_PORT
 MYSQL_DB = "pg_sink_it"
@@ -159,15 +159,6 @@ class Target:
 def target(request, server):
     request.getfixturevalue("mariadb" if request.param == "mysql" else "pg_target")
     return Target(request.param)
-
-
-def reconnect():
-    def attempt():
-        try:
-            return connect()
-        except psycopg.OperationalError:
-            return None
-    return wait_for(attempt, timeout=90, what="the server to come back")
 
 
 @pytest.fixture(autouse=True)

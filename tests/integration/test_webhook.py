@@ -14,10 +14,9 @@ import re
 import signal
 import time
 
-import psycopg
 import pytest
 
-from conftest import cluster, connect, fresh_one, one, sqlstate_of, upsert_state, wait_caught_up, wait_for, wait_started, workers_restarted
+from conftest import cluster, fresh_one, one, reconnect, sqlstate_of, upsert_state, wait_caught_up, wait_for, wait_started, workers_restarted
 from webhook_receiver import Receiver, free_port, lsn_int, make_tls_files, signature
 
 _PORTS_USED = set()
@@ -46,21 +45,11 @@ def receivers():
         r.stop()
 
 
-def _reconnect():
-    def attempt():
-        try:
-            return connect()
-        except psycopg.OperationalError:
-            return None
-
-    return wait_for(attempt, timeout=90, what="the server to accept connections")
-
-
 @pytest.fixture(autouse=True)
 def cleanup(server):
     """Drop what the test created, even when it failed half-way."""
     yield
-    conn = _reconnect()
+    conn = reconnect()
     try:
         for (name,) in conn.execute("SELECT name FROM sink.sinks WHERE name LIKE 'wh\\_%'").fetchall():
             conn.execute("SELECT sink.drop_sink(%s, if_exists => true)", (name,))
@@ -543,7 +532,7 @@ def test_worker_kill_and_postgres_crash_lose_nothing(db, receivers):
         wait_for(lambda: (fresh_one(delivered) or 0) > after_kill + 3000, timeout=120, what="more delivery")
         cluster("kill")
         cluster("start")
-        db = _reconnect()
+        db = reconnect()
 
         # 3. Live changes after recovery.
         for j in range(20):
@@ -572,7 +561,7 @@ def test_worker_kill_and_postgres_crash_lose_nothing(db, receivers):
         assert debezium_state(dbz) == src
         assert one(db, "SELECT count(*) FROM sink.status WHERE name LIKE 'wh\\_crash\\_%%' AND state = 'running'") == 2
     finally:
-        conn = _reconnect()
+        conn = reconnect()
         conn.execute("ALTER SYSTEM RESET pg_sink.max_batch_changes")
         conn.execute("ALTER SYSTEM RESET pg_sink.max_step_changes")
         conn.execute("SELECT pg_reload_conf()")
