@@ -817,10 +817,11 @@ fn alter_sink(name: &str, options: JsonB) {
         }
     }
     let probe = SinkRow { options: merged.clone(), ..sink.clone() };
-    as_superuser(|| catalog::definition(&probe)).or_raise();
+    // The options it would run with (secrets resolved once), checked as a definition.
+    let effective = as_superuser(|| catalog::effective_options(&probe)).or_raise();
+    options::parse(&sink.connector, &effective).or_raise();
     let set_here: BTreeMap<String, String> =
         changes.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (options::normalize_name(k), catalog::json_text(v))).collect();
-    let effective = as_superuser(|| catalog::effective_options(&probe)).or_raise();
     let connection_opts = match &sink.connection {
         Some(c) => as_superuser(|| catalog::connection_options(c)).or_raise().1,
         None => BTreeMap::new(),
