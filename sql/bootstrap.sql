@@ -78,6 +78,8 @@ CREATE TABLE progress (
     transactions_delivered bigint NOT NULL DEFAULT 0,
     batches                bigint NOT NULL DEFAULT 0,
     last_error             text,
+    -- what to do about it (the error's hint)
+    last_error_hint        text,
     last_error_at          timestamptz,
     errors                 bigint NOT NULL DEFAULT 0
 );
@@ -105,6 +107,7 @@ SELECT s.name,
        p.transactions_delivered,
        p.batches,
        p.last_error,
+       p.last_error_hint,
        p.last_error_at,
        p.errors
   FROM sinks s

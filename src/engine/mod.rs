@@ -29,4 +29,5 @@ pub mod secret;
 pub mod step;
 #[cfg(test)]
 pub mod testing;
+pub mod toast;
 pub mod types;

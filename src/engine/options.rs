@@ -42,6 +42,8 @@ pub struct SinkDefinition {
     pub force_append_only: bool,
     pub snapshot: bool,
     pub schedule: Schedule,
+    /// What an UPDATE's unchanged TOAST column carries without REPLICA IDENTITY FULL.
+    pub unchanged_toast: UnchangedToast,
     /// Connector-specific options, validated against the connector's spec.
     pub connector_options: BTreeMap<String, String>,
     /// Avro options (fullnames, NULL DEFAULTS, DOC ON, compatibility levels).
@@ -64,6 +66,7 @@ pub const SINK_OPTIONS: &[&str] = &[
     "force_append_only",
     "snapshot",
     "schedule",
+    "unchanged_toast",
     "csr_connection",
     "schema.registry",
     "schema.registry.username",
@@ -84,6 +87,7 @@ pub fn normalize_name(name: &str) -> String {
 }
 
 pub use super::connector::parse_bool;
+use super::toast::UnchangedToast;
 
 /// Split `a, b` into column names (a key given as one string).
 pub fn split_columns(value: &str) -> Vec<String> {
@@ -134,6 +138,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
                 .hint("Use continuous (the background worker delivers) or manual (only sink.sync() delivers)."))
         }
     };
+    let unchanged_toast = opts.remove("unchanged_toast").map(|v| UnchangedToast::parse(&v)).transpose()?.unwrap_or_default();
     if force_append_only && envelope != EnvelopeKind::AppendOnly {
         return Err(SinkError::config("force_append_only requires the append-only envelope")
             .detail(format!("The sink's envelope is {}.", envelope.as_str()))
@@ -164,6 +169,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         force_append_only,
         snapshot,
         schedule,
+        unchanged_toast,
         connector_options: opts,
         avro,
         registry,

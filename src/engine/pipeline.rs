@@ -1,12 +1,12 @@
 //! One sink's path from pgoutput messages to an encoded [`Batch`]: decode, skip what
-//! is already confirmed, resolve unchanged TOAST values, apply the envelope, encode
+//! is already confirmed, resolve unchanged TOAST values ([`super::toast`]), apply the envelope, encode
 //! key and value, stamp headers. The glue feeds messages and hands the batch to the
 //! connector; progress moves only after the connector reports it durable.
 
 use std::sync::Arc;
 
 use super::change::{Cell, Change, Relation, RelationMeta, Transaction};
-use super::connector::{Batch, Record, TxnStamp};
+use super::connector::{Batch, Record, SqlSession, TxnStamp};
 use super::encoder::avro::EncoderContext;
 use super::encoder::formats;
 use super::encoder::{Encoder, Role};
@@ -15,6 +15,7 @@ use super::error::{Result, SinkError};
 use super::lsn::Lsn;
 use super::options::SinkDefinition;
 use super::pgoutput::{Decoded, Decoder};
+use super::toast::{self, Filled, ToastReader, UnchangedToast};
 use super::types::PgType;
 
 /// Resolves what the stream does not say (implemented by the glue over the
@@ -33,6 +34,8 @@ pub struct Pipeline {
     key_encoder: Box<dyn Encoder>,
     value_encoder: Box<dyn Encoder>,
     accepts_unchanged: bool,
+    unchanged_toast: UnchangedToast,
+    toast: ToastReader,
     /// Ask the resolver for NOT NULL flags and comments of each relation (Avro).
     needs_meta: bool,
     /// Encode keys and values (off when the connector applies rows itself).
@@ -57,6 +60,8 @@ impl Pipeline {
             value_encoder: formats::build(&def.value_format, Role::Value, &ctx)?,
             needs_meta: def.key_format == "avro" || def.value_format == "avro",
             accepts_unchanged: def.connector.accepts_unchanged_toast,
+            unchanged_toast: def.unchanged_toast,
+            toast: ToastReader::default(),
             encode: !(def.connector.applies_rows && def.envelope != EnvelopeKind::Debezium),
             drafts: Vec::new(),
             confirmed,
@@ -78,8 +83,9 @@ impl Pipeline {
     }
 
     /// Feed one pgoutput message. A completed transaction past `confirmed` is encoded
-    /// into `batch`; earlier ones (delivered before a crash) are skipped.
-    pub fn feed(&mut self, msg: &[u8], resolver: &mut dyn TypeResolver, batch: &mut Batch) -> Result<()> {
+    /// into `batch`; earlier ones (delivered before a crash) are skipped. `sql` reads
+    /// the source (unchanged TOAST values) with the owner's privileges.
+    pub fn feed(&mut self, msg: &[u8], resolver: &mut dyn TypeResolver, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
         match self.decoder.feed(msg)? {
             Decoded::Nothing => Ok(()),
             Decoded::Relation(id) => {
@@ -106,20 +112,23 @@ impl Pipeline {
                 if txn.end_lsn <= self.confirmed {
                     return Ok(());
                 }
-                self.add_transaction(txn, batch)
+                self.add_transaction(txn, sql, batch)
             }
         }
     }
 
     /// Encode a whole transaction into `batch` (also used for snapshot rows).
-    pub fn add_transaction(&mut self, mut txn: Transaction, batch: &mut Batch) -> Result<()> {
+    pub fn add_transaction(&mut self, mut txn: Transaction, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
         if batch.transactions == 0 {
             batch.start_lsn = txn.commit_lsn;
         }
         let changes = std::mem::take(&mut txn.changes);
         let stamp = Arc::new(TxnStamp { lsn: txn.commit_lsn.to_string(), timestamp: format_millis(txn.commit_time_us) });
         for mut change in changes {
-            self.resolve_unchanged(&mut change)?;
+            if !self.resolve_unchanged(&mut change, sql)? {
+                batch.changes += 1;
+                continue;
+            }
             self.drafts.clear();
             self.envelope.apply(&txn, change, &mut self.drafts)?;
             for draft in self.drafts.drain(..) {
@@ -145,34 +154,53 @@ impl Pipeline {
     }
 
     /// An UPDATE that left a TOASTed column alone does not carry its value. Take it
-    /// from the old image (REPLICA IDENTITY FULL); otherwise only connectors that can
-    /// leave the column untouched may proceed.
-    fn resolve_unchanged(&self, change: &mut Change) -> Result<()> {
+    /// from the old image (REPLICA IDENTITY FULL), else as `unchanged_toast` says.
+    /// `false`: the change is superseded by a later one and is dropped.
+    fn resolve_unchanged(&mut self, change: &mut Change, sql: &mut dyn SqlSession) -> Result<bool> {
         let Change::Update { relation, old, new } = change else {
-            return Ok(());
+            return Ok(true);
         };
         if !new.iter().any(|c| *c == Cell::Unchanged) {
-            return Ok(());
+            return Ok(true);
         }
-        for (i, cell) in new.iter_mut().enumerate() {
-            if *cell != Cell::Unchanged {
-                continue;
-            }
-            match old.as_ref().filter(|o| !o.key_only).map(|o| &o.cells[i]) {
-                Some(c) if *c != Cell::Unchanged => *cell = c.clone(),
-                _ if self.accepts_unchanged => {}
-                _ => {
-                    return Err(SinkError::permanent(format!(
-                        "unchanged TOASTed value of column \"{}\" in \"{}\" is not in the change stream",
-                        relation.columns[i].name,
-                        relation.qualified_name()
-                    ))
-                    .detail("Postgres does not log a large value that an UPDATE left unchanged unless the table's replica identity is FULL.")
-                    .hint(format!("Run ALTER TABLE {} REPLICA IDENTITY FULL, then resume the sink.", relation.qualified_name())))
+        if let Some(full) = old.as_ref().filter(|o| !o.key_only) {
+            for (cell, was) in new.iter_mut().zip(&full.cells) {
+                if *cell == Cell::Unchanged && *was != Cell::Unchanged {
+                    *cell = was.clone();
                 }
             }
         }
-        Ok(())
+        let Some(i) = new.iter().position(|c| *c == Cell::Unchanged) else {
+            return Ok(true);
+        };
+        match self.unchanged_toast {
+            UnchangedToast::Fail => Err(SinkError::permanent(format!(
+                "unchanged TOASTed value of column \"{}\" in \"{}\" is not in the change stream",
+                relation.columns[i].name,
+                relation.qualified_name()
+            ))
+            .detail("Postgres does not log a large value that an UPDATE left unchanged unless the table's replica identity is FULL; the WAL already written cannot be changed, and the sink's option unchanged_toast is fail.")
+            .hint(format!(
+                "Run ALTER TABLE {} REPLICA IDENTITY FULL for the changes to come, then either alter the sink to unchanged_toast => 'fetch' and resume it, or call sink.resync().",
+                relation.qualified_name()
+            ))),
+            // The table connector leaves the column out of its upsert: the target keeps it.
+            UnchangedToast::Placeholder if self.accepts_unchanged && self.envelope.kind == EnvelopeKind::Upsert => Ok(true),
+            UnchangedToast::Placeholder => {
+                toast::fill_placeholder(relation, new);
+                Ok(true)
+            }
+            UnchangedToast::Fetch => match self.toast.fetch(relation, old.as_ref(), new, sql)? {
+                Filled::Complete => Ok(true),
+                // A later change of this stream deletes or re-keys the row: for the
+                // key's state this update does not matter.
+                Filled::RowGone if self.envelope.kind == EnvelopeKind::Upsert => Ok(false),
+                Filled::RowGone => {
+                    toast::fill_placeholder(relation, new);
+                    Ok(true)
+                }
+            },
+        }
     }
 }
 
@@ -193,6 +221,7 @@ mod tests {
     use super::*;
     use crate::engine::options;
     use crate::engine::pgoutput::wire::*;
+    use crate::engine::testing::NoSql;
     use crate::engine::types::TypeKind;
     use std::collections::BTreeMap;
 
@@ -214,7 +243,7 @@ mod tests {
         let mut b = p.new_batch();
         let mut r = Resolver(vec![]);
         for m in msgs {
-            p.feed(m, &mut r, &mut b)?;
+            p.feed(m, &mut r, &mut NoSql, &mut b)?;
         }
         Ok(b)
     }
@@ -251,7 +280,7 @@ mod tests {
         let mut b = p.new_batch();
         let mut r = Resolver(vec![]);
         for m in stream() {
-            p.feed(&m, &mut r, &mut b).unwrap();
+            p.feed(&m, &mut r, &mut NoSql, &mut b).unwrap();
         }
         assert_eq!(r.0, vec![90_001]);
         assert_eq!(b.records.len(), 2);
@@ -260,8 +289,33 @@ mod tests {
         assert_eq!(v["op"], "c");
     }
 
+    /// Answers the source read of an unchanged TOAST value (or finds no row).
+    struct Source(Option<&'static str>);
+    impl SqlSession for Source {
+        fn execute(&mut self, _: &str, _: &[Option<&str>]) -> Result<u64> {
+            Err(SinkError::permanent("read only"))
+        }
+        fn query(&mut self, sql: &str, _: &[Option<&str>]) -> Result<Vec<Vec<Option<String>>>> {
+            if sql.contains("format_type") {
+                return Ok(vec![vec![Some("integer".into())], vec![Some("text".into())]]);
+            }
+            Ok(self.0.map(|v| vec![vec![Some(v.to_string())]]).unwrap_or_default())
+        }
+        fn query_or_none(&mut self, sql: &str, p: &[Option<&str>]) -> Result<Option<Vec<Vec<Option<String>>>>> {
+            self.query(sql, p).map(Some)
+        }
+    }
+
+    fn feed_with(p: &mut Pipeline, msgs: &[Vec<u8>], sql: &mut dyn SqlSession) -> Result<Batch> {
+        let mut b = p.new_batch();
+        for m in msgs {
+            p.feed(m, &mut Resolver(vec![]), sql, &mut b)?;
+        }
+        Ok(b)
+    }
+
     #[test]
-    fn unchanged_toast_is_filled_from_full_old_image_or_refused() {
+    fn unchanged_toast_is_filled_from_full_old_image_or_the_source_or_refused() {
         let rel = relation(1, "public", "t", b'f', &[("id", 23, true), ("doc", 25, false)]);
         let full = vec![
             rel.clone(),
@@ -273,9 +327,28 @@ mod tests {
         let b = feed_all(&mut p, &full).unwrap();
         assert_eq!(b.records[0].value.as_deref(), Some(&b"{\"id\":1,\"doc\":\"big\"}"[..]));
         let keyonly = vec![rel, begin(0x300, 0, 7), update(1, None, &[Some("1"), Some("\u{0}")]), commit(0x300, 0x310, 0)];
+        // fetch (the default): the value comes from the source row.
         let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x")], 0);
+        let b = feed_with(&mut p, &keyonly, &mut Source(Some("now"))).unwrap();
+        assert_eq!(b.records[0].value.as_deref(), Some(&b"{\"id\":1,\"doc\":\"now\"}"[..]));
+        // The row is gone: an upsert drops the superseded update, a history keeps it
+        // with Debezium's placeholder.
+        let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x")], 0);
+        let b = feed_with(&mut p, &keyonly, &mut Source(None)).unwrap();
+        assert!(b.records.is_empty());
+        assert_eq!((b.changes, b.transactions), (1, 1));
+        let mut p = pipeline(&[("envelope", "debezium"), ("path", "/x")], 0);
+        let b = feed_with(&mut p, &keyonly, &mut Source(None)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(b.records[0].value.as_deref().unwrap()).unwrap();
+        assert_eq!(v["after"]["doc"], toast::PLACEHOLDER, "{v}");
+        let mut p = pipeline(&[("envelope", "append-only"), ("force_append_only", "true"), ("path", "/x"), ("unchanged_toast", "placeholder")], 0);
+        let b = feed_with(&mut p, &keyonly, &mut Source(Some("never asked"))).unwrap();
+        assert!(String::from_utf8_lossy(b.records[0].value.as_deref().unwrap()).contains(toast::PLACEHOLDER));
+        // fail: refused, and the hint does not pretend FULL repairs written WAL.
+        let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x"), ("unchanged_toast", "fail")], 0);
         let err = feed_all(&mut p, &keyonly).unwrap_err();
-        assert!(err.hint.unwrap().contains("REPLICA IDENTITY FULL"));
+        let hint = err.hint.unwrap();
+        assert!(hint.contains("REPLICA IDENTITY FULL") && hint.contains("resync"), "{hint}");
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl<'a> Step<'a> {
 
     /// Feed one pgoutput message; delivers the batch once it is full.
     pub fn feed(&mut self, msg: &[u8]) -> Result<()> {
-        self.pipeline.feed(msg, self.types, &mut self.batch)?;
+        self.pipeline.feed(msg, self.types, self.sql, &mut self.batch)?;
         if self.batch.changes >= self.batch_changes {
             self.flush()?;
         }
@@ -303,7 +303,7 @@ impl<'a> Step<'a> {
             }
             let mut batch = self.pipeline.new_batch();
             batch.snapshot_chunk = Some(chunk);
-            self.pipeline.add_transaction(txn, &mut batch)?;
+            self.pipeline.add_transaction(txn, self.sql, &mut batch)?;
             self.rt.block_on(self.connector.deliver(&batch, self.sql))?;
             let o = &mut self.outcome;
             o.changes += batch.changes;

@@ -242,7 +242,8 @@ pub fn record_progress(sink_id: i64, confirmed: Lsn, rows: usize, bytes: usize, 
                 batches = batches + CASE WHEN $3::bigint > 0 THEN 1 ELSE 0 END, \
                 last_commit_at = coalesce(to_timestamp($6::bigint / 1e6), last_commit_at), \
                 caught_up_at = CASE WHEN $7::boolean THEN now() ELSE caught_up_at END, \
-                last_error = CASE WHEN $3::bigint > 0 OR $7::boolean THEN NULL ELSE last_error END \
+                last_error = CASE WHEN $3::bigint > 0 OR $7::boolean THEN NULL ELSE last_error END, \
+                last_error_hint = CASE WHEN $3::bigint > 0 OR $7::boolean THEN NULL ELSE last_error_hint END \
           WHERE sink_id = $1::bigint",
         &[Some(&id), Some(&lsn), Some(&rows), Some(&bytes), Some(&txns), commit.as_deref(), Some(if caught_up { "true" } else { "false" })],
     );
@@ -266,13 +267,13 @@ pub fn progress_written_by_this_transaction(sink_id: i64) -> bool {
     unsafe { pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(xid)) }
 }
 
-/// Note an error in the sink's status (own transaction, by the caller); `failed`
-/// stops the sink until it is resumed.
-pub fn record_error(sink_id: i64, message: &str, failed: bool) {
+/// Note an error and its hint in the sink's status (own transaction, by the
+/// caller); `failed` stops the sink until it is resumed.
+pub fn record_error(sink_id: i64, message: &str, hint: Option<&str>, failed: bool) {
     let id = sink_id.to_string();
     update(
-        "UPDATE sink.progress SET last_error = $2, last_error_at = now(), errors = errors + 1 WHERE sink_id = $1::bigint",
-        &[Some(&id), Some(message)],
+        "UPDATE sink.progress SET last_error = $2, last_error_hint = $3, last_error_at = now(), errors = errors + 1 WHERE sink_id = $1::bigint",
+        &[Some(&id), Some(message), hint],
     );
     if failed {
         update("UPDATE sink.sinks SET state = 'failed' WHERE id = $1::bigint AND state = 'running'", &[Some(&id)]);

@@ -457,7 +457,8 @@ fn peek(sink: &SinkRow, limit: i64, mut feed: impl FnMut(&[u8]) -> Result<(), Si
 
 fn preview_changes(sink: &SinkRow, pipeline: &mut Pipeline, types: &mut dyn TypeResolver, limit: usize) -> Result<Outcome, SinkError> {
     let mut batch = pipeline.new_batch();
-    peek(sink, limit.max(1) as i64, |msg| pipeline.feed(msg, types, &mut batch))?;
+    let mut sql = SpiSession::for_owner(&sink.owner)?;
+    peek(sink, limit.max(1) as i64, |msg| pipeline.feed(msg, types, &mut sql, &mut batch))?;
     batch.records.truncate(limit);
     Ok(Outcome { records: batch.records.len(), preview: batch.records, ..Default::default() })
 }
@@ -562,7 +563,7 @@ fn preview_snapshot(sink: &SinkRow, pipeline: &mut Pipeline, types: &mut dyn Typ
     Spi::connect(|client| {
         let mut cursor = client.open_cursor(query.as_str(), &[]);
         let txn = snapshot_chunk(&mut cursor, &rel, Lsn::ZERO, limit as i64)?;
-        pipeline.add_transaction(txn, &mut batch)
+        pipeline.add_transaction(txn, &mut SpiSession::for_owner(&sink.owner)?, &mut batch)
     })?;
     batch.records.truncate(limit);
     Ok(Outcome { records: batch.records.len(), preview: batch.records, ..Default::default() })

@@ -334,7 +334,7 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
                 let hint = e.hint.clone().unwrap_or_default();
                 warning!("pg_sink sink {sink_id}: {summary} {hint}");
                 let _ = in_transaction(|| {
-                    as_superuser(|| catalog::record_error(sink_id, &summary, permanent));
+                    as_superuser(|| catalog::record_error(sink_id, &summary, e.hint.as_deref(), permanent));
                     Ok(())
                 });
                 if permanent {

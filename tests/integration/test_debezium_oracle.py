@@ -17,11 +17,12 @@ to docs/debezium-differences.md when PGSINK_WRITE_REPORT=1:
       python3 -m pytest -q -s tests/integration/test_debezium_oracle.py
 
 Known divergences, which the assertions allow and the report lists: a primary-key
-change is a delete and a create in Debezium and one update in pg_sink; and under
+change is a delete and a create in Debezium and one update in pg_sink. Under
 REPLICA IDENTITY DEFAULT an update that leaves a TOASTed value unchanged gets
-Debezium's placeholder, while a pg_sink file sink stops with an error. After that
-stop the test drops the sink, sets REPLICA IDENTITY FULL and goes on with a new sink
-of the same name (Debezium keeps running). Needs java (17+) and mvn (scripts/setup.sh installs them).
+Debezium's placeholder in both (the sink runs with unchanged_toast => 'placeholder';
+PGSINK_DBZ_TOAST=fetch or fail tries the other modes, where `fail` stops the sink).
+After that change the test drops the sink, sets REPLICA IDENTITY FULL and goes on
+with a new sink of the same name (Debezium keeps running). Needs java (17+) and mvn (scripts/setup.sh installs them).
 PGSINK_DBZ_OPTS adds Debezium options (`--key=value ...`) to the oracle's run.
 """
 import hashlib
@@ -230,7 +231,7 @@ def run_step(db, sqls):
 
 def create_sink(db, directory):
     db.execute("SELECT sink.create_sink(%s, %s, 'file', %s::jsonb, envelope => 'debezium', snapshot => false)",
-               (SINK, TABLE, json.dumps({"path": directory})))
+               (SINK, TABLE, json.dumps({"path": directory, "unchanged_toast": os.environ.get("PGSINK_DBZ_TOAST", "placeholder")})))
     wait_started(db, SINK)
 
 

@@ -162,35 +162,83 @@ def docs(db):
 BIG = "repeat(md5(g::text), 1000)"  # 32 kB, stored out of line (TOAST)
 
 
+def toast_sink(db, name, table, connector, options, **named):
+    args = "".join(f", {k} => %s" for k in named)
+    db.execute(f"SELECT sink.create_sink(%s, %s, %s, %s::jsonb{args})", (name, table, connector, json.dumps(options), *named.values()))
+
+
 def test_unchanged_toast_values_are_never_nulled(db, docs):
+    """An UPDATE that leaves a TOASTed column alone does not log its value unless the
+    replica identity is FULL. Every connector still gets the value: from the old
+    image under FULL, else read from the source row (unchanged_toast => 'fetch', the
+    default); `fail` stops the sink with a hint that does not pretend FULL repairs WAL
+    already written."""
     d = out_dir("toast")
-    db.execute("SELECT sink.create_sink('toast_tab', 'docs', 'table', '{\"table\": \"docs_copy\"}', envelope => 'upsert')")
-    db.execute("SELECT sink.create_sink('toast_full_file', 'docs_full', 'file', %s::jsonb, envelope => 'upsert')", (f'{{"path": "{d}"}}',))
-    db.execute("SELECT sink.create_sink('toast_file', 'docs', 'file', %s::jsonb, envelope => 'upsert')", (f'{{"path": "{d}"}}',))
-    for s in ("toast_tab", "toast_full_file", "toast_file"):
+    db.execute("DROP TABLE IF EXISTS docs_new")
+    # Rows that exist before a sink without snapshot: its first sight of them is an update.
+    db.execute(f"INSERT INTO docs SELECT g, 'old' || g, {BIG}, 0 FROM generate_series(101, 110) g")
+    toast_sink(db, "toast_tab", "docs", "table", {"table": "docs_copy"}, envelope="upsert")
+    toast_sink(db, "toast_new", "docs", "table", {"table": "docs_new"}, envelope="upsert", snapshot=False)
+    toast_sink(db, "toast_full_file", "docs_full", "file", {"path": d}, envelope="upsert")
+    toast_sink(db, "toast_file", "docs", "file", {"path": d}, envelope="upsert")
+    toast_sink(db, "toast_hist", "docs", "file", {"path": d, "force_append_only": "true"}, envelope="append-only")
+    toast_sink(db, "toast_dbz", "docs", "file", {"path": d}, envelope="debezium")
+    toast_sink(db, "toast_fail", "docs", "file", {"path": d, "unchanged_toast": "fail"}, envelope="upsert")
+    sinks = ("toast_tab", "toast_new", "toast_full_file", "toast_file", "toast_hist", "toast_dbz", "toast_fail")
+    for s in sinks:
         wait_started(db, s)
     for t in ("docs", "docs_full"):
         db.execute(f"INSERT INTO {t} SELECT g, 't' || g, {BIG}, 0 FROM generate_series(1, 20) g")
-        db.execute(f"UPDATE {t} SET n = n + 1, title = 'changed' WHERE id <= 10")  # body unchanged → not logged
-    wait_caught_up(db, "toast_tab")
-    wait_caught_up(db, "toast_full_file")
-    # The table connector leaves unchanged columns alone.
-    assert one(db, "SELECT count(*) FROM docs d JOIN docs_copy c USING (id) WHERE d.body = c.body AND d.n = c.n AND d.title = c.title") == 20
+        db.execute(f"UPDATE {t} SET n = n + 1, title = 'changed' WHERE id <= 10 OR id > 100")  # body unchanged → not logged
+    for s in sinks[:-1]:
+        wait_caught_up(db, s)
+    bodies = dict(db.execute("SELECT id, body FROM docs").fetchall())
+    assert all(b is not None and len(b) == 32000 for b in bodies.values())
+    # The table connector leaves unchanged columns alone; a row it first sees in an
+    # update gets the body read from the source (it was NULL before).
+    assert one(db, "SELECT count(*) FROM docs d JOIN docs_copy c USING (id) WHERE d.body = c.body AND d.n = c.n AND d.title = c.title") == 30
+    assert one(db, "SELECT count(*) FROM docs d JOIN docs_new c USING (id) WHERE d.body = c.body AND d.n = c.n AND d.title = c.title") == 30
+    assert one(db, "SELECT count(*) FROM docs_new") == 30
     # Under REPLICA IDENTITY FULL the file sink takes the value from the old image.
     state = upsert_state(file_records(d, "toast_full_file"))
-    bodies = dict(db.execute("SELECT id, body FROM docs_full").fetchall())
+    full_bodies = dict(db.execute("SELECT id, body FROM docs_full").fetchall())
     assert len(state) == 20
-    for k, v in state.items():
-        assert v["body"] == bodies[v["id"]] and v["body"] is not None
-    # Without FULL identity a JSON sink cannot know the value: it stops with a clear error.
-    def failed():
-        row = db.execute("SELECT state, last_error FROM sink.status WHERE name = 'toast_file'").fetchone()
-        return row if row[0] == "failed" else None
-    from conftest import wait_for
-    state_row = wait_for(failed, what="the sink to stop on unchanged TOAST")
-    assert "unchanged TOASTed value" in state_row[1]
-    for s in ("toast_tab", "toast_full_file", "toast_file"):
+    for v in state.values():
+        assert v["body"] == full_bodies[v["id"]]
+    # Without FULL the body is read from the source: every record carries it.
+    state = upsert_state(file_records(d, "toast_file"))
+    assert len(state) == 30 and all(v["body"] == bodies[v["id"]] for v in state.values())
+    hist = [r["value"] for r in file_records(d, "toast_hist")]
+    assert len(hist) == 30 + 20  # snapshot of 10, 20 inserts, 20 updates
+    assert all(v["body"] == bodies[v["id"]] for v in hist)
+    dbz = [r["value"] for r in file_records(d, "toast_dbz")]
+    updates = [v for v in dbz if v["op"] == "u"]
+    assert len(updates) == 20 and all(v["after"]["body"] == bodies[v["after"]["id"]] for v in updates)
+    # fail: the sink stops, naming the column and the ways out.
+    st = wait_for(lambda: (lambda r: r if r[0] == "failed" else None)(
+        db.execute("SELECT state, last_error, last_error_hint FROM sink.status WHERE name = 'toast_fail'").fetchone()),
+        what="the unchanged_toast => fail sink to stop")
+    assert "unchanged TOASTed value" in st[1] and "body" in st[1]
+    assert "resync" in st[2] and "unchanged_toast" in st[2]
+
+    # A row updated and then deleted before the sink reads the update: the upsert
+    # drops the superseded update, the changelog keeps it with Debezium's placeholder.
+    for s in ("toast_file", "toast_dbz"):
+        db.execute("SELECT sink.pause_sink(%s)", (s,))
+    db.execute("UPDATE docs SET n = 99 WHERE id = 1")
+    db.execute("DELETE FROM docs WHERE id = 1")
+    for s in ("toast_file", "toast_dbz"):
+        db.execute("SELECT sink.resume_sink(%s)", (s,))
+        wait_caught_up(db, s)
+    state = upsert_state(file_records(d, "toast_file"))
+    assert len(state) == 29 and all(v["body"] == bodies[v["id"]] for v in state.values())
+    assert not [r for r in file_records(d, "toast_file") if r["value"] and r["value"]["n"] == 99]
+    last = [r["value"] for r in file_records(d, "toast_dbz")][-2:]
+    assert [v["op"] for v in last] == ["u", "d"]
+    assert last[0]["after"]["n"] == 99 and last[0]["after"]["body"] == "__debezium_unavailable_value"
+    for s in sinks:
         db.execute("SELECT sink.drop_sink(%s)", (s,))
+    db.execute("DROP TABLE IF EXISTS docs_new")
 
 
 def test_truncate_nulls_and_a_100k_row_transaction(db, docs):

@@ -858,7 +858,7 @@ fn set_state(name: &str, state: &str) {
     as_superuser(|| {
         update("UPDATE sink.sinks SET state = $2 WHERE id = $1::bigint", &[Some(&sink.id.to_string()), Some(state)]);
         if state == "running" {
-            update("UPDATE sink.progress SET last_error = NULL WHERE sink_id = $1::bigint", &[Some(&sink.id.to_string())]);
+            update("UPDATE sink.progress SET last_error = NULL, last_error_hint = NULL WHERE sink_id = $1::bigint", &[Some(&sink.id.to_string())]);
         }
     });
 }
@@ -894,7 +894,7 @@ fn resync(name: &str) {
         if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(&sink.slot_name)]).is_some() {
             update("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
         }
-        update("UPDATE sink.progress SET confirmed_lsn = NULL, snapshot_done = false, last_error = NULL WHERE sink_id = $1::bigint", &[Some(&id)]);
+        update("UPDATE sink.progress SET confirmed_lsn = NULL, snapshot_done = false, last_error = NULL, last_error_hint = NULL WHERE sink_id = $1::bigint", &[Some(&id)]);
         update("UPDATE sink.sinks SET state = 'running' WHERE id = $1::bigint", &[Some(&id)]);
     });
 }
