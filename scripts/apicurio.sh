@@ -67,6 +67,8 @@ case "$REG_PASSWORD" in *'$'* | *'\'* | *[[:space:]]*) die "APICURIO_PASSWORD ma
 
 # shellcheck source=scripts/lib/service.sh
 . "$HERE/lib/service.sh"
+# shellcheck source=scripts/lib/tls.sh
+. "$HERE/lib/tls.sh"
 # This data directory's registry, and no other: its command line names DATA.
 PATTERN="-Dpg_sink\\.apicurio=$(printf '%s' "$DATA" | sed 's/[][\.*^$]/\\&/g') -jar "
 
@@ -133,26 +135,6 @@ app_dir() {
 
 port_busy() {
   python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)' "$1"
-}
-
-# A CA (self-signed) or a certificate signed by one, EC P-256, valid ten years.
-#   mkcert NAME CN               -> NAME.pem, NAME.key (a CA)
-#   mkcert NAME CN CA EXTENSIONS -> NAME.pem, NAME.key signed by CA.pem/CA.key
-mkcert() {
-  local name=$1 cn=$2 ca=${3:-} ext=${4:-}
-  if [ -z "$ca" ]; then
-    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-      -keyout "$TLS/$name.key" -out "$TLS/$name.pem" -days 3650 -subj "/O=pg_sink tests/CN=$cn" \
-      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-  else
-    printf '%b\n' "$ext" >"$TLS/$name.ext"
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-      -keyout "$TLS/$name.key" -out "$TLS/$name.csr" -subj "/O=pg_sink tests/CN=$cn" 2>/dev/null
-    openssl x509 -req -in "$TLS/$name.csr" -CA "$TLS/$ca.pem" -CAkey "$TLS/$ca.key" \
-      -set_serial "0x$(openssl rand -hex 16)" -days 3650 -extfile "$TLS/$name.ext" \
-      -out "$TLS/$name.pem" 2>/dev/null
-    rm -f "$TLS/$name.csr" "$TLS/$name.ext"
-  fi
 }
 
 make_tls() {

@@ -3,7 +3,9 @@
 # mariadb-server binaries (not the system service), its own data directory, bound
 # to 127.0.0.1. `start` installs the package when missing, initialises a fresh
 # data directory at every start and waits until the server answers. The server's
-# `root` user has no password, from 127.0.0.1 and from the socket.
+# `root` user has no password, from 127.0.0.1 and from the socket. It speaks TLS
+# (optional for clients) with a certificate for 127.0.0.1/localhost signed by the
+# test CA in $MARIADB_DATA/tls/ca.pem (scripts/lib/tls.sh).
 #
 #   scripts/mariadb.sh start|stop|status|sql [mariadb client args]
 #
@@ -29,6 +31,8 @@ case "$DATA" in /*) ;; *) die "MARIADB_DATA must be an absolute path, not '$DATA
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/lib/service.sh
 . "$HERE/lib/service.sh"
+# shellcheck source=scripts/lib/tls.sh
+. "$HERE/lib/tls.sh"
 PATTERN="mariadbd.*--datadir=$DATA/db"
 
 client() { mariadb --no-defaults --protocol=socket --socket="$SOCK" -uroot "$@"; }
@@ -58,6 +62,7 @@ start() {
   fi
   mkdir -p "$DATA/db"
   touch "$MARKER"
+  tls_make_set "$DATA/tls"
   chown -R "$OSUSER" "$DATA"
   mariadb-install-db --no-defaults --user="$OSUSER" --datadir="$DATA/db" \
     --auth-root-authentication-method=normal --skip-test-db >"$DATA/install.log" 2>&1 ||
@@ -66,7 +71,8 @@ start() {
     setsid /usr/sbin/mariadbd --no-defaults --user="$OSUSER" --datadir="$DATA/db" \
     --port="$PORT" --bind-address=127.0.0.1 --socket="$SOCK" --pid-file="$DATA/db/mariadbd.pid" \
     --skip-name-resolve --character-set-server=utf8mb4 --collation-server=utf8mb4_bin \
-    --innodb-buffer-pool-size=256M --max-connections=300 --log-error="$LOG.err"
+    --innodb-buffer-pool-size=256M --max-connections=300 --log-error="$LOG.err" \
+    --ssl-ca="$DATA/tls/ca.pem" --ssl-cert="$DATA/tls/server.pem" --ssl-key="$DATA/tls/server.key"
   # root without a password over TCP from 127.0.0.1 too (skip-name-resolve: the
   # host is the address, not "localhost").
   client -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';

@@ -15,6 +15,7 @@ pub mod object;
 pub mod reach;
 pub mod registry;
 pub mod table;
+pub mod tls;
 pub mod webhook;
 
 use std::collections::BTreeMap;

@@ -37,6 +37,8 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
         ("jetstream", "publish to JetStream with acks and Nats-Msg-Id deduplication (default false)"),
         ("timeout_ms", "how long a publish or flush may take before it is retried (default 10000)"),
         ("validate", "check at creation that the server accepts the credentials (default true)"),
+        ("tls_required", "refuse a connection without TLS (default false; tls:// server URLs imply it); the certificate is always verified"),
+        ("ssl_ca", "PEM certificate(s) of the authority that signed the server's certificate (default: the Mozilla roots)"),
     ],
     required: &["server_url", "subject"],
     option_prefixes: &[],
@@ -63,6 +65,8 @@ pub struct NatsSettings {
     pub validate: bool,
     pub timeout: Duration,
     pub sink_uid: String,
+    pub tls_required: bool,
+    pub ssl_ca: Option<String>,
 }
 
 pub fn settings(cfg: &ConnectorConfig) -> Result<NatsSettings> {
@@ -114,13 +118,21 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<NatsSettings> {
         other => return Err(SinkError::config(format!("invalid connect_mode \"{other}\"")).hint("Use plain, user_and_password or credential.")),
     };
     Ok(NatsSettings {
-        servers,
         subject,
         auth,
         jetstream: cfg.flag("jetstream", false)?,
         validate: cfg.flag("validate", true)?,
         timeout: cfg.timeout(10_000)?,
         sink_uid: cfg.sink_uid.clone(),
+        tls_required: cfg.flag("tls_required", false)? || servers.iter().any(|s| s.to_ascii_lowercase().starts_with("tls://")),
+        ssl_ca: {
+            let ca = get("ssl_ca");
+            if let Some(pem) = &ca {
+                super::tls::root_store(Some(pem), "nats ssl_ca")?;
+            }
+            ca
+        },
+        servers,
     })
 }
 
@@ -176,14 +188,21 @@ impl NatsConnector {
                 url.parse::<async_nats::ServerAddr>().map_err(|e| SinkError::config(format!("invalid server_url \"{s}\": {e}")))
             })
             .collect::<Result<_>>()?;
+        // Whenever TLS is spoken (the server asks for it, or tls_required), the
+        // certificate must chain to ssl_ca (or a public root) and name the host.
+        let tls = super::tls::client_config(super::tls::TlsMode::VerifyFull, self.settings.ssl_ca.as_deref(), "nats ssl_ca")?;
+        let opts = opts.tls_client_config(tls).require_tls(self.settings.tls_required);
         let connect = opts.connection_timeout(self.settings.timeout).request_timeout(Some(self.settings.timeout)).connect(servers);
         match tokio::time::timeout(self.settings.timeout, connect).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => {
                 let text = e.to_string();
-                if text.to_ascii_lowercase().contains("authorization") {
+                let lower = text.to_ascii_lowercase();
+                if lower.contains("authorization") {
                     Err(SinkError::permanent(format!("NATS refused the credentials: {text}"))
                         .hint("Check connect_mode, username/password or jwt/nkey."))
+                } else if super::tls::is_refusal(&text) {
+                    Err(super::tls::tls_error("NATS", text, "tls_required, the server_url's host and ssl_ca"))
                 } else {
                     Err(transient("connect", text))
                 }

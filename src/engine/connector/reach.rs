@@ -27,6 +27,7 @@ const DESTINATION_WORDS: &[&str] = &[
     "region",
     "credential",
     "ssl",
+    "tls",
     "sasl",
     "security_protocol",
     "user",

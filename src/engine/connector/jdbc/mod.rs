@@ -44,6 +44,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
         ("schema.name", "the target table's schema (PostgreSQL; default public)"),
         ("progress_table", "table in the target that keeps each sink's delivered LSN (default pg_sink_progress)"),
         ("timeout_ms", "connect timeout in milliseconds (default 10000)"),
+        ("ssl_ca", "PEM certificate(s) of the authority to trust for the URL's sslmode verify-ca/verify-full (MySQL: VERIFY_CA/VERIFY_IDENTITY)"),
     ],
     required: &["table.name"],
     option_prefixes: &[],
@@ -433,6 +434,28 @@ mod tests {
         assert!(target(&[("jdbc.url", "jdbc:mysql://h:x/d"), ("table.name", "t")]).is_err());
         assert!(target(&[("jdbc.url", "jdbc:mysql://h/"), ("table.name", "t")]).is_err());
         assert!(target(&[("jdbc.url", "jdbc:mysql://h/d"), ("table.name", "t"), ("schema.name", "s")]).is_err());
+    }
+
+    #[test]
+    fn tls_words_of_both_drivers_are_read() {
+        use crate::engine::connector::tls::TlsMode;
+        let tls = |url: &str| target(&[("jdbc.url", url), ("table.name", "t")]).map(|t| t.tls);
+        assert_eq!(tls("jdbc:postgresql://h/d").unwrap(), TlsMode::Prefer, "libpq's default");
+        assert_eq!(tls("jdbc:postgresql://h/d?sslmode=verify-full").unwrap(), TlsMode::VerifyFull);
+        assert_eq!(tls("jdbc:postgresql://h/d?ssl=true").unwrap(), TlsMode::VerifyFull, "pgjdbc: ssl=true verifies");
+        assert_eq!(tls("jdbc:postgresql://h/d?ssl=true&sslmode=require").unwrap(), TlsMode::Require);
+        assert_eq!(tls("jdbc:postgresql://h/d?sslmode=disable").unwrap(), TlsMode::Disable);
+        assert!(tls("jdbc:postgresql://h/d?sslmode=on").unwrap_err().hint.unwrap().contains("verify-full"));
+        assert!(tls("jdbc:postgresql://h/d?sslrootcert=/etc/passwd").unwrap_err().hint.unwrap().contains("ssl_ca"));
+        assert_eq!(tls("jdbc:mysql://h/d").unwrap(), TlsMode::Prefer);
+        assert_eq!(tls("jdbc:mysql://h/d?sslMode=VERIFY_IDENTITY").unwrap(), TlsMode::VerifyFull);
+        assert_eq!(tls("jdbc:mariadb://h/d?sslMode=verify-ca").unwrap(), TlsMode::VerifyCa);
+        assert_eq!(tls("jdbc:mysql://h/d?useSSL=false").unwrap(), TlsMode::Disable);
+        assert_eq!(tls("jdbc:mysql://h/d?useSSL=true&verifyServerCertificate=true").unwrap(), TlsMode::VerifyCa);
+        assert_eq!(tls("jdbc:mysql://h/d?requireSSL=true").unwrap(), TlsMode::Require);
+        assert!(tls("jdbc:mysql://h/d?useSSL=maybe").is_err());
+        let t = target(&[("jdbc.url", "jdbc:postgresql://h/d?sslmode=verify-full"), ("table.name", "t"), ("ssl_ca", "PEM")]).unwrap();
+        assert_eq!(t.ssl_ca.as_deref(), Some("PEM"));
     }
 
     #[test]

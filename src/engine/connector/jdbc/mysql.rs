@@ -4,9 +4,10 @@
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder, Params, Value};
+use mysql_async::{Conn, OptsBuilder, Params, SslOpts, Value};
 
 use super::target::{Backend, TableInfo, Target};
+use crate::engine::connector::tls::{self, TlsMode};
 use crate::engine::error::{Result, SinkError};
 
 pub struct MyBackend {
@@ -34,8 +35,42 @@ fn params(p: &[Option<String>]) -> Params {
     Params::Positional(p.iter().map(|v| v.as_ref().map_or(Value::NULL, |s| Value::Bytes(s.as_bytes().to_vec()))).collect())
 }
 
+/// What TLS the client asks for; `None` is plain TCP.
+fn ssl_opts(t: &Target) -> Result<Option<SslOpts>> {
+    if t.tls == TlsMode::Disable {
+        return Ok(None);
+    }
+    let mut ssl =
+        SslOpts::default().with_danger_accept_invalid_certs(!t.tls.verifies()).with_danger_skip_domain_validation(t.tls == TlsMode::VerifyCa);
+    if let Some(pem) = &t.ssl_ca {
+        tls::root_store(Some(pem), "jdbc ssl_ca")?; // a clear error before connecting
+        ssl = ssl.with_root_certs(vec![pem.clone().into_bytes().into()]).with_disable_built_in_roots(true);
+    }
+    Ok(Some(ssl))
+}
+
 impl MyBackend {
     pub async fn connect(t: &Target) -> Result<MyBackend> {
+        tls::install_default_provider();
+        let no_tls = |e: &mysql_async::Error| matches!(e, mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer));
+        let conn = match Self::open(t, ssl_opts(t)?).await? {
+            // PREFERRED: a server without TLS is spoken to in the clear.
+            Err(e) if no_tls(&e) && t.tls == TlsMode::Prefer => Self::open(t, None).await?,
+            other => other,
+        };
+        let conn = conn.map_err(|e| {
+            let tls_failed = no_tls(&e) || tls::is_refusal(&format!("{e:?}"));
+            if tls_failed {
+                tls::tls_error(&format!("the MySQL target {}:{}", t.host, t.port), &e, "the jdbc.url's sslMode and the option ssl_ca")
+            } else {
+                my_error("connect", e)
+            }
+        })?;
+        Self::set_up(conn).await
+    }
+
+    /// Connect once; the outer error is the timeout.
+    async fn open(t: &Target, ssl: Option<SslOpts>) -> Result<std::result::Result<Conn, mysql_async::Error>> {
         let opts = OptsBuilder::default()
             .ip_or_hostname(t.host.clone())
             .tcp_port(t.port)
@@ -43,15 +78,16 @@ impl MyBackend {
             .pass(t.password.clone())
             .db_name(Some(t.database.clone()))
             .prefer_socket(false)
+            .ssl_opts(ssl)
             // The connector's statements are prepared once per shape.
             .stmt_cache_size(64);
-        let conn = tokio::time::timeout(t.timeout, Conn::new(opts))
-            .await
-            .map_err(|_| {
-                SinkError::transient(format!("could not connect to the MySQL target {}:{}: timed out", t.host, t.port))
-                    .hint("Check the host and port of jdbc.url and that the database runs; a running sink retries.")
-            })?
-            .map_err(|e| my_error("connect", e))?;
+        tokio::time::timeout(t.timeout, Conn::new(opts)).await.map_err(|_| {
+            SinkError::transient(format!("could not connect to the MySQL target {}:{}: timed out", t.host, t.port))
+                .hint("Check the host and port of jdbc.url and that the database runs; a running sink retries.")
+        })
+    }
+
+    async fn set_up(conn: Conn) -> Result<MyBackend> {
         let mut b = MyBackend { conn };
         // Timestamps are written as UTC, as the worker renders them.
         b.conn

@@ -1,14 +1,17 @@
 //! The PostgreSQL side of the jdbc connector, over tokio-postgres. Every parameter
 //! is sent as text and cast in the statement (`$1::text::integer`), so any type the
-//! target has an input function for works.
+//! target has an input function for works. TLS follows the URL's `sslmode`
+//! ([`TlsMode`], rustls).
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::target::{Backend, TableInfo, Target};
+use crate::engine::connector::tls::{self, TlsMode};
 use crate::engine::error::{Result, SinkError};
 
 pub struct PgBackend {
@@ -24,6 +27,16 @@ const STATEMENT_CACHE: usize = 64;
 /// Connection refused or lost: retry. Refused credentials or a missing database:
 /// an operator must act.
 fn pg_error(what: &str, e: tokio_postgres::Error) -> SinkError {
+    // The cause of a failed handshake is in the error's sources.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    if e.code().is_none() && tls::is_refusal(&text) {
+        return tls::tls_error("the PostgreSQL target", &text, "the jdbc.url's sslmode and the option ssl_ca");
+    }
     let code = e.code().map(|c| c.code().to_string());
     let detail = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
     let message = format!("could not {what} on the PostgreSQL target: {detail}");
@@ -48,10 +61,22 @@ impl PgBackend {
         if let Some(p) = &t.password {
             cfg.password(p);
         }
-        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| pg_error("connect", e))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let client = if t.tls == TlsMode::Disable {
+            let (client, connection) = cfg.connect(NoTls).await.map_err(|e| pg_error("connect", e))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+        } else {
+            cfg.ssl_mode(if t.tls == TlsMode::Prefer { SslMode::Prefer } else { SslMode::Require });
+            let config = tls::client_config(t.tls, t.ssl_ca.as_deref(), "jdbc ssl_ca")?;
+            let (client, connection) =
+                cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(config)).await.map_err(|e| pg_error("connect", e))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+        };
         Ok(PgBackend { client, statements: HashMap::new() })
     }
 }

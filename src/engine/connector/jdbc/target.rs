@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 
+use crate::engine::connector::tls::TlsMode;
 use crate::engine::connector::{percent_decode, ConnectorConfig};
 use crate::engine::envelope::EnvelopeKind;
 use crate::engine::error::{Result, SinkError};
@@ -28,6 +29,11 @@ pub struct Target {
     pub table: String,
     pub progress_table: String,
     pub timeout: std::time::Duration,
+    /// From the URL's `sslmode` (PostgreSQL) or `sslMode`/`useSSL` (MySQL); the
+    /// drivers' default is `prefer`.
+    pub tls: TlsMode,
+    /// PEM certificates to trust (option `ssl_ca`); the Mozilla roots without it.
+    pub ssl_ca: Option<String>,
 }
 
 pub fn parse_target(cfg: &ConnectorConfig) -> Result<Target> {
@@ -71,13 +77,25 @@ pub fn parse_target(cfg: &ConnectorConfig) -> Result<Target> {
         return Err(bad("It names no database."));
     }
     let mut schema = None;
+    let mut tls = Tls::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "user" => user = Some(percent_decode(v)),
-            "password" => password = Some(percent_decode(v)),
-            "currentSchema" => schema = Some(percent_decode(v)),
-            _ => {} // driver properties (sslmode, ...) that do not change where rows go
+        let v = percent_decode(v);
+        match (dialect, k) {
+            (_, "user") => user = Some(v),
+            (_, "password") => password = Some(v),
+            (_, "currentSchema") => schema = Some(v),
+            (Dialect::Postgres, "sslmode") => tls.mode = Some(TlsMode::from_pg(&v)?),
+            (Dialect::Postgres, "ssl") => tls.legacy = Some(if parse_flag(k, &v)? { TlsMode::VerifyFull } else { TlsMode::Disable }),
+            (Dialect::MySql, "sslMode" | "sslmode") => tls.mode = Some(TlsMode::from_mysql(&v)?),
+            (Dialect::MySql, "useSSL" | "useSsl") => tls.legacy = Some(if parse_flag(k, &v)? { TlsMode::Require } else { TlsMode::Disable }),
+            (Dialect::MySql, "requireSSL") if parse_flag(k, &v)? => tls.require = true,
+            (Dialect::MySql, "verifyServerCertificate") if parse_flag(k, &v)? => tls.verify = true,
+            (_, "sslrootcert" | "sslcert" | "sslkey" | "serverSslCert" | "trustCertificateKeyStoreUrl") => {
+                return Err(bad(&format!("\"{k}\" names a file on the database server's host, which the sink does not read."))
+                    .hint("Give the certificate authority's PEM certificate in the option ssl_ca instead."))
+            }
+            _ => {} // driver properties that change neither where rows go nor how safely
         }
     }
     if let Some(u) = cfg.get("user") {
@@ -107,7 +125,39 @@ pub fn parse_target(cfg: &ConnectorConfig) -> Result<Target> {
         table: table.to_string(),
         progress_table,
         timeout: cfg.timeout(10_000)?,
+        tls: tls.mode(),
+        ssl_ca: cfg.get("ssl_ca").map(str::to_string),
     })
+}
+
+/// The TLS words of a JDBC URL: an explicit mode wins over the older flags.
+#[derive(Default)]
+struct Tls {
+    mode: Option<TlsMode>,
+    legacy: Option<TlsMode>,
+    require: bool,
+    verify: bool,
+}
+
+impl Tls {
+    fn mode(&self) -> TlsMode {
+        if let Some(m) = self.mode {
+            return m;
+        }
+        let base = self.legacy.unwrap_or(TlsMode::Prefer);
+        if base == TlsMode::Disable {
+            return base;
+        }
+        match (self.require, self.verify) {
+            (_, true) => base.max(TlsMode::VerifyCa),
+            (true, false) => base.max(TlsMode::Require),
+            _ => base,
+        }
+    }
+}
+
+fn parse_flag(name: &str, value: &str) -> Result<bool> {
+    crate::engine::connector::parse_bool(name, value)
 }
 
 /// A target table as its database describes it.
