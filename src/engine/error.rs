@@ -25,11 +25,17 @@ pub struct SinkError {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// Refused for want of a privilege (SQLSTATE 42501), whatever the kind.
+    pub privilege: bool,
 }
 
 impl SinkError {
     fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        SinkError { kind, message: message.into(), detail: None, hint: None }
+        SinkError { kind, message: message.into(), detail: None, hint: None, privilege: false }
+    }
+    pub fn privilege(mut self) -> Self {
+        self.privilege = true;
+        self
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Transient, message)

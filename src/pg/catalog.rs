@@ -103,6 +103,11 @@ pub fn cluster_identity() -> String {
     .unwrap_or_default()
 }
 
+/// Whether `role` is a superuser now (a role that is gone is not).
+pub fn owner_is_superuser(role: &str) -> bool {
+    select_one("SELECT rolsuper::text FROM pg_catalog.pg_roles WHERE rolname = $1", &[Some(role)]).as_deref() == Some("true")
+}
+
 /// A sink by name or id, whoever owns it (the catalog shows roles only their own
 /// sinks; callers check ownership and say "must be owner").
 fn find(condition: &str, param: &str) -> Option<SinkRow> {

@@ -151,6 +151,7 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
             key_columns: def.key_columns.clone(),
             options: def.connector_options.clone(),
             columns: vec![],
+            password_required: !catalog::owner_is_superuser(&sink.owner),
         };
         let connector = (def.connector.build)(&cfg)?;
         session.cached = Some((fingerprint, Parts { def, pipeline, connector, stream: None, idle_end: Lsn::ZERO, snapshot_logged: None }));

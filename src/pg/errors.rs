@@ -23,6 +23,9 @@ pub fn fail(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<Str
 }
 
 pub fn code_of(e: &SinkError) -> PgSqlErrorCode {
+    if e.privilege {
+        return PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE;
+    }
     match e.kind {
         ErrorKind::InvalidConfig => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         ErrorKind::Transient => PgSqlErrorCode::ERRCODE_CONNECTION_EXCEPTION,

@@ -99,10 +99,51 @@ pub(crate) fn with_created_by<R>(dialect: &'static str, f: impl FnOnce() -> R) -
 
 /// Take the sink's processing lock for the rest of the transaction (waits for the
 /// worker to finish its current batch).
+///
+/// A worker that creates its slot waits, holding this lock, for every transaction
+/// that has written something. When the caller's transaction has (two sinks
+/// dropped in one statement, a DDL call after a write), waiting for the lock would
+/// deadlock: the worker's slot creation is cancelled instead (its step fails as
+/// transient and runs again after this transaction).
 pub(crate) fn lock_sink(id: i64) {
     let id = id.to_string();
     let class = LOCK_CLASS.to_string();
-    select("SELECT pg_advisory_xact_lock($1::int, $2::int)::text", &[Some(&class), Some(&id)]);
+    let params = [Some(class.as_str()), Some(id.as_str())];
+    if select_one("SELECT pg_catalog.pg_try_advisory_xact_lock($1::int, $2::int)::text", &params).as_deref() == Some("true") {
+        return;
+    }
+    if select_one("SELECT pg_catalog.pg_current_xact_id_if_assigned()::text", &[]).is_none() {
+        select("SELECT pg_catalog.pg_advisory_xact_lock($1::int, $2::int)::text", &params);
+        return;
+    }
+    loop {
+        // The lock's holder, if it waits for this transaction.
+        as_superuser(|| {
+            select(
+                "SELECT pg_catalog.pg_cancel_backend(h.pid)::text \
+                   FROM pg_catalog.pg_locks h JOIN pg_catalog.pg_locks w ON w.pid = h.pid \
+                  WHERE h.locktype = 'advisory' AND h.granted AND h.classid = $1::int::oid AND h.objid = $2::int::oid AND h.objsubid = 2 \
+                    AND h.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
+                    AND w.locktype = 'transactionid' AND NOT w.granted \
+                    AND w.transactionid::text = (pg_catalog.pg_current_xact_id_if_assigned()::text::bigint % 4294967296)::text",
+                &params,
+            )
+        });
+        if select_one("SELECT pg_catalog.pg_try_advisory_xact_lock($1::int, $2::int)::text", &params).as_deref() == Some("true") {
+            return;
+        }
+        // SAFETY: a plain sleep that also serves interrupts (statement timeout, cancel).
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                20,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
 }
 
 /// Text output settings the encoders expect (same as the worker's session).

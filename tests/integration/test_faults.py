@@ -434,3 +434,34 @@ def test_a_database_not_in_utf8_is_refused_instead_of_mangling_text(db):
         lat.close()
     finally:
         db.execute("DROP DATABASE IF EXISTS f_latin1 WITH (FORCE)")
+
+
+def test_dropping_a_sink_whose_worker_waits_for_the_caller_does_not_deadlock(db):
+    """A worker creating its slot waits, holding the sink's lock, for every
+    transaction that has written. A drop_sink in such a transaction (after a
+    write, or after dropping another sink in the same statement) waited for that
+    lock: a deadlock, which Postgres broke by failing one side
+    (pg_stat_database.deadlocks counts it). Now the drop cancels the slot creation."""
+    d = os.path.join("/tmp/pg_sink_test/out", "dd")
+    db.execute("DROP TABLE IF EXISTS dd_src")
+    db.execute("CREATE TABLE dd_src (id int PRIMARY KEY)")
+    deadlocks = one(db, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+    writer = connect()
+    writer.autocommit = False
+    writer.execute("INSERT INTO dd_src VALUES (1)")  # an xid the slot creation must wait for
+    xid = one(writer, "SELECT pg_current_xact_id()::text")
+    db.execute("SELECT sink.create_sink('dd_x', 'dd_src', 'file', %s::jsonb)", (json.dumps({"path": d}),))
+    wait_for(lambda: one(db, "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted AND transactionid::text = %s",
+                         str(int(xid) % 2**32)) > 0, what="the worker's slot creation to wait for the writer")
+    t0 = time.time()
+    writer.execute("SELECT sink.drop_sink('dd_x')")
+    writer.commit()
+    writer.close()
+    took = time.time() - t0
+    assert one(db, "SELECT count(*) FROM sink.sinks WHERE name = 'dd_x'") == 0
+    time.sleep(1.5)  # statistics are flushed by the backends a moment later
+    assert one(db, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") == deadlocks, "a deadlock was broken"
+    assert took < 5, took
+    wait_for(lambda: one(db, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pg_sink_%%' AND NOT active") == 0,
+             what="no slot left behind")
+    db.execute("DROP TABLE dd_src")

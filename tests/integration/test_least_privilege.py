@@ -366,3 +366,60 @@ def test_outbound_hosts_are_held_to_the_allow_list(db, eve):
     finally:
         _reload(db, "pg_sink.allowed_hosts", None)
     _unchanged(db)
+
+
+# ---------------------------------------------------------------- the server's own trust
+
+def _hba(db, line=None):
+    """Put `line` first in pg_hba.conf (None: take it out again) and reload."""
+    path = one(db, "SHOW hba_file")
+    with open(path) as f:
+        lines = [l for l in f.read().splitlines() if "# lp test" not in l]
+    if line:
+        lines.insert(0, f"{line}  # lp test")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    db.execute("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+
+
+def test_a_jdbc_sink_cannot_borrow_this_servers_trust(db, eve):
+    """postgres_fdw's rule: a role that is not a superuser must not reach this
+    server (or any) as another role through trust or peer authentication. Before,
+    eve's jdbc sink connected to 127.0.0.1 as postgres and wrote into a table eve may
+    not touch."""
+    from conftest import PORT, wait_caught_up
+    db.execute("DROP TABLE IF EXISTS public.lp_locked_dst")
+    db.execute("CREATE TABLE public.lp_locked_dst (id int PRIMARY KEY, v text)")
+    eve.execute("INSERT INTO lp_src SELECT g, 'v' || g FROM generate_series(1, 10) g")
+    url = f"jdbc:postgresql://127.0.0.1:{PORT}/postgres?user=postgres"
+    opts = json.dumps({"jdbc.url": url, "table.name": "lp_locked_dst"})
+    st, msg, detail, hint = sqlstate_of(eve, "SELECT sink.create_sink('lp_j', 'lp_src', 'jdbc', %s::jsonb, envelope => 'upsert')", opts)
+    assert st == "42501" and "without a password" in msg and "postgres_fdw" in detail and "password" in hint, (st, msg)
+    # A wrong password does not help: trust ignores it.
+    opts_pw = json.dumps({"jdbc.url": url + "&password=anything", "table.name": "lp_locked_dst"})
+    st, msg, _, _ = sqlstate_of(eve, "SELECT sink.create_sink('lp_j', 'lp_src', 'jdbc', %s::jsonb, envelope => 'upsert')", opts_pw)
+    assert st == "42501", (st, msg)
+    assert one(db, "SELECT count(*) FROM public.lp_locked_dst") == 0
+    _unchanged(db)
+    # A target user that must give its password is fine.
+    db.execute("DROP ROLE IF EXISTS lp_pw")
+    db.execute("CREATE ROLE lp_pw LOGIN PASSWORD 'lp-pw-Secret-9'")
+    db.execute("CREATE TABLE lp_eve_s.lp_open_dst (id int PRIMARY KEY, v text)")
+    db.execute("GRANT USAGE, CREATE ON SCHEMA lp_eve_s TO lp_pw")  # and its progress table
+    db.execute("GRANT ALL ON lp_eve_s.lp_open_dst TO lp_pw")
+    _hba(db, "host all lp_pw 127.0.0.1/32 scram-sha-256")
+    try:
+        good = json.dumps({"jdbc.url": f"jdbc:postgresql://127.0.0.1:{PORT}/postgres", "user": "lp_pw", "password": "lp-pw-Secret-9",
+                           "schema.name": "lp_eve_s", "table.name": "lp_open_dst"})
+        eve.execute("SELECT sink.create_sink('lp_j', 'lp_src', 'jdbc', %s::jsonb, envelope => 'upsert')", (good,))
+        wait_caught_up(db, "lp_j")
+        assert one(db, "SELECT count(*) FROM lp_eve_s.lp_open_dst") == 10
+        eve.execute("SELECT sink.drop_sink('lp_j')")
+    finally:
+        _hba(db, None)
+        db.execute("DROP TABLE IF EXISTS public.lp_locked_dst")
+        db.execute("DROP TABLE IF EXISTS lp_eve_s.lp_open_dst")
+        db.execute("DROP OWNED BY lp_pw")
+        db.execute("DROP ROLE lp_pw")
+    _unchanged(db)

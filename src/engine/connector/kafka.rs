@@ -646,6 +646,7 @@ pub fn check_connection(options: &BTreeMap<String, String>) -> Result<()> {
         key_columns: vec![],
         options: opts,
         columns: vec![],
+        password_required: false,
     };
     let connector = KafkaConnector { settings: settings(&cfg)?, state: None, partitioner: HashMap::new() };
     if !connector.settings.validate {
@@ -889,6 +890,7 @@ mod tests {
             key_columns: vec!["id".into()],
             options: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             columns: vec![],
+            password_required: false,
         }
     }
 

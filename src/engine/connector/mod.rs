@@ -213,6 +213,10 @@ pub struct ConnectorConfig {
     /// The sink's columns as `(name, format_type)`, known when the sink is created
     /// (for [`Connector::check`] to compare with the target); empty in the worker.
     pub columns: Vec<(String, String)>,
+    /// The sink's owner is not a superuser: a PostgreSQL target must show that it
+    /// asked for the password (postgres_fdw's rule), so the owner cannot borrow
+    /// this server's trust or peer authentication as another role.
+    pub password_required: bool,
 }
 
 impl std::fmt::Debug for ConnectorConfig {
@@ -261,6 +265,7 @@ impl ConnectorConfig {
             key_columns: vec![],
             options: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             columns: vec![],
+            password_required: false,
         }
     }
 }

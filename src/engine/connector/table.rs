@@ -236,6 +236,7 @@ mod tests {
             key_columns: vec!["id".into()],
             options: [("table".to_string(), "\"b\".\"t\"".to_string())].into_iter().collect(),
             columns: vec![],
+            password_required: false,
         };
         let mut c = build(&cfg).unwrap();
         let mut env = Envelope::new(EnvelopeKind::Upsert, false, vec!["id".into()], "s", "db");
@@ -275,6 +276,7 @@ mod tests {
             key_columns: vec![],
             options: Default::default(),
             columns: vec![],
+            password_required: false,
         };
         assert!(build(&cfg).is_err());
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");

@@ -10,6 +10,7 @@
 //! | [`sync`] | `sync`, `preview` |
 //! | [`execute`] | `execute` (Materialize, RisingWave and Kinetica DDL) |
 //! | [`hashes`] | `seahash`, `kafka_murmur2`, `crc32` |
+//! | [`reference`] | `options` (every connector's options) |
 //!
 //! Functions run as the caller, so privilege checks see the caller; catalog writes,
 //! publications and slots are made under the extension's superuser identity
@@ -20,6 +21,7 @@ pub mod credentials;
 pub mod execute;
 pub mod grants;
 pub mod hashes;
+pub mod reference;
 pub mod secrets;
 pub mod sinks;
 pub mod sync;

@@ -544,6 +544,7 @@ fn check_target(name: &str, def: &options::SinkDefinition, src: &Source, visible
         key_columns: def.key_columns.clone(),
         options: def.connector_options.clone(),
         columns: visible.iter().map(|c| (c.clone(), types.get(c).cloned().unwrap_or_else(|| "text".into()))).collect(),
+        password_required: !crate::pg::identity::is_superuser(),
     };
     let mut connector = (def.connector.build)(&cfg).or_raise();
     let rt = crate::engine::replication::with_signals_blocked(|| {
@@ -683,6 +684,7 @@ fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, in
         key_columns: def.key_columns.clone(),
         options: def.connector_options.clone(),
         columns: vec![],
+        password_required: false,
     };
     let (schema, table) = target_parts(&crate::engine::connector::table::target_name(&cfg).or_raise());
     let target = format!("{}.{}", quote_ident(&schema), quote_ident(&table));

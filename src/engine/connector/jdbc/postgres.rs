@@ -53,31 +53,41 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> SinkError {
 
 impl PgBackend {
     pub async fn connect(t: &Target) -> Result<PgBackend> {
+        if t.password_required && Self::open(t, false).await.is_ok() {
+            return Err(SinkError::permanent(format!(
+                "the PostgreSQL target {}:{} accepted a connection without a password",
+                t.host, t.port
+            ))
+            .detail("The sink's owner is not a superuser; like postgres_fdw, pg_sink does not let such a role use the trust or peer authentication of the server it connects from.")
+            .hint("Connect as a target user that authenticates with a password (pg_hba.conf: scram-sha-256), and give the password as a secret.")
+            .privilege());
+        }
+        Ok(PgBackend { client: Self::open(t, true).await?, statements: HashMap::new() })
+    }
+
+    async fn open(t: &Target, with_password: bool) -> Result<Client> {
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(&t.host).port(t.port).dbname(&t.database).connect_timeout(t.timeout).application_name("pg_sink");
         if let Some(u) = &t.user {
             cfg.user(u);
         }
-        if let Some(p) = &t.password {
+        if let (Some(p), true) = (&t.password, with_password) {
             cfg.password(p);
         }
-        let client = if t.tls == TlsMode::Disable {
+        if t.tls == TlsMode::Disable {
             let (client, connection) = cfg.connect(NoTls).await.map_err(|e| pg_error("connect", e))?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });
-            client
-        } else {
-            cfg.ssl_mode(if t.tls == TlsMode::Prefer { SslMode::Prefer } else { SslMode::Require });
-            let config = tls::client_config(t.tls, t.ssl_ca.as_deref(), "jdbc ssl_ca")?;
-            let (client, connection) =
-                cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(config)).await.map_err(|e| pg_error("connect", e))?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            client
-        };
-        Ok(PgBackend { client, statements: HashMap::new() })
+            return Ok(client);
+        }
+        cfg.ssl_mode(if t.tls == TlsMode::Prefer { SslMode::Prefer } else { SslMode::Require });
+        let config = tls::client_config(t.tls, t.ssl_ca.as_deref(), "jdbc ssl_ca")?;
+        let (client, connection) = cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(config)).await.map_err(|e| pg_error("connect", e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Target {
     pub tls: TlsMode,
     /// PEM certificates to trust (option `ssl_ca`); the Mozilla roots without it.
     pub ssl_ca: Option<String>,
+    /// A PostgreSQL target must ask for the password ([`ConnectorConfig::password_required`]).
+    pub password_required: bool,
 }
 
 pub fn parse_target(cfg: &ConnectorConfig) -> Result<Target> {
@@ -127,6 +129,7 @@ pub fn parse_target(cfg: &ConnectorConfig) -> Result<Target> {
         timeout: cfg.timeout(10_000)?,
         tls: tls.mode(),
         ssl_ca: cfg.get("ssl_ca").map(str::to_string),
+        password_required: cfg.password_required,
     })
 }
 
