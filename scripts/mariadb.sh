@@ -2,12 +2,13 @@
 # A throwaway MariaDB server for pg_sink's jdbc tests and benchmark: Debian's
 # mariadb-server binaries (not the system service), its own data directory, bound
 # to 127.0.0.1. `start` installs the package when missing, initialises a fresh
-# data directory at every start and waits until the server answers. The server's
-# `root` user has no password, from 127.0.0.1 and from the socket. It speaks TLS
-# (optional for clients) with a certificate for 127.0.0.1/localhost signed by the
-# test CA in $MARIADB_DATA/tls/ca.pem (scripts/lib/tls.sh).
+# data directory at every start (`restart` keeps it) and waits until the server
+# answers. The server's `root` user has no password, from 127.0.0.1 and from the
+# socket. It speaks TLS (optional for clients) with a certificate for
+# 127.0.0.1/localhost signed by the test CA in $MARIADB_DATA/tls/ca.pem
+# (scripts/lib/tls.sh).
 #
-#   scripts/mariadb.sh start|stop|status|sql [mariadb client args]
+#   scripts/mariadb.sh start|restart|stop|status|sql [mariadb client args]
 #
 # MARIADB_PORT (default 13306), MARIADB_DATA (default /tmp/pg_sink_mariadb). The pid
 # is in $MARIADB_DATA/mariadb.pid, the log in $MARIADB_DATA/mariadb.log, the socket
@@ -67,22 +68,35 @@ start() {
   mariadb-install-db --no-defaults --user="$OSUSER" --datadir="$DATA/db" \
     --auth-root-authentication-method=normal --skip-test-db >"$DATA/install.log" 2>&1 ||
     { tail -20 "$DATA/install.log" >&2; die "mariadb-install-db failed"; }
-  svc_launch "$PIDFILE" "$LOG" "MariaDB $(/usr/sbin/mariadbd --version | awk '{print $3}')" "$PORT" answers "$PATTERN" \
-    setsid /usr/sbin/mariadbd --no-defaults --user="$OSUSER" --datadir="$DATA/db" \
-    --port="$PORT" --bind-address=127.0.0.1 --socket="$SOCK" --pid-file="$DATA/db/mariadbd.pid" \
-    --skip-name-resolve --character-set-server=utf8mb4 --collation-server=utf8mb4_bin \
-    --innodb-buffer-pool-size=256M --max-connections=300 --log-error="$LOG.err" \
-    --ssl-ca="$DATA/tls/ca.pem" --ssl-cert="$DATA/tls/server.pem" --ssl-key="$DATA/tls/server.key"
+  launch
   # root without a password over TCP from 127.0.0.1 too (skip-name-resolve: the
   # host is the address, not "localhost").
   client -e "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY '';
              GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;"
 }
 
+# The server on the data directory as it is.
+launch() {
+  svc_launch "$PIDFILE" "$LOG" "MariaDB $(/usr/sbin/mariadbd --version | awk '{print $3}')" "$PORT" answers "$PATTERN" \
+    setsid /usr/sbin/mariadbd --no-defaults --user="$OSUSER" --datadir="$DATA/db" \
+    --port="$PORT" --bind-address=127.0.0.1 --socket="$SOCK" --pid-file="$DATA/db/mariadbd.pid" \
+    --skip-name-resolve --character-set-server=utf8mb4 --collation-server=utf8mb4_bin \
+    --innodb-buffer-pool-size=256M --max-connections=300 --log-error="$LOG.err" \
+    --ssl-ca="$DATA/tls/ca.pem" --ssl-cert="$DATA/tls/server.pem" --ssl-key="$DATA/tls/server.key"
+}
+
+# Stop and start again on the same data (a target outage that loses nothing).
+restart() {
+  [ -e "$MARKER" ] || die "no server data in $DATA: use start"
+  svc_stop "$PIDFILE" "$PATTERN" >/dev/null
+  launch
+}
+
 case "${1:-}" in
   start) start ;;
+  restart) restart ;;
   stop) svc_stop "$PIDFILE" "$PATTERN" ;;
   status) if pid=$(svc_running_pid "$PIDFILE" "$PATTERN") && answers; then log "running (pid $pid) on 127.0.0.1:$PORT"; else log "not running"; exit 1; fi ;;
   sql) shift; client "$@" ;;
-  *) die "usage: $0 start|stop|status|sql [args]" ;;
+  *) die "usage: $0 start|restart|stop|status|sql [args]" ;;
 esac

@@ -84,6 +84,27 @@ CREATE TABLE progress (
     errors                 bigint NOT NULL DEFAULT 0
 );
 
+-- Moves with every change to sinks, connections, secrets and credentials, in the
+-- changing transaction: a worker resolves a sink's options (secrets included)
+-- again only when it moved, not at every step.
+CREATE TABLE definitions_version (n bigint NOT NULL);
+INSERT INTO definitions_version VALUES (0);
+REVOKE ALL ON definitions_version FROM PUBLIC;
+
+CREATE FUNCTION bump_definitions_version() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE sink.definitions_version SET n = n + 1;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION bump_definitions_version() FROM PUBLIC;
+CREATE TRIGGER definitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON sinks
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_definitions_version();
+CREATE TRIGGER definitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON connections
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_definitions_version();
+CREATE TRIGGER definitions_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secrets
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_definitions_version();
+
 CREATE VIEW status AS
 SELECT s.name,
        s.state,

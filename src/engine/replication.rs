@@ -270,14 +270,42 @@ impl Handshake {
         self.conn.write_all(msg).map_err(|e| SinkError::transient(format!("could not send to the walsender at {}: {e}", self.target)))
     }
 
+    /// A whole message already read, if there is one.
+    fn take_message(&mut self) -> Option<(u8, Vec<u8>)> {
+        let len = frame_len(&self.buf)?;
+        if self.buf.len() < len {
+            return None;
+        }
+        let rest = self.buf.split_off(len);
+        let frame = std::mem::replace(&mut self.buf, rest);
+        Some((frame[0], frame[5..].to_vec()))
+    }
+
+    /// The next message, however long the server takes, as long as `stop` says
+    /// no (checked every read timeout).
+    fn wait_message(&mut self, stop: &dyn Fn() -> bool) -> Result<(u8, Vec<u8>)> {
+        loop {
+            if let Some(m) = self.take_message() {
+                return Ok(m);
+            }
+            let mut tmp = [0u8; 8192];
+            match self.conn.read(&mut tmp) {
+                Ok(0) => return Err(SinkError::transient(format!("the walsender at {} closed the connection", self.target))),
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
+                    if stop() {
+                        return Err(SinkError::transient(super::step::STOPPING));
+                    }
+                }
+                Err(e) => return Err(SinkError::transient(format!("could not read from the walsender at {}: {e}", self.target))),
+            }
+        }
+    }
+
     fn read_message(&mut self) -> Result<(u8, Vec<u8>)> {
         loop {
-            if let Some(len) = frame_len(&self.buf) {
-                if self.buf.len() >= len {
-                    let rest = self.buf.split_off(len);
-                    let frame = std::mem::replace(&mut self.buf, rest);
-                    return Ok((frame[0], frame[5..].to_vec()));
-                }
+            if let Some(m) = self.take_message() {
+                return Ok(m);
             }
             let mut tmp = [0u8; 8192];
             let n =
@@ -358,6 +386,94 @@ fn handshake(target: &Target) -> Result<Handshake> {
         }
     }
     Ok(hs)
+}
+
+/// A replication connection whose open transaction holds the snapshot of the slot
+/// it created (`CREATE_REPLICATION_SLOT .. (SNAPSHOT 'use')`, as Postgres' own
+/// table synchronisation does): what is read here is exactly what committed
+/// before the slot's consistent point, and nothing is locked beyond what the reads
+/// take (ACCESS SHARE). Writers go on; the slot streams every transaction that
+/// commits after that point. Dropped without [`SnapshotSession::finish`], the
+/// transaction ends with the connection.
+pub struct SnapshotSession {
+    hs: Handshake,
+    /// Where the slot's stream starts.
+    pub consistent_point: Lsn,
+}
+
+/// Connect, begin a repeatable-read transaction and create `slot` (pgoutput) in
+/// it, using its snapshot. Waits as long as the server does (slot creation waits
+/// for transactions in progress), checking `stop` every 200 ms.
+pub fn create_slot_with_snapshot(target: &Target, slot: &str, stop: &dyn Fn() -> bool) -> Result<SnapshotSession, StartError> {
+    let hs = handshake(target).map_err(StartError::Connect)?;
+    hs.conn.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| StartError::Connect(SinkError::transient(format!("socket: {e}"))))?;
+    let mut s = SnapshotSession { hs, consistent_point: Lsn::ZERO };
+    // Connected: what fails from here on is not a reason to read another way.
+    let refused = |error: SinkError| StartError::Refused { code: String::new(), error };
+    s.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ", stop).map_err(refused)?;
+    let command = format!("CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput (SNAPSHOT 'use')", slot.replace('"', "\"\""));
+    let rows = s.query(&command, stop).map_err(refused)?;
+    // slot_name, consistent_point, snapshot_name, output_plugin
+    let point = rows.first().and_then(|r| r.get(1)).cloned().flatten().and_then(|t| t.parse().ok());
+    s.consistent_point = point.ok_or_else(|| refused(SinkError::transient("CREATE_REPLICATION_SLOT returned no consistent point")))?;
+    Ok(s)
+}
+
+/// Rows of a simple query, each column as text (`None`: NULL).
+pub type TextRows = Vec<Vec<Option<String>>>;
+
+impl SnapshotSession {
+    /// Run one statement (simple query protocol) in the snapshot's transaction and
+    /// return its rows. An error of SQLSTATE class 42 or 0A (a dropped column, a
+    /// revoked privilege, a feature not there) is permanent, others transient.
+    pub fn query(&mut self, sql: &str, stop: &dyn Fn() -> bool) -> Result<TextRows> {
+        let mut msg = BytesMut::new();
+        frontend::query(sql, &mut msg).map_err(|e| SinkError::transient(format!("query: {e}")))?;
+        self.hs.send(&msg)?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.hs.wait_message(stop)? {
+                (b'D', body) => rows.push(parse_data_row(&body)?),
+                (b'E', body) => error = Some(parse_error_fields(&body)),
+                (b'Z', _) => break,
+                _ => {} // RowDescription, CommandComplete, notices, parameter status
+            }
+        }
+        let Some(e) = error else {
+            return Ok(rows);
+        };
+        let permanent = e.code.starts_with("42") || e.code.starts_with("0A");
+        let err = server_error("the snapshot's query failed", e);
+        Err(if permanent { SinkError { kind: super::error::ErrorKind::Permanent, ..err } } else { err })
+    }
+
+    /// Commit the snapshot's transaction and close the connection.
+    pub fn finish(mut self, stop: &dyn Fn() -> bool) -> Result<()> {
+        self.query("COMMIT", stop)?;
+        self.hs.conn.shutdown();
+        Ok(())
+    }
+}
+
+/// A DataRow's columns as text.
+fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>> {
+    let bad = || SinkError::transient("malformed DataRow from the walsender");
+    let n = u16::from_be_bytes([*body.first().ok_or_else(bad)?, *body.get(1).ok_or_else(bad)?]) as usize;
+    let mut at = 2;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = i32::from_be_bytes(body.get(at..at + 4).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let bytes = body.get(at..at + len as usize).ok_or_else(bad)?;
+        at += len as usize;
+        out.push(Some(String::from_utf8(bytes.to_vec()).map_err(|_| SinkError::transient("a value from the walsender is not UTF-8"))?));
+    }
+    Ok(out)
 }
 
 /// `START_REPLICATION SLOT "s" LOGICAL X/Y (proto_version '1', publication_names '"p"')`.
@@ -776,6 +892,27 @@ pub fn block_signals() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_rows_give_text_and_nulls_and_refuse_short_bodies() {
+        let mut body = 3u16.to_be_bytes().to_vec();
+        for v in [Some(&b"42"[..]), None, Some(&b"h\xc3\xa9"[..])] {
+            match v {
+                Some(b) => {
+                    body.extend((b.len() as i32).to_be_bytes());
+                    body.extend(b);
+                }
+                None => body.extend((-1i32).to_be_bytes()),
+            }
+        }
+        assert_eq!(parse_data_row(&body).unwrap(), vec![Some("42".to_string()), None, Some("h\u{e9}".to_string())]);
+        assert!(parse_data_row(&body[..body.len() - 1]).is_err());
+        assert!(parse_data_row(&[0]).is_err());
+        let mut bad = 1u16.to_be_bytes().to_vec();
+        bad.extend(1i32.to_be_bytes());
+        bad.push(0xff);
+        assert!(parse_data_row(&bad).is_err(), "not UTF-8");
+    }
 
     fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![kind];

@@ -192,6 +192,12 @@ pub fn expand_credential(connector: &str, options: &mut BTreeMap<String, String>
     credential::apply(options, &name, &cred, connector)
 }
 
+/// The catalog's definitions version: it moves with every change to sinks,
+/// connections, secrets and credentials (a trigger, in the changing transaction).
+pub fn definitions_version() -> i64 {
+    select_one("SELECT n::text FROM sink.definitions_version", &[]).and_then(|n| n.parse().ok()).unwrap_or(-1)
+}
+
 /// Connection options with secrets resolved, under the sink's own options.
 pub fn effective_options(sink: &SinkRow) -> Result<BTreeMap<String, String>, SinkError> {
     let mut merged = match &sink.connection {

@@ -72,7 +72,8 @@ struct Parts {
 /// change, so connectors keep their clients (Kafka producers, ...) between batches.
 #[derive(Default)]
 pub struct Session {
-    cached: Option<(String, Parts)>,
+    /// The sink's parts, built for (sink id, catalog definitions version).
+    cached: Option<((i64, i64), Parts)>,
     /// Lives as long as the session: clients (NATS, ...) run background tasks on it.
     rt: Option<std::sync::Arc<tokio::runtime::Runtime>>,
     /// Set by the worker; `sync()` and `preview()` read through SQL.
@@ -137,9 +138,11 @@ impl Session {
 pub use crate::engine::replication::block_signals;
 
 fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, SinkError> {
-    let options = catalog::effective_options(sink)?;
-    let fingerprint = format!("{}|{}|{:?}|{:?}|{:?}", sink.id, sink.connector, options, sink.columns, sink.row_filter);
+    // Options (secrets included) are resolved again only after a definition changed.
+    let fingerprint = (sink.id, catalog::definitions_version());
     if session.cached.as_ref().map(|(f, _)| f != &fingerprint).unwrap_or(true) {
+        session.cached = None;
+        let options = catalog::effective_options(sink)?;
         let def = crate::engine::options::parse(&sink.connector, &options)?;
         let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
         let pipeline = Pipeline::new(&def, &sink.name, &database, Lsn::ZERO)?;
@@ -249,32 +252,13 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
     if let Some(e) = slot_lost(sink, slot) {
         return Err(e);
     }
-    if sink.confirmed.is_none() {
-        // The slot to start from: `None` creates one.
-        let leftover = match slot {
-            None => None,
-            Some(_) if def.snapshot => {
-                // A slot left by an initialisation that failed before it committed:
-                // its snapshot was never recorded, so it is taken again.
-                // Read-only SPI: assigning an xid here would forbid creating the new slot.
-                select("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
-                None
-            }
-            // Without a snapshot, a slot left by a first step that failed is adopted:
-            // the sink's history starts where that slot does, so nothing is lost.
-            Some(s) => s.confirmed,
-        };
-        return initialize(sink, def, pipeline, connector.as_mut(), &rt, &mut types, leftover, &stop).map(Stepped::Done);
-    }
-    let confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
-    // Moving the slot cannot be undone: it follows only progress that is committed,
-    // never the progress an earlier step of this same transaction wrote (sync()
-    // called twice in one transaction that is then rolled back).
-    if let (Some(Slot { confirmed: Some(slot_lsn), .. }), None) = (slot, &stream) {
-        if slot_lsn < confirmed && !catalog::progress_written_by_this_transaction(sink.id) {
-            let lsn = confirmed.to_string();
-            select("SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::pg_lsn)", &[Some(&sink.slot_name), Some(&lsn)]);
-        }
+    let Some(confirmed) = sink.confirmed else {
+        let leftover = leftover_slot(sink, def, slot);
+        let transport = if session_fell_back { Transport::Sql } else { transport };
+        return initialize(sink, def, pipeline, connector.as_mut(), &rt, &mut types, leftover, &stop, transport).map(Stepped::Done);
+    };
+    if stream.is_none() {
+        advance_slot(sink, slot, confirmed);
     }
 
     let step_limit = if whole_backlog { i64::from(i32::MAX) } else { gucs::max_step_changes() };
@@ -288,52 +272,15 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
             let n = peek(sink, step_limit, |msg| run.feed(msg))?;
             ((n as i64) < step_limit, flushed)
         }
-        Transport::Auto | Transport::Walsender => {
-            let reused = stream.is_some();
-            if !reused {
-                match open_stream(sink, confirmed) {
-                    Ok(s) => *stream = Some(s),
-                    Err(StartError::Connect(e)) if transport == Transport::Auto => {
-                        warning!("pg_sink sink \"{}\": reading the slot through SQL instead of a walsender: {}", sink.name, e.summary());
-                        return Ok(Stepped::FallBack);
-                    }
-                    Err(StartError::Connect(e) | StartError::Refused { error: e, .. }) => return Err(e),
-                }
-            }
-            let Some(s) = stream.as_mut() else {
-                return Err(SinkError::transient("replication stream unavailable"));
-            };
-            // Like a peek: everything flushed when the step begins, nothing after.
-            let upto = wal_flush_lsn();
-            let fed = s.feedback(confirmed, true);
-            let lost_at_start = fed.is_err();
-            match fed.and_then(|_| run.read_stream(s, step_limit, upto, idle_end)) {
-                Ok(caught_up) => (caught_up, upto),
-                Err(e) if reused && (lost_at_start || run.lost_at_start) => {
-                    // The walsender went away between steps (sync(), preview() or
-                    // drop_sink() took the slot, or the server ended it): open a new
-                    // one on the next step; nothing was read from this one.
-                    pgrx::debug1!("pg_sink sink \"{}\": replication stream closed: {}", sink.name, e.message);
-                    *stream = None;
-                    return Ok(Stepped::Done(Outcome { caught_up: true, confirmed: Some(confirmed), ..Default::default() }));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        Transport::Auto | Transport::Walsender => match read_walsender(sink, &mut run, stream, transport, confirmed, step_limit, idle_end)? {
+            Read::Upto(caught_up, upto) => (caught_up, upto),
+            Read::FallBack => return Ok(Stepped::FallBack),
+            Read::Closed => return Ok(Stepped::Done(Outcome { caught_up: true, confirmed: Some(confirmed), ..Default::default() })),
+        },
     };
     let quiet = stream.is_some().then_some(*idle_end);
     let (outcome, progress) = run.finish(caught_up, flushed, quiet, write_idle)?;
-    // Decoding restarts at the slot's restart_lsn, which only moves past a
-    // running-transactions record. Log one now so the next peek does not re-decode
-    // from far behind. A stream keeps decoding across steps and only restarts after
-    // a failure: once every 10 s is enough there (each record is more WAL for
-    // every slot to decode).
-    let due = stream.is_none() || snapshot_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
-    if outcome.transactions > 0 && due {
-        // SAFETY: writes one WAL record; needs wal_level >= replica (we have logical).
-        unsafe { pg_sys::LogStandbySnapshot() };
-        *snapshot_logged = Some(std::time::Instant::now());
-    }
+    log_standby_snapshot(&outcome, stream.is_none(), snapshot_logged);
     if outcome.transactions > 0 && gucs::FAIL_AFTER_DELIVER.get() {
         return Err(SinkError::transient("pg_sink.fail_after_deliver: failing after delivery, before recording progress"));
     }
@@ -341,6 +288,103 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
         catalog::record_progress(sink.id, progress.confirmed, outcome.records, outcome.bytes, outcome.transactions, outcome.last_commit, caught_up);
     }
     Ok(Stepped::Done(outcome))
+}
+
+/// For a sink that has not started: the position of a slot an earlier, failed
+/// first step left, to start from (`None` creates a new slot).
+fn leftover_slot(sink: &SinkRow, def: &SinkDefinition, slot: Option<Slot>) -> Option<Lsn> {
+    match slot {
+        None => None,
+        Some(_) if def.snapshot => {
+            // A slot left by an initialisation that failed before it committed:
+            // its snapshot was never recorded, so it is taken again.
+            // Read-only SPI: assigning an xid here would forbid creating the new slot.
+            select("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
+            None
+        }
+        // Without a snapshot, a slot left by a first step that failed is adopted:
+        // the sink's history starts where that slot does, so nothing is lost.
+        Some(s) => s.confirmed,
+    }
+}
+
+/// Move the slot up to the catalog's position. Moving the slot cannot be undone:
+/// it follows only progress that is committed, never the progress an earlier step
+/// of this same transaction wrote (sync() called twice in one transaction that is
+/// then rolled back).
+fn advance_slot(sink: &SinkRow, slot: Option<Slot>, confirmed: Lsn) {
+    if let Some(Slot { confirmed: Some(slot_lsn), .. }) = slot {
+        if slot_lsn < confirmed && !catalog::progress_written_by_this_transaction(sink.id) {
+            let lsn = confirmed.to_string();
+            select("SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::pg_lsn)", &[Some(&sink.slot_name), Some(&lsn)]);
+        }
+    }
+}
+
+/// How reading the walsender ended.
+enum Read {
+    /// Read up to this position (and whether that caught up with the slot).
+    Upto(bool, Lsn),
+    /// The walsender could not be reached in `Auto` mode.
+    FallBack,
+    /// The kept stream had gone away between steps; nothing was read from it.
+    Closed,
+}
+
+/// Read a slice of the slot through the walsender (opened now, or kept from the
+/// last step): everything flushed when the step begins, nothing after, like a peek.
+fn read_walsender(
+    sink: &SinkRow,
+    run: &mut Step<'_>,
+    stream: &mut Option<replication::Stream>,
+    transport: Transport,
+    confirmed: Lsn,
+    step_limit: i64,
+    idle_end: &mut Lsn,
+) -> Result<Read, SinkError> {
+    let reused = stream.is_some();
+    if !reused {
+        match open_stream(sink, confirmed) {
+            Ok(s) => *stream = Some(s),
+            Err(StartError::Connect(e)) if transport == Transport::Auto => {
+                warning!("pg_sink sink \"{}\": reading the slot through SQL instead of a walsender: {}", sink.name, e.summary());
+                return Ok(Read::FallBack);
+            }
+            Err(StartError::Connect(e) | StartError::Refused { error: e, .. }) => return Err(e),
+        }
+    }
+    let Some(s) = stream.as_mut() else {
+        return Err(SinkError::transient("replication stream unavailable"));
+    };
+    let upto = wal_flush_lsn();
+    let fed = s.feedback(confirmed, true);
+    let lost_at_start = fed.is_err();
+    match fed.and_then(|_| run.read_stream(s, step_limit, upto, idle_end)) {
+        Ok(caught_up) => Ok(Read::Upto(caught_up, upto)),
+        Err(e) if reused && (lost_at_start || run.lost_at_start) => {
+            // The walsender went away between steps (sync(), preview() or
+            // drop_sink() took the slot, or the server ended it): open a new
+            // one on the next step.
+            pgrx::debug1!("pg_sink sink \"{}\": replication stream closed: {}", sink.name, e.message);
+            *stream = None;
+            Ok(Read::Closed)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Decoding restarts at the slot's restart_lsn, which only moves past a
+/// running-transactions record. Log one after a step that delivered, so the next
+/// peek does not re-decode from far behind. A stream keeps decoding across steps
+/// and only restarts after a failure: once every 10 s is enough there (each record
+/// is more WAL for every slot to decode).
+fn log_standby_snapshot(outcome: &Outcome, peeked: bool, logged: &mut Option<std::time::Instant>) {
+    let due = peeked || logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+    if outcome.transactions > 0 && due {
+        // SAFETY: writes one WAL record; needs wal_level >= replica (we have logical).
+        unsafe { pg_sys::LogStandbySnapshot() };
+        *logged = Some(std::time::Instant::now());
+    }
 }
 
 /// The WAL flush position: where a step's slice of the slot ends.
@@ -507,7 +551,13 @@ fn snapshot_relation(sink: &SinkRow, types: &mut dyn TypeResolver) -> Arc<Relati
 
 fn snapshot_query(sink: &SinkRow, rel: &Relation) -> String {
     let cols: Vec<String> = rel.columns.iter().map(|c| crate::engine::connector::table::quote_ident(&c.name)).collect();
-    let mut q = format!("SELECT {} FROM {}", cols.join(", "), sink.source_name);
+    // Schema-qualified: the query may run in another session (the snapshot's).
+    let source = select_one(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::oid",
+        &[Some(&sink.source_oid.to_string())],
+    )
+    .unwrap_or_else(|| sink.source_name.clone());
+    let mut q = format!("SELECT {} FROM {}", cols.join(", "), source);
     if let Some(f) = &sink.row_filter {
         q.push_str(&format!(" WHERE {f}"));
     }
@@ -580,6 +630,7 @@ fn preview_snapshot(sink: &SinkRow, pipeline: &mut Pipeline, types: &mut dyn Typ
 /// `L` and is in the snapshot taken next; every later one commits after `L`. So the
 /// snapshot is labelled `L`, progress starts at `L`, and the stream's transactions
 /// ending at or before `L` (already in the snapshot) are skipped.
+#[allow(clippy::too_many_arguments)]
 fn initialize(
     sink: &SinkRow,
     def: &SinkDefinition,
@@ -589,6 +640,7 @@ fn initialize(
     types: &mut dyn TypeResolver,
     leftover: Option<Lsn>,
     stop: &dyn Fn() -> bool,
+    transport: Transport,
 ) -> Result<Outcome, SinkError> {
     // SAFETY: plain reads of backend-local transaction state.
     let (has_xid, isolation) = unsafe { (pg_sys::GetTopTransactionIdIfAny() != pg_sys::InvalidTransactionId, pg_sys::XactIsoLevel) };
@@ -598,37 +650,35 @@ fn initialize(
             .hint("Call sink.sync() as the first statement of its own transaction."));
     }
     let snapshot = def.snapshot;
-    let slot_start: Lsn = match leftover {
-        Some(lsn) => lsn,
-        None => select_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[Some(&sink.slot_name)])
-            .and_then(|l| l.parse().ok())
-            .ok_or_else(|| SinkError::transient("could not create the replication slot"))?,
+    let remote = if snapshot && leftover.is_none() && transport != Transport::Sql { snapshot_session(sink, transport, stop)? } else { None };
+    let start = match &remote {
+        Some(session) => session.consistent_point,
+        None => create_slot_locked(sink, leftover, snapshot)?,
     };
-    let mut start = slot_start;
-    if snapshot {
-        // SAFETY: locking a relation we resolved from the catalog; released at
-        // transaction end. The fresh snapshot is popped below (or at abort).
-        unsafe { pg_sys::LockRelationOid(pg_sys::Oid::from(sink.source_oid), pg_sys::ShareLock as i32) };
-        start = select_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .and_then(|l| l.parse::<Lsn>().ok())
-            .ok_or_else(|| SinkError::transient("could not read the WAL position"))?
-            .max(slot_start);
-    }
     let mut outcome = Outcome::default();
     if snapshot {
         let mut sql = SpiSession::for_owner(&sink.owner)?;
         let rel = snapshot_relation(sink, types);
         let query = snapshot_query(sink, &rel);
         let mut step = Step::new(pipeline, connector, rt, &mut sql, types, Lsn::ZERO, usize::MAX).stop_when(stop);
-        // SAFETY: a snapshot taken after the lock; popped below.
-        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-        let result = Spi::connect(|client| {
-            let mut cursor = client.open_cursor(query.as_str(), &[]);
-            step.deliver_snapshot(&mut SnapshotCursor { cursor: &mut cursor, rel: &rel, lsn: start }, SNAPSHOT_CHUNK)
-        });
-        // SAFETY: pops the snapshot pushed above.
-        unsafe { pg_sys::PopActiveSnapshot() };
-        result?;
+        match remote {
+            Some(mut session) => {
+                session.query(&format!("DECLARE pg_sink_snapshot NO SCROLL CURSOR FOR {query}"), stop)?;
+                step.deliver_snapshot(&mut RemoteSnapshot { session: &mut session, rel: &rel, lsn: start, stop }, SNAPSHOT_CHUNK)?;
+                session.finish(stop)?;
+            }
+            None => {
+                // SAFETY: a snapshot taken after the lock; popped below.
+                unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+                let result = Spi::connect(|client| {
+                    let mut cursor = client.open_cursor(query.as_str(), &[]);
+                    step.deliver_snapshot(&mut SnapshotCursor { cursor: &mut cursor, rel: &rel, lsn: start }, SNAPSHOT_CHUNK)
+                });
+                // SAFETY: pops the snapshot pushed above.
+                unsafe { pg_sys::PopActiveSnapshot() };
+                result?;
+            }
+        }
         outcome = step.into_outcome();
     }
     outcome.initialized = true;
@@ -641,4 +691,65 @@ fn initialize(
         catalog::record_progress(sink.id, start, outcome.records, outcome.bytes, 0, None, false);
     }
     Ok(outcome)
+}
+
+/// The slot and its snapshot, made over a replication connection (no lock on the
+/// source: writers go on). `None` when the walsender cannot be reached in `auto`
+/// mode: the slot is then made through SQL, under a lock.
+fn snapshot_session(sink: &SinkRow, transport: Transport, stop: &dyn Fn() -> bool) -> Result<Option<replication::SnapshotSession>, SinkError> {
+    let mut target = replication_target()?;
+    target.application_name = format!("pg_sink snapshot {}", sink.slot_name);
+    match replication::create_slot_with_snapshot(&target, &sink.slot_name, stop) {
+        Ok(s) => Ok(Some(s)),
+        Err(StartError::Connect(e)) if transport == Transport::Auto => {
+            warning!("pg_sink sink \"{}\": taking the snapshot under a lock (no walsender to export one): {}", sink.name, e.summary());
+            Ok(None)
+        }
+        Err(StartError::Connect(e) | StartError::Refused { error: e, .. }) => Err(e),
+    }
+}
+
+/// Without a walsender: create the slot through SQL (or adopt `leftover`) and,
+/// for a snapshot, lock writers out of the source (SHARE) until the transaction
+/// ends, so that the transaction's snapshot is exactly what committed before the
+/// returned position.
+fn create_slot_locked(sink: &SinkRow, leftover: Option<Lsn>, snapshot: bool) -> Result<Lsn, SinkError> {
+    let slot_start: Lsn = match leftover {
+        Some(lsn) => lsn,
+        None => select_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[Some(&sink.slot_name)])
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| SinkError::transient("could not create the replication slot"))?,
+    };
+    if !snapshot {
+        return Ok(slot_start);
+    }
+    // SAFETY: locking a relation we resolved from the catalog; released at
+    // transaction end.
+    unsafe { pg_sys::LockRelationOid(pg_sys::Oid::from(sink.source_oid), pg_sys::ShareLock as i32) };
+    Ok(select_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .and_then(|l| l.parse::<Lsn>().ok())
+        .ok_or_else(|| SinkError::transient("could not read the WAL position"))?
+        .max(slot_start))
+}
+
+/// The initial snapshot's rows, fetched from the snapshot session's cursor.
+struct RemoteSnapshot<'a> {
+    session: &'a mut replication::SnapshotSession,
+    rel: &'a Arc<Relation>,
+    lsn: Lsn,
+    stop: &'a dyn Fn() -> bool,
+}
+
+impl SnapshotSource for RemoteSnapshot<'_> {
+    fn next_chunk(&mut self, rows: i64) -> Result<Transaction, SinkError> {
+        let fetched = self.session.query(&format!("FETCH FORWARD {rows} FROM pg_sink_snapshot"), self.stop)?;
+        let changes = fetched
+            .into_iter()
+            .map(|row| crate::engine::change::Change::Insert {
+                relation: self.rel.clone(),
+                new: row.into_iter().map(|v| v.map_or(Cell::Null, Cell::Text)).collect(),
+            })
+            .collect();
+        Ok(Transaction { xid: 0, commit_lsn: self.lsn, end_lsn: self.lsn, commit_time_us: now_us(), snapshot: true, changes })
+    }
 }

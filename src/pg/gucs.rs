@@ -152,6 +152,11 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    init_switches();
+}
+
+/// Switches: test failpoints, connection checks, the transport, retries.
+fn init_switches() {
     GucRegistry::define_bool_guc(
         c"pg_sink.fail_after_deliver",
         c"Testing aid: make each step fail after delivery, before recording progress.",

@@ -103,8 +103,9 @@ pub(crate) fn with_created_by<R>(dialect: &'static str, f: impl FnOnce() -> R) -
 /// A worker that creates its slot waits, holding this lock, for every transaction
 /// that has written something. When the caller's transaction has (two sinks
 /// dropped in one statement, a DDL call after a write), waiting for the lock would
-/// deadlock: the worker's slot creation is cancelled instead (its step fails as
-/// transient and runs again after this transaction).
+/// deadlock: the worker's slot creation (its own, or its snapshot walsender's) is
+/// cancelled instead (its step fails as transient and runs again after this
+/// transaction).
 pub(crate) fn lock_sink(id: i64) {
     let id = id.to_string();
     let class = LOCK_CLASS.to_string();
@@ -117,15 +118,20 @@ pub(crate) fn lock_sink(id: i64) {
         return;
     }
     loop {
-        // The lock's holder, if it waits for this transaction.
+        // Whoever waits for this transaction on the lock holder's behalf: the
+        // holder itself (a slot created through SQL) or the walsender creating the
+        // sink's slot with its snapshot.
         as_superuser(|| {
             select(
-                "SELECT pg_catalog.pg_cancel_backend(h.pid)::text \
-                   FROM pg_catalog.pg_locks h JOIN pg_catalog.pg_locks w ON w.pid = h.pid \
-                  WHERE h.locktype = 'advisory' AND h.granted AND h.classid = $1::int::oid AND h.objid = $2::int::oid AND h.objsubid = 2 \
-                    AND h.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
-                    AND w.locktype = 'transactionid' AND NOT w.granted \
-                    AND w.transactionid::text = (pg_catalog.pg_current_xact_id_if_assigned()::text::bigint % 4294967296)::text",
+                "SELECT pg_catalog.pg_cancel_backend(w.pid)::text \
+                   FROM pg_catalog.pg_locks w \
+                  WHERE w.locktype = 'transactionid' AND NOT w.granted \
+                    AND w.transactionid::text = (pg_catalog.pg_current_xact_id_if_assigned()::text::bigint % 4294967296)::text \
+                    AND (w.pid IN (SELECT h.pid FROM pg_catalog.pg_locks h \
+                                    WHERE h.locktype = 'advisory' AND h.granted AND h.classid = $1::int::oid AND h.objid = $2::int::oid AND h.objsubid = 2 \
+                                      AND h.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())) \
+                      OR w.pid IN (SELECT a.pid FROM pg_catalog.pg_stat_activity a JOIN sink.sinks s ON a.application_name = 'pg_sink snapshot ' || s.slot_name \
+                                    WHERE s.id = $2::bigint))",
                 &params,
             )
         });

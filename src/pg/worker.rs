@@ -68,8 +68,17 @@ fn in_transaction<R>(f: impl FnOnce() -> Result<R, SinkError> + std::panic::Unwi
         }
         Err(e) => {
             // SAFETY: aborting the failed transaction; this also releases SPI,
-            // snapshots, locks and restores the user id.
-            unsafe { pg_sys::AbortCurrentTransaction() };
+            // snapshots, locks and restores the user id. A slot this backend was
+            // creating (through SQL) is released and, being ephemeral until then,
+            // dropped, as a backend's error recovery does: otherwise it stays
+            // active for this process and nobody can drop it.
+            unsafe {
+                pg_sys::AbortCurrentTransaction();
+                if !pg_sys::MyReplicationSlot.is_null() {
+                    pg_sys::ReplicationSlotRelease();
+                }
+                pg_sys::ReplicationSlotCleanup();
+            }
             Err(e)
         }
     }
@@ -117,15 +126,7 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
             // SAFETY: reload postgresql.conf in the worker's own process.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let wanted = in_transaction(|| {
-            if !extension_installed() {
-                return Ok(Vec::new());
-            }
-            Ok(select("SELECT id::text FROM sink.sinks WHERE state = 'running' AND schedule = 'continuous' ORDER BY id", &[])
-                .into_iter()
-                .filter_map(|r| r.into_iter().next().flatten().and_then(|s| s.parse::<i64>().ok()))
-                .collect::<Vec<i64>>())
-        });
+        let wanted = in_transaction(running_sinks);
         let wanted = match wanted {
             Ok(w) => w,
             Err(e) => {
@@ -158,26 +159,14 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
                     continue;
                 }
             }
-            // SAFETY: reading this process's pid.
-            let me = unsafe { pg_sys::MyProcPid };
-            match BackgroundWorkerBuilder::new(&format!("pg_sink sink {id}"))
-                .set_type("pg_sink worker")
-                .set_function("pg_sink_worker_main")
-                .set_library("pg_sink")
-                .set_argument(id.into_datum())
-                .enable_spi_access()
-                .set_restart_time(None)
-                .set_notify_pid(me)
-                .load_dynamic()
-            {
-                Ok(w) => {
+            match start_sink_worker(id) {
+                Some(w) => {
                     workers.insert(id, w);
                 }
-                Err(_) => {
+                None => {
                     warning!("pg_sink could not start a worker for sink {id}");
-                    let hint_entry =
-                        next_start.entry(id).or_insert_with(|| (Instant::now(), Backoff::new(Duration::from_secs(1), gucs::retry_max())));
-                    hint_entry.0 = Instant::now() + hint_entry.1.next_delay();
+                    let entry = next_start.entry(id).or_insert_with(|| (Instant::now(), Backoff::new(Duration::from_secs(1), gucs::retry_max())));
+                    entry.0 = Instant::now() + entry.1.next_delay();
                 }
             }
         }
@@ -185,6 +174,33 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
     for (_, w) in workers.drain() {
         let _ = w.terminate();
     }
+}
+
+/// The sinks a worker should run for: running, delivered by the worker.
+fn running_sinks() -> Result<Vec<i64>, SinkError> {
+    if !extension_installed() {
+        return Ok(Vec::new());
+    }
+    Ok(select("SELECT id::text FROM sink.sinks WHERE state = 'running' AND schedule = 'continuous' ORDER BY id", &[])
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten().and_then(|s| s.parse::<i64>().ok()))
+        .collect())
+}
+
+/// Start the worker of one sink, telling this launcher when it exits.
+fn start_sink_worker(id: i64) -> Option<DynamicBackgroundWorker> {
+    // SAFETY: reading this process's pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    BackgroundWorkerBuilder::new(&format!("pg_sink sink {id}"))
+        .set_type("pg_sink worker")
+        .set_function("pg_sink_worker_main")
+        .set_library("pg_sink")
+        .set_argument(id.into_datum())
+        .enable_spi_access()
+        .set_restart_time(None)
+        .set_notify_pid(me)
+        .load_dynamic()
+        .ok()
 }
 
 enum Next {
@@ -229,6 +245,58 @@ fn wait_latch_or_fd(fd: Option<i32>, timeout: Duration) -> bool {
 pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
     // SAFETY: the launcher passes the sink id as an int8 datum.
     let sink_id = unsafe { i64::from_datum(arg, false) }.unwrap_or(0);
+    if !start_worker(sink_id) {
+        return;
+    }
+    let mut backoff = Backoff::new(Duration::from_millis(200), gucs::retry_max());
+    let mut last_idle_write = Instant::now() - Duration::from_secs(10);
+    let mut session = delivery::Session::default();
+    session.transport = gucs::transport();
+    session.stop_requested = Some(sigterm);
+    loop {
+        if sigterm() {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: reload postgresql.conf in this process.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            // pg_hba.conf or the conninfo may have changed: try the walsender again.
+            session.set_transport(gucs::transport());
+        }
+        let write_idle = last_idle_write.elapsed() >= Duration::from_secs(1);
+        let session_ref = std::panic::AssertUnwindSafe(&mut session);
+        let step = in_transaction(move || {
+            let session = session_ref; // the whole wrapper, not its field (UnwindSafe)
+            one_step(sink_id, session.0, write_idle)
+        });
+        match step {
+            Ok((next, wrote_idle)) => {
+                session.committed();
+                if wrote_idle {
+                    last_idle_write = Instant::now();
+                }
+                backoff.reset();
+                if !wait_for_next(next, &mut session) {
+                    break;
+                }
+            }
+            Err(e) => {
+                if sigterm() {
+                    // Paused, dropped or shut down mid-step (the step ended on the
+                    // request, or failed on its way out): the sink's next worker
+                    // runs it again; nothing to record.
+                    break;
+                }
+                if record_failure(sink_id, &e) || !BackgroundWorker::wait_latch(Some(backoff.next_delay())) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Tune, attach and name the worker's process; false if it cannot run.
+fn start_worker(sink_id: i64) -> bool {
     // Each batch allocates and frees tens of MB; keep freed memory in the process
     // instead of returning it to the kernel and faulting it in again (measured: page
     // clearing was the top cost of a busy worker).
@@ -252,98 +320,55 @@ pub extern "C-unwind" fn pg_sink_worker_main(arg: pg_sys::Datum) {
     });
     if let Err(e) = settings {
         warning!("pg_sink worker for sink {sink_id} could not start: {}", e.message);
-        return;
+        return false;
     }
-    let mut backoff = Backoff::new(Duration::from_millis(200), gucs::retry_max());
-    let mut last_idle_write = Instant::now() - Duration::from_secs(10);
-    let class = LOCK_CLASS.to_string();
-    let id_text = sink_id.to_string();
-    let mut session = delivery::Session::default();
-    session.transport = gucs::transport();
-    session.stop_requested = Some(sigterm);
-    loop {
-        if sigterm() {
-            break;
-        }
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: reload postgresql.conf in this process.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            // pg_hba.conf or the conninfo may have changed: try the walsender again.
-            session.set_transport(gucs::transport());
-        }
-        let write_idle = last_idle_write.elapsed() >= Duration::from_secs(1);
-        let session_ref = std::panic::AssertUnwindSafe(&mut session);
-        let (class, id_text) = (&class, &id_text);
-        let step = in_transaction(move || {
-            let session = session_ref;
-            let locked = select_one("SELECT pg_try_advisory_xact_lock($1::int, $2::int)::text", &[Some(class), Some(id_text)]);
-            if locked.as_deref() != Some("true") {
-                // sync() or a DDL call holds the sink; try again shortly.
-                return Ok((Next::Busy, false));
-            }
-            let Some(sink) = catalog::find_by_id(sink_id) else {
-                return Ok((Next::Stop, false));
-            };
-            if sink.state != "running" || sink.schedule != "continuous" {
-                return Ok((Next::Stop, false));
-            }
-            let out =
-                deliver_as_superuser(|| delivery::step(&sink, Mode::Deliver { write_idle_progress: write_idle, whole_backlog: false }, session.0))?;
-            let wrote_idle = out.caught_up && out.transactions == 0 && write_idle;
-            // Sleep only when nothing was found: while changes flow, go straight to
-            // the next step (latency = step time, not poll interval).
-            let idle = out.caught_up && !out.initialized && out.transactions == 0;
-            Ok((if idle { Next::Idle } else { Next::Continue }, wrote_idle))
-        });
-        match step {
-            Ok((next, wrote_idle)) => {
-                session.committed();
-                if wrote_idle {
-                    last_idle_write = Instant::now();
-                }
-                backoff.reset();
-                match next {
-                    Next::Continue => {
-                        if sigterm() {
-                            break;
-                        }
-                    }
-                    Next::Idle => {
-                        // With a stream, new changes wake the worker at once.
-                        if !session.stream_ready() && !wait_latch_or_fd(session.stream_wake_fd(), gucs::poll_interval()) {
-                            break;
-                        }
-                    }
-                    Next::Busy => {
-                        if !BackgroundWorker::wait_latch(Some(gucs::poll_interval())) {
-                            break;
-                        }
-                    }
-                    Next::Stop => break,
-                }
-            }
-            Err(e) => {
-                if sigterm() {
-                    // Paused, dropped or shut down mid-step (the step ended on the
-                    // request, or failed on its way out): the sink's next worker
-                    // runs it again; nothing to record.
-                    break;
-                }
-                let permanent = e.kind != ErrorKind::Transient;
-                let summary = e.summary();
-                let hint = e.hint.clone().unwrap_or_default();
-                warning!("pg_sink sink {sink_id}: {summary} {hint}");
-                let _ = in_transaction(|| {
-                    as_superuser(|| catalog::record_error(sink_id, &summary, e.hint.as_deref(), permanent));
-                    Ok(())
-                });
-                if permanent {
-                    break;
-                }
-                if !BackgroundWorker::wait_latch(Some(backoff.next_delay())) {
-                    break;
-                }
-            }
-        }
+    true
+}
+
+/// One step of the sink, inside the worker's transaction: what to do next, and
+/// whether it wrote idle progress.
+fn one_step(sink_id: i64, session: &mut delivery::Session, write_idle: bool) -> Result<(Next, bool), SinkError> {
+    let (class, id) = (LOCK_CLASS.to_string(), sink_id.to_string());
+    let locked = select_one("SELECT pg_try_advisory_xact_lock($1::int, $2::int)::text", &[Some(&class), Some(&id)]);
+    if locked.as_deref() != Some("true") {
+        // sync() or a DDL call holds the sink; try again shortly.
+        return Ok((Next::Busy, false));
     }
+    let Some(sink) = catalog::find_by_id(sink_id) else {
+        return Ok((Next::Stop, false));
+    };
+    if sink.state != "running" || sink.schedule != "continuous" {
+        return Ok((Next::Stop, false));
+    }
+    let out = deliver_as_superuser(|| delivery::step(&sink, Mode::Deliver { write_idle_progress: write_idle, whole_backlog: false }, session))?;
+    let wrote_idle = out.caught_up && out.transactions == 0 && write_idle;
+    // Sleep only when nothing was found: while changes flow, go straight to
+    // the next step (latency = step time, not poll interval).
+    let idle = out.caught_up && !out.initialized && out.transactions == 0;
+    Ok((if idle { Next::Idle } else { Next::Continue }, wrote_idle))
+}
+
+/// Wait as `next` says; false when the worker is to stop.
+fn wait_for_next(next: Next, session: &mut delivery::Session) -> bool {
+    match next {
+        Next::Continue => !sigterm(),
+        // With a stream, new changes wake the worker at once.
+        Next::Idle => session.stream_ready() || wait_latch_or_fd(session.stream_wake_fd(), gucs::poll_interval()),
+        Next::Busy => BackgroundWorker::wait_latch(Some(gucs::poll_interval())),
+        Next::Stop => false,
+    }
+}
+
+/// Log a failed step and record it in the catalog; true when it is permanent
+/// (the sink is failed and the worker stops).
+fn record_failure(sink_id: i64, e: &SinkError) -> bool {
+    let permanent = e.kind != ErrorKind::Transient;
+    let summary = e.summary();
+    let hint = e.hint.clone().unwrap_or_default();
+    warning!("pg_sink sink {sink_id}: {summary} {hint}");
+    let _ = in_transaction(|| {
+        as_superuser(|| catalog::record_error(sink_id, &summary, e.hint.as_deref(), permanent));
+        Ok(())
+    });
+    permanent
 }

@@ -134,18 +134,7 @@ fn run(s: &Statement, rows: &mut Vec<Row>) {
             }
         }
         Command::CreateCredential { name, kind, identity, secret, options, or_replace } => {
-            let opts = option_json(options);
-            let created = if *or_replace && exists("credential", name) {
-                let mut set = json!({ "type": kind, "identity": identity, "secret": secret });
-                if let (Json::Object(m), Json::Object(o)) = (&mut set, &opts.0) {
-                    m.extend(o.clone());
-                }
-                credentials::alter_credential(name, JsonB(set));
-                true
-            } else {
-                credentials::create_credential(name, kind, identity.as_deref(), secret.as_deref(), opts, false)
-            };
-            rows.push(row(tag, "credential", name, None, json!({ "created": created, "type": kind })));
+            rows.push(create_credential(tag, name, kind, identity.as_deref(), secret.as_deref(), options, *or_replace));
         }
         Command::AlterCredential { name, set } => {
             credentials::alter_credential(name, option_json(set));
@@ -161,22 +150,7 @@ fn run(s: &Statement, rows: &mut Vec<Row>) {
             rows.push(row(tag, "connection", name, None, json!({ "altered": true })));
         }
         Command::CreateSink { name, source, connector, connection, key, options, if_not_exists, or_replace: _ } => {
-            let existed = exists("sink", name);
-            sinks::create_sink(
-                name,
-                source,
-                connector.as_deref(),
-                option_json(options),
-                None,
-                None,
-                key.clone(),
-                false,
-                None,
-                connection.as_deref(),
-                *if_not_exists,
-            );
-            let sink = super::catalog::find_by_name(name);
-            rows.push(row(tag, "sink", name, sink.as_ref().map(|s| s.connector.as_str()), json!({ "created": !existed })));
+            rows.push(create_sink(tag, name, source, connector.as_deref(), connection.as_deref(), key.clone(), options, *if_not_exists));
         }
         Command::Drop { kind, name, if_exists, cascade } => {
             let dropped = match kind {
@@ -199,6 +173,40 @@ fn run(s: &Statement, rows: &mut Vec<Row>) {
         }
         Command::Show { kind, name } => show(tag, *kind, name.as_deref(), rows),
     }
+}
+
+/// CREATE [OR REPLACE] CREDENTIAL.
+fn create_credential(tag: &str, name: &str, kind: &str, identity: Option<&str>, secret: Option<&str>, options: &Options, or_replace: bool) -> Row {
+    let opts = option_json(options);
+    let created = if or_replace && exists("credential", name) {
+        let mut set = json!({ "type": kind, "identity": identity, "secret": secret });
+        if let (Json::Object(m), Json::Object(o)) = (&mut set, &opts.0) {
+            m.extend(o.clone());
+        }
+        credentials::alter_credential(name, JsonB(set));
+        true
+    } else {
+        credentials::create_credential(name, kind, identity, secret, opts, false)
+    };
+    row(tag, "credential", name, None, json!({ "created": created, "type": kind }))
+}
+
+/// CREATE SINK, through `sink.create_sink`.
+#[allow(clippy::too_many_arguments)]
+fn create_sink(
+    tag: &str,
+    name: &str,
+    source: &str,
+    connector: Option<&str>,
+    connection: Option<&str>,
+    key: Option<Vec<String>>,
+    options: &Options,
+    if_not_exists: bool,
+) -> Row {
+    let existed = exists("sink", name);
+    sinks::create_sink(name, source, connector, option_json(options), None, None, key, false, None, connection, if_not_exists);
+    let sink = super::catalog::find_by_name(name);
+    row(tag, "sink", name, sink.as_ref().map(|s| s.connector.as_str()), json!({ "created": !existed }))
 }
 
 /// SHOW: sinks, connections, secrets (names only) and credentials (never the secret).

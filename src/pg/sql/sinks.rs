@@ -691,76 +691,10 @@ fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, in
     let existing = select_one("SELECT pg_catalog.to_regclass($1)::oid::text", &[Some(&target)]);
     let oid = match existing {
         Some(oid) => {
-            if oid == src.oid.to_string() {
-                fail(
-                    Code::ERRCODE_INVALID_PARAMETER_VALUE,
-                    "a table sink cannot target its own source",
-                    Some(format!("Both are {target}.")),
-                    Some("Name another table as the target.".into()),
-                );
-            }
-            if select_one("SELECT pg_catalog.has_table_privilege($1::oid, 'INSERT, UPDATE, DELETE')::text", &[Some(&oid)]).as_deref() != Some("true")
-            {
-                fail(
-                    Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                    format!("permission denied for table {target}"),
-                    Some("A table sink writes into its target.".into()),
-                    None,
-                );
-            }
-            if def.envelope == EnvelopeKind::Upsert {
-                let t = table_info(oid.parse().unwrap_or(0));
-                let matches = t.unique_keys.iter().any(|u| {
-                    let mut a = u.clone();
-                    let mut b = def.key_columns.clone();
-                    a.sort();
-                    b.sort();
-                    a == b
-                });
-                if t.pk.is_empty() && t.unique_keys.is_empty() {
-                    fail(
-                        Code::ERRCODE_INVALID_TABLE_DEFINITION,
-                        format!("target table {target} has no primary key"),
-                        Some("An upsert sink into a table applies changes by key, so the target needs one.".into()),
-                        Some(format!("Add PRIMARY KEY {} to the target, or let the sink create the table.", quoted_list(&def.key_columns))),
-                    );
-                }
-                if !matches {
-                    fail(
-                        Code::ERRCODE_INVALID_TABLE_DEFINITION,
-                        format!("target table {target} has no unique key on the sink key {}", quoted_list(&def.key_columns)),
-                        Some(format!("The target's primary key is {}.", quoted_list(&t.pk))),
-                        Some("Leave KEY out to use the target's primary key when it matches the source, or change the target.".into()),
-                    );
-                }
-            }
+            check_existing_target(&oid, &target, def, src);
             oid
         }
-        None => {
-            // Creating the target is the caller's right to have, not ours to lend.
-            if select_one("SELECT pg_catalog.has_schema_privilege($1, 'CREATE')::text", &[Some(&schema)]).as_deref() != Some("true") {
-                fail(
-                    Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                    format!("permission denied for schema {schema}"),
-                    Some(format!("The sink would create its target table {target}.")),
-                    Some("Create the target table yourself, or name one in a schema where you may create tables.".into()),
-                );
-            }
-            as_superuser(|| {
-                if def.envelope == EnvelopeKind::Debezium {
-                    update(one_statement(&format!("CREATE TABLE {target} (lsn pg_lsn NOT NULL, op text NOT NULL, key jsonb, value jsonb)")), &[]);
-                } else {
-                    let cols = src.columns.clone().unwrap_or_else(|| info.columns.clone());
-                    let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
-                    update(one_statement(&format!("CREATE TABLE {target} AS SELECT {} FROM {} WITH NO DATA", list.join(", "), src.name)), &[]);
-                    if def.envelope == EnvelopeKind::Upsert {
-                        update(one_statement(&format!("ALTER TABLE {target} ADD PRIMARY KEY {}", quoted_list(&def.key_columns))), &[]);
-                    }
-                }
-                update(&format!("ALTER TABLE {target} OWNER TO {}", quote_ident(owner)), &[]);
-                select_one("SELECT pg_catalog.to_regclass($1)::oid::text", &[Some(&target)]).unwrap_or_default()
-            })
-        }
+        None => create_target(&target, &schema, def, src, info, owner),
     };
     let canonical = select_one(
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::oid",
@@ -773,6 +707,81 @@ fn prepare_table_target(id: i64, def: &options::SinkDefinition, src: &Source, in
             &[Some(&id.to_string()), Some(&canonical)],
         )
     });
+}
+
+/// An existing `table` target: not the source itself, writable by the caller, and
+/// for an upsert keyed by the sink's key.
+fn check_existing_target(oid: &str, target: &str, def: &options::SinkDefinition, src: &Source) {
+    if oid == src.oid.to_string() {
+        fail(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            "a table sink cannot target its own source",
+            Some(format!("Both are {target}.")),
+            Some("Name another table as the target.".into()),
+        );
+    }
+    if select_one("SELECT pg_catalog.has_table_privilege($1::oid, 'INSERT, UPDATE, DELETE')::text", &[Some(oid)]).as_deref() != Some("true") {
+        fail(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for table {target}"),
+            Some("A table sink writes into its target.".into()),
+            None,
+        );
+    }
+    if def.envelope == EnvelopeKind::Upsert {
+        let t = table_info(oid.parse().unwrap_or(0));
+        let matches = t.unique_keys.iter().any(|u| {
+            let mut a = u.clone();
+            let mut b = def.key_columns.clone();
+            a.sort();
+            b.sort();
+            a == b
+        });
+        if t.pk.is_empty() && t.unique_keys.is_empty() {
+            fail(
+                Code::ERRCODE_INVALID_TABLE_DEFINITION,
+                format!("target table {target} has no primary key"),
+                Some("An upsert sink into a table applies changes by key, so the target needs one.".into()),
+                Some(format!("Add PRIMARY KEY {} to the target, or let the sink create the table.", quoted_list(&def.key_columns))),
+            );
+        }
+        if !matches {
+            fail(
+                Code::ERRCODE_INVALID_TABLE_DEFINITION,
+                format!("target table {target} has no unique key on the sink key {}", quoted_list(&def.key_columns)),
+                Some(format!("The target's primary key is {}.", quoted_list(&t.pk))),
+                Some("Leave KEY out to use the target's primary key when it matches the source, or change the target.".into()),
+            );
+        }
+    }
+}
+
+/// Create a missing `table` target where the caller may create tables, owned by
+/// the sink's owner; returns its oid.
+fn create_target(target: &str, schema: &str, def: &options::SinkDefinition, src: &Source, info: &TableInfo, owner: &str) -> String {
+    // Creating the target is the caller's right to have, not ours to lend.
+    if select_one("SELECT pg_catalog.has_schema_privilege($1, 'CREATE')::text", &[Some(schema)]).as_deref() != Some("true") {
+        fail(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied for schema {schema}"),
+            Some(format!("The sink would create its target table {target}.")),
+            Some("Create the target table yourself, or name one in a schema where you may create tables.".into()),
+        );
+    }
+    as_superuser(|| {
+        if def.envelope == EnvelopeKind::Debezium {
+            update(one_statement(&format!("CREATE TABLE {target} (lsn pg_lsn NOT NULL, op text NOT NULL, key jsonb, value jsonb)")), &[]);
+        } else {
+            let cols = src.columns.clone().unwrap_or_else(|| info.columns.clone());
+            let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+            update(one_statement(&format!("CREATE TABLE {target} AS SELECT {} FROM {} WITH NO DATA", list.join(", "), src.name)), &[]);
+            if def.envelope == EnvelopeKind::Upsert {
+                update(one_statement(&format!("ALTER TABLE {target} ADD PRIMARY KEY {}", quoted_list(&def.key_columns))), &[]);
+            }
+        }
+        update(&format!("ALTER TABLE {target} OWNER TO {}", quote_ident(owner)), &[]);
+        select_one("SELECT pg_catalog.to_regclass($1)::oid::text", &[Some(target)]).unwrap_or_default()
+    })
 }
 
 /// The sink's identity at its targets (its Kafka progress key, the prefix of its
