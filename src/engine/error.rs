@@ -5,6 +5,10 @@
 
 use thiserror::Error;
 
+/// The message of the error a step ends with when the worker is told to stop
+/// (pause, drop, shutdown).
+pub const STOPPING: &str = "pg_sink worker is stopping";
+
 /// What the caller should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

@@ -294,7 +294,7 @@ impl Handshake {
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
                     if stop() {
-                        return Err(SinkError::transient(super::step::STOPPING));
+                        return Err(SinkError::transient(super::error::STOPPING));
                     }
                 }
                 Err(e) => return Err(SinkError::transient(format!("could not read from the walsender at {}: {e}", self.target))),

@@ -142,7 +142,7 @@ fn stopping() -> SinkError {
 }
 
 /// The message of the error a stopped step ends with.
-pub const STOPPING: &str = "pg_sink worker is stopping";
+pub use super::error::STOPPING;
 
 impl<'a> Step<'a> {
     /// A step over `pipeline` that starts at the catalog's `confirmed` LSN and cuts

@@ -1,12 +1,8 @@
 //! librdkafka's errors, classed: refusals that no retry can fix (credentials,
 //! certificates, authorization, sizes) are permanent with a hint; the rest retry.
 
-use std::time::Duration;
-
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, Producer};
 
-use super::producer::DeliveryContext;
 use crate::engine::error::SinkError;
 
 /// Remembers the last refusal among the client-level errors librdkafka reports. A
@@ -93,12 +89,6 @@ pub(super) fn permanent_hint(code: RDKafkaErrorCode) -> String {
         SaslAuthenticationFailed | Authentication => "Check the connection's SASL user and password.".into(),
         _ => "Fix the cause, then resume the sink with sink.resume_sink().".into(),
     }
-}
-
-/// The producer's [`ClientErrors::refusal`], after serving pending error events.
-pub(super) fn refused(producer: &BaseProducer<DeliveryContext>, brokers: &str) -> Option<SinkError> {
-    producer.poll(Duration::from_millis(50));
-    producer.context().client.refusal(brokers)
 }
 
 pub(super) fn error_for_code(code: RDKafkaErrorCode, message: String) -> SinkError {

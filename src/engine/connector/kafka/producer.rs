@@ -13,7 +13,7 @@ use super::errors::{classify, ClientErrors};
 use super::Running;
 use crate::engine::connector::{Batch, Record};
 use crate::engine::envelope::{Payload, RowImage};
-use crate::engine::error::Result;
+use crate::engine::error::{Result, SinkError};
 
 /// Collects the first per-message delivery error, so a failed batch can say why,
 /// and the client-level errors (see [`ClientErrors`]).
@@ -156,4 +156,10 @@ pub(super) fn send_all(running: &Running, topic: &str, batch: &Batch, partitions
         }
     }
     Ok(())
+}
+
+/// The producer's [`ClientErrors::refusal`], after serving pending error events.
+pub(super) fn refused(producer: &BaseProducer<DeliveryContext>, brokers: &str) -> Option<SinkError> {
+    producer.poll(Duration::from_millis(50));
+    producer.context().client.refusal(brokers)
 }
