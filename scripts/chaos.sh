@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The chaos suite in its long form: ≥ 1M changes into every exactly-once
-# connector (table, file upsert and debezium, jdbc postgres, Kafka, JetStream)
-# with ≥ 50 faults at random points, then every target compared with the source
-# row by row and its records counted for duplicates; prints the table.
+# The chaos suite in its long form: ≥ 1M changes into nine sinks (table, file
+# upsert and debezium, jdbc PostgreSQL and MySQL, Kafka, JetStream, S3, webhook)
+# with ≥ 50 faults at random points (see tests/integration/test_chaos.py), then
+# every target compared with the source row by row and its records counted for
+# duplicates; prints the table.
 #
 #   bash scripts/chaos.sh [changes] [faults] [seed]
 #

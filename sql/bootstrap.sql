@@ -81,7 +81,10 @@ CREATE TABLE progress (
     -- what to do about it (the error's hint)
     last_error_hint        text,
     last_error_at          timestamptz,
-    errors                 bigint NOT NULL DEFAULT 0
+    errors                 bigint NOT NULL DEFAULT 0,
+    -- the WAL-retention guard's view of the sink (max_retained_wal, its policy)
+    wal_limit_bytes        bigint,
+    wal_retention_policy   text
 );
 
 -- Moves with every change to sinks, connections, secrets and credentials, in the
@@ -130,7 +133,9 @@ SELECT s.name,
        p.last_error,
        p.last_error_hint,
        p.last_error_at,
-       p.errors
+       p.errors,
+       p.wal_limit_bytes,
+       p.wal_retention_policy
   FROM sinks s
   LEFT JOIN progress p ON p.sink_id = s.id
   LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name;

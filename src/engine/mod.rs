@@ -24,6 +24,7 @@ pub mod options;
 pub mod pgoutput;
 pub mod pipeline;
 pub mod replication;
+pub mod retention;
 pub mod retry;
 pub mod secret;
 pub mod step;

@@ -12,6 +12,7 @@ use super::encoder::avro::{self, AvroOptions, COMPATIBILITY_LEVELS};
 use super::encoder::registry::RegistrySettings;
 use super::envelope::EnvelopeKind;
 use super::error::{Result, SinkError};
+use super::retention;
 
 /// How a sink is driven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,10 @@ pub struct SinkDefinition {
     pub schedule: Schedule,
     /// What an UPDATE's unchanged TOAST column carries without REPLICA IDENTITY FULL.
     pub unchanged_toast: UnchangedToast,
+    /// The most WAL the sink's slot may hold back (`None`: the server's setting).
+    pub max_retained_wal: Option<u64>,
+    /// What happens past that limit.
+    pub wal_retention_policy: retention::Policy,
     /// Connector-specific options, validated against the connector's spec.
     pub connector_options: BTreeMap<String, String>,
     /// Avro options (fullnames, NULL DEFAULTS, DOC ON, compatibility levels).
@@ -52,33 +57,36 @@ pub struct SinkDefinition {
     pub registry: Option<RegistrySettings>,
 }
 
-/// Sink-level option names (everything else belongs to the connector).
-pub const SINK_OPTIONS: &[&str] = &[
-    "envelope",
-    "type",
-    "format",
-    "encode",
-    "key_format",
-    "value_format",
-    "key",
-    "primary_key",
-    "key_not_enforced",
-    "force_append_only",
-    "snapshot",
-    "schedule",
-    "unchanged_toast",
-    "csr_connection",
-    "schema.registry",
-    "schema.registry.username",
-    "schema.registry.password",
-    "schema.registry.ssl_ca",
-    "schema.registry.ssl_certificate",
-    "schema.registry.ssl_key",
-    "avro_key_fullname",
-    "avro_value_fullname",
-    "null_defaults",
-    "key_compatibility_level",
-    "value_compatibility_level",
+/// Sink-level options (everything else belongs to the connector), with what
+/// they mean (`sink.options()` lists them).
+pub const SINK_OPTIONS: &[(&str, &str)] = &[
+    ("envelope", "append-only, upsert or debezium (default debezium)"),
+    ("type", "alias of envelope (RisingWave)"),
+    ("format", "key and value format: json (default), avro, text, bytes"),
+    ("encode", "alias of format (RisingWave)"),
+    ("key_format", "the key's format, when it differs from the value's"),
+    ("value_format", "the value's format, when it differs from the key's"),
+    ("key", "key columns, 'a,b' (upsert defaults to the primary key)"),
+    ("primary_key", "alias of key (RisingWave)"),
+    ("key_not_enforced", "skip the uniqueness proof of an upsert key (Materialize NOT ENFORCED)"),
+    ("force_append_only", "append-only only: updates become inserts; deletes and truncates are dropped"),
+    ("snapshot", "deliver the existing rows first, consistent with the slot (default true)"),
+    ("schedule", "continuous (the worker delivers) or manual (only sink.sync() does)"),
+    ("unchanged_toast", "an UPDATE's unchanged TOASTed column: fetch (default), placeholder or fail"),
+    ("max_retained_wal", "the most WAL the sink's slot may hold back, e.g. 10GB (default: pg_sink.max_retained_wal)"),
+    ("wal_retention_policy", "past max_retained_wal: pause (default), fail or resnapshot"),
+    ("csr_connection", "a schema registry connection (Avro)"),
+    ("schema.registry", "the schema registry's URL (Avro)"),
+    ("schema.registry.username", "the schema registry's user"),
+    ("schema.registry.password", "the schema registry's password"),
+    ("schema.registry.ssl_ca", "the authority the schema registry's certificate is checked against (PEM)"),
+    ("schema.registry.ssl_certificate", "a client certificate for the schema registry (PEM)"),
+    ("schema.registry.ssl_key", "the client certificate's key (PEM)"),
+    ("avro_key_fullname", "the Avro key schema's full name"),
+    ("avro_value_fullname", "the Avro value schema's full name"),
+    ("null_defaults", "Avro: nullable fields get a null default"),
+    ("key_compatibility_level", "the registry compatibility level set on the key subject"),
+    ("value_compatibility_level", "the registry compatibility level set on the value subject"),
 ];
 
 /// `TOPIC PARTITION COUNT` → `topic_partition_count`; dotted names stay dotted.
@@ -139,6 +147,8 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         }
     };
     let unchanged_toast = opts.remove("unchanged_toast").map(|v| UnchangedToast::parse(&v)).transpose()?.unwrap_or_default();
+    let max_retained_wal = opts.remove("max_retained_wal").map(|v| retention::parse_limit(&v)).transpose()?;
+    let wal_retention_policy = opts.remove("wal_retention_policy").map(|v| retention::Policy::parse(&v)).transpose()?.unwrap_or_default();
     if force_append_only && envelope != EnvelopeKind::AppendOnly {
         return Err(SinkError::config("force_append_only requires the append-only envelope")
             .detail(format!("The sink's envelope is {}.", envelope.as_str()))
@@ -170,6 +180,8 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         snapshot,
         schedule,
         unchanged_toast,
+        max_retained_wal,
+        wal_retention_policy,
         connector_options: opts,
         avro,
         registry,
@@ -242,6 +254,17 @@ mod tests {
 
     fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_wal_limit_and_its_policy_are_sink_options() {
+        let d = parse("file", &opts(&[("path", "/tmp/x"), ("MAX RETAINED WAL", "1 GB"), ("wal_retention_policy", "fail")])).unwrap();
+        assert_eq!((d.max_retained_wal, d.wal_retention_policy), (Some(1 << 30), retention::Policy::Fail));
+        assert!(!d.connector_options.contains_key("max_retained_wal"), "not passed to the connector");
+        let d = parse("file", &opts(&[("path", "/tmp/x")])).unwrap();
+        assert_eq!((d.max_retained_wal, d.wal_retention_policy), (None, retention::Policy::Pause));
+        assert!(parse("file", &opts(&[("path", "/tmp/x"), ("max_retained_wal", "much")])).is_err());
+        assert!(SINK_OPTIONS.iter().any(|(n, _)| *n == "wal_retention_policy"));
     }
 
     #[test]

@@ -457,10 +457,12 @@ pub fn release_slot(slot: &str) {
             return;
         }
         if i % 50 == 0 {
+            // The walsender streaming it, or the one still creating it with its
+            // snapshot (which may be waiting for the caller's own transaction).
             select(
                 "SELECT pg_catalog.pg_terminate_backend(a.pid)::text FROM pg_catalog.pg_replication_slots s JOIN pg_catalog.pg_stat_activity a ON a.pid = s.active_pid \
-                  WHERE s.slot_name = $1 AND a.backend_type = 'walsender' AND a.application_name = $2",
-                &[Some(slot), Some(&app)],
+                  WHERE s.slot_name = $1 AND a.backend_type = 'walsender' AND a.application_name IN ($2, $3)",
+                &[Some(slot), Some(&app), Some(&snapshot_application_name(slot))],
             );
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -693,12 +695,18 @@ fn initialize(
     Ok(outcome)
 }
 
+/// The name the walsender that creates a sink's slot (and reads its snapshot)
+/// shows in `pg_stat_activity`.
+fn snapshot_application_name(slot: &str) -> String {
+    format!("pg_sink snapshot {slot}")
+}
+
 /// The slot and its snapshot, made over a replication connection (no lock on the
 /// source: writers go on). `None` when the walsender cannot be reached in `auto`
 /// mode: the slot is then made through SQL, under a lock.
 fn snapshot_session(sink: &SinkRow, transport: Transport, stop: &dyn Fn() -> bool) -> Result<Option<replication::SnapshotSession>, SinkError> {
     let mut target = replication_target()?;
-    target.application_name = format!("pg_sink snapshot {}", sink.slot_name);
+    target.application_name = snapshot_application_name(&sink.slot_name);
     match replication::create_slot_with_snapshot(&target, &sink.slot_name, stop) {
         Ok(s) => Ok(Some(s)),
         Err(StartError::Connect(e)) if transport == Transport::Auto => {

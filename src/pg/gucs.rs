@@ -70,6 +70,10 @@ pub static REPLICATION_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Opti
 /// superusers and members of `pg_write_server_files` may use `file`.
 pub static FILE_ROOT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// The most WAL any sink's slot may hold back, unless the sink sets its own
+/// `max_retained_wal` (a size as `pg_size_bytes` reads it). Empty: no limit.
+pub static MAX_RETAINED_WAL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// Hosts outbound connectors of non-superusers may reach: names, `*.suffix`,
 /// addresses, networks (`10.0.0.0/8`), comma-separated. Empty (default): any.
 pub static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -111,6 +115,14 @@ fn init_privilege_settings() {
 
 pub fn init() {
     init_privilege_settings();
+    GucRegistry::define_string_guc(
+        c"pg_sink.max_retained_wal",
+        c"The most WAL a sink's slot may hold back before its wal_retention_policy applies (e.g. 10GB).",
+        c"Empty: no limit. A sink's max_retained_wal option takes precedence.",
+        &MAX_RETAINED_WAL,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     // SAFETY: reading a postmaster global during library load.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         GucRegistry::define_string_guc(
@@ -239,6 +251,16 @@ fn text_setting(g: &GucSetting<Option<CString>>) -> Option<String> {
 
 pub fn file_root() -> Option<String> {
     text_setting(&FILE_ROOT)
+}
+
+/// `pg_sink.max_retained_wal` in bytes; `None` when empty or not a size.
+pub fn max_retained_wal() -> Option<u64> {
+    let text = text_setting(&MAX_RETAINED_WAL)?;
+    let size = crate::engine::retention::parse_size(&text).filter(|n| *n > 0);
+    if size.is_none() {
+        pgrx::warning!("pg_sink.max_retained_wal = '{text}' is not a size (such as 10GB); no limit applies");
+    }
+    size
 }
 
 pub fn allowed_hosts() -> Vec<String> {

@@ -169,3 +169,15 @@ pub(crate) fn with_output_settings<R>(f: impl FnOnce() -> R) -> R {
     unsafe { pg_sys::AtEOXact_GUC(true, level) };
     r
 }
+
+/// End the sink's worker now (pause, drop, the WAL guard): its step is rolled
+/// back and the launcher starts a new worker if the sink still runs.
+pub(crate) fn interrupt_worker(sink: &super::catalog::SinkRow) {
+    as_superuser(|| {
+        select(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
+              WHERE application_name = $1 AND backend_type = 'pg_sink worker' AND datname = current_database()",
+            &[Some(&format!("pg_sink sink {}", sink.name))],
+        )
+    });
+}

@@ -12,6 +12,7 @@ pub mod errors;
 pub mod gucs;
 pub mod identity;
 pub mod policy;
+pub mod retention;
 pub mod spi;
 pub mod sql;
 mod tests;

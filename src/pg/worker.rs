@@ -18,7 +18,10 @@ use crate::engine::retry::Backoff;
 use super::delivery::{self, Mode};
 use super::identity::{as_superuser, deliver_as_superuser, LOCK_CLASS, OUTPUT_SETTINGS};
 use super::spi::{select, select_one};
-use super::{catalog, gucs};
+use super::{catalog, gucs, retention};
+
+/// How often the launcher checks the WAL each sink's slot holds back.
+const RETENTION_CHECK: Duration = Duration::from_secs(2);
 
 pub fn register_launcher() {
     BackgroundWorkerBuilder::new("pg_sink launcher")
@@ -121,10 +124,22 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
     log!("pg_sink launcher started for database \"{db}\"");
     let mut workers: HashMap<i64, DynamicBackgroundWorker> = HashMap::new();
     let mut next_start: HashMap<i64, (Instant, Backoff)> = HashMap::new();
+    let mut guarded = Instant::now();
     while BackgroundWorker::wait_latch(Some(gucs::poll_interval())) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: reload postgresql.conf in the worker's own process.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if guarded.elapsed() >= RETENTION_CHECK {
+            guarded = Instant::now();
+            if let Err(e) = in_transaction(|| {
+                if extension_installed() {
+                    retention::enforce();
+                }
+                Ok(())
+            }) {
+                warning!("pg_sink launcher could not check the sinks' retained WAL: {}", e.message);
+            }
         }
         let wanted = in_transaction(running_sinks);
         let wanted = match wanted {

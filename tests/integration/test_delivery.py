@@ -312,12 +312,14 @@ def test_sink_start_does_not_deadlock_with_a_writer_holding_an_xid(db):
     writer.autocommit = False
     writer.execute("INSERT INTO dl_other VALUES (1)")  # takes an xid
     db.execute("SELECT sink.create_sink('dl', 'dl_src', 'file', %s::jsonb, envelope => 'upsert')", (json.dumps({"path": d}),))
-    # The worker is now waiting for the writer to finish before its slot exists.
-    wait_for(lambda: one(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_sink sink dl' AND wait_event_type = 'Lock'") == 1,
+    # The sink's slot creation (in the walsender that takes its snapshot) now
+    # waits for the writer to finish before the slot exists ...
+    sink_procs = "(SELECT 'pg_sink sink dl' UNION ALL SELECT 'pg_sink snapshot ' || slot_name FROM sink.sinks WHERE name = 'dl')"
+    wait_for(lambda: one(db, f"SELECT count(*) FROM pg_stat_activity WHERE application_name IN {sink_procs} AND wait_event_type = 'Lock'") == 1,
              what="the sink to wait for the writer")
     # ... and holds no lock on the source while it waits.
     assert one(db, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                   "WHERE a.application_name = 'pg_sink sink dl' AND l.relation = 'dl_src'::regclass") == 0
+                   f"WHERE a.application_name IN {sink_procs} AND l.relation = 'dl_src'::regclass") == 0
     writer.execute("INSERT INTO dl_src VALUES (101, 'from the writer')")
     writer.execute("UPDATE dl_src SET v = 'b' WHERE id = 1")
     writer.commit()

@@ -116,16 +116,19 @@ def test_sql_transport_fallback_and_walsender_only(db, tt):
     assert len(upsert_state(file_records(d2, "tr_auto"))) == 100
     assert one(db, "SELECT last_error FROM sink.status WHERE name = 'tr_auto'") is None
 
-    # 'walsender' only: the failure is in the status and nothing is skipped; once
-    # the setting is fixed (a reload), the sink catches up through a walsender.
+    # 'walsender' only: the sink cannot even take its snapshot (the walsender
+    # creates its slot); the failure is in the status and nothing is skipped; once
+    # the setting is fixed (a reload), the sink starts and catches up through a
+    # walsender.
     reload_with(db, transport="walsender")
     d3 = out_dir("tr_ws")
-    file_sink(db, "tr_ws", d3)
+    db.execute("SELECT sink.create_sink('tr_ws', 'tt', 'file', %s::jsonb, envelope => 'upsert')", (f'{{"path": "{d3}"}}',))
     db.execute("INSERT INTO tt SELECT g, 's' || g FROM generate_series(101, 150) g")
     err = wait_for(lambda: one(db, "SELECT last_error FROM sink.status WHERE name = 'tr_ws'"), 30, "the connection error in the status")
     assert "could not connect to the walsender at 127.0.0.1:1" in err, err
     assert one(db, "SELECT state FROM sink.status WHERE name = 'tr_ws'") == "running", "a transient error"
     reload_with(db, replication_conninfo=None)
+    wait_started(db, "tr_ws")
     wait_caught_up(db, "tr_ws")
     assert wait_for(lambda: walsender(db, "tr_ws"), 10, "the walsender")
     assert len(upsert_state(file_records(d3, "tr_ws"))) == 150

@@ -13,7 +13,8 @@ use crate::engine::options::SINK_OPTIONS;
 #[pg_extern(immutable, parallel_safe)]
 fn options(
 ) -> TableIterator<'static, (name!(connector, Option<String>), name!(option, String), name!(required, bool), name!(description, Option<String>))> {
-    let mut rows: Vec<(Option<String>, String, bool, Option<String>)> = SINK_OPTIONS.iter().map(|o| (None, o.to_string(), false, None)).collect();
+    let mut rows: Vec<(Option<String>, String, bool, Option<String>)> =
+        SINK_OPTIONS.iter().map(|(o, d)| (None, o.to_string(), false, Some(d.to_string()))).collect();
     for spec in REGISTRY {
         for (name, description) in spec.options {
             rows.push((Some(spec.name.to_string()), name.to_string(), spec.required.contains(name), Some(description.to_string())));

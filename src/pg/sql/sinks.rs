@@ -18,7 +18,7 @@ use crate::pg::access;
 use crate::pg::catalog::{self, SinkRow};
 use crate::pg::delivery::{self};
 use crate::pg::errors::{fail, Code, OrRaise};
-use crate::pg::identity::{as_superuser, created_by, current_user, lock_sink};
+use crate::pg::identity::{as_superuser, created_by, current_user, interrupt_worker, lock_sink};
 use crate::pg::policy;
 use crate::pg::spi::{select, select_one, update};
 
@@ -849,15 +849,6 @@ fn alter_sink(name: &str, options: JsonB) {
 /// batch or snapshot chunk and rolls it back, so the sink's lock is free at once
 /// instead of after a whole step or snapshot. The launcher starts it again if
 /// the sink is still meant to run.
-fn interrupt_worker(sink: &SinkRow) {
-    as_superuser(|| {
-        select(
-            "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
-              WHERE application_name = $1 AND backend_type = 'pg_sink worker' AND datname = current_database()",
-            &[Some(&format!("pg_sink sink {}", sink.name))],
-        )
-    });
-}
 
 fn set_state(name: &str, state: &str) {
     let sink = catalog::require(name);

@@ -1,0 +1,90 @@
+//! The WAL-retention guard's glue: every few seconds the launcher measures how
+//! much WAL each sink's slot holds back, records each sink's limit and policy in
+//! `sink.progress` (shown by `sink.status`), and applies the policy to a sink past
+//! its limit (the rule is `engine::retention`).
+
+use crate::engine::options::normalize_name;
+use crate::engine::retention::{self, Action, Policy};
+
+use super::catalog::{self, SinkRow};
+use super::identity::{interrupt_worker, lock_sink};
+use super::spi::{select, update};
+use super::{delivery, gucs};
+
+/// Check every sink of this database.
+pub fn enforce() {
+    let rows = select(
+        "SELECT s.id::text, pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.restart_lsn)::bigint::text \
+           FROM sink.sinks s JOIN pg_catalog.pg_replication_slots r ON r.slot_name = s.slot_name \
+          WHERE r.restart_lsn IS NOT NULL ORDER BY s.id",
+        &[],
+    );
+    let default_limit = gucs::max_retained_wal();
+    let mut limits = Vec::new();
+    for row in rows {
+        let mut cols = row.into_iter();
+        let (Some(Some(id)), Some(Some(retained))) = (cols.next(), cols.next()) else { continue };
+        let (Ok(id), Ok(retained)) = (id.parse::<i64>(), retained.parse::<i64>()) else { continue };
+        let Some(sink) = catalog::find_by_id(id) else { continue };
+        let (limit, policy) = limit_of(&sink, default_limit);
+        limits.push((id, limit, policy));
+        let action = retention::decide(retained.max(0) as u64, limit, policy, sink.state == "paused", sink.state == "failed");
+        if let (Some(limit), false) = (limit, action == Action::Keep) {
+            apply(&sink, action, retained.max(0) as u64, limit);
+        }
+    }
+    // Written only when they change (no WAL from an idle guard).
+    for (id, limit, policy) in limits {
+        let limit = limit.map(|l| l.to_string());
+        update(
+            "UPDATE sink.progress SET wal_limit_bytes = $2::bigint, wal_retention_policy = $3 \
+              WHERE sink_id = $1::bigint AND (wal_limit_bytes IS DISTINCT FROM $2::bigint OR wal_retention_policy IS DISTINCT FROM $3)",
+            &[Some(&id.to_string()), limit.as_deref(), Some(policy.as_str())],
+        );
+    }
+}
+
+/// The sink's limit (its option, else the server's setting) and policy. An
+/// option that does not parse (it was checked when the sink was made) counts as
+/// absent.
+fn limit_of(sink: &SinkRow, default_limit: Option<u64>) -> (Option<u64>, Policy) {
+    let option = |name: &str| sink.options.iter().find(|(k, _)| normalize_name(k) == name).map(|(_, v)| v.clone());
+    let limit = option("max_retained_wal").and_then(|v| retention::parse_limit(&v).ok()).or(default_limit);
+    let policy = option("wal_retention_policy").and_then(|v| Policy::parse(&v).ok()).unwrap_or_default();
+    (limit, policy)
+}
+
+/// Apply `action` to the sink: its worker is stopped and its lock taken first,
+/// so no step runs meanwhile.
+fn apply(sink: &SinkRow, action: Action, retained: u64, limit: u64) {
+    let message = retention::message(action, retained, limit);
+    pgrx::warning!("pg_sink sink \"{}\": {message}", sink.name);
+    interrupt_worker(sink);
+    lock_sink(sink.id);
+    let id = sink.id.to_string();
+    let name = sink.name.replace('\'', "''");
+    let hint = match action {
+        Action::Pause => format!(
+            "Resume it with SELECT sink.resume_sink('{name}') once its target takes changes again, or raise max_retained_wal with sink.alter_sink."
+        ),
+        Action::DropAndFail => format!("Run SELECT sink.resync('{name}') to deliver the source again from a new snapshot, or drop the sink."),
+        Action::DropAndResnapshot | Action::Keep => String::new(),
+    };
+    if matches!(action, Action::DropAndFail | Action::DropAndResnapshot) {
+        delivery::release_slot(&sink.slot_name);
+        update(
+            "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[Some(&sink.slot_name)],
+        );
+    }
+    let state = match action {
+        Action::Pause => "paused",
+        Action::DropAndFail => "failed",
+        Action::DropAndResnapshot | Action::Keep => "running",
+    };
+    if action == Action::DropAndResnapshot {
+        update("UPDATE sink.progress SET confirmed_lsn = NULL, snapshot_done = false WHERE sink_id = $1::bigint", &[Some(&id)]);
+    }
+    update("UPDATE sink.sinks SET state = $2 WHERE id = $1::bigint", &[Some(&id), Some(state)]);
+    catalog::record_error(sink.id, &message, (!hint.is_empty()).then_some(hint.as_str()), false);
+}
