@@ -148,7 +148,7 @@ port: {port}
 jetstream {{
   store_dir: "{data}/jetstream"
   max_memory_store: 256MB
-  max_file_store: 1GB
+  max_file_store: 8GB
 }}
 authorization {{
   users: [

@@ -97,6 +97,24 @@ pub(crate) fn with_created_by<R>(dialect: &'static str, f: impl FnOnce() -> R) -
     r
 }
 
+/// Take the sink's processing lock if it comes free within `wait` (for the
+/// launcher, which must not stall behind a caller's open transaction).
+pub(crate) fn try_lock_sink(id: i64, wait: std::time::Duration) -> bool {
+    let (class, id) = (LOCK_CLASS.to_string(), id.to_string());
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let got = select_one("SELECT pg_catalog.pg_try_advisory_xact_lock($1::int, $2::int)::text", &[Some(&class), Some(&id)]);
+        if got.as_deref() == Some("true") {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        pgrx::check_for_interrupts!();
+    }
+}
+
 /// Take the sink's processing lock for the rest of the transaction (waits for the
 /// worker to finish its current batch).
 ///

@@ -7,7 +7,7 @@ use crate::engine::options::normalize_name;
 use crate::engine::retention::{self, Action, Policy};
 
 use super::catalog::{self, SinkRow};
-use super::identity::{interrupt_worker, lock_sink};
+use super::identity::{interrupt_worker, try_lock_sink};
 use super::spi::{select, update};
 use super::{delivery, gucs};
 
@@ -36,9 +36,12 @@ pub fn enforce() {
     // Written only when they change (no WAL from an idle guard).
     for (id, limit, policy) in limits {
         let limit = limit.map(|l| l.to_string());
+        // SKIP LOCKED: a row a step or a caller's sync() holds is written next round.
         update(
             "UPDATE sink.progress SET wal_limit_bytes = $2::bigint, wal_retention_policy = $3 \
-              WHERE sink_id = $1::bigint AND (wal_limit_bytes IS DISTINCT FROM $2::bigint OR wal_retention_policy IS DISTINCT FROM $3)",
+              WHERE sink_id = (SELECT sink_id FROM sink.progress WHERE sink_id = $1::bigint \
+                                  AND (wal_limit_bytes IS DISTINCT FROM $2::bigint OR wal_retention_policy IS DISTINCT FROM $3) \
+                                  FOR UPDATE SKIP LOCKED)",
             &[Some(&id.to_string()), limit.as_deref(), Some(policy.as_str())],
         );
     }
@@ -57,10 +60,13 @@ fn limit_of(sink: &SinkRow, default_limit: Option<u64>) -> (Option<u64>, Policy)
 /// Apply `action` to the sink: its worker is stopped and its lock taken first,
 /// so no step runs meanwhile.
 fn apply(sink: &SinkRow, action: Action, retained: u64, limit: u64) {
+    interrupt_worker(sink);
+    if !try_lock_sink(sink.id, std::time::Duration::from_secs(2)) {
+        // A caller holds the sink (sync() in an open transaction): next round.
+        return;
+    }
     let message = retention::message(action, retained, limit);
     pgrx::warning!("pg_sink sink \"{}\": {message}", sink.name);
-    interrupt_worker(sink);
-    lock_sink(sink.id);
     let id = sink.id.to_string();
     let name = sink.name.replace('\'', "''");
     let hint = match action {
