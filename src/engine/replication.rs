@@ -408,8 +408,10 @@ pub fn create_slot_with_snapshot(target: &Target, slot: &str, stop: &dyn Fn() ->
     let hs = handshake(target).map_err(StartError::Connect)?;
     hs.conn.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| StartError::Connect(SinkError::transient(format!("socket: {e}"))))?;
     let mut s = SnapshotSession { hs, consistent_point: Lsn::ZERO };
-    // Connected: what fails from here on is not a reason to read another way.
-    let refused = |error: SinkError| StartError::Refused { code: String::new(), error };
+    // Connected: what fails from here on is not a reason to read another way,
+    // and is retried (a slot that exists after a race, a role not allowed yet).
+    let refused =
+        |error: SinkError| StartError::Refused { code: String::new(), error: SinkError { kind: super::error::ErrorKind::Transient, ..error } };
     s.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ", stop).map_err(refused)?;
     let command = format!("CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput (SNAPSHOT 'use')", slot.replace('"', "\"\""));
     let rows = s.query(&command, stop).map_err(refused)?;
