@@ -103,6 +103,20 @@ impl Decoder {
         self.current.is_some()
     }
 
+    /// Changes of the open transaction held so far.
+    pub fn pending_changes(&self) -> usize {
+        self.current.as_ref().map_or(0, |t| t.changes.len())
+    }
+
+    /// Hand over the open transaction's changes so far (its commit LSN is known
+    /// from BEGIN, its end only at COMMIT), releasing their memory; its later
+    /// changes and COMMIT come as usual.
+    pub fn take_pending(&mut self) -> Option<Transaction> {
+        let txn = self.current.as_mut()?;
+        let changes = std::mem::take(&mut txn.changes);
+        Some(Transaction { changes, ..txn.clone() })
+    }
+
     fn relation(&self, id: u32) -> Result<Arc<Relation>> {
         self.relations.get(&id).cloned().ok_or_else(|| malformed(&format!("change for unknown relation {id}")))
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::change::{Cell, Change, Relation, RelationMeta, Transaction};
-use super::connector::{Batch, Record, SqlSession, TxnStamp};
+use super::connector::{Batch, Part, Record, SqlSession, TxnStamp};
 use super::encoder::avro::EncoderContext;
 use super::encoder::formats;
 use super::encoder::{Encoder, Role};
@@ -43,6 +43,20 @@ pub struct Pipeline {
     drafts: Vec<Draft>,
     /// Transactions ending at or before this position are already delivered.
     pub confirmed: Lsn,
+    /// The open transaction has been cut into parts (see [`Pipeline::cut_part`]).
+    parts: Option<Parts>,
+}
+
+/// Where the open, large transaction stands in its parts.
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    /// Index of the next part.
+    next: u32,
+    /// Records delivered in its earlier parts.
+    records_before: usize,
+    /// Already delivered (it commits before the confirmed position): its parts
+    /// and its COMMIT are dropped.
+    skip: bool,
 }
 
 impl Pipeline {
@@ -65,6 +79,7 @@ impl Pipeline {
             encode: !(def.connector.applies_rows && def.envelope != EnvelopeKind::Debezium),
             drafts: Vec::new(),
             confirmed,
+            parts: None,
         })
     }
 
@@ -82,10 +97,48 @@ impl Pipeline {
         self.decoder.is_in_transaction()
     }
 
+    /// Changes of the open transaction held in memory.
+    pub fn pending_changes(&self) -> usize {
+        self.decoder.pending_changes()
+    }
+
+    /// Cut the changes the open transaction holds so far into a batch of their
+    /// own: one part of a transaction too large to hold whole. `None` when no
+    /// transaction is open, or when the transaction is already delivered (it
+    /// commits before the confirmed position: its parts are dropped, as a whole
+    /// transaction would be). The transaction's COMMIT later gives its last part.
+    pub fn cut_part(&mut self, sql: &mut dyn SqlSession) -> Result<Option<Batch>> {
+        let Some(mut txn) = self.decoder.take_pending() else {
+            return Ok(None);
+        };
+        // A transaction that starts before the confirmed position was read whole
+        // by the step that confirmed it (steps end after a COMMIT, at a keepalive
+        // between transactions, or caught up past every commit before them).
+        let parts = self.parts.get_or_insert(Parts { next: 0, records_before: 0, skip: txn.commit_lsn < self.confirmed });
+        if parts.skip {
+            return Ok(None);
+        }
+        let part = Part { index: parts.next, last: false, records_before: parts.records_before };
+        let mut batch = self.new_batch();
+        txn.end_lsn = txn.commit_lsn;
+        self.add_changes(&mut txn, sql, &mut batch)?;
+        batch.part = Some(part);
+        if let Some(p) = self.parts.as_mut() {
+            p.next += 1;
+            p.records_before += batch.records.len();
+        }
+        Ok(Some(batch))
+    }
+
     /// Feed one pgoutput message. A completed transaction past `confirmed` is encoded
     /// into `batch`; earlier ones (delivered before a crash) are skipped. `sql` reads
     /// the source (unchanged TOAST values) with the owner's privileges.
     pub fn feed(&mut self, msg: &[u8], resolver: &mut dyn TypeResolver, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
+        if msg.first() == Some(&b'B') {
+            // A BEGIN starts a transaction afresh (the decoder forgets one left
+            // open by a failed step): so do its parts.
+            self.parts = None;
+        }
         match self.decoder.feed(msg)? {
             Decoded::Nothing => Ok(()),
             Decoded::Relation(id) => {
@@ -108,18 +161,30 @@ impl Pipeline {
                 }
                 Ok(())
             }
-            Decoded::Commit(txn) => {
-                if txn.end_lsn <= self.confirmed {
-                    return Ok(());
+            Decoded::Commit(txn) => match self.parts.take() {
+                Some(p) if p.skip => Ok(()),
+                // The last part of a large transaction: a batch of its own.
+                Some(p) => {
+                    self.add_transaction(txn, sql, batch)?;
+                    batch.part = Some(Part { index: p.next, last: true, records_before: p.records_before });
+                    Ok(())
                 }
-                self.add_transaction(txn, sql, batch)
-            }
+                None if txn.end_lsn <= self.confirmed => Ok(()),
+                None => self.add_transaction(txn, sql, batch),
+            },
         }
     }
 
     /// Encode a whole transaction into `batch` (also used for snapshot rows).
     pub fn add_transaction(&mut self, mut txn: Transaction, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
-        if batch.transactions == 0 {
+        self.add_changes(&mut txn, sql, batch)?;
+        batch.transactions += 1;
+        Ok(())
+    }
+
+    /// Encode `txn`'s changes into `batch` and extend the batch to its end.
+    fn add_changes(&mut self, txn: &mut Transaction, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
+        if batch.transactions == 0 && batch.records.is_empty() && batch.changes == 0 {
             batch.start_lsn = txn.commit_lsn;
         }
         let changes = std::mem::take(&mut txn.changes);
@@ -130,7 +195,7 @@ impl Pipeline {
                 continue;
             }
             self.drafts.clear();
-            self.envelope.apply(&txn, change, &mut self.drafts)?;
+            self.envelope.apply(txn, change, &mut self.drafts)?;
             for draft in self.drafts.drain(..) {
                 let (key, value) = if self.encode {
                     (draft.key.as_ref().map(|k| self.key_encoder.encode_key(k)).transpose()?, self.value_encoder.encode_value(&draft.payload)?)
@@ -148,7 +213,6 @@ impl Pipeline {
             }
             batch.changes += 1;
         }
-        batch.transactions += 1;
         batch.end_lsn = batch.end_lsn.max(txn.end_lsn);
         Ok(())
     }

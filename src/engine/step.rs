@@ -20,6 +20,11 @@
 //!   `batch_changes` changes; boundaries depend only on the stream and the settings,
 //!   so a retried step produces the same batches (and idempotent targets overwrite
 //!   the same objects).
+//! - **Large transactions in parts.** A transaction is held in memory only up to
+//!   `part_changes` changes: then what it holds goes out as a batch of its own
+//!   (a [`Part`](super::connector::Part)), and its COMMIT gives the last part. A
+//!   part is cut after a fixed number of the transaction's changes, so a retry
+//!   cuts the same parts; nothing is confirmed before the last one is durable.
 //! - **Confirmed LSN.** Only what the connector reported durable is confirmed: the
 //!   end of the last delivered transaction, raised to the stream's last keepalive
 //!   seen between transactions and, when the step caught up, to the WAL flush
@@ -127,6 +132,8 @@ pub struct Step<'a> {
     /// End of the last delivered transaction.
     end: Lsn,
     batch_changes: usize,
+    /// Changes of one transaction held before they go out as a part.
+    part_changes: usize,
     /// The catalog's confirmed LSN when the step began: what feedback may report.
     durable: Lsn,
     /// The stream failed before this step read any message from it.
@@ -168,6 +175,7 @@ impl<'a> Step<'a> {
             outcome: Outcome::default(),
             end: confirmed,
             batch_changes: batch_changes.max(1),
+            part_changes: usize::MAX,
             durable: confirmed,
             lost_at_start: false,
             stop: None,
@@ -181,16 +189,49 @@ impl<'a> Step<'a> {
         self
     }
 
+    /// Deliver a transaction in parts once it holds `changes` changes (the
+    /// default holds every transaction whole).
+    pub fn parts_after(mut self, changes: usize) -> Self {
+        self.part_changes = changes.max(1);
+        self
+    }
+
     fn stop_requested(&self) -> bool {
         self.stop.is_some_and(|f| f())
     }
 
-    /// Feed one pgoutput message; delivers the batch once it is full.
+    /// Feed one pgoutput message; delivers the batch once it is full, and the
+    /// open transaction's changes once they make a part.
     pub fn feed(&mut self, msg: &[u8]) -> Result<()> {
         self.pipeline.feed(msg, self.types, self.sql, &mut self.batch)?;
+        if self.batch.part.is_some() {
+            // The last part of a large transaction goes alone.
+            return self.flush();
+        }
+        if self.pipeline.pending_changes() >= self.part_changes {
+            // What came before the transaction goes first, as its own batch.
+            self.flush()?;
+            if let Some(part) = self.pipeline.cut_part(self.sql)? {
+                self.deliver_part(&part)?;
+            }
+        }
         if self.batch.changes >= self.batch_changes {
             self.flush()?;
         }
+        Ok(())
+    }
+
+    /// Deliver a part of a transaction other than its last: counted as changes
+    /// and records, never as a transaction or a position to confirm.
+    fn deliver_part(&mut self, part: &Batch) -> Result<()> {
+        if self.stop_requested() {
+            return Err(stopping());
+        }
+        self.rt.block_on(self.connector.deliver(part, self.sql))?;
+        let o = &mut self.outcome;
+        o.changes += part.changes;
+        o.records += part.records.len();
+        o.bytes += part.bytes();
         Ok(())
     }
 
@@ -371,6 +412,102 @@ mod tests {
             step.feed(m)?;
         }
         step.finish(true, Lsn(0x9000), None, false)
+    }
+
+    /// t1 (2 inserts), t2 (`big` inserts), t3 (1 insert); commit LSNs 0x100·t.
+    fn with_a_large_transaction(big: u64) -> Vec<Vec<u8>> {
+        let mut msgs = vec![relation(1, "public", "t", b'd', &[("id", 23, true), ("v", 25, false)])];
+        let mut id = 0;
+        for (t, n) in [(1u64, 2u64), (2, big), (3, 1)] {
+            msgs.push(begin(0x100 * t, 0, t as u32));
+            for _ in 0..n {
+                id += 1;
+                msgs.push(insert(1, &[Some(&id.to_string()), Some("x")]));
+            }
+            msgs.push(commit(0x100 * t, 0x100 * t + 0x10, 0));
+        }
+        msgs
+    }
+
+    fn parts_step(msgs: &[Vec<u8>], c: &mut MemoryConnector, confirmed: u64, part_changes: usize) -> Result<(Outcome, Progress)> {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types) = (NoSql, NoTypes);
+        let mut step = Step::new(&mut pipeline, c, &rt, &mut sql, &mut types, Lsn(confirmed), 100).parts_after(part_changes);
+        for m in msgs {
+            step.feed(m)?;
+        }
+        step.finish(false, Lsn(0x9000), None, false)
+    }
+
+    #[test]
+    fn a_large_transaction_goes_out_in_parts_and_is_confirmed_at_its_end() {
+        let mut c = MemoryConnector::default();
+        let (out, p) = parts_step(&with_a_large_transaction(25), &mut c, 0, 10).unwrap();
+        // t1 goes first on its own, then t2 in parts of 10, 10 and 5, then t3.
+        assert_eq!(c.batch_sizes(), vec![(1, 2), (0, 10), (0, 10), (1, 5), (1, 1)]);
+        let parts: Vec<_> = c.batches.iter().map(|b| b.part.map(|p| (p.index, p.last, p.records_before))).collect();
+        assert_eq!(parts, vec![None, Some((0, false, 0)), Some((1, false, 10)), Some((2, true, 20)), None]);
+        // Parts before the last end at the commit LSN; the last at the transaction's end.
+        assert_eq!(c.batches.iter().map(|b| b.end_lsn).collect::<Vec<_>>(), vec![Lsn(0x110), Lsn(0x200), Lsn(0x200), Lsn(0x210), Lsn(0x310)]);
+        let positions: Vec<_> = c.batches.iter().map(|b| b.position()).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions grow: {positions:?}");
+        assert_eq!((out.transactions, out.changes, out.records), (3, 28, 28));
+        assert_eq!(p.confirmed, Lsn(0x310));
+        // Every row once, in order.
+        let ids: Vec<String> = c.records().iter().map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap()).collect();
+        assert_eq!(ids.len(), 28);
+        assert_eq!(ids[2], r#"{"id":3}"#);
+    }
+
+    #[test]
+    fn a_failure_in_the_middle_of_a_large_transaction_confirms_nothing_and_the_retry_cuts_the_same_parts() {
+        let msgs = with_a_large_transaction(25);
+        let mut a = MemoryConnector::default();
+        parts_step(&msgs, &mut a, 0x110, 10).unwrap();
+        let mut b = MemoryConnector::default();
+        b.faults.extend([Fault::Ok, Fault::AfterDurable]);
+        let err = parts_step(&msgs, &mut b, 0x110, 10).unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(b.finished_steps, 0);
+        // The retry reads the transaction again from its BEGIN (nothing was confirmed).
+        b.batches.clear();
+        let (_, p) = parts_step(&msgs, &mut b, 0x110, 10).unwrap();
+        let shape = |c: &MemoryConnector| c.batches.iter().map(|x| (x.position(), x.part, x.records.len())).collect::<Vec<_>>();
+        assert_eq!(shape(&a), shape(&b));
+        assert_eq!(p.confirmed, Lsn(0x310));
+    }
+
+    #[test]
+    fn a_large_transaction_already_confirmed_is_not_delivered_again() {
+        let mut c = MemoryConnector::default();
+        let (out, _) = parts_step(&with_a_large_transaction(25), &mut c, 0x210, 10).unwrap();
+        assert_eq!(c.batch_sizes(), vec![(1, 1)], "only t3");
+        assert_eq!(out.transactions, 1);
+    }
+
+    #[test]
+    fn a_transaction_below_the_part_size_stays_whole() {
+        let mut c = MemoryConnector::default();
+        parts_step(&with_a_large_transaction(9), &mut c, 0, 10).unwrap();
+        assert_eq!(c.batch_sizes(), vec![(3, 12)]);
+        assert!(c.batches[0].part.is_none());
+    }
+
+    #[test]
+    fn a_stop_request_ends_a_large_transaction_between_parts() {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types, mut c) = (NoSql, NoTypes, MemoryConnector::default());
+        let asked = std::cell::Cell::new(0);
+        let stop = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 2
+        };
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100).parts_after(10).stop_when(&stop);
+        let err = with_a_large_transaction(45).iter().try_for_each(|m| step.feed(m)).unwrap_err();
+        assert_eq!(err.message, STOPPING);
+        assert_eq!(c.batch_sizes(), vec![(1, 2), (0, 10)], "t1, then one part, then the stop");
     }
 
     #[test]

@@ -263,7 +263,9 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
 
     let step_limit = if whole_backlog { i64::from(i32::MAX) } else { gucs::max_step_changes() };
     let mut sql = SpiSession::for_owner(&sink.owner)?;
-    let mut run = Step::new(pipeline, connector.as_mut(), &rt, &mut sql, &mut types, confirmed, gucs::max_batch_changes() as usize).stop_when(&stop);
+    let mut run = Step::new(pipeline, connector.as_mut(), &rt, &mut sql, &mut types, confirmed, gucs::max_batch_changes() as usize)
+        .parts_after(gucs::transaction_part_changes())
+        .stop_when(&stop);
     let transport = if session_fell_back { Transport::Sql } else { transport };
     let (caught_up, flushed) = match transport {
         Transport::Sql => {
@@ -505,7 +507,19 @@ fn peek(sink: &SinkRow, limit: i64, mut feed: impl FnMut(&[u8]) -> Result<(), Si
 fn preview_changes(sink: &SinkRow, pipeline: &mut Pipeline, types: &mut dyn TypeResolver, limit: usize) -> Result<Outcome, SinkError> {
     let mut batch = pipeline.new_batch();
     let mut sql = SpiSession::for_owner(&sink.owner)?;
-    peek(sink, limit.max(1) as i64, |msg| pipeline.feed(msg, types, &mut sql, &mut batch))?;
+    let limit = limit.max(1);
+    peek(sink, limit as i64, |msg| {
+        pipeline.feed(msg, types, &mut sql, &mut batch)?;
+        // A large transaction is not held whole for a preview either: what is
+        // beyond the limit is dropped part by part.
+        if pipeline.pending_changes() >= limit {
+            if let Some(part) = pipeline.cut_part(&mut sql)? {
+                let room = limit.saturating_sub(batch.records.len());
+                batch.records.extend(part.records.into_iter().take(room));
+            }
+        }
+        Ok(())
+    })?;
     batch.records.truncate(limit);
     Ok(Outcome { records: batch.records.len(), preview: batch.records, ..Default::default() })
 }

@@ -17,8 +17,15 @@ pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 
 /// Changes decoded per batch. Larger batches amortise the per-batch cost (a catalog
 /// update, an fsync); 20000 keeps a batch's memory in the tens of MB. A single
-/// transaction larger than this is still delivered whole.
+/// transaction larger than this is still delivered whole, up to
+/// `transaction_part_changes`.
 pub static MAX_BATCH_CHANGES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+
+/// Changes of one transaction a worker holds in memory: a larger transaction is
+/// delivered in parts of this size (each target keeps it atomic where it can; see
+/// the README). 100000 bounds a worker to a few hundred MB whatever the
+/// transaction's size, and leaves transactions of ordinary size whole.
+pub static TRANSACTION_PART_CHANGES: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 
 /// Changes decoded per step (one transaction). Through SQL, each step is one
 /// decoding pass that restarts at the slot's restart point, so a large step makes
@@ -147,10 +154,20 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"pg_sink.max_batch_changes",
         c"Maximum changes decoded into one delivery batch.",
-        c"A transaction larger than this is still delivered whole.",
+        c"A transaction larger than this is still delivered whole, up to pg_sink.transaction_part_changes.",
         &MAX_BATCH_CHANGES,
         1,
         10_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_sink.transaction_part_changes",
+        c"Changes of one transaction a sink holds in memory before delivering them as a part.",
+        c"A larger transaction is delivered in parts; nothing of it is confirmed before its last part.",
+        &TRANSACTION_PART_CHANGES,
+        1,
+        100_000_000,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -223,6 +240,10 @@ pub fn poll_interval() -> std::time::Duration {
 
 pub fn max_batch_changes() -> i64 {
     MAX_BATCH_CHANGES.get().max(1) as i64
+}
+
+pub fn transaction_part_changes() -> usize {
+    TRANSACTION_PART_CHANGES.get().max(1) as usize
 }
 
 pub fn max_step_changes() -> i64 {

@@ -40,6 +40,22 @@ pub struct Record {
     pub stamp: Arc<TxnStamp>,
 }
 
+#[cfg(test)]
+impl Record {
+    /// A record of the transaction committed at `lsn`, with no key or value.
+    pub fn for_test(lsn: Lsn) -> Self {
+        use crate::engine::envelope::{Draft, Op, Payload};
+        Record {
+            key: None,
+            value: None,
+            draft: Draft { key: None, payload: Payload::Truncate(vec![]), op: Op::Truncate },
+            commit_lsn: lsn,
+            commit_time_us: 0,
+            stamp: Arc::default(),
+        }
+    }
+}
+
 /// Header values common to a transaction's records, formatted once.
 #[derive(Debug, Clone, Default)]
 pub struct TxnStamp {
@@ -144,22 +160,54 @@ pub struct Batch {
     pub key_prefix: usize,
     /// `Some(n)` for the n-th chunk of the initial snapshot (all share one LSN).
     pub snapshot_chunk: Option<u32>,
+    /// Set when the batch holds one part of a transaction too large to hold
+    /// whole (`pg_sink.transaction_part_changes`); such a batch holds nothing else.
+    pub part: Option<Part>,
+}
+
+/// One part of a large transaction. Parts are cut after a fixed number of
+/// changes, so a retry over the same WAL cuts the same parts. Every part but the
+/// last has `transactions == 0` and `end_lsn` = the transaction's commit LSN (its
+/// end is not known before its COMMIT); the last carries the COMMIT and the
+/// transaction's end LSN, like any batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Part {
+    /// 0 for the first part.
+    pub index: u32,
+    /// This part ends with the transaction's COMMIT.
+    pub last: bool,
+    /// Records of the same transaction in the earlier parts (numbering that
+    /// continues across parts, as JetStream message ids and webhook keys need).
+    pub records_before: usize,
 }
 
 /// Where a batch ends in a sink's history, for targets that keep their own
-/// progress (Kafka's progress topic): the end LSN of its last transaction and,
-/// because every chunk of the initial snapshot carries the snapshot's one LSN, the
-/// number of snapshot chunks up to and including it (0 for streamed batches). No
-/// two batches of a sink share a position, and positions grow in delivery order.
+/// progress (Kafka's progress topic): the end LSN of its last transaction; for
+/// a part of a large transaction but its last, its commit LSN and the number of
+/// parts up to and including it; and, because every chunk of the initial
+/// snapshot carries the snapshot's one LSN, the number of snapshot chunks up to
+/// and including it. No two batches of a sink share a position, and positions
+/// grow in delivery order (the snapshot comes before a transaction that commits
+/// at its LSN, hence `part` before `chunk`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Position {
     pub lsn: Lsn,
+    pub part: u32,
     pub chunk: u32,
 }
 
 impl Batch {
     pub fn position(&self) -> Position {
-        Position { lsn: self.end_lsn, chunk: self.snapshot_chunk.map_or(0, |c| c + 1) }
+        let part = match self.part {
+            Some(p) if !p.last => p.index + 1,
+            _ => 0,
+        };
+        Position { lsn: self.end_lsn, part, chunk: self.snapshot_chunk.map_or(0, |c| c + 1) }
+    }
+
+    /// Whether this batch is a part of a large transaction other than its last.
+    pub fn is_open_part(&self) -> bool {
+        self.part.is_some_and(|p| !p.last)
     }
 
     pub fn bytes(&self) -> usize {

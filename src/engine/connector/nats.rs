@@ -234,6 +234,22 @@ fn msg_id(sink_uid: &str, commit_lsn: Lsn, snapshot_chunk: Option<u32>, seq: usi
     }
 }
 
+/// Each record's position in its transaction, stable across retries: from 0 at
+/// each transaction's first record, going on from the earlier parts in a part of a
+/// large transaction.
+fn positions(batch: &Batch) -> Vec<usize> {
+    let first = batch.part.map_or(0, |p| p.records_before);
+    let mut last = None;
+    let mut seq = 0;
+    let mut out = Vec::with_capacity(batch.records.len());
+    for r in &batch.records {
+        seq = if last == Some(r.commit_lsn) { seq + 1 } else { first };
+        last = Some(r.commit_lsn);
+        out.push(seq);
+    }
+    out
+}
+
 #[async_trait(?Send)]
 impl Connector for NatsConnector {
     async fn check(&mut self) -> Result<()> {
@@ -259,16 +275,11 @@ impl Connector for NatsConnector {
             return Err(SinkError::transient("NATS client unavailable"));
         };
         let timeout = self.settings.timeout;
-        // Position of each record within its transaction: stable across retries.
-        let mut seq = 0usize;
-        let mut last_lsn = None;
         let result: Result<()> = async {
             if self.settings.jetstream {
                 let js = async_nats::jetstream::new(client.clone());
                 let mut acks = Vec::with_capacity(batch.records.len());
-                for r in &batch.records {
-                    seq = if last_lsn == Some(r.commit_lsn) { seq + 1 } else { 0 };
-                    last_lsn = Some(r.commit_lsn);
+                for (r, seq) in batch.records.iter().zip(positions(batch)) {
                     let payload = Bytes::from(r.value.clone().unwrap_or_default());
                     let ack = js
                         .publish_with_headers(subject_for(&self.settings.subject, r), self.headers(r, batch.snapshot_chunk, seq), payload)
@@ -326,6 +337,21 @@ mod tests {
         assert_ne!(msg_id("u", lsn, Some(0), 5), msg_id("u", lsn, Some(1), 5));
         assert_eq!(msg_id("u", lsn, Some(1), 5), "u-0/700-s1-5");
         assert_eq!(msg_id("u", lsn, None, 5), "u-0/700-5", "streamed ids are unchanged");
+    }
+
+    #[test]
+    fn parts_of_a_large_transaction_number_their_records_on() {
+        let records = |lsns: &[u64]| lsns.iter().map(|l| Record::for_test(Lsn(*l))).collect::<Vec<_>>();
+        let whole = Batch { records: records(&[0x100, 0x100, 0x200, 0x200, 0x200]), ..Default::default() };
+        assert_eq!(positions(&whole), vec![0, 1, 0, 1, 2]);
+        // Parts 1 and 2 of one transaction: ids go on where the earlier parts ended.
+        let part = |index, records_before| Batch {
+            records: records(&[0x300, 0x300, 0x300]),
+            part: Some(crate::engine::connector::Part { index, last: false, records_before }),
+            ..Default::default()
+        };
+        assert_eq!(positions(&part(0, 0)), vec![0, 1, 2]);
+        assert_eq!(positions(&part(1, 3)), vec![3, 4, 5]);
     }
 
     #[test]

@@ -296,8 +296,10 @@ fn requests(batch: &Batch, per_request: usize, sink_uid: &str) -> Vec<(std::ops:
             Some(_) => records.len(),
             None => start + records[start..].iter().take_while(|r| r.commit_lsn == lsn).count(),
         };
+        // A part of a large transaction goes on numbering from its earlier parts.
+        let before = if start == 0 { batch.part.map_or(0, |p| p.records_before) } else { 0 };
         for piece in (start..end).step_by(per_request) {
-            let offset = piece - start;
+            let offset = before + piece - start;
             let key = match batch.snapshot_chunk {
                 Some(chunk) => format!("{sink_uid}:snapshot-{:016X}-{chunk}:{offset}", lsn.0),
                 None => format!("{sink_uid}:{:016X}-{:016X}:{offset}", lsn.0, lsn.0),
@@ -356,6 +358,24 @@ mod tests {
         let mut snap = batch(&[(0x700, 5)]);
         snap.snapshot_chunk = Some(3);
         assert_eq!(requests(&snap, 4, "u")[1], (4..5, "u:snapshot-0000000000000700-3:4".to_string()));
+    }
+
+    #[test]
+    fn parts_of_a_large_transaction_get_keys_of_their_own() {
+        // A 7-record transaction in parts of 3, 3 and 1 records: the keys go on
+        // from part to part and never repeat, and a retried part gets the same keys.
+        let part = |index, records_before, n, last| {
+            let mut b = batch(&[(0x900, n)]);
+            b.part = Some(crate::engine::connector::Part { index, last, records_before });
+            b
+        };
+        let keys: Vec<String> = [part(0, 0, 3, false), part(1, 3, 3, false), part(2, 6, 1, true)]
+            .iter()
+            .flat_map(|b| requests(b, 2, "u").into_iter().map(|(_, k)| k))
+            .collect();
+        let offsets: Vec<&str> = keys.iter().map(|k| k.rsplit(':').next().unwrap()).collect();
+        assert_eq!(offsets, vec!["0", "2", "3", "5", "6"]);
+        assert_eq!(requests(&part(1, 3, 3, false), 2, "u"), requests(&part(1, 3, 3, false), 2, "u"));
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
             .hint("Use envelope => 'upsert' to mirror the source, or 'append-only' for a log of inserts."));
     }
     let target = parse_target(cfg)?;
-    Ok(Box::new(JdbcConnector { target, cfg: cfg.clone(), backend: None, info: None, progress_ready: false, snapshot_open: None }))
+    Ok(Box::new(JdbcConnector { target, cfg: cfg.clone(), backend: None, info: None, progress_ready: false, snapshot_open: None, part_open: None }))
 }
 
 pub struct JdbcConnector {
@@ -74,6 +74,9 @@ pub struct JdbcConnector {
     progress_ready: bool,
     /// The LSN of the snapshot whose target transaction is open, if any.
     snapshot_open: Option<Lsn>,
+    /// A large transaction's parts go into one target transaction, committed with
+    /// its last part: its commit LSN and the progress the target had stored.
+    part_open: Option<(Lsn, Lsn)>,
 }
 
 /// A target value: the source's text, adjusted where the target spells a type
@@ -329,9 +332,43 @@ impl JdbcConnector {
         self.info = None;
         self.progress_ready = false;
         self.snapshot_open = None;
+        self.part_open = None;
+    }
+
+    /// One part of a large transaction, in the target transaction that its first
+    /// part began and its last part commits (with the progress row): the target
+    /// sees the source transaction whole or not at all.
+    async fn deliver_part(&mut self, batch: &Batch, part: super::Part) -> Result<()> {
+        let lsn = batch.start_lsn;
+        let stored = match self.part_open {
+            Some((at, stored)) if at == lsn => stored,
+            _ if part.index > 0 => {
+                return Err(SinkError::transient(format!("part {} of the transaction at {lsn} came without its first part", part.index)));
+            }
+            _ => {
+                if self.snapshot_open.is_some() {
+                    self.finish_snapshot().await?;
+                }
+                self.begin().await?;
+                let stored = self.stored_lsn().await?.unwrap_or(Lsn::ZERO);
+                self.part_open = Some((lsn, stored));
+                stored
+            }
+        };
+        let records: Vec<&Record> = batch.records.iter().filter(|r| r.commit_lsn >= stored).collect();
+        self.apply(&records).await?;
+        if part.last {
+            self.store_lsn(batch.end_lsn.max(stored)).await?;
+            self.commit().await?;
+            self.part_open = None;
+        }
+        Ok(())
     }
 
     async fn deliver_inner(&mut self, batch: &Batch) -> Result<()> {
+        if let Some(part) = batch.part {
+            return self.deliver_part(batch, part).await;
+        }
         if let Some(chunk) = batch.snapshot_chunk {
             if chunk == 0 || self.snapshot_open != Some(batch.end_lsn) {
                 if self.snapshot_open.is_some() {

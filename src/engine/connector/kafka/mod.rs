@@ -442,10 +442,37 @@ mod tests {
     }
 
     #[test]
+    fn parts_of_a_large_transaction_are_each_delivered_once() {
+        // Parts before the last end at the commit LSN (0x700, as the snapshot
+        // above); the last ends at the transaction's end.
+        let part = |index: u32, last: bool| Batch {
+            end_lsn: Lsn(if last { 0x780 } else { 0x700 }),
+            part: Some(crate::engine::connector::Part { index, last, records_before: 0 }),
+            ..Default::default()
+        };
+        // A crash after part 1 reached Kafka: the retry skips parts 0 and 1 only.
+        let committed = part(1, false).position();
+        assert!(already_delivered(&part(0, false), committed));
+        assert!(already_delivered(&part(1, false), committed));
+        assert!(!already_delivered(&part(2, false), committed));
+        assert!(!already_delivered(&part(3, true), committed));
+        assert!(already_delivered(&part(2, false), part(3, true).position()));
+        // A snapshot at the same LSN comes before the transaction's parts.
+        let chunk = Batch { end_lsn: Lsn(0x700), snapshot_chunk: Some(9), ..Default::default() };
+        assert!(!already_delivered(&part(0, false), chunk.position()));
+        assert!(already_delivered(&chunk, part(0, false).position()));
+        // The batch before the transaction may end where its commit record starts.
+        let before = Batch { end_lsn: Lsn(0x700), ..Default::default() };
+        assert!(!already_delivered(&part(0, false), before.position()));
+    }
+
+    #[test]
     fn progress_records_round_trip_and_errors_are_classified() {
-        let at = |lsn: u64, chunk: u32| Position { lsn: Lsn(lsn), chunk };
+        let at = |lsn: u64, chunk: u32| Position { lsn: Lsn(lsn), part: 0, chunk };
         assert_eq!(progress_position(&progress_value(at(0x1_0000_0010, 0), "u")), Some(at(0x1_0000_0010, 0)));
         assert_eq!(progress_position(&progress_value(at(0x700, 3), "u")), Some(at(0x700, 3)));
+        let part = Position { lsn: Lsn(0x700), part: 4, chunk: 0 };
+        assert_eq!(progress_position(&progress_value(part, "u")), Some(part));
         // Records written before snapshot chunks were counted read as chunk 0.
         assert_eq!(progress_position(br#"{"lsn": 1792, "sink": "u"}"#), Some(at(0x700, 0)));
         assert_eq!(progress_position(b"garbage"), None);

@@ -17,18 +17,22 @@ use crate::engine::connector::{Batch, Position};
 use crate::engine::error::{Result, SinkError};
 use crate::engine::lsn::Lsn;
 
-/// The LSN in a progress record's value: `{"lsn": <u64>, ...}`.
+/// The position in a progress record's value: `{"lsn": <u64>, ...}`.
 pub fn progress_position(payload: &[u8]) -> Option<Position> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
     let lsn = v.get("lsn").and_then(|l| l.as_u64()).map(Lsn)?;
-    let chunk = v.get("snapshot_chunks").and_then(|c| c.as_u64()).unwrap_or(0);
-    Some(Position { lsn, chunk: u32::try_from(chunk).unwrap_or(u32::MAX) })
+    let count = |name: &str| u32::try_from(v.get(name).and_then(|c| c.as_u64()).unwrap_or(0)).unwrap_or(u32::MAX);
+    Some(Position { lsn, part: count("parts"), chunk: count("snapshot_chunks") })
 }
 
 /// A progress record's value. `snapshot_chunks` is written only for the
-/// initial snapshot's batches (all at one LSN).
+/// initial snapshot's batches (all at one LSN), `parts` only for the parts of a
+/// large transaction before its last (all at its commit LSN).
 pub fn progress_value(p: Position, sink: &str) -> Vec<u8> {
     let mut v = serde_json::json!({"lsn": p.lsn.0, "lsn_text": p.lsn.to_string(), "sink": sink});
+    if p.part > 0 {
+        v["parts"] = p.part.into();
+    }
     if p.chunk > 0 {
         v["snapshot_chunks"] = p.chunk.into();
     }

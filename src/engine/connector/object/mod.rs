@@ -199,7 +199,16 @@ fn build(provider: Provider, cfg: &ConnectorConfig) -> Result<Box<dyn Connector>
     // created on first use.
     let store = if provider == Provider::File { None } else { Some(store::build(&location, cfg)?) };
     let base = [location.prefix.as_str(), cfg.sink_name.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("/");
-    Ok(Box::new(ObjectConnector { location, cfg: cfg.clone(), store, base, settings, validate: cfg.flag("validate", true)?, high: None }))
+    Ok(Box::new(ObjectConnector {
+        location,
+        cfg: cfg.clone(),
+        store,
+        base,
+        settings,
+        validate: cfg.flag("validate", true)?,
+        high: None,
+        staged: None,
+    }))
 }
 
 pub struct ObjectConnector {
@@ -213,6 +222,10 @@ pub struct ObjectConnector {
     /// The highest commit LSN written since this connector started; `None` until the
     /// first batch (which first clears leftovers of earlier attempts).
     high: Option<Lsn>,
+    /// The parts of a large transaction written so far: its commit LSN and the
+    /// manifest entries held back until its last part, so that readers of the
+    /// manifest see the transaction whole or not at all.
+    staged: Option<(Lsn, Vec<(String, Vec<u8>)>)>,
 }
 
 /// One file's worth of records.
@@ -394,7 +407,44 @@ impl ObjectConnector {
                 "min_commit_time": format::iso_utc(part.records.iter().map(|r| r.commit_time_us).min().unwrap_or(0)),
                 "max_commit_time": format::iso_utc(part.records.iter().map(|r| r.commit_time_us).max().unwrap_or(0)),
             });
-            self.put(&manifest_name, entry.to_string().into_bytes()).await?;
+            match self.staged.as_mut() {
+                Some((_, held)) if batch.part.is_some() => held.push((manifest_name, entry.to_string().into_bytes())),
+                _ => self.put(&manifest_name, entry.to_string().into_bytes()).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// One part of a large transaction: a file of its own,
+    /// `<COMMIT>-<COMMIT>.p<NNNNNN>.<ext>`, whose manifest entry waits for the
+    /// transaction's last part. The transaction's first part clears what an earlier
+    /// attempt left from its commit LSN on, as the first batch of a step does.
+    async fn deliver_part(&mut self, batch: &Batch, part: super::Part) -> Result<()> {
+        let lsn = batch.start_lsn;
+        if self.staged.as_ref().is_none_or(|(at, _)| *at != lsn) {
+            if part.index > 0 {
+                return Err(SinkError::transient(format!("part {} of the transaction at {lsn} came without its first part", part.index)));
+            }
+            if self.high.is_none_or(|h| lsn <= h) {
+                self.clear_from(lsn, false).await?;
+            }
+            self.staged = Some((lsn, Vec::new()));
+        }
+        if !batch.records.is_empty() {
+            let ext = self.settings.format.extension();
+            let hex = lsn_hex(lsn);
+            let file = Part { records: &batch.records, partition: partition_dir(self.settings.partitioning, batch.records[0].commit_time_us) };
+            let name = format!("{}/{}{hex}-{hex}.p{:06}.{ext}", self.base, file.partition, part.index);
+            let manifest = format!("{}/_manifest/{hex}-{hex}.p{:06}.json", self.base, part.index);
+            self.write_part(&file, batch, name, manifest).await?;
+        }
+        self.high = Some(self.high.unwrap_or(Lsn::ZERO).max(lsn));
+        if part.last {
+            if let Some((_, held)) = self.staged.take() {
+                for (name, bytes) in held {
+                    self.put(&name, bytes).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -419,6 +469,13 @@ impl Connector for ObjectConnector {
     }
 
     async fn deliver(&mut self, batch: &Batch, _sql: &mut dyn SqlSession) -> Result<()> {
+        if let Some(part) = batch.part {
+            let result = self.deliver_part(batch, part).await;
+            if result.is_err() {
+                self.staged = None;
+            }
+            return result;
+        }
         if batch.records.is_empty() {
             return Ok(());
         }
