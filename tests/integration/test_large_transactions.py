@@ -51,32 +51,51 @@ def _peak_rss_mib(pid):
     raise AssertionError("no VmHWM")
 
 
+def _file_sink(db, name, d):
+    db.execute("SELECT sink.create_sink(%s, 'lt_mem', 'file', %s::jsonb, envelope => 'append-only')", (name, json.dumps({"path": d})))
+    wait_started(db, name)
+    wait_caught_up(db, name)
+    return _worker_pid(db, name)
+
+
 def test_a_worker_holds_a_bounded_part_of_a_large_transaction(db, part_size):
-    part_size(50_000)
+    """The same 400,000-row transaction, first held whole (the part size set past
+    it: how every transaction was delivered before), then in parts of 50,000,
+    each measured as the growth of its own worker's peak RSS."""
+    rows = 400_000
     d = out_dir("lt_mem")
     db.execute("DROP TABLE IF EXISTS lt_mem")
     db.execute("CREATE TABLE lt_mem (id int PRIMARY KEY, v text)")
-    db.execute("SELECT sink.create_sink('lt_mem', 'lt_mem', 'file', %s::jsonb, envelope => 'append-only')", (json.dumps({"path": d}),))
-    wait_started(db, "lt_mem")
-    wait_caught_up(db, "lt_mem")
-    pid = _worker_pid(db, "lt_mem")
+    insert = f"INSERT INTO lt_mem SELECT g + %s, repeat('x', 200) || g FROM generate_series(1, {rows}) g"
+
+    part_size(100_000_000)
+    whole_pid = _file_sink(db, "lt_whole", d)
+    before = _peak_rss_mib(whole_pid)
+    db.execute(insert, (0,))
+    wait_caught_up(db, "lt_whole", timeout=300)
+    whole = _peak_rss_mib(whole_pid) - before
+    db.execute("SELECT sink.drop_sink('lt_whole')")
+
+    part_size(50_000)
+    pid = _file_sink(db, "lt_mem", d)
     before = _peak_rss_mib(pid)
-    rows = 400_000
-    db.execute(f"INSERT INTO lt_mem SELECT g, repeat('x', 200) || g FROM generate_series(1, {rows}) g")
+    db.execute(insert, (rows,))
     wait_caught_up(db, "lt_mem", timeout=300)
     assert _worker_pid(db, "lt_mem") == pid, "the same worker delivered it"
-    peak = _peak_rss_mib(pid)
-    print(f"\nworker peak RSS: {before:.1f} MiB before, {peak:.1f} MiB after a {rows}-row transaction in parts of 50,000")
-    # Whole, the transaction took the worker past 400 MiB (about 1 KiB per row).
-    assert peak - before < 150, f"the worker grew by {peak - before:.0f} MiB"
+    parted = _peak_rss_mib(pid) - before
+    print(f"\nworker peak RSS growth over a {rows}-row transaction: {whole:.1f} MiB held whole, {parted:.1f} MiB in parts of 50,000")
+    assert parted < 150, f"the worker grew by {parted:.0f} MiB"
+    assert parted < whole / 2, f"parts {parted:.0f} MiB, whole {whole:.0f} MiB"
+
+    # The sink's snapshot held the first transaction's rows; the second came in parts.
     recs = file_records(d, "lt_mem")
     ids = collections.Counter(r["value"]["id"] for r in recs)
-    assert len(ids) == rows and max(ids.values()) == 1
+    assert len(ids) == 2 * rows and max(ids.values()) == 1
     parts = sorted(os.path.basename(f) for f in glob.glob(os.path.join(d, "lt_mem", "*.p*.jsonl")))
     assert len(parts) == rows // 50_000, parts
     # The manifest lists every part once the transaction is complete.
     assert len(glob.glob(os.path.join(d, "lt_mem", "_manifest", "*.p*.json"))) == len(parts)
-    assert one(db, "SELECT rows_delivered FROM sink.status WHERE name = 'lt_mem'") == rows
+    assert one(db, "SELECT rows_delivered FROM sink.status WHERE name = 'lt_mem'") == 2 * rows
     db.execute("SELECT sink.drop_sink('lt_mem')")
 
 
@@ -86,8 +105,15 @@ def target_db(server):
     conn.execute(f"DROP DATABASE IF EXISTS {TARGET_DB} WITH (FORCE)")
     conn.execute(f"CREATE DATABASE {TARGET_DB}")
     conn.close()
+    tgt = connect(dbname=TARGET_DB)
+    tgt.execute("CREATE TABLE lt_t (id int PRIMARY KEY, v text)")
+    tgt.close()
     yield
     conn = reconnect()
+    # Sinks first: a slot being created waits for DROP DATABASE's transaction,
+    # which waits for every backend (that walsender too) to absorb its barrier.
+    for (name,) in conn.execute("SELECT name FROM sink.sinks WHERE name LIKE 'lt\\_%'").fetchall():
+        conn.execute("SELECT sink.drop_sink(%s)", (name,))
     conn.execute(f"DROP DATABASE IF EXISTS {TARGET_DB} WITH (FORCE)")
     conn.close()
 
