@@ -95,9 +95,39 @@ pub enum Action {
 
 /// The guard's rule. `paused`: the sink is already paused (a paused sink under
 /// the `pause` policy has nothing more to do); `failed` likewise for `fail`.
-pub fn decide(retained: u64, limit: Option<u64>, policy: Policy, paused: bool, failed: bool) -> Action {
+/// One reading of a sink's slot by the guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reading {
+    /// WAL the slot holds back: from its `restart_lsn` to the current position.
+    pub retained: u64,
+    /// How far the sink is behind: from its confirmed position to the current one.
+    pub lag: u64,
+    /// The lag at the guard's previous reading, if the sink ran then as now.
+    pub previous_lag: Option<u64>,
+    /// The sink is taking its initial snapshot (nothing confirmed yet).
+    pub initializing: bool,
+}
+
+impl Reading {
+    /// Whether the sink itself holds the WAL. A slot also holds WAL while a
+    /// transaction that began before its position is still open (decoding must
+    /// start at that transaction), and while a new slot waits for running
+    /// transactions or its snapshot is copied: dropping it would free nothing
+    /// that a new slot would not hold again. So a sink is held responsible when it
+    /// is behind by more than the limit itself and is not catching up: it is
+    /// paused or failed, or its lag did not shrink since the guard's previous
+    /// reading (a sink just resumed gets one round to show it is catching up).
+    fn responsible(&self, limit: u64, stopped: bool) -> bool {
+        if self.initializing && !stopped {
+            return false;
+        }
+        self.lag > limit && (stopped || self.previous_lag.is_some_and(|before| self.lag >= before))
+    }
+}
+
+pub fn decide(r: Reading, limit: Option<u64>, policy: Policy, paused: bool, failed: bool) -> Action {
     match limit {
-        Some(l) if retained > l => match policy {
+        Some(l) if r.retained > l && r.responsible(l, paused || failed) => match policy {
             Policy::Pause if paused || failed => Action::Keep,
             Policy::Pause => Action::Pause,
             Policy::Fail => Action::DropAndFail,
@@ -140,14 +170,36 @@ mod tests {
     #[test]
     fn the_policy_applies_past_the_limit_only() {
         let l = Some(1000);
-        assert_eq!(decide(1000, l, Policy::Fail, false, false), Action::Keep, "at the limit");
-        assert_eq!(decide(5000, None, Policy::Fail, false, false), Action::Keep, "no limit");
-        assert_eq!(decide(1001, l, Policy::Pause, false, false), Action::Pause);
-        assert_eq!(decide(1001, l, Policy::Pause, true, false), Action::Keep, "already paused");
-        assert_eq!(decide(1001, l, Policy::Pause, false, true), Action::Keep, "failed sinks keep their slot under pause");
-        assert_eq!(decide(1001, l, Policy::Fail, true, false), Action::DropAndFail, "a paused sink's slot is dropped too");
-        assert_eq!(decide(1001, l, Policy::Resnapshot, false, true), Action::DropAndResnapshot);
+        // A stuck sink: as far behind as its slot holds, no less than before.
+        let stuck = |n| Reading { retained: n, lag: n, previous_lag: Some(n), initializing: false };
+        assert_eq!(decide(stuck(1000), l, Policy::Fail, false, false), Action::Keep, "at the limit");
+        assert_eq!(decide(stuck(5000), None, Policy::Fail, false, false), Action::Keep, "no limit");
+        assert_eq!(decide(stuck(1001), l, Policy::Pause, false, false), Action::Pause);
+        assert_eq!(decide(stuck(1001), l, Policy::Pause, true, false), Action::Keep, "already paused");
+        assert_eq!(decide(stuck(1001), l, Policy::Pause, false, true), Action::Keep, "failed sinks keep their slot under pause");
+        assert_eq!(decide(stuck(1001), l, Policy::Fail, true, false), Action::DropAndFail, "a paused sink's slot is dropped too");
+        assert_eq!(decide(stuck(1001), l, Policy::Resnapshot, false, true), Action::DropAndResnapshot);
         assert!(Policy::parse("Resnapshot").is_ok() && Policy::parse("drop").is_err());
         assert!(message(Action::DropAndFail, 2000, 1000).contains("max_retained_wal (1000 bytes)"));
+    }
+
+    #[test]
+    fn only_a_sink_that_is_itself_behind_and_not_catching_up_is_acted_on() {
+        let l = Some(1000);
+        let r = |lag, previous_lag| Reading { retained: 9000, lag, previous_lag, initializing: false };
+        // A slot held back by another transaction still open: the sink keeps up.
+        assert_eq!(decide(r(10, Some(10)), l, Policy::Resnapshot, false, false), Action::Keep);
+        // Behind, but catching up since the last reading (a sink just resumed).
+        assert_eq!(decide(r(5000, Some(6000)), l, Policy::Pause, false, false), Action::Keep);
+        // The first reading since it runs: one round to show it catches up.
+        assert_eq!(decide(r(5000, None), l, Policy::Fail, false, false), Action::Keep);
+        // Falling further behind, or not moving: the policy applies.
+        assert_eq!(decide(r(5000, Some(4000)), l, Policy::Fail, false, false), Action::DropAndFail);
+        assert_eq!(decide(r(5000, Some(5000)), l, Policy::Pause, false, false), Action::Pause);
+        // A paused sink does not catch up: no second reading is needed.
+        assert_eq!(decide(r(5000, None), l, Policy::Fail, true, false), Action::DropAndFail);
+        // A slot whose snapshot is being copied is left alone while the sink runs.
+        let init = Reading { retained: 9000, lag: 9000, previous_lag: Some(9000), initializing: true };
+        assert_eq!(decide(init, l, Policy::Resnapshot, false, false), Action::Keep);
     }
 }

@@ -4,33 +4,55 @@
 //! its limit (the rule is `engine::retention`).
 
 use crate::engine::options::normalize_name;
-use crate::engine::retention::{self, Action, Policy};
+use crate::engine::retention::{self, Action, Policy, Reading};
 
 use super::catalog::{self, SinkRow};
 use super::identity::{interrupt_worker, try_lock_sink};
 use super::spi::{select, update};
 use super::{delivery, gucs};
 
+thread_local! {
+    /// Each running sink's lag at the guard's previous reading (the launcher's
+    /// own memory: a sink seen paused or failed, or acted on, starts afresh).
+    static PREVIOUS_LAG: std::cell::RefCell<std::collections::HashMap<i64, u64>> = Default::default();
+}
+
 /// Check every sink of this database.
 pub fn enforce() {
     let rows = select(
-        "SELECT s.id::text, pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.restart_lsn)::bigint::text \
+        "SELECT s.id::text, pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.restart_lsn)::bigint::text, \
+                pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), \
+                                           coalesce(p.confirmed_lsn, r.confirmed_flush_lsn, r.restart_lsn))::bigint::text, \
+                (p.confirmed_lsn IS NULL)::text \
            FROM sink.sinks s JOIN pg_catalog.pg_replication_slots r ON r.slot_name = s.slot_name \
+           LEFT JOIN sink.progress p ON p.sink_id = s.id \
           WHERE r.restart_lsn IS NOT NULL ORDER BY s.id",
         &[],
     );
     let default_limit = gucs::max_retained_wal();
     let mut limits = Vec::new();
     for row in rows {
-        let mut cols = row.into_iter();
-        let (Some(Some(id)), Some(Some(retained))) = (cols.next(), cols.next()) else { continue };
-        let (Ok(id), Ok(retained)) = (id.parse::<i64>(), retained.parse::<i64>()) else { continue };
+        let mut cols = row.into_iter().map(|c| c.unwrap_or_default());
+        let (Some(id), Some(retained), Some(lag), Some(initializing)) = (cols.next(), cols.next(), cols.next(), cols.next()) else { continue };
+        let (Ok(id), Ok(retained), Ok(lag)) = (id.parse::<i64>(), retained.parse::<i64>(), lag.parse::<i64>()) else { continue };
         let Some(sink) = catalog::find_by_id(id) else { continue };
         let (limit, policy) = limit_of(&sink, default_limit);
         limits.push((id, limit, policy));
-        let action = retention::decide(retained.max(0) as u64, limit, policy, sink.state == "paused", sink.state == "failed");
+        let (paused, failed) = (sink.state == "paused", sink.state == "failed");
+        let (retained, lag) = (retained.max(0) as u64, lag.max(0) as u64);
+        let previous_lag = PREVIOUS_LAG.with(|m| {
+            let mut m = m.borrow_mut();
+            if paused || failed {
+                m.remove(&id)
+            } else {
+                m.insert(id, lag)
+            }
+        });
+        let reading = Reading { retained, lag, previous_lag, initializing: initializing == "true" };
+        let action = retention::decide(reading, limit, policy, paused, failed);
         if let (Some(limit), false) = (limit, action == Action::Keep) {
-            apply(&sink, action, retained.max(0) as u64, limit);
+            PREVIOUS_LAG.with(|m| m.borrow_mut().remove(&id));
+            apply(&sink, action, retained, limit);
         }
     }
     // Written only when they change (no WAL from an idle guard).

@@ -9,13 +9,17 @@ then compared with the source row by row:
 * `fail`: a paused sink's slot is dropped (the WAL is freed) and the sink fails
   with a hint; `sink.resync` brings the target back to the source;
 * `resnapshot`: the slot is dropped and the source delivered again from a new
-  snapshot, with no one acting.
+  snapshot, with no one acting;
+* a sink that keeps up is never blamed for WAL that a transaction still open
+  elsewhere holds back (decoding must start at that transaction), nor a sink
+  that is catching up after a resume.
 
 Before: nothing watched the slots; a paused or stuck sink kept its WAL for ever.
 """
 import json
+import time
 
-from conftest import one, reconnect, wait_caught_up, wait_for, wait_started
+from conftest import connect, one, reconnect, wait_caught_up, wait_for, wait_started
 
 LIMIT = "2MB"
 
@@ -129,3 +133,47 @@ def test_the_servers_limit_applies_to_sinks_without_their_own_and_bad_values_are
             assert diag is not None and diag.sqlstate == "22023" and word in diag.message_primary and diag.message_hint, (opts, e)
         assert one(db, "SELECT count(*) FROM sink.sinks WHERE name = 'ret_bad'") == 0
     db.execute("DROP TABLE ret_src2, ret_dflt_copy")
+
+
+def test_a_sink_that_keeps_up_is_not_blamed_for_wal_an_open_transaction_holds(db):
+    """Before: every slot's restart_lsn stays at the start of the oldest open
+    transaction, so a sink that kept up was taken for stuck past its limit: its
+    slot was dropped and snapshotted again, in a loop for as long as the
+    transaction stayed open (and with it, its new slot's creation waited)."""
+    db.execute("DROP TABLE IF EXISTS ret_src3, ret_busy, ret_keep_copy CASCADE")
+    db.execute("CREATE TABLE ret_src3 (id int PRIMARY KEY, v text)")
+    db.execute("CREATE TABLE ret_busy (id int, v text)")
+    opts = {"table": "ret_keep_copy", "max_retained_wal": LIMIT, "wal_retention_policy": "resnapshot"}
+    db.execute("SELECT sink.create_sink('ret_keep', 'ret_src3', 'table', %s::jsonb, envelope => 'upsert')", (json.dumps(opts),))
+    wait_started(db, "ret_keep")
+    slot_created = one(db, "SELECT s.slot_name FROM sink.sinks s WHERE s.name = 'ret_keep'")
+    open_txn = connect()
+    open_txn.execute("BEGIN")
+    open_txn.execute("INSERT INTO ret_busy VALUES (0, 'a transaction left open')")
+    try:
+        # Small transactions (about 0.7 MB of WAL each, a third of the limit) that
+        # the sink keeps up with, 8 MB in all behind the open transaction.
+        for round_ in range(12):
+            db.execute(f"INSERT INTO ret_src3 SELECT g, repeat(md5(g::text), 40) FROM generate_series({round_ * 500 + 1}, {round_ * 500 + 500}) g")
+            wait_caught_up(db, "ret_keep")
+            time.sleep(0.3)
+        held = one(db, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), r.restart_lsn)::bigint FROM pg_replication_slots r WHERE slot_name = %s",
+                   slot_created)
+        assert held > 4 * 1024 * 1024, f"the open transaction should hold the slot back (it holds {held} bytes)"
+        time.sleep(5)  # two or more rounds of the guard
+        state, error, _, _, _ = _status(db, "ret_keep")
+        assert (state, error) == ("running", None), (state, error)
+        assert one(db, "SELECT snapshot_done FROM sink.status WHERE name = 'ret_keep'"), "no new snapshot was taken"
+    finally:
+        open_txn.execute("COMMIT")
+        open_txn.close()
+    db.execute("UPDATE ret_src3 SET v = 'after' WHERE id <= 10")
+    wait_caught_up(db, "ret_keep")
+    _same_rows_of(db, "ret_src3", "ret_keep_copy")
+    db.execute("SELECT sink.drop_sink('ret_keep')")
+    db.execute("DROP TABLE ret_src3, ret_busy, ret_keep_copy")
+
+
+def _same_rows_of(db, source, target):
+    diff = one(db, f"SELECT count(*) FROM ((TABLE {source} EXCEPT TABLE {target}) UNION ALL (TABLE {target} EXCEPT TABLE {source})) d")
+    assert diff == 0, f"{diff} rows differ between {source} and {target}"
