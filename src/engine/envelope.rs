@@ -134,6 +134,9 @@ pub struct Envelope {
     pub key_columns: Vec<String>,
     pub sink_name: String,
     pub database: String,
+    /// Debezium's own behaviour in the debezium envelope: a tombstone after each
+    /// delete, and a key change as a delete, a tombstone and a create.
+    pub debezium_compat: bool,
     key_cache: HashMap<u32, (Arc<Relation>, Arc<[usize]>, Arc<[usize]>)>,
 }
 
@@ -145,7 +148,25 @@ impl Envelope {
         sink_name: impl Into<String>,
         database: impl Into<String>,
     ) -> Self {
-        Envelope { kind, force_append_only, key_columns, sink_name: sink_name.into(), database: database.into(), key_cache: HashMap::new() }
+        Envelope {
+            kind,
+            force_append_only,
+            key_columns,
+            sink_name: sink_name.into(),
+            database: database.into(),
+            debezium_compat: false,
+            key_cache: HashMap::new(),
+        }
+    }
+
+    /// Behave as Debezium does (see [`Envelope::debezium_compat`]).
+    pub fn debezium_compat(mut self, on: bool) -> Self {
+        self.debezium_compat = on;
+        self
+    }
+
+    fn event(&self, txn: &Transaction, rel: &Relation, before: Option<RowImage>, after: Option<RowImage>, op: Op) -> Payload {
+        Payload::Debezium(Box::new(DebeziumEvent { before, after, op, source: self.source(txn, rel) }))
     }
 
     /// `(key indices, all-column indices)` for a relation, cached until it changes.
@@ -241,6 +262,21 @@ impl Envelope {
                             op: Op::Update,
                         });
                     }
+                    EnvelopeKind::Debezium if self.debezium_compat && old.as_ref().is_some_and(|o| key.iter().any(|&i| o.cells[i] != cells[i])) => {
+                        // Debezium: a key change is a delete of the old key (and its
+                        // tombstone), then a create of the new one.
+                        let old_cells: Arc<[Cell]> = old.map(|o| o.cells).unwrap_or_default().into();
+                        let old_key = self.key_of(relation, &key, &old_cells);
+                        let before = Self::image(relation, &all, &old_cells);
+                        out.push(Draft { key: old_key.clone(), payload: self.event(txn, relation, Some(before), None, Op::Delete), op: Op::Delete });
+                        out.push(Draft { key: old_key, payload: Payload::Tombstone, op: Op::Delete });
+                        let after = Self::image(relation, &all, &cells);
+                        out.push(Draft {
+                            key: self.key_of(relation, &key, &cells),
+                            payload: self.event(txn, relation, None, Some(after), Op::Insert),
+                            op: Op::Insert,
+                        });
+                    }
                     EnvelopeKind::Debezium => {
                         let before = old.map(|o| Self::image(relation, &all, &o.cells.into()));
                         out.push(Draft {
@@ -270,16 +306,16 @@ impl Envelope {
                     EnvelopeKind::Upsert => {
                         out.push(Draft { key: Some(Self::image(relation, &key, &cells)), payload: Payload::Tombstone, op: Op::Delete })
                     }
-                    EnvelopeKind::Debezium => out.push(Draft {
-                        key: self.key_of(relation, &key, &cells),
-                        payload: Payload::Debezium(Box::new(DebeziumEvent {
-                            before: Some(Self::image(relation, &all, &cells)),
-                            after: None,
-                            op: Op::Delete,
-                            source: self.source(txn, relation),
-                        })),
-                        op: Op::Delete,
-                    }),
+                    EnvelopeKind::Debezium => {
+                        let key = self.key_of(relation, &key, &cells);
+                        let event = self.event(txn, relation, Some(Self::image(relation, &all, &cells)), None, Op::Delete);
+                        out.push(Draft { key: key.clone(), payload: event, op: Op::Delete });
+                        // Debezium follows a delete with a tombstone for its key, so
+                        // compacted topics forget the row.
+                        if self.debezium_compat && key.is_some() {
+                            out.push(Draft { key, payload: Payload::Tombstone, op: Op::Delete });
+                        }
+                    }
                 }
             }
             Change::Truncate { relations, .. } => match self.kind {

@@ -45,6 +45,9 @@ pub struct SinkDefinition {
     pub schedule: Schedule,
     /// What an UPDATE's unchanged TOAST column carries without REPLICA IDENTITY FULL.
     pub unchanged_toast: UnchangedToast,
+    /// The debezium envelope in Debezium's own value forms, keyed by the primary
+    /// key, with tombstones after deletes and a key change as delete + create.
+    pub debezium_compat: bool,
     /// The most WAL the sink's slot may hold back (`None`: the server's setting).
     pub max_retained_wal: Option<u64>,
     /// What happens past that limit.
@@ -73,6 +76,7 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("snapshot", "deliver the existing rows first, consistent with the slot (default true)"),
     ("schedule", "continuous (the worker delivers) or manual (only sink.sync() does)"),
     ("unchanged_toast", "an UPDATE's unchanged TOASTed column: fetch (default), placeholder or fail"),
+    ("debezium.compat", "debezium envelope: Debezium's value forms, primary-key record keys, tombstones after deletes (default false)"),
     ("max_retained_wal", "the most WAL the sink's slot may hold back, e.g. 10GB (default: pg_sink.max_retained_wal)"),
     ("wal_retention_policy", "past max_retained_wal: pause (default), fail or resnapshot"),
     ("csr_connection", "a schema registry connection (Avro)"),
@@ -147,6 +151,16 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         }
     };
     let unchanged_toast = opts.remove("unchanged_toast").map(|v| UnchangedToast::parse(&v)).transpose()?.unwrap_or_default();
+    let debezium_compat = bool_opt(&mut opts, "debezium.compat", false)?;
+    if debezium_compat && envelope != EnvelopeKind::Debezium {
+        return Err(SinkError::config("debezium.compat requires the debezium envelope")
+            .detail(format!("The sink's envelope is {}.", envelope.as_str()))
+            .hint("Set envelope => 'debezium', or drop debezium.compat."));
+    }
+    if debezium_compat && value_format != "json" {
+        return Err(SinkError::config(format!("debezium.compat needs value format json, not {value_format}"))
+            .hint("Drop the format option (json is the default), or drop debezium.compat."));
+    }
     let max_retained_wal = opts.remove("max_retained_wal").map(|v| retention::parse_limit(&v)).transpose()?;
     let wal_retention_policy = opts.remove("wal_retention_policy").map(|v| retention::Policy::parse(&v)).transpose()?.unwrap_or_default();
     if force_append_only && envelope != EnvelopeKind::AppendOnly {
@@ -180,6 +194,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         snapshot,
         schedule,
         unchanged_toast,
+        debezium_compat,
         max_retained_wal,
         wal_retention_policy,
         connector_options: opts,
@@ -290,6 +305,9 @@ mod tests {
             ("file", &[("snapshot", "maybe")], "invalid value for boolean option"),
             ("file", &[("envelope", "upsert"), ("type", "debezium")], "conflicting options"),
             ("file", &[("envelope", "upsert"), ("force_append_only", "true")], "force_append_only requires"),
+            ("file", &[("envelope", "upsert"), ("debezium.compat", "true")], "debezium.compat requires the debezium envelope"),
+            ("file", &[("envelope", "debezium"), ("format", "avro"), ("debezium.compat", "on")], "debezium.compat needs value format json"),
+            ("file", &[("envelope", "debezium"), ("debezium.compat", "maybe")], "boolean option \"debezium.compat\""),
             ("file", &[("key_not_enforced", "true")], "NOT ENFORCED requires a KEY"),
             ("file", &[("schedule", "hourly")], "invalid value for option \"schedule\""),
             ("file", &[("path", "a"), ("PATH", "b")], "more than once"),

@@ -66,10 +66,12 @@ impl Pipeline {
             registry: def.registry.clone(),
             subject_base: def.connector_options.get("topic").cloned().unwrap_or_else(|| sink_name.to_string()),
             debezium: def.envelope == EnvelopeKind::Debezium,
+            debezium_compat: def.debezium_compat,
         };
         Ok(Pipeline {
             decoder: Decoder::new(),
-            envelope: Envelope::new(def.envelope, def.force_append_only, def.key_columns.clone(), sink_name, database),
+            envelope: Envelope::new(def.envelope, def.force_append_only, def.key_columns.clone(), sink_name, database)
+                .debezium_compat(def.debezium_compat),
             key_encoder: formats::build(&def.key_format, Role::Key, &ctx)?,
             value_encoder: formats::build(&def.value_format, Role::Value, &ctx)?,
             needs_meta: def.key_format == "avro" || def.value_format == "avro",

@@ -360,7 +360,7 @@ fn malformed(ty: &PgType, reason: &str) -> SinkError {
 }
 
 /// `YYYY-MM-DD[ BC]` → days since 1970-01-01.
-fn date_days(ty: &PgType, text: &str) -> Result<i64> {
+pub(crate) fn date_days(ty: &PgType, text: &str) -> Result<i64> {
     let (body, bc) = match text.strip_suffix(" BC") {
         Some(b) => (b, true),
         None => (text, false),
@@ -380,7 +380,7 @@ fn date_days(ty: &PgType, text: &str) -> Result<i64> {
 }
 
 /// `HH:MM:SS[.ffffff]` → microseconds since midnight.
-fn time_micros(ty: &PgType, text: &str) -> Result<i64> {
+pub(crate) fn time_micros(ty: &PgType, text: &str) -> Result<i64> {
     let (hms, frac) = text.split_once('.').unwrap_or((text, ""));
     let p: Vec<i64> = hms.split(':').map(|x| x.parse::<i64>()).collect::<std::result::Result<_, _>>().map_err(|_| malformed(ty, "not a time"))?;
     if p.len() != 3 || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
@@ -682,6 +682,8 @@ pub struct EncoderContext {
     pub subject_base: String,
     /// Values are Debezium events.
     pub debezium: bool,
+    /// ... in Debezium's own value forms (JSON only).
+    pub debezium_compat: bool,
 }
 
 impl AvroEncoder {

@@ -2,7 +2,7 @@
 //! which encoder each name builds.
 
 use super::avro::{self, EncoderContext};
-use super::{json, text, Encoder, Role};
+use super::{debezium, json, text, Encoder, Role};
 use crate::engine::error::{Result, SinkError};
 
 /// Formats the engine offers.
@@ -18,7 +18,8 @@ pub fn check_format(format: &str) -> Result<()> {
 
 pub fn build(format: &str, role: Role, ctx: &EncoderContext) -> Result<Box<dyn Encoder>> {
     match format.to_ascii_lowercase().as_str() {
-        "json" => Ok(Box::new(json::JsonEncoder)),
+        "json" if ctx.debezium_compat => Ok(Box::new(json::JsonEncoder::with_rows(debezium::write_row, true))),
+        "json" => Ok(Box::new(json::JsonEncoder::default())),
         "avro" => Ok(Box::new(avro::AvroEncoder::new(role, ctx)?)),
         "text" => Ok(Box::new(text::TextEncoder { bytes: false })),
         "bytes" => Ok(Box::new(text::TextEncoder { bytes: true })),

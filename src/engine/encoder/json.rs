@@ -27,8 +27,28 @@ use crate::engine::envelope::{DebeziumEvent, Payload, RowImage};
 use crate::engine::error::{Result, SinkError};
 use crate::engine::types::{PgType, TypeKind};
 
-/// The `json` encoder. Stateless: everything it needs travels with the row image.
-pub struct JsonEncoder;
+/// The `json` encoder. Everything it needs travels with the row image, but how
+/// row images are written: this module's values by default, Debezium's with
+/// `debezium.compat` ([`super::debezium::write_row`]).
+#[derive(Debug, Clone, Copy)]
+pub struct JsonEncoder {
+    rows: RowWriter,
+    /// Debezium events carry the fields Debezium 3 adds (`ts_us`, `ts_ns`, origin).
+    debezium_fields: bool,
+}
+
+impl Default for JsonEncoder {
+    fn default() -> Self {
+        JsonEncoder { rows: write_row, debezium_fields: false }
+    }
+}
+
+impl JsonEncoder {
+    /// Row images (and keys) written by `rows`.
+    pub fn with_rows(rows: RowWriter, debezium_fields: bool) -> Self {
+        JsonEncoder { rows, debezium_fields }
+    }
+}
 
 impl Encoder for JsonEncoder {
     fn name(&self) -> &'static str {
@@ -37,7 +57,7 @@ impl Encoder for JsonEncoder {
 
     fn encode_key(&self, key: &RowImage) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(64);
-        write_row(key, &mut out)?;
+        (self.rows)(key, &mut out)?;
         Ok(out)
     }
 
@@ -45,8 +65,8 @@ impl Encoder for JsonEncoder {
         let mut out = Vec::with_capacity(256);
         match payload {
             Payload::Tombstone | Payload::Truncate(_) => return Ok(None),
-            Payload::Row(row) => write_row(row, &mut out)?,
-            Payload::Debezium(event) => write_debezium(event, &mut out)?,
+            Payload::Row(row) => (self.rows)(row, &mut out)?,
+            Payload::Debezium(event) => write_debezium(event, self.debezium_fields, self.rows, &mut out)?,
         }
         Ok(Some(out))
     }
@@ -58,7 +78,7 @@ fn write_str(s: &str, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-fn write_value(value: &Value, out: &mut Vec<u8>) {
+pub(crate) fn write_value(value: &Value, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, value);
 }
 
@@ -84,6 +104,11 @@ fn column_error(column: &Column, row: &RowImage, e: SinkError) -> SinkError {
 /// Append a row image as a JSON object `{column: value}`. This is the hot path:
 /// scalar columns are written straight from their text, without building a `Value`.
 pub fn write_row(row: &RowImage, out: &mut Vec<u8>) -> Result<()> {
+    write_row_with(row, out, |column, text, out| write_cell(&column.ty, text, out))
+}
+
+/// A row image as a JSON object, each non-NULL value written by `value`.
+pub(crate) fn write_row_with(row: &RowImage, out: &mut Vec<u8>, value: impl Fn(&Column, &str, &mut Vec<u8>) -> Result<()>) -> Result<()> {
     out.push(b'{');
     for (i, (column, cell)) in row.fields().enumerate() {
         if i > 0 {
@@ -94,7 +119,7 @@ pub fn write_row(row: &RowImage, out: &mut Vec<u8>) -> Result<()> {
         match cell {
             Cell::Null => out.extend_from_slice(b"null"),
             Cell::Unchanged => return Err(unchanged_error(column, row)),
-            Cell::Text(text) => write_cell(&column.ty, text, out).map_err(|e| column_error(column, row, e))?,
+            Cell::Text(text) => value(column, text, out).map_err(|e| column_error(column, row, e))?,
         }
     }
     out.push(b'}');
@@ -144,11 +169,15 @@ fn write_cell(ty: &PgType, text: &str, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+/// How a row image is written (the `json` format's values, or Debezium's).
+pub(crate) type RowWriter = fn(&RowImage, &mut Vec<u8>) -> Result<()>;
+
 /// The Debezium envelope, field for field in the order Debezium's Postgres connector
-/// writes it.
-fn write_debezium(event: &DebeziumEvent, out: &mut Vec<u8>) -> Result<()> {
-    let image = |row: &Option<RowImage>, out: &mut Vec<u8>| match row {
-        Some(r) => write_row(r, out),
+/// writes it, with row images written by `row`. `compat` adds the fields Debezium 3
+/// has beside `ts_ms` (`ts_us`, `ts_ns`, the replication origin).
+fn write_debezium(event: &DebeziumEvent, compat: bool, row: RowWriter, out: &mut Vec<u8>) -> Result<()> {
+    let image = |image: &Option<RowImage>, out: &mut Vec<u8>| match image {
+        Some(r) => row(r, out),
         None => {
             out.extend_from_slice(b"null");
             Ok(())
@@ -156,6 +185,13 @@ fn write_debezium(event: &DebeziumEvent, out: &mut Vec<u8>) -> Result<()> {
     };
     let src = &event.source;
     let ts_ms = src.commit_time_us.div_euclid(1000);
+    let times = |out: &mut Vec<u8>| {
+        out.extend_from_slice(format!("\"ts_ms\":{ts_ms}").as_bytes());
+        if compat {
+            let us = src.commit_time_us;
+            out.extend_from_slice(format!(",\"ts_us\":{us},\"ts_ns\":{}", i128::from(us) * 1000).as_bytes());
+        }
+    };
     out.extend_from_slice(b"{\"before\":");
     image(&event.before, out)?;
     out.extend_from_slice(b",\"after\":");
@@ -164,21 +200,21 @@ fn write_debezium(event: &DebeziumEvent, out: &mut Vec<u8>) -> Result<()> {
         concat!(",\"source\":{\"version\":\"pg_sink-", env!("CARGO_PKG_VERSION"), "\",\"connector\":\"postgresql\",\"name\":").as_bytes(),
     );
     write_str(&src.sink_name, out);
-    out.extend_from_slice(format!(",\"ts_ms\":{ts_ms},\"snapshot\":\"{}\",\"db\":", src.snapshot).as_bytes());
+    out.push(b',');
+    times(out);
+    out.extend_from_slice(format!(",\"snapshot\":\"{}\",\"db\":", src.snapshot).as_bytes());
     write_str(&src.database, out);
     out.extend_from_slice(b",\"sequence\":null,\"schema\":");
     write_str(&src.schema, out);
     out.extend_from_slice(b",\"table\":");
     write_str(&src.table, out);
-    out.extend_from_slice(
-        format!(
-            ",\"txId\":{},\"lsn\":{},\"xmin\":null}},\"op\":\"{}\",\"ts_ms\":{ts_ms},\"transaction\":null}}",
-            src.xid,
-            src.lsn.0,
-            event.op.debezium_code()
-        )
-        .as_bytes(),
-    );
+    out.extend_from_slice(format!(",\"txId\":{},\"lsn\":{},\"xmin\":null", src.xid, src.lsn.0).as_bytes());
+    if compat {
+        out.extend_from_slice(b",\"origin\":null,\"origin_lsn\":null");
+    }
+    out.extend_from_slice(format!("}},\"op\":\"{}\",", event.op.debezium_code()).as_bytes());
+    times(out);
+    out.extend_from_slice(b",\"transaction\":null}");
     Ok(())
 }
 
@@ -360,6 +396,20 @@ pub(crate) fn days_in_month(y: i64, m: i64) -> i64 {
         4 | 6 | 9 | 11 => 30,
         _ => 31,
     }
+}
+
+/// `(year, month, day)` of a day number since 1970-01-01 (proleptic Gregorian).
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// Days from 1970-01-01 to the proleptic Gregorian date `y-m-d` (astronomical year).
@@ -877,8 +927,8 @@ mod tests {
         assert_eq!(serde_json::to_string(&row_to_json(&row).unwrap()).unwrap(), r#"{"id":42,"name":null}"#);
         // A projection in a different order (a key over (name, id)).
         let key = RowImage { relation: rel.clone(), indices: vec![1, 0].into(), cells: vec![t("1"), t("a b")].into() };
-        assert_eq!(JsonEncoder.encode_key(&key).unwrap(), br#"{"name":"a b","id":1}"#.to_vec());
-        assert_eq!(JsonEncoder.name(), "json");
+        assert_eq!(JsonEncoder::default().encode_key(&key).unwrap(), br#"{"name":"a b","id":1}"#.to_vec());
+        assert_eq!(JsonEncoder::default().name(), "json");
     }
 
     #[test]
@@ -888,7 +938,7 @@ mod tests {
         let e = row_to_json(&row).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Permanent);
         assert!(e.message.contains("\"name\"") && e.message.contains("public.t"), "{}", e.message);
-        assert!(JsonEncoder.encode_value(&Payload::Row(row)).is_err());
+        assert!(JsonEncoder::default().encode_value(&Payload::Row(row)).is_err());
     }
 
     #[test]
@@ -902,9 +952,9 @@ mod tests {
     fn row_tombstone_and_truncate_payloads() {
         let rel = relation();
         let row = image(&rel, vec![t("1"), t("a")]);
-        assert_eq!(JsonEncoder.encode_value(&Payload::Row(row)).unwrap(), Some(br#"{"id":1,"name":"a"}"#.to_vec()));
-        assert_eq!(JsonEncoder.encode_value(&Payload::Tombstone).unwrap(), None);
-        assert_eq!(JsonEncoder.encode_value(&Payload::Truncate(vec![rel])).unwrap(), None);
+        assert_eq!(JsonEncoder::default().encode_value(&Payload::Row(row)).unwrap(), Some(br#"{"id":1,"name":"a"}"#.to_vec()));
+        assert_eq!(JsonEncoder::default().encode_value(&Payload::Tombstone).unwrap(), None);
+        assert_eq!(JsonEncoder::default().encode_value(&Payload::Truncate(vec![rel])).unwrap(), None);
     }
 
     fn rich_relation() -> Arc<Relation> {
@@ -942,7 +992,7 @@ mod tests {
                 t("NaN"),
             ],
         );
-        let bytes = JsonEncoder.encode_value(&Payload::Row(row)).unwrap().unwrap();
+        let bytes = JsonEncoder::default().encode_value(&Payload::Row(row)).unwrap().unwrap();
         assert_eq!(
             String::from_utf8(bytes).unwrap(),
             r#"{"id":9007199254740993,"paid":true,"total":"19.90","placed_at":"1720032185312.345","tags":["vip","gift wrap",null],"meta":{"src":"web","n":[1,2]},"ratio":"NaN"}"#
@@ -950,7 +1000,7 @@ mod tests {
     }
 
     fn debezium_value(draft_payload: &Payload) -> String {
-        String::from_utf8(JsonEncoder.encode_value(draft_payload).unwrap().unwrap()).unwrap()
+        String::from_utf8(JsonEncoder::default().encode_value(draft_payload).unwrap().unwrap()).unwrap()
     }
 
     #[test]
@@ -975,7 +1025,7 @@ mod tests {
             r#""op":"u","ts_ms":1720032185312,"transaction":null}"#
         );
         assert_eq!(debezium_value(&out[0].payload), expected);
-        let key = JsonEncoder.encode_key(out[0].key.as_ref().unwrap()).unwrap();
+        let key = JsonEncoder::default().encode_key(out[0].key.as_ref().unwrap()).unwrap();
         assert_eq!(key, br#"{"id":1}"#.to_vec());
     }
 
@@ -1026,7 +1076,7 @@ mod tests {
             format!(r#"{{"before":null,"after":null,"source":{},"op":"t","ts_ms":-2,"transaction":null}}"#, source("false"))
         );
         let unchanged = event(None, Some(image(&rel, vec![t("1"), Cell::Unchanged])), Op::Update, false);
-        assert!(JsonEncoder.encode_value(&unchanged).is_err());
+        assert!(JsonEncoder::default().encode_value(&unchanged).is_err());
     }
 
     #[test]

@@ -387,8 +387,14 @@ fn check_column_list(src: &Source, info: &TableInfo) {
     }
 }
 
-/// An upsert sink without a key uses the source's primary key.
+/// An upsert sink without a key uses the source's primary key, and so does a
+/// Debezium-compatible one (Debezium keys its records by the primary key; a
+/// table without one gets records without a key, as Debezium's).
 fn default_key_to_primary_key(def: &mut options::SinkDefinition, opts: &mut BTreeMap<String, String>, src: &Source, info: &TableInfo) {
+    if def.key_columns.is_empty() && def.debezium_compat && !info.pk.is_empty() {
+        def.key_columns = info.pk.clone();
+        opts.insert("key".into(), info.pk.join(","));
+    }
     if def.key_columns.is_empty() && def.envelope == EnvelopeKind::Upsert {
         if info.pk.is_empty() {
             fail(

@@ -17,6 +17,7 @@ use parquet::schema::types::Type;
 
 use super::super::{write_wrapped, Record};
 use crate::engine::change::{Cell, Relation};
+pub use crate::engine::encoder::json::civil_from_days;
 use crate::engine::envelope::Payload;
 use crate::engine::error::{Result, SinkError};
 use crate::engine::types::TypeKind;
@@ -93,20 +94,6 @@ pub fn iso_utc(us: i64) -> String {
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, sod % 3600 / 60, sod % 60)
-}
-
-/// `(year, month, day)` of a day number since 1970-01-01 (proleptic Gregorian).
-pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Render records as one file.
