@@ -390,54 +390,55 @@ mod tests {
 
     /// Transactions t = 1..=n, each of `per` inserts, commit LSN 0x100·t, ending at 0x100·t + 0x10.
     fn backlog(n: u64, per: u64) -> Vec<Vec<u8>> {
+        transactions(&vec![per; n as usize])
+    }
+
+    /// Transaction t (from 1) of `sizes[t - 1]` inserts, commit LSN 0x100·t, ending at 0x100·t + 0x10.
+    fn transactions(sizes: &[u64]) -> Vec<Vec<u8>> {
         let mut msgs = vec![relation(1, "public", "t", b'd', &[("id", 23, true), ("v", 25, false)])];
         let mut id = 0;
-        for t in 1..=n {
+        for (t, n) in (1u64..).zip(sizes) {
             msgs.push(begin(0x100 * t, 0, t as u32));
-            for _ in 0..per {
+            for _ in 0..*n {
                 id += 1;
                 msgs.push(insert(1, &[Some(&id.to_string()), Some("x")]));
             }
             msgs.push(commit(0x100 * t, 0x100 * t + 0x10, 0));
         }
         msgs
+    }
+
+    /// Feed `msgs` to a step from `confirmed` (batches of `batch` changes, parts of
+    /// `part_changes`) and finish it, caught up or not, with flush position 0x9000.
+    fn fed_step(
+        msgs: &[Vec<u8>],
+        c: &mut MemoryConnector,
+        confirmed: u64,
+        batch: usize,
+        part_changes: usize,
+        caught_up: bool,
+    ) -> Result<(Outcome, Progress)> {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types) = (NoSql, NoTypes);
+        let mut step = Step::new(&mut pipeline, c, &rt, &mut sql, &mut types, Lsn(confirmed), batch).parts_after(part_changes);
+        for m in msgs {
+            step.feed(m)?;
+        }
+        step.finish(caught_up, Lsn(0x9000), None, false)
     }
 
     fn peek_step(msgs: &[Vec<u8>], connector: &mut MemoryConnector, confirmed: u64, batch: usize) -> Result<(Outcome, Progress)> {
-        let rt = rt();
-        let mut pipeline = fixture::pipeline();
-        let (mut sql, mut types) = (NoSql, NoTypes);
-        let mut step = Step::new(&mut pipeline, connector, &rt, &mut sql, &mut types, Lsn(confirmed), batch);
-        for m in msgs {
-            step.feed(m)?;
-        }
-        step.finish(true, Lsn(0x9000), None, false)
+        fed_step(msgs, connector, confirmed, batch, usize::MAX, true)
     }
 
-    /// t1 (2 inserts), t2 (`big` inserts), t3 (1 insert); commit LSNs 0x100·t.
+    /// t1 (2 inserts), t2 (`big` inserts), t3 (1 insert).
     fn with_a_large_transaction(big: u64) -> Vec<Vec<u8>> {
-        let mut msgs = vec![relation(1, "public", "t", b'd', &[("id", 23, true), ("v", 25, false)])];
-        let mut id = 0;
-        for (t, n) in [(1u64, 2u64), (2, big), (3, 1)] {
-            msgs.push(begin(0x100 * t, 0, t as u32));
-            for _ in 0..n {
-                id += 1;
-                msgs.push(insert(1, &[Some(&id.to_string()), Some("x")]));
-            }
-            msgs.push(commit(0x100 * t, 0x100 * t + 0x10, 0));
-        }
-        msgs
+        transactions(&[2, big, 1])
     }
 
     fn parts_step(msgs: &[Vec<u8>], c: &mut MemoryConnector, confirmed: u64, part_changes: usize) -> Result<(Outcome, Progress)> {
-        let rt = rt();
-        let mut pipeline = fixture::pipeline();
-        let (mut sql, mut types) = (NoSql, NoTypes);
-        let mut step = Step::new(&mut pipeline, c, &rt, &mut sql, &mut types, Lsn(confirmed), 100).parts_after(part_changes);
-        for m in msgs {
-            step.feed(m)?;
-        }
-        step.finish(false, Lsn(0x9000), None, false)
+        fed_step(msgs, c, confirmed, 100, part_changes, false)
     }
 
     #[test]
