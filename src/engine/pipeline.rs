@@ -192,7 +192,7 @@ impl Pipeline {
         let changes = std::mem::take(&mut txn.changes);
         let stamp = Arc::new(TxnStamp { lsn: txn.commit_lsn.to_string(), timestamp: format_millis(txn.commit_time_us) });
         for mut change in changes {
-            if !self.resolve_unchanged(&mut change, sql)? {
+            if !self.resolve_unchanged(&mut change, txn.xid, sql)? {
                 batch.changes += 1;
                 continue;
             }
@@ -222,7 +222,7 @@ impl Pipeline {
     /// An UPDATE that left a TOASTed column alone does not carry its value. Take it
     /// from the old image (REPLICA IDENTITY FULL), else as `unchanged_toast` says.
     /// `false`: the change is superseded by a later one and is dropped.
-    fn resolve_unchanged(&mut self, change: &mut Change, sql: &mut dyn SqlSession) -> Result<bool> {
+    fn resolve_unchanged(&mut self, change: &mut Change, xid: u32, sql: &mut dyn SqlSession) -> Result<bool> {
         let Change::Update { relation, old, new } = change else {
             return Ok(true);
         };
@@ -256,7 +256,7 @@ impl Pipeline {
                 toast::fill_placeholder(relation, new);
                 Ok(true)
             }
-            UnchangedToast::Fetch => match self.toast.fetch(relation, old.as_ref(), new, sql)? {
+            UnchangedToast::Fetch => match self.toast.fetch(relation, old.as_ref(), new, xid, sql)? {
                 Filled::Complete => Ok(true),
                 // A later change of this stream deletes or re-keys the row: for the
                 // key's state this update does not matter.

@@ -66,8 +66,17 @@ pub struct ToastReader {
 }
 
 impl ToastReader {
-    /// Fill the `Unchanged` cells of `new` from the source row with the same key.
-    pub fn fetch(&mut self, relation: &Arc<Relation>, old: Option<&OldImage>, new: &mut [Cell], sql: &mut dyn SqlSession) -> Result<Filled> {
+    /// Fill the `Unchanged` cells of `new` from the source row with the same key, as
+    /// committed once transaction `xid` (the change's) is visible: a snapshot older
+    /// than the change would miss the row or hold an older value of it.
+    pub fn fetch(
+        &mut self,
+        relation: &Arc<Relation>,
+        old: Option<&OldImage>,
+        new: &mut [Cell],
+        xid: u32,
+        sql: &mut dyn SqlSession,
+    ) -> Result<Filled> {
         let wanted: Vec<usize> = (0..new.len()).filter(|&i| new[i] == Cell::Unchanged).collect();
         if wanted.is_empty() {
             return Ok(Filled::Complete);
@@ -106,7 +115,7 @@ impl ToastReader {
             conds.join(" AND ")
         );
         let params: Vec<Option<&str>> = key.iter().map(|(_, v)| Some(v.as_str())).collect();
-        let rows = sql.query(&stmt, &params).map_err(|e| {
+        let rows = sql.query_latest(&stmt, &params, xid).map_err(|e| {
             SinkError::permanent(format!(
                 "could not read the unchanged TOAST values of \"{}\" from the source: {}",
                 relation.qualified_name(),
@@ -169,6 +178,8 @@ mod tests {
     struct Source {
         row: Option<Vec<Option<String>>>,
         seen: Vec<(String, Vec<Option<String>>)>,
+        /// The `after_xid` of every read of the latest committed state.
+        latest: Vec<u32>,
     }
     impl SqlSession for Source {
         fn execute(&mut self, _: &str, _: &[Option<&str>]) -> Result<u64> {
@@ -184,24 +195,30 @@ mod tests {
         fn query_or_none(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<Vec<Vec<Option<String>>>>> {
             self.query(sql, params).map(Some)
         }
+        fn query_latest(&mut self, sql: &str, params: &[Option<&str>], after_xid: u32) -> Result<Vec<Vec<Option<String>>>> {
+            self.latest.push(after_xid);
+            self.query(sql, params)
+        }
     }
 
     #[test]
     fn reads_only_the_unchanged_columns_by_quoted_key() {
         let r = rel();
-        let mut src = Source { row: Some(vec![Some("big".into())]), seen: vec![] };
+        let mut src = Source { row: Some(vec![Some("big".into())]), seen: vec![], latest: vec![] };
         let mut new = vec![Cell::Text("5".into()), Cell::Unchanged, Cell::Text("{}".into())];
         let mut reader = ToastReader::default();
-        assert_eq!(reader.fetch(&r, None, &mut new, &mut src).unwrap(), Filled::Complete);
+        assert_eq!(reader.fetch(&r, None, &mut new, 9, &mut src).unwrap(), Filled::Complete);
         assert_eq!(new[1], Cell::Text("big".into()));
         let (stmt, params) = src.seen.last().unwrap();
         assert!(stmt.contains("FROM \"app\".\"we\"\"ird\" WHERE \"id\" = $1::integer LIMIT 1"), "{stmt}");
         assert!(stmt.contains("format('%s', \"doc\")") && !stmt.contains("\"j\""), "{stmt}");
         assert_eq!(params, &vec![Some("5".to_string())]);
+        // The row is read as committed once the change's transaction is visible.
+        assert_eq!(src.latest, vec![9]);
         // Types are asked once per relation version.
         let mut again = vec![Cell::Text("6".into()), Cell::Unchanged, Cell::Unchanged];
         src.row = Some(vec![Some("b2".into()), None]);
-        reader.fetch(&r, None, &mut again, &mut src).unwrap();
+        reader.fetch(&r, None, &mut again, 9, &mut src).unwrap();
         assert_eq!(again, vec![Cell::Text("6".into()), Cell::Text("b2".into()), Cell::Null]);
         assert_eq!(src.seen.iter().filter(|(s, _)| s.contains("format_type")).count(), 1);
     }
@@ -209,17 +226,17 @@ mod tests {
     #[test]
     fn a_row_gone_or_without_key_is_reported() {
         let r = rel();
-        let mut src = Source { row: None, seen: vec![] };
+        let mut src = Source { row: None, seen: vec![], latest: vec![] };
         let mut new = vec![Cell::Text("5".into()), Cell::Unchanged, Cell::Null];
-        assert_eq!(ToastReader::default().fetch(&r, None, &mut new, &mut src).unwrap(), Filled::RowGone);
+        assert_eq!(ToastReader::default().fetch(&r, None, &mut new, 9, &mut src).unwrap(), Filled::RowGone);
         assert_eq!(new[1], Cell::Unchanged);
         let mut nokey = vec![Cell::Unchanged, Cell::Unchanged, Cell::Null];
-        assert_eq!(ToastReader::default().fetch(&r, None, &mut nokey, &mut src).unwrap(), Filled::RowGone);
+        assert_eq!(ToastReader::default().fetch(&r, None, &mut nokey, 9, &mut src).unwrap(), Filled::RowGone);
         // The old key image stands in for a key the new image does not carry.
         let old = OldImage { key_only: true, cells: vec![Cell::Text("4".into()), Cell::Null, Cell::Null] };
         src.row = Some(vec![Some("a".into()), Some("b".into())]);
         let mut new = vec![Cell::Unchanged, Cell::Unchanged, Cell::Null];
-        assert_eq!(ToastReader::default().fetch(&r, Some(&old), &mut new, &mut src).unwrap(), Filled::Complete);
+        assert_eq!(ToastReader::default().fetch(&r, Some(&old), &mut new, 9, &mut src).unwrap(), Filled::Complete);
         assert_eq!(src.seen.last().unwrap().1, vec![Some("4".to_string())]);
     }
 

@@ -94,6 +94,23 @@ impl SqlSession for SpiSession {
             .map_err(|e| SinkError::permanent(format!("query failed: {e}")))
     }
 
+    fn query_latest(&mut self, sql: &str, params: &[Option<&str>], after_xid: u32) -> Result<Rows> {
+        if after_xid != 0 {
+            // The walsender can send a transaction between its commit record's
+            // flush and its end in the proc array: wait until it is visible.
+            // SAFETY: a committed top-level xid read from the WAL, never our own.
+            unsafe {
+                pg_sys::XactLockTableWait(
+                    pg_sys::TransactionId::from(after_xid),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    pg_sys::XLTW_Oper::XLTW_None,
+                )
+            };
+        }
+        Ok(self.as_owner(|| select_latest(sql, params)))
+    }
+
     fn query_or_none(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<Rows>> {
         // The PL/pgSQL exception-block pattern: a subtransaction that is rolled back
         // when the query raises, restoring memory context and resource owner.
@@ -123,6 +140,60 @@ impl SqlSession for SpiSession {
                 }
             }
         }
+    }
+}
+
+/// A read-only query under a snapshot taken now, not the transaction's: a step's
+/// transaction (or a REPEATABLE READ caller of `sync()`) can hold a snapshot older
+/// than the changes it reads. Text parameters; every column comes back as text.
+fn select_latest(sql: &str, params: &[Option<&str>]) -> Rows {
+    let failed = |status: i32| -> ! {
+        super::errors::fail(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("pg_sink internal query failed: SPI status {status}"),
+            Some(format!("Query: {sql}")),
+            None,
+        )
+    };
+    let Ok(cmd) = std::ffi::CString::new(sql) else { failed(pg_sys::SPI_ERROR_ARGUMENT) };
+    let texts: Vec<Option<std::ffi::CString>> = params.iter().map(|p| p.map(|v| std::ffi::CString::new(v).unwrap_or_default())).collect();
+    // SAFETY: inside a transaction. SPI is connected and finished around the query
+    // and the pushed snapshot popped; an ERROR in between aborts the (sub)transaction,
+    // whose cleanup does both. Values are copied out before SPI_finish frees them.
+    unsafe {
+        let mut types: Vec<pg_sys::Oid> = vec![pg_sys::TEXTOID; texts.len()];
+        let mut values: Vec<pg_sys::Datum> = texts
+            .iter()
+            .map(|t| t.as_ref().map_or(pg_sys::Datum::from(0usize), |c| pg_sys::Datum::from(pg_sys::cstring_to_text(c.as_ptr()))))
+            .collect();
+        let nulls: Vec<std::ffi::c_char> = texts.iter().map(|t| if t.is_some() { b' ' } else { b'n' } as std::ffi::c_char).collect();
+        let connected = pg_sys::SPI_connect();
+        if connected != pg_sys::SPI_OK_CONNECT as i32 {
+            failed(connected);
+        }
+        pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+        let rc = pg_sys::SPI_execute_with_args(cmd.as_ptr(), texts.len() as i32, types.as_mut_ptr(), values.as_mut_ptr(), nulls.as_ptr(), true, 0);
+        let mut rows = Vec::new();
+        if rc == pg_sys::SPI_OK_SELECT as i32 && !pg_sys::SPI_tuptable.is_null() {
+            let table = &*pg_sys::SPI_tuptable;
+            let natts = (*table.tupdesc).natts;
+            for i in 0..table.numvals as usize {
+                let tuple = *table.vals.add(i);
+                let row = (1..=natts)
+                    .map(|n| {
+                        let v = pg_sys::SPI_getvalue(tuple, table.tupdesc, n);
+                        (!v.is_null()).then(|| std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
+                    })
+                    .collect();
+                rows.push(row);
+            }
+        }
+        pg_sys::PopActiveSnapshot();
+        pg_sys::SPI_finish();
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            failed(rc);
+        }
+        rows
     }
 }
 

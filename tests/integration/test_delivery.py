@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from conftest import file_records, one, out_dir, upsert_state, wait_caught_up, wait_started, wait_for
+from conftest import connect, file_records, one, out_dir, upsert_state, wait_caught_up, wait_started, wait_for
 
 # (column type, SQL expression producing a value from g = 1..n); NULL every 7th row.
 TYPES = [
@@ -239,6 +239,37 @@ def test_unchanged_toast_values_are_never_nulled(db, docs):
     for s in sinks:
         db.execute("SELECT sink.drop_sink(%s)", (s,))
     db.execute("DROP TABLE IF EXISTS docs_new")
+
+
+def test_unchanged_toast_is_read_as_committed_after_the_change_not_as_the_step_began(db, docs):
+    """The fetch of an unchanged TOAST value must see the transaction whose change it
+    completes. A step's transaction can hold an older snapshot: a worker takes it as
+    the step begins, before it reads the WAL flushed by then; a REPEATABLE READ
+    caller of sync() holds it from its first statement. Here the caller's snapshot
+    predates both the INSERT and the UPDATE it then syncs: the row was read as gone,
+    so the upsert dropped the update (and the file target lost it)."""
+    d = out_dir("toast_rr")
+    db.execute("DROP TABLE IF EXISTS docs_copy")
+    toast_sink(db, "toast_rr_tab", "docs", "table", {"table": "docs_copy", "schedule": "manual"}, envelope="upsert")
+    toast_sink(db, "toast_rr_file", "docs", "file", {"path": d, "schedule": "manual"}, envelope="upsert")
+    for s in ("toast_rr_tab", "toast_rr_file"):
+        db.execute("SELECT sink.sync(%s)", (s,))
+    with connect() as caller:
+        caller.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert one(caller, "SELECT count(*) FROM docs") == 0  # the snapshot is taken here
+        db.execute(f"INSERT INTO docs SELECT g, 't' || g, {BIG}, 0 FROM generate_series(1, 5) g")
+        db.execute("UPDATE docs SET title = 'changed', n = 1")  # body unchanged: not logged
+        for s in ("toast_rr_tab", "toast_rr_file"):
+            assert one(caller, "SELECT (sink.sync(%s))->>'changes'", s) == "10"
+        caller.execute("COMMIT")
+    same = "SELECT count(*) FROM docs d JOIN docs_copy c USING (id) WHERE (d.title, d.body, d.n) = (c.title, c.body, c.n)"
+    assert one(db, same) == 5
+    bodies = dict(db.execute("SELECT id, body FROM docs").fetchall())
+    state = upsert_state(file_records(d, "toast_rr_file"))
+    assert len(state) == 5
+    assert all(v["title"] == "changed" and v["n"] == 1 and v["body"] == bodies[v["id"]] for v in state.values())
+    for s in ("toast_rr_tab", "toast_rr_file"):
+        db.execute("SELECT sink.drop_sink(%s)", (s,))
 
 
 def test_truncate_nulls_and_a_100k_row_transaction(db, docs):

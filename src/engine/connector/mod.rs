@@ -226,6 +226,14 @@ pub trait SqlSession {
     /// Like `query`, inside a subtransaction: a failing query gives `Ok(None)` and
     /// leaves the surrounding transaction usable.
     fn query_or_none(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<Vec<Vec<Option<String>>>>>;
+    /// Like `query`, but over the latest committed state: once transaction
+    /// `after_xid` (0: none) has ended, under a snapshot taken then, whatever the
+    /// snapshot or isolation level of the surrounding transaction. For reading a
+    /// source row that a change just read from the WAL must be visible in.
+    fn query_latest(&mut self, sql: &str, params: &[Option<&str>], after_xid: u32) -> Result<Vec<Vec<Option<String>>>> {
+        let _ = after_xid;
+        self.query(sql, params)
+    }
 }
 
 /// SQL type names (`format_type`) of a relation's columns, for casting text values.
