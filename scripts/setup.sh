@@ -13,9 +13,10 @@ PROFILE=()
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # The build, PostgreSQL, and the servers and tools the tests start themselves
-# (MariaDB, nats-server, kcat, wal2json for the benchmark's pipe).
+# (MariaDB, nats-server, kcat, wal2json for the benchmark's pipe, postgres_exporter
+# for the metrics queries).
 pkgs=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config cmake libssl-dev zlib1g-dev openssl
-      mariadb-server mariadb-client nats-server kcat postgresql-15-wal2json)
+      mariadb-server mariadb-client nats-server kcat postgresql-15-wal2json prometheus-postgres-exporter)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # Java 17 and Maven run Apache Kafka and the schema registry (from Maven Central).

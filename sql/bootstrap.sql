@@ -60,7 +60,10 @@ CREATE TABLE sinks (
     slot_name        name NOT NULL,
     publication_name name NOT NULL,
     created_by       text NOT NULL DEFAULT 'function',
-    created_at       timestamptz NOT NULL DEFAULT now()
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    -- <system identifier>.<timeline>.<database oid> it was made in or adopted by:
+    -- a restored or cloned database pauses the sinks it copied (README, Operating)
+    home             text
 );
 
 CREATE TABLE progress (
@@ -84,7 +87,16 @@ CREATE TABLE progress (
     errors                 bigint NOT NULL DEFAULT 0,
     -- the WAL-retention guard's view of the sink (max_retained_wal, its policy)
     wal_limit_bytes        bigint,
-    wal_retention_policy   text
+    wal_retention_policy   text,
+    -- rates, exponentially weighted over about a minute as of rate_at (the status
+    -- view decays them to now)
+    rows_per_second        float8 NOT NULL DEFAULT 0,
+    bytes_per_second       float8 NOT NULL DEFAULT 0,
+    rate_at                timestamptz,
+    -- how long each of the last 100 batches took to deliver, milliseconds
+    batch_ms               float8[] NOT NULL DEFAULT '{}',
+    -- failed steps that were retried (errors also counts the one that failed the sink)
+    retries                bigint NOT NULL DEFAULT 0
 );
 
 -- Moves with every change to sinks, connections, secrets and credentials, in the
@@ -135,10 +147,19 @@ SELECT s.name,
        p.last_error_at,
        p.errors,
        p.wal_limit_bytes,
-       p.wal_retention_policy
+       p.wal_retention_policy,
+       coalesce(round((p.rows_per_second * exp(-least(extract(epoch FROM now() - p.rate_at), 3600)::float8 / 60))::numeric, 1)::float8, 0) AS rows_per_second,
+       coalesce(round((p.bytes_per_second * exp(-least(extract(epoch FROM now() - p.rate_at), 3600)::float8 / 60))::numeric, 1)::float8, 0) AS bytes_per_second,
+       (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM unnest(p.batch_ms) x) AS batch_p50_ms,
+       (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY x) FROM unnest(p.batch_ms) x) AS batch_p99_ms,
+       p.retries,
+       -- what the worker does now (a snapshot's rows read); superusers and
+       -- pg_read_all_stats see it
+       (SELECT a.query FROM pg_stat_activity a
+         WHERE a.application_name = 'pg_sink sink ' || s.name AND a.backend_type <> 'walsender' LIMIT 1) AS activity
   FROM sinks s
   LEFT JOIN progress p ON p.sink_id = s.id
-  LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name;
+  LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name AND r.database = current_database();
 
 -- Every object in one place, whatever created it (no secret values).
 CREATE VIEW objects AS
@@ -180,3 +201,12 @@ BEGIN
         CREATE ROLE sink_creator NOLOGIN;
     END IF;
 END $$;
+
+-- pg_dump keeps sinks, connections and grants (extension configuration); not
+-- progress (it belongs to the original's slot: a restored database pauses the
+-- sinks it copied, and resuming one delivers again from a new snapshot), and not
+-- secret values: sink.secrets_script() writes them out when asked (superuser).
+SELECT pg_catalog.pg_extension_config_dump('sinks', '');
+SELECT pg_catalog.pg_extension_config_dump('sinks_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('connections', '');
+SELECT pg_catalog.pg_extension_config_dump('usage_grants', '');

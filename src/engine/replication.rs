@@ -643,20 +643,36 @@ impl Stream {
     pub fn ready(&mut self) -> bool {
         let mut sink = [0u8; 256];
         while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
-        if self.pos < self.chunk.len() || self.ended.is_some() {
-            return true;
-        }
-        match self.rx.try_recv() {
-            Ok(c) => {
-                self.take(c);
-                true
+        loop {
+            // A keepalive that asks nothing and reports no WAL past what was read
+            // tells an idle sink nothing: dropped here. (Each step asks for one;
+            // when it arrives after the step ended, waking for it would run
+            // another step, which asks again: a busy loop between idle sinks and
+            // their walsenders.)
+            while self.pos < self.chunk.len() && self.stale_keepalive_at(self.pos) {
+                self.pos += frame_len(&self.chunk[self.pos..]).unwrap_or(usize::MAX).min(self.chunk.len() - self.pos);
+                self.last = self.pos;
             }
-            Err(TryRecvError::Empty) => false,
-            Err(TryRecvError::Disconnected) => {
-                self.ended = Some("the replication stream's reader stopped".into());
-                true
+            if self.pos < self.chunk.len() || self.ended.is_some() {
+                return true;
+            }
+            match self.rx.try_recv() {
+                Ok(c) => self.take(c),
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => {
+                    self.ended = Some("the replication stream's reader stopped".into());
+                    return true;
+                }
             }
         }
+    }
+
+    /// Whether the frame at `at` is a keepalive that asks for no reply and reports
+    /// no position past [`Stream::received`].
+    fn stale_keepalive_at(&self, at: usize) -> bool {
+        let Some(len) = frame_len(&self.chunk[at..]) else { return false };
+        let Some(body) = self.chunk.get(at + 5..at + len) else { return false };
+        self.chunk[at] == b'd' && body.len() >= 18 && body[0] == b'k' && body[17] == 0 && be_u64(&body[1..]) <= self.received().0
     }
 
     fn take(&mut self, c: Chunk) {
@@ -1025,6 +1041,32 @@ mod tests {
         assert_eq!(s.received(), Lsn(0x48));
         let err = s.next(w).unwrap_err();
         assert!(err.message.contains("closed"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_keepalive_with_nothing_new_does_not_wake_an_idle_sink() {
+        let (mut s, mut peer) = stream_with(keepalive(0x99, false), false);
+        let w = Duration::from_secs(5);
+        assert_eq!(s.next(w).unwrap(), Some(Message::Keepalive { end: Lsn(0x99), reply: false }));
+        // The same position again (the answer to a step's request that came after
+        // the step ended): nothing to do, no wake-up, and it is consumed.
+        peer.write_all(&keepalive(0x99, false)).unwrap();
+        peer.write_all(&keepalive(0x80, false)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!s.ready(), "stale keepalives do not make the stream ready");
+        assert_eq!(s.next(Duration::ZERO).unwrap(), None);
+        // WAL past what was read, or a request for a reply, does.
+        peer.write_all(&keepalive(0x100, false)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(s.ready());
+        assert_eq!(s.next(Duration::ZERO).unwrap(), Some(Message::Keepalive { end: Lsn(0x100), reply: false }));
+        peer.write_all(&keepalive(0x50, true)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(s.ready());
+        assert_eq!(s.next(Duration::ZERO).unwrap(), Some(Message::Keepalive { end: Lsn(0x50), reply: true }));
+        peer.write_all(&xlogdata(0x10, 0x20, b"x")).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(s.ready(), "data always wakes");
     }
 
     #[test]

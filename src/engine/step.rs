@@ -69,6 +69,17 @@ pub struct Outcome {
     pub last_commit: Option<i64>,
     /// The records a preview would deliver.
     pub preview: Vec<Record>,
+    /// How long each batch, part or snapshot chunk took to deliver, in
+    /// milliseconds (the connector's `deliver`, in order).
+    pub batch_ms: Vec<f64>,
+}
+
+/// Deliver `batch` and note how long it took.
+fn deliver_timed(rt: &Runtime, connector: &mut dyn Connector, sql: &mut dyn SqlSession, batch: &Batch, times: &mut Vec<f64>) -> Result<()> {
+    let started = std::time::Instant::now();
+    rt.block_on(connector.deliver(batch, sql))?;
+    times.push(started.elapsed().as_secs_f64() * 1000.0);
+    Ok(())
 }
 
 /// A replication stream as the step reads it (the walsender's, or a scripted one).
@@ -227,7 +238,7 @@ impl<'a> Step<'a> {
         if self.stop_requested() {
             return Err(stopping());
         }
-        self.rt.block_on(self.connector.deliver(part, self.sql))?;
+        deliver_timed(self.rt, self.connector, self.sql, part, &mut self.outcome.batch_ms)?;
         let o = &mut self.outcome;
         o.changes += part.changes;
         o.records += part.records.len();
@@ -243,7 +254,7 @@ impl<'a> Step<'a> {
         if self.stop_requested() {
             return Err(stopping());
         }
-        self.rt.block_on(self.connector.deliver(&self.batch, self.sql))?;
+        deliver_timed(self.rt, self.connector, self.sql, &self.batch, &mut self.outcome.batch_ms)?;
         self.count_delivered();
         self.end = self.end.max(self.batch.end_lsn);
         self.batch = self.pipeline.new_batch();
@@ -345,7 +356,7 @@ impl<'a> Step<'a> {
             let mut batch = self.pipeline.new_batch();
             batch.snapshot_chunk = Some(chunk);
             self.pipeline.add_transaction(txn, self.sql, &mut batch)?;
-            self.rt.block_on(self.connector.deliver(&batch, self.sql))?;
+            deliver_timed(self.rt, self.connector, self.sql, &batch, &mut self.outcome.batch_ms)?;
             let o = &mut self.outcome;
             o.changes += batch.changes;
             o.records += batch.records.len();
@@ -454,6 +465,7 @@ mod tests {
         let positions: Vec<_> = c.batches.iter().map(|b| b.position()).collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions grow: {positions:?}");
         assert_eq!((out.transactions, out.changes, out.records), (3, 28, 28));
+        assert_eq!(out.batch_ms.len(), 5, "parts are timed as batches");
         assert_eq!(p.confirmed, Lsn(0x310));
         // Every row once, in order.
         let ids: Vec<String> = c.records().iter().map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap()).collect();
@@ -520,6 +532,8 @@ mod tests {
         assert_eq!(c.batches[0].start_lsn, Lsn(0x100));
         assert_eq!(c.batches[0].end_lsn, Lsn(0x210));
         assert_eq!((out.transactions, out.changes, out.records), (5, 10, 10));
+        assert_eq!(out.batch_ms.len(), 3, "one delivery time per batch");
+        assert!(out.batch_ms.iter().all(|ms| *ms >= 0.0));
         assert_eq!(c.finished_steps, 1);
         assert_eq!(p, Progress { confirmed: Lsn(0x9000), record: true }, "caught up: the flush position is confirmed");
     }
@@ -715,6 +729,7 @@ mod tests {
         step.deliver_snapshot(&mut rows, 10).unwrap();
         let out = step.into_outcome();
         assert_eq!(out.records, 25);
+        assert_eq!(out.batch_ms.len(), 3, "chunks are timed as batches");
         assert_eq!(c.batches.iter().map(|b| b.snapshot_chunk).collect::<Vec<_>>(), vec![Some(0), Some(1), Some(2)]);
         assert_eq!(c.batch_sizes(), vec![(1, 10), (1, 10), (1, 5)]);
         assert_eq!(c.finished_steps, 1);

@@ -35,6 +35,8 @@ pub struct SinkRow {
     pub snapshot_done: bool,
     /// Creation time, microseconds since the epoch.
     pub created_us: i64,
+    /// Where it runs (see [`super::home`]); `None` when restored without one.
+    pub home: Option<String>,
 }
 
 impl SinkRow {
@@ -52,7 +54,7 @@ impl SinkRow {
 const SINK_COLUMNS: &str = "s.id::text, s.name, s.owner::text, s.source::oid::text, s.source::text, \
     array_to_json(s.columns)::text, s.row_filter, s.connector, s.connection, s.options::text, s.state, \
     s.schedule, s.snapshot::text, s.slot_name::text, s.publication_name::text, p.confirmed_lsn::text, \
-    coalesce(p.snapshot_done, false)::text, (extract(epoch FROM s.created_at) * 1000000)::bigint::text";
+    coalesce(p.snapshot_done, false)::text, (extract(epoch FROM s.created_at) * 1000000)::bigint::text, s.home";
 
 fn parse_row(r: Vec<Option<String>>) -> SinkRow {
     let s = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
@@ -81,6 +83,7 @@ fn parse_row(r: Vec<Option<String>>) -> SinkRow {
         confirmed: o(15).and_then(|l| l.parse().ok()),
         snapshot_done: s(16) == "true",
         created_us: s(17).parse().unwrap_or(0),
+        home: o(18),
     }
 }
 
@@ -239,24 +242,31 @@ pub fn definition(sink: &SinkRow) -> Result<SinkDefinition, SinkError> {
     options::parse(&sink.connector, &effective_options(sink)?)
 }
 
-/// Record a delivered batch (or an idle advance when `rows == 0`).
-pub fn record_progress(sink_id: i64, confirmed: Lsn, rows: usize, bytes: usize, transactions: usize, last_commit_us: Option<i64>, caught_up: bool) {
+/// Record what a step delivered (or an idle advance when it delivered nothing):
+/// position, counters, the rates (exponentially weighted over about a minute:
+/// rate × e^(−Δt/60 s) + rows/60 s) and the delivery times of the last 100 batches.
+pub fn record_progress(sink_id: i64, confirmed: Lsn, out: &crate::engine::step::Outcome, caught_up: bool) {
     let id = sink_id.to_string();
     let lsn = confirmed.to_string();
-    let (rows, bytes, txns) = (rows.to_string(), bytes.to_string(), transactions.to_string());
-    let commit = last_commit_us.map(|us| us.to_string());
+    let (rows, bytes, txns) = (out.records.to_string(), out.bytes.to_string(), out.transactions.to_string());
+    let commit = out.last_commit.map(|us| us.to_string());
+    let times = format!("{{{}}}", out.batch_ms.iter().map(|ms| format!("{ms:.3}")).collect::<Vec<_>>().join(","));
     update(
         "UPDATE sink.progress SET confirmed_lsn = greatest(coalesce(confirmed_lsn, '0/0'), $2::pg_lsn), \
                 confirmed_at = CASE WHEN $3::bigint > 0 OR confirmed_lsn IS DISTINCT FROM greatest(coalesce(confirmed_lsn, '0/0'), $2::pg_lsn) THEN now() ELSE confirmed_at END, \
                 rows_delivered = rows_delivered + $3::bigint, bytes_delivered = bytes_delivered + $4::bigint, \
                 transactions_delivered = transactions_delivered + $5::bigint, \
-                batches = batches + CASE WHEN $3::bigint > 0 THEN 1 ELSE 0 END, \
+                batches = batches + cardinality($8::float8[]), \
+                batch_ms = (batch_ms || $8::float8[])[greatest(1, cardinality(batch_ms || $8::float8[]) - 99):], \
+                rows_per_second = rows_per_second * exp(-least(extract(epoch FROM now() - coalesce(rate_at, now())), 3600)::float8 / 60) + $3::bigint / 60.0, \
+                bytes_per_second = bytes_per_second * exp(-least(extract(epoch FROM now() - coalesce(rate_at, now())), 3600)::float8 / 60) + $4::bigint / 60.0, \
+                rate_at = now(), \
                 last_commit_at = coalesce(to_timestamp($6::bigint / 1e6), last_commit_at), \
                 caught_up_at = CASE WHEN $7::boolean THEN now() ELSE caught_up_at END, \
                 last_error = CASE WHEN $3::bigint > 0 OR $7::boolean THEN NULL ELSE last_error END, \
                 last_error_hint = CASE WHEN $3::bigint > 0 OR $7::boolean THEN NULL ELSE last_error_hint END \
           WHERE sink_id = $1::bigint",
-        &[Some(&id), Some(&lsn), Some(&rows), Some(&bytes), Some(&txns), commit.as_deref(), Some(if caught_up { "true" } else { "false" })],
+        &[Some(&id), Some(&lsn), Some(&rows), Some(&bytes), Some(&txns), commit.as_deref(), Some(if caught_up { "true" } else { "false" }), Some(&times)],
     );
 }
 
@@ -283,8 +293,9 @@ pub fn progress_written_by_this_transaction(sink_id: i64) -> bool {
 pub fn record_error(sink_id: i64, message: &str, hint: Option<&str>, failed: bool) {
     let id = sink_id.to_string();
     update(
-        "UPDATE sink.progress SET last_error = $2, last_error_hint = $3, last_error_at = now(), errors = errors + 1 WHERE sink_id = $1::bigint",
-        &[Some(&id), Some(message), hint],
+        "UPDATE sink.progress SET last_error = $2, last_error_hint = $3, last_error_at = now(), errors = errors + 1, \
+                retries = retries + CASE WHEN $4::boolean THEN 0 ELSE 1 END WHERE sink_id = $1::bigint",
+        &[Some(&id), Some(message), hint, Some(if failed { "true" } else { "false" })],
     );
     if failed {
         update("UPDATE sink.sinks SET state = 'failed' WHERE id = $1::bigint AND state = 'running'", &[Some(&id)]);

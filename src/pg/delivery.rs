@@ -175,9 +175,12 @@ struct Slot {
 
 /// The sink's slot, if it exists.
 fn slot_state(slot: &str) -> Option<Slot> {
-    let row = select("SELECT confirmed_flush_lsn::text, wal_status::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(slot)])
-        .into_iter()
-        .next()?;
+    let row = select(
+        "SELECT confirmed_flush_lsn::text, wal_status::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+        &[Some(slot)],
+    )
+    .into_iter()
+    .next()?;
     let confirmed = row.first().cloned().flatten().and_then(|l| l.parse().ok());
     Some(Slot { confirmed, lost: row.get(1).cloned().flatten().as_deref() == Some("lost") })
 }
@@ -234,6 +237,9 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
     let Parts { def, pipeline, connector, stream, idle_end, snapshot_logged } = parts(sink, session)?;
     let def = &*def;
     let mut types = CatalogTypes::default();
+    if crate::pg::home::moved(sink, &crate::pg::home::current()) {
+        return Err(crate::pg::home::moved_error(sink));
+    }
     let slot = slot_state(&sink.slot_name);
 
     let write_idle = match mode {
@@ -287,7 +293,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
         return Err(SinkError::transient("pg_sink.fail_after_deliver: failing after delivery, before recording progress"));
     }
     if progress.record {
-        catalog::record_progress(sink.id, progress.confirmed, outcome.records, outcome.bytes, outcome.transactions, outcome.last_commit, caught_up);
+        catalog::record_progress(sink.id, progress.confirmed, &outcome, caught_up);
     }
     Ok(Stepped::Done(outcome))
 }
@@ -452,7 +458,8 @@ pub fn release_slot(slot: &str) {
     // caller's error.
     for i in 0..1000 {
         let held = select_one(
-            "SELECT 1::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL AND active_pid <> pg_catalog.pg_backend_pid()",
+            "SELECT 1::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND database = pg_catalog.current_database() \
+               AND active_pid IS NOT NULL AND active_pid <> pg_catalog.pg_backend_pid()",
             &[Some(slot)],
         );
         if held.is_none() {
@@ -463,7 +470,7 @@ pub fn release_slot(slot: &str) {
             // snapshot (which may be waiting for the caller's own transaction).
             select(
                 "SELECT pg_catalog.pg_terminate_backend(a.pid)::text FROM pg_catalog.pg_replication_slots s JOIN pg_catalog.pg_stat_activity a ON a.pid = s.active_pid \
-                  WHERE s.slot_name = $1 AND a.backend_type = 'walsender' AND a.application_name IN ($2, $3)",
+                  WHERE s.slot_name = $1 AND s.database = pg_catalog.current_database() AND a.backend_type = 'walsender' AND a.application_name IN ($2, $3)",
                 &[Some(slot), Some(&app), Some(&snapshot_application_name(slot))],
             );
         }
@@ -589,11 +596,58 @@ struct SnapshotCursor<'c, 'r> {
     cursor: &'c mut pgrx::spi::SpiCursor<'r>,
     rel: &'c Arc<Relation>,
     lsn: Lsn,
+    progress: SnapshotProgress,
 }
 
 impl SnapshotSource for SnapshotCursor<'_, '_> {
     fn next_chunk(&mut self, rows: i64) -> Result<Transaction, SinkError> {
-        snapshot_chunk(self.cursor, self.rel, self.lsn, rows)
+        let txn = snapshot_chunk(self.cursor, self.rel, self.lsn, rows)?;
+        self.progress.read(txn.changes.len());
+        Ok(txn)
+    }
+}
+
+/// A worker's snapshot progress, shown as its activity (`pg_stat_activity.query`,
+/// `sink.status.activity`): rows read so far (every earlier chunk is delivered)
+/// and the planner's estimate of the table's rows.
+struct SnapshotProgress {
+    rows: u64,
+    estimate: Option<u64>,
+}
+
+impl SnapshotProgress {
+    fn new(sink: &SinkRow) -> SnapshotProgress {
+        let estimate =
+            select_one("SELECT reltuples::bigint::text FROM pg_catalog.pg_class WHERE oid = $1::oid", &[Some(&sink.source_oid.to_string())])
+                .and_then(|n| n.parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .map(|n| n as u64);
+        let p = SnapshotProgress { rows: 0, estimate };
+        p.report();
+        p
+    }
+
+    fn read(&mut self, rows: usize) {
+        self.rows += rows as u64;
+        self.report();
+    }
+
+    fn report(&self) {
+        let about = self.estimate.map_or_else(String::new, |n| format!(" of about {}", n.max(self.rows)));
+        report_activity(&format!("snapshot: {} rows read{about}", self.rows));
+    }
+}
+
+/// What a worker does now, in its `pg_stat_activity.query`; a caller's own
+/// session (sync(), preview()) keeps its query text.
+pub fn report_activity(text: &str) {
+    // SAFETY: reads a backend-local global; pgstat copies the text into shared memory.
+    unsafe {
+        if pg_sys::MyBackendType != pg_sys::BackendType::B_BG_WORKER {
+            return;
+        }
+        let c = std::ffi::CString::new(text).unwrap_or_default();
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, c.as_ptr());
     }
 }
 
@@ -680,7 +734,8 @@ fn initialize(
         match remote {
             Some(mut session) => {
                 session.query(&format!("DECLARE pg_sink_snapshot NO SCROLL CURSOR FOR {query}"), stop)?;
-                step.deliver_snapshot(&mut RemoteSnapshot { session: &mut session, rel: &rel, lsn: start, stop }, SNAPSHOT_CHUNK)?;
+                let progress = SnapshotProgress::new(sink);
+                step.deliver_snapshot(&mut RemoteSnapshot { session: &mut session, rel: &rel, lsn: start, stop, progress }, SNAPSHOT_CHUNK)?;
                 session.finish(stop)?;
             }
             None => {
@@ -688,7 +743,8 @@ fn initialize(
                 unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
                 let result = Spi::connect(|client| {
                     let mut cursor = client.open_cursor(query.as_str(), &[]);
-                    step.deliver_snapshot(&mut SnapshotCursor { cursor: &mut cursor, rel: &rel, lsn: start }, SNAPSHOT_CHUNK)
+                    let progress = SnapshotProgress::new(sink);
+                    step.deliver_snapshot(&mut SnapshotCursor { cursor: &mut cursor, rel: &rel, lsn: start, progress }, SNAPSHOT_CHUNK)
                 });
                 // SAFETY: pops the snapshot pushed above.
                 unsafe { pg_sys::PopActiveSnapshot() };
@@ -703,8 +759,15 @@ fn initialize(
         return Err(SinkError::transient("pg_sink.fail_after_deliver: failing after the initial delivery, before recording progress"));
     }
     catalog::mark_snapshot_done(sink.id, start);
+    report_activity("streaming");
+    let what = if def.snapshot {
+        format!("snapshot done ({} records), streaming from {start}", outcome.records)
+    } else {
+        format!("streaming from {start} (no snapshot)")
+    };
+    crate::pg::events::state_changed(&sink.name, what);
     if outcome.records > 0 {
-        catalog::record_progress(sink.id, start, outcome.records, outcome.bytes, 0, None, false);
+        catalog::record_progress(sink.id, start, &outcome, false);
     }
     Ok(outcome)
 }
@@ -760,6 +823,7 @@ struct RemoteSnapshot<'a> {
     rel: &'a Arc<Relation>,
     lsn: Lsn,
     stop: &'a dyn Fn() -> bool,
+    progress: SnapshotProgress,
 }
 
 impl SnapshotSource for RemoteSnapshot<'_> {
@@ -771,7 +835,8 @@ impl SnapshotSource for RemoteSnapshot<'_> {
                 relation: self.rel.clone(),
                 new: row.into_iter().map(|v| v.map_or(Cell::Null, Cell::Text)).collect(),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        self.progress.read(changes.len());
         Ok(Transaction { xid: 0, commit_lsn: self.lsn, end_lsn: self.lsn, commit_time_us: now_us(), snapshot: true, changes })
     }
 }

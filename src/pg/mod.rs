@@ -1,7 +1,8 @@
 //! The Postgres glue: everything that touches `pgrx`. It stays thin — SQL functions
 //! ([`api`]), the catalog ([`catalog`]), settings ([`gucs`]), the batch step shared
 //! by the worker, `sync` and `preview` ([`delivery`]), SPI adapters for the engine
-//! ([`spi`]), and the background workers ([`worker`]). Only the backend's own thread
+//! ([`spi`]), the background workers ([`worker`]) and the log of sinks' state
+//! changes ([`events`]), and where sinks run ([`home`]). Only the backend's own thread
 //! runs this code; the engine's async connectors run on a current-thread runtime
 //! driven from the same thread.
 
@@ -9,7 +10,9 @@ pub mod access;
 pub mod catalog;
 pub mod delivery;
 pub mod errors;
+pub mod events;
 pub mod gucs;
+pub mod home;
 pub mod identity;
 pub mod policy;
 pub mod retention;

@@ -101,7 +101,7 @@ fn apply(sink: &SinkRow, action: Action, retained: u64, limit: u64) {
     if matches!(action, Action::DropAndFail | Action::DropAndResnapshot) {
         delivery::release_slot(&sink.slot_name);
         update(
-            "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND database = pg_catalog.current_database()",
             &[Some(&sink.slot_name)],
         );
     }

@@ -146,7 +146,7 @@ impl SqlSession for SpiSession {
 /// A read-only query under a snapshot taken now, not the transaction's: a step's
 /// transaction (or a REPEATABLE READ caller of `sync()`) can hold a snapshot older
 /// than the changes it reads. Text parameters; every column comes back as text.
-fn select_latest(sql: &str, params: &[Option<&str>]) -> Rows {
+pub fn select_latest(sql: &str, params: &[Option<&str>]) -> Rows {
     let failed = |status: i32| -> ! {
         super::errors::fail(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,

@@ -45,14 +45,18 @@ fn in_transaction<R>(f: impl FnOnce() -> Result<R, SinkError> + std::panic::Unwi
     }
     let result = PgTryBuilder::new(f)
         .catch_others(|cause| {
-            let (message, kind) = match &cause {
+            let (r, kind) = match &cause {
                 pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-                    (report_text(r.message(), r.detail()), kind_of_sqlstate(r.sql_error_code() as i32))
+                    (r, kind_of_sqlstate(r.sql_error_code() as i32))
                 }
                 // A panic is a bug, not the target's answer: retried, and logged.
-                pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (report_text(r.message(), r.detail()), ErrorKind::Transient),
+                pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (r, ErrorKind::Transient),
             };
-            let mut e = SinkError::transient(message);
+            // The detail apart: it may quote a row (the log gets the message only).
+            let mut e = SinkError::transient(r.message());
+            if let Some(d) = r.detail() {
+                e = e.detail(d);
+            }
             e.kind = kind;
             if kind == ErrorKind::Permanent {
                 e = e.hint("Fix the cause, then run sink.resume_sink().");
@@ -84,13 +88,6 @@ fn in_transaction<R>(f: impl FnOnce() -> Result<R, SinkError> + std::panic::Unwi
             }
             Err(e)
         }
-    }
-}
-
-fn report_text(message: &str, detail: Option<&str>) -> String {
-    match detail {
-        Some(d) => format!("{message}: {d}"),
-        None => message.to_string(),
     }
 }
 
@@ -196,6 +193,8 @@ fn running_sinks() -> Result<Vec<i64>, SinkError> {
     if !extension_installed() {
         return Ok(Vec::new());
     }
+    // A restored or cloned database: its copied sinks pause before any runs.
+    crate::pg::home::pause_moved();
     Ok(select("SELECT id::text FROM sink.sinks WHERE state = 'running' AND schedule = 'continuous' ORDER BY id", &[])
         .into_iter()
         .filter_map(|r| r.into_iter().next().flatten().and_then(|s| s.parse::<i64>().ok()))
@@ -331,6 +330,8 @@ fn start_worker(sink_id: i64) -> bool {
         // Visible in pg_stat_activity.application_name.
         let name = select_one("SELECT name FROM sink.sinks WHERE id = $1::bigint", &[Some(&sink_id.to_string())]).unwrap_or_default();
         select("SELECT set_config('application_name', $1, false)", &[Some(&format!("pg_sink sink {name}"))]);
+        crate::pg::events::logged(&name, "worker started");
+        delivery::report_activity("streaming");
         Ok(())
     });
     if let Err(e) = settings {
@@ -380,9 +381,16 @@ fn record_failure(sink_id: i64, e: &SinkError) -> bool {
     let permanent = e.kind != ErrorKind::Transient;
     let summary = e.summary();
     let hint = e.hint.clone().unwrap_or_default();
-    warning!("pg_sink sink {sink_id}: {summary} {hint}");
+    let name = in_transaction(|| Ok(select_one("SELECT name FROM sink.sinks WHERE id = $1::bigint", &[Some(&sink_id.to_string())]))).ok().flatten();
+    let name = name.unwrap_or_else(|| sink_id.to_string());
+    // The message only: a target's detail may quote the row it refused (the
+    // catalog keeps the whole error for the sink's owner).
+    warning!("pg_sink sink \"{name}\": {} {hint}", e.message);
     let _ = in_transaction(|| {
         as_superuser(|| catalog::record_error(sink_id, &summary, e.hint.as_deref(), permanent));
+        if permanent {
+            crate::pg::events::state_changed(&name, format!("failed: {}", e.message));
+        }
         Ok(())
     });
     permanent

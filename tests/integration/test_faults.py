@@ -387,8 +387,14 @@ def test_a_point_in_time_clone_does_not_take_over_the_sinks_progress(db):
         wait_for(lambda: one(clone, "SELECT NOT pg_is_in_recovery()"), 60, "the clone to finish recovery")
         clone_uid = one(clone, "SELECT sink.uid('f_clone')")
         assert clone_uid != prod_uid, (clone_uid, prod_uid)
-        # The clone (mistakenly) runs the sink against the same target, far ahead in WAL.
+        # The clone keeps the sinks it copied paused, and says why.
+        wait_for(lambda: "restored or cloned" in (one(clone, "SELECT last_error FROM sink.status WHERE name = 'f_clone'") or ""), 30,
+                 "the clone to pause the sink it copied")
+        assert one(clone, "SELECT state FROM sink.status WHERE name = 'f_clone'") == "paused"
+        # The clone's owner resumes it anyway, against the same target, far ahead in
+        # WAL: it gets a slot of its own and delivers again from a new snapshot.
         clone.execute("SELECT sink.resume_sink('f_clone')")
+        assert one(clone, "SELECT slot_name <> 'pg_sink_' || id FROM sink.sinks WHERE name = 'f_clone'")
         clone.execute("INSERT INTO f_cl SELECT g, 'clone' FROM generate_series(1000, 4000) g")
         wait_caught_up(clone, "f_clone")
         clone.close()

@@ -41,12 +41,22 @@ async def _stream_messages(name, subject):
     n = info.state.messages
     out = []
     if n:
-        sub = await js.pull_subscribe(subject, durable=None, stream=name)
+        # No acks to send (a million of them made the read slower than the
+        # server's patience); a slow fetch is tried again, not taken for the end.
+        from nats.js.api import AckPolicy, ConsumerConfig
+        sub = await js.pull_subscribe(subject, durable=None, stream=name, config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+        timeouts = 0
         while len(out) < n:
-            msgs = await sub.fetch(min(1000, n - len(out)), timeout=10)
+            try:
+                msgs = await sub.fetch(min(1000, n - len(out)), timeout=10)
+            except nats.errors.TimeoutError:
+                timeouts += 1
+                if timeouts > 6:
+                    raise
+                continue
+            timeouts = 0
             for m in msgs:
                 out.append((m.subject, m.data, dict(m.headers or {})))
-                await m.ack()
     await nc.close()
     return out
 

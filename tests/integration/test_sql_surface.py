@@ -66,6 +66,7 @@ BAD = [
     ("SELECT sink.pause_sink('nope')", "42704", "does not exist"),
     ("SELECT sink.sync('nope')", "42704", "does not exist"),
     ("SELECT * FROM sink.preview('nope')", "42704", "does not exist"),
+    ("SELECT sink.await_delivered('nope')", "42704", "does not exist"),
     ("SELECT sink.create_connection('c1', 'nope')", "22023", "unknown connector"),
     ("SELECT sink.create_connection('c1', 'file', '{\"pathh\": \"/x\"}')", "22023", "unknown option"),
     ("SELECT sink.create_connection('c1', 'file', '{\"path\": {\"secret\": \"missing\"}}')", "42704", "secret \"missing\" does not exist"),
@@ -125,6 +126,65 @@ def test_lifecycle_create_pause_resume_alter_drop(db, tables):
     assert one(db, "SELECT count(*) FROM pg_publication WHERE pubname = %s", pub) == 0
     assert len(file_records(d, "life")) == 1, "drop leaves delivered data alone"
     assert one(db, "SELECT sink.drop_sink('life', if_exists => true)") is False
+
+
+def test_await_delivered_is_read_your_writes_and_never_waits_in_vain(db, tables):
+    """sink.await_delivered(name, lsn default now, timeout) returns once everything
+    committed at or before lsn is durable at the target (its confirmed LSN), so a
+    reader of the target sees the writes without polling; it fails at once when
+    waiting could not end, and with 57014 when the timeout passes first."""
+    import time
+    d = out_dir("await")
+    db.execute("SELECT sink.create_sink('await_f', 's_pk', 'file', %s::jsonb, envelope => 'upsert')", (f'{{"path": "{d}"}}',))
+    for i in range(1, 6):
+        db.execute("INSERT INTO s_pk VALUES (%s, %s, 'v', %s)", (i, f"{i}@x", i))
+        at = one(db, "SELECT pg_current_wal_lsn()::text")
+        got = one(db, "SELECT sink.await_delivered('await_f', %s::pg_lsn, '30 s')::text", at)
+        assert one(db, "SELECT %s::pg_lsn >= %s::pg_lsn", got, at)
+        assert [r["key"]["id"] for r in file_records(d, "await_f")] == list(range(1, i + 1))
+    # The default position is now; a REPEATABLE READ caller still sees progress move.
+    db.execute("INSERT INTO s_pk VALUES (6, '6@x', 'v', 6)")
+    with connect() as rr:
+        rr.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        one(rr, "SELECT count(*) FROM sink.progress")
+        assert one(rr, "SELECT sink.await_delivered('await_f') IS NOT NULL")
+        rr.execute("COMMIT")
+    assert len(file_records(d, "await_f")) == 6
+    # Paused: waiting would never end, so it fails at once.
+    db.execute("SELECT sink.pause_sink('await_f')")
+    db.execute("INSERT INTO s_pk VALUES (7, '7@x', 'v', 7)")
+    t = time.monotonic()
+    st, msg, detail, hint = sqlstate_of(db, "SELECT sink.await_delivered('await_f')")
+    assert (st, msg) == ("55000", 'sink "await_f" is paused') and "delivered up to" in detail and "resume_sink" in hint
+    assert time.monotonic() - t < 5
+    db.execute("SELECT sink.resume_sink('await_f')")
+    db.execute("SELECT sink.await_delivered('await_f')")
+    assert len(file_records(d, "await_f")) == 7
+    # Bad arguments.
+    assert sqlstate_of(db, "SELECT sink.await_delivered_at('await_f', 'x/y', 10)")[0] == "22P02"
+    assert sqlstate_of(db, "SELECT sink.await_delivered('await_f', NULL, '-1 s')")[0] == "22023"
+    db.execute("SELECT sink.drop_sink('await_f')")
+    # Manual schedule: only sync() delivers it.
+    db.execute("SELECT sink.create_sink('await_m', 's_pk', 'file', %s::jsonb)", (f'{{"path": "{d}", "schedule": "manual"}}',))
+    st, msg, _, hint = sqlstate_of(db, "SELECT sink.await_delivered('await_m')")
+    assert st == "55000" and "only by sink.sync()" in msg and "sink.sync('await_m')" in hint
+    db.execute("SELECT sink.drop_sink('await_m')")
+    # A target that is down: the sink retries, the wait times out with what was delivered.
+    db.execute("SELECT sink.create_sink('await_w', 's_pk', 'webhook', %s::jsonb)", ('{"url": "http://127.0.0.1:1/x", "validate": false}',))
+    t = time.monotonic()
+    st, msg, detail, hint = sqlstate_of(db, "SELECT sink.await_delivered('await_w', timeout => '500 ms')")
+    assert st == "57014" and "timed out" in msg and "delivered" in detail and "sink.status" in hint
+    assert 0.5 <= time.monotonic() - t < 10
+    db.execute("SELECT sink.drop_sink('await_w')")
+    # Failed: at once, with the sink's error. A dropped target table fails a table sink.
+    db.execute("DROP TABLE IF EXISTS await_copy")
+    db.execute("SELECT sink.create_sink('await_t', 's_pk', 'table', '{\"table\": \"await_copy\"}', envelope => 'upsert')")
+    db.execute("SELECT sink.await_delivered('await_t')")
+    db.execute("DROP TABLE await_copy")
+    db.execute("INSERT INTO s_pk VALUES (8, '8@x', 'v', 8)")
+    st, msg, detail, hint = sqlstate_of(db, "SELECT sink.await_delivered('await_t')")
+    assert st == "55000" and "failed before delivering" in msg and "does not exist" in detail and hint
+    db.execute("SELECT sink.drop_sink('await_t')")
 
 
 def test_preview_and_manual_sync(db, tables):

@@ -127,3 +127,24 @@ pub(crate) fn use_secret(sname: &str, option: &str) -> String {
 pub(crate) fn resolve_secrets(opts: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     opts.iter().map(|(k, v)| (k.clone(), catalog::secret_ref(v).map(|s| use_secret(&s, k)).unwrap_or_else(|| v.clone()))).collect()
 }
+
+/// The secrets and credentials with their values, as SQL that creates them again
+/// (for a restore: `pg_dump` leaves the secrets out).
+/// Superusers only; whoever runs the script must be one too.
+#[pg_extern(volatile)]
+fn secrets_script() -> String {
+    if !is_superuser() {
+        fail(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "only a superuser may write out secret values",
+            Some("The script holds every secret's and credential's value in clear text.".into()),
+            Some("Run it as a superuser, and keep its output as safe as the secrets themselves.".into()),
+        );
+    }
+    let rows = select(
+        "SELECT pg_catalog.format('INSERT INTO sink.secrets (name, kind, owner, value, created_by, created_at) VALUES (%L, %L, %L, %L, %L, %L) ON CONFLICT (name) DO NOTHING;', \
+                name, kind, owner::text, value, created_by, created_at) FROM sink.secrets ORDER BY name",
+        &[],
+    );
+    rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).map(|l| l + "\n").collect()
+}

@@ -207,6 +207,15 @@ pub(crate) fn create_sink(
         prepare_table_target(id, &def, &src, &info, &owner);
     }
     warn_if_not_served(name, &def);
+    crate::pg::events::state_changed(
+        name,
+        format!(
+            "created ({} connector, {} envelope{})",
+            def.connector.name,
+            def.envelope.as_str(),
+            if def.snapshot { ", with a snapshot" } else { "" }
+        ),
+    );
     id
 }
 
@@ -606,7 +615,11 @@ fn write_sink(
     );
     let id: i64 = id.into_iter().next().and_then(|r| r.into_iter().next().flatten()).and_then(|s| s.parse().ok()).unwrap_or(0);
     let object = format!("pg_sink_{id}");
-    update("UPDATE sink.sinks SET slot_name = $2, publication_name = $2 WHERE id = $1::bigint", &[Some(&id.to_string()), Some(&object)]);
+    let home = crate::pg::home::current();
+    update(
+        "UPDATE sink.sinks SET slot_name = $2, publication_name = $2, home = $3 WHERE id = $1::bigint",
+        &[Some(&id.to_string()), Some(&object), Some(&home)],
+    );
     update("INSERT INTO sink.progress (sink_id) VALUES ($1::bigint)", &[Some(&id.to_string())]);
     create_publication(&object, src, info);
     id
@@ -849,6 +862,8 @@ fn alter_sink(name: &str, options: JsonB) {
     lock_sink(sink.id);
     let json = serde_json::Value::Object(merged.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect()).to_string();
     as_superuser(|| update("UPDATE sink.sinks SET options = $2::jsonb WHERE id = $1::bigint", &[Some(&sink.id.to_string()), Some(&json)]));
+    let names: Vec<&str> = changes.keys().map(String::as_str).collect();
+    crate::pg::events::state_changed(&sink.name, format!("altered (options {})", names.join(", ")));
 }
 
 /// Ask the sink's worker to stop now (SIGTERM): it ends its step before the next
@@ -863,12 +878,17 @@ fn set_state(name: &str, state: &str) {
         interrupt_worker(&sink);
     }
     lock_sink(sink.id);
+    let sink = if state == "running" { as_superuser(|| crate::pg::home::adopt(sink)) } else { sink };
     as_superuser(|| {
         update("UPDATE sink.sinks SET state = $2 WHERE id = $1::bigint", &[Some(&sink.id.to_string()), Some(state)]);
         if state == "running" {
             update("UPDATE sink.progress SET last_error = NULL, last_error_hint = NULL WHERE sink_id = $1::bigint", &[Some(&sink.id.to_string())]);
         }
     });
+    if sink.state != state {
+        let change = if state == "paused" { "paused".to_string() } else { format!("resumed (was {})", sink.state) };
+        crate::pg::events::state_changed(&sink.name, change);
+    }
 }
 
 /// Stop delivering; the slot keeps the changes until `resume_sink`.
@@ -896,15 +916,19 @@ fn resync(name: &str) {
     let sink = catalog::require(name);
     check_owner(&sink);
     lock_sink(sink.id);
+    let sink = as_superuser(|| crate::pg::home::adopt(sink));
     let id = sink.id.to_string();
     as_superuser(|| {
         delivery::release_slot(&sink.slot_name);
-        if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(&sink.slot_name)]).is_some() {
+        if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()", &[Some(&sink.slot_name)])
+            .is_some()
+        {
             update("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
         }
         update("UPDATE sink.progress SET confirmed_lsn = NULL, snapshot_done = false, last_error = NULL, last_error_hint = NULL WHERE sink_id = $1::bigint", &[Some(&id)]);
         update("UPDATE sink.sinks SET state = 'running' WHERE id = $1::bigint", &[Some(&id)]);
     });
+    crate::pg::events::state_changed(&sink.name, "resynced (its slot and progress start over)");
 }
 
 #[pg_extern(volatile)]
@@ -929,9 +953,13 @@ pub(crate) fn drop_sink(name: &str, if_exists: default!(bool, false)) -> bool {
         update("DELETE FROM sink.sinks WHERE id = $1::bigint", &[Some(&sink.id.to_string())]);
         policy::forget_inline_secrets("sink", &sink.name);
         update(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&sink.publication_name)), &[]);
-        if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1", &[Some(&sink.slot_name)]).is_some() {
+        // Only this database's: a restored copy of a sink names its original's slot.
+        if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()", &[Some(&sink.slot_name)])
+            .is_some()
+        {
             update("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
         }
     });
+    crate::pg::events::state_changed(&sink.name, "dropped");
     true
 }
