@@ -163,12 +163,18 @@ def test_a_restored_database_keeps_its_sinks_paused_until_resumed(db):
 
 EXPORTER = "/usr/bin/prometheus-postgres-exporter"
 EXPORTER_PORT = PORT + 13691  # 19187 with the default test port
+EXPORTER_LOG = "/tmp/pg_sink_test/postgres_exporter.log"
 
 
 def _scrape():
+    """The exporter's page; empty while it is not listening yet."""
+    import urllib.error
     import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{EXPORTER_PORT}/metrics", timeout=10) as r:
-        return r.read().decode()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{EXPORTER_PORT}/metrics", timeout=10) as r:
+            return r.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return ""
 
 
 def _metric(text, name, sink):
@@ -228,9 +234,12 @@ def test_status_metrics_and_the_postgres_exporter_queries(db):
     env = dict(os.environ, DATA_SOURCE_NAME=f"postgresql://postgres@127.0.0.1:{PORT}/postgres?sslmode=disable")
     exporter = subprocess.Popen([EXPORTER, f"--web.listen-address=127.0.0.1:{EXPORTER_PORT}", f"--extend.query-path={queries}",
                                  "--disable-default-metrics", "--disable-settings-metrics"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                env=env, stdout=subprocess.DEVNULL, stderr=open(EXPORTER_LOG, "wb"))
     try:
-        wait_for(lambda: _metric(_scrape(), "pg_sink_rows_delivered", "m_sink") is not None, 30, "the exporter to serve pg_sink metrics")
+        def serving():
+            assert exporter.poll() is None, f"the exporter exited: {open(EXPORTER_LOG, errors='replace').read()[-2000:]}"
+            return _metric(_scrape(), "pg_sink_rows_delivered", "m_sink") is not None
+        wait_for(serving, 30, "the exporter to serve pg_sink metrics")
         text = _scrape()
         status = db.execute("SELECT rows_delivered, batches, retries, errors FROM sink.status WHERE name = 'm_sink'").fetchone()
         assert _metric(text, "pg_sink_rows_delivered", "m_sink") == status[0]
