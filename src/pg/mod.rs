@@ -2,7 +2,8 @@
 //! ([`api`]), the catalog ([`catalog`]), settings ([`gucs`]), the batch step shared
 //! by the worker, `sync` and `preview` ([`delivery`]), SPI adapters for the engine
 //! ([`spi`]), the background workers ([`worker`]) and the log of sinks' state
-//! changes ([`events`]), and where sinks run ([`home`]). Only the backend's own thread
+//! changes ([`events`]), where sinks run ([`home`]) and which catalog version the
+//! library needs ([`version`]). Only the backend's own thread
 //! runs this code; the engine's async connectors run on a current-thread runtime
 //! driven from the same thread.
 
@@ -19,6 +20,7 @@ pub mod retention;
 pub mod spi;
 pub mod sql;
 mod tests;
+pub mod version;
 pub mod worker;
 
 use pgrx::pg_sys;

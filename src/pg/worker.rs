@@ -108,8 +108,9 @@ pub fn kind_of_sqlstate(code: i32) -> ErrorKind {
     }
 }
 
+/// The extension is installed here, at this library's version.
 fn extension_installed() -> bool {
-    select_one("SELECT 1::text FROM pg_extension WHERE extname = 'pg_sink'", &[]).is_some()
+    crate::pg::version::catalog_ready()
 }
 
 #[pg_guard]
@@ -323,6 +324,9 @@ fn start_worker(sink_id: i64) -> bool {
     let db = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     let settings = in_transaction(|| {
+        if !crate::pg::version::catalog_ready() {
+            return Err(SinkError::transient("the catalog is not at this library's version"));
+        }
         // work_mem: the peek's tuplestore stays in memory for a batch.
         for (k, v) in OUTPUT_SETTINGS.iter().chain([("work_mem", "64MB")].iter()) {
             select("SELECT set_config($1, $2, false)", &[Some(k), Some(v)]);

@@ -23,6 +23,7 @@ use crate::pg::spi::{select, select_one, update};
 /// refer to secrets, `credential` to a credential.
 #[pg_extern(volatile)]
 fn create_connection(name: &str, connector: &str, options: default!(JsonB, "'{}'"), if_not_exists: default!(bool, false)) -> bool {
+    crate::pg::version::check();
     let opts = option_map(&options, "connection options");
     put_connection(name, connector, opts, if_not_exists, false)
 }
@@ -123,6 +124,7 @@ fn stored_options(opts: &BTreeMap<String, String>) -> String {
 /// pick the change up at their next batch.
 #[pg_extern(volatile)]
 pub(crate) fn alter_connection(name: &str, options: JsonB) {
+    crate::pg::version::check();
     // A JSON null removes an option (the option map itself takes no nulls).
     let removed: Vec<String> = match &options.0 {
         serde_json::Value::Object(m) => m.iter().filter(|(_, v)| v.is_null()).map(|(k, _)| options::normalize_name(k)).collect(),
@@ -173,6 +175,7 @@ pub(crate) fn alter_connection_map(name: &str, changes: BTreeMap<String, String>
 
 #[pg_extern(volatile)]
 pub(crate) fn drop_connection(name: &str, if_exists: default!(bool, false), cascade: default!(bool, false)) -> bool {
+    crate::pg::version::check();
     if !access::may_drop("connection", name, if_exists) {
         return false;
     }

@@ -36,6 +36,7 @@ pub fn create_credential(
     options: default!(JsonB, "'{}'"),
     if_not_exists: default!(bool, false),
 ) -> bool {
+    crate::pg::version::check();
     super::check_name("credential", name);
     let cred = credential_from(kind, identity, secret, &options);
     cred.check(name).or_raise();
@@ -67,6 +68,7 @@ pub fn create_credential(
 /// option (a JSON null removes it).
 #[pg_extern(volatile)]
 pub fn alter_credential(name: &str, options: JsonB) {
+    crate::pg::version::check();
     require_owner("credential", name);
     let mut cred = as_superuser(|| catalog::credential(name)).unwrap_or_else(|| missing("credential", name));
     let serde_json::Value::Object(map) = &options.0 else {
@@ -96,6 +98,7 @@ pub fn alter_credential(name: &str, options: JsonB) {
 
 #[pg_extern(volatile)]
 pub fn drop_credential(name: &str, if_exists: default!(bool, false)) -> bool {
+    crate::pg::version::check();
     if !may_drop("credential", name, if_exists) {
         return false;
     }

@@ -37,6 +37,7 @@ fn execute(
         name!(details, JsonB),
     ),
 > {
+    crate::pg::version::check();
     let statements = dialect::parse(sql).unwrap_or_else(|e| raise_parse(&e));
     let mut rows = Vec::new();
     for s in statements {

@@ -38,6 +38,7 @@ fn grantee(role: &str) -> Option<String> {
 /// Let `role` (or PUBLIC) use a connection, secret or credential.
 #[pg_extern(volatile)]
 pub fn grant_usage(kind: &str, name: &str, role: &str) {
+    crate::pg::version::check();
     check_kind(kind);
     require_owner(kind, name);
     let grantee = grantee(role);
@@ -53,6 +54,7 @@ pub fn grant_usage(kind: &str, name: &str, role: &str) {
 /// Take back USAGE; sinks already created with it keep running.
 #[pg_extern(volatile)]
 pub fn revoke_usage(kind: &str, name: &str, role: &str) {
+    crate::pg::version::check();
     check_kind(kind);
     require_owner(kind, name);
     let grantee = grantee(role);

@@ -17,6 +17,7 @@ use crate::pg::spi::{select, select_one, update};
 /// catalog views; only the worker reads it.
 #[pg_extern(volatile)]
 pub(crate) fn create_secret(name: &str, value: &str, if_not_exists: default!(bool, false)) -> bool {
+    crate::pg::version::check();
     check_name("secret", name);
     let owner = current_user();
     as_superuser(|| {
@@ -43,12 +44,14 @@ pub(crate) fn create_secret(name: &str, value: &str, if_not_exists: default!(boo
 
 #[pg_extern(volatile)]
 pub(crate) fn alter_secret(name: &str, value: &str) {
+    crate::pg::version::check();
     access::require_owner("secret", name);
     as_superuser(|| update("UPDATE sink.secrets SET value = $2 WHERE name = $1 AND kind = 'secret'", &[Some(name), Some(value)]));
 }
 
 #[pg_extern(volatile)]
 pub(crate) fn drop_secret(name: &str, if_exists: default!(bool, false)) -> bool {
+    crate::pg::version::check();
     if !access::may_drop("secret", name, if_exists) {
         return false;
     }
@@ -133,6 +136,7 @@ pub(crate) fn resolve_secrets(opts: &BTreeMap<String, String>) -> BTreeMap<Strin
 /// Superusers only; whoever runs the script must be one too.
 #[pg_extern(volatile)]
 fn secrets_script() -> String {
+    crate::pg::version::check();
     if !is_superuser() {
         fail(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,

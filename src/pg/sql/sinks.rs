@@ -178,6 +178,7 @@ pub(crate) fn create_sink(
     connection: default!(Option<&str>, "NULL"),
     if_not_exists: default!(bool, false),
 ) -> i64 {
+    crate::pg::version::check();
     check_name("sink", name);
     if let Some(id) = existing_sink(name, if_not_exists) {
         return id;
@@ -808,6 +809,7 @@ fn create_target(target: &str, schema: &str, def: &options::SinkDefinition, src:
 /// `<database>-<id>-<created, µs>-<system identifier>.<timeline>`.
 #[pg_extern(stable)]
 fn uid(name: &str) -> String {
+    crate::pg::version::check();
     let sink = catalog::require(name);
     let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
     sink.uid(&catalog::cluster_identity(), &database)
@@ -816,6 +818,7 @@ fn uid(name: &str) -> String {
 /// Change a sink's options (merged into the existing ones; a JSON null removes one).
 #[pg_extern(volatile)]
 fn alter_sink(name: &str, options: JsonB) {
+    crate::pg::version::check();
     let sink = catalog::require(name);
     check_owner(&sink);
     let serde_json::Value::Object(changes) = &options.0 else {
@@ -894,12 +897,14 @@ fn set_state(name: &str, state: &str) {
 /// Stop delivering; the slot keeps the changes until `resume_sink`.
 #[pg_extern(volatile)]
 fn pause_sink(name: &str) {
+    crate::pg::version::check();
     set_state(name, "paused");
 }
 
 /// Resume a paused or failed sink.
 #[pg_extern(volatile)]
 fn resume_sink(name: &str) {
+    crate::pg::version::check();
     set_state(name, "running");
 }
 
@@ -913,6 +918,7 @@ fn resume_sink(name: &str) {
 /// sink made with `snapshot => false` starts again from the current position.
 #[pg_extern(volatile)]
 fn resync(name: &str) {
+    crate::pg::version::check();
     let sink = catalog::require(name);
     check_owner(&sink);
     lock_sink(sink.id);
@@ -933,6 +939,7 @@ fn resync(name: &str) {
 
 #[pg_extern(volatile)]
 pub(crate) fn drop_sink(name: &str, if_exists: default!(bool, false)) -> bool {
+    crate::pg::version::check();
     let Some(sink) = catalog::find_by_name(name) else {
         if if_exists {
             pgrx::notice!("sink \"{name}\" does not exist, skipping");

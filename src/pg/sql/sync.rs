@@ -19,6 +19,7 @@ use crate::pg::spi::select_latest;
 /// Lets pg_cron drive a sink: `SELECT sink.sync('orders')`.
 #[pg_extern(volatile)]
 fn sync(name: &str) -> JsonB {
+    crate::pg::version::check();
     let sink = catalog::require(name);
     check_owner(&sink);
     refuse_moved(&sink);
@@ -84,6 +85,7 @@ fn preview(
     n: default!(i32, 10),
 ) -> TableIterator<'static, (name!(lsn, String), name!(op, String), name!(key, Option<String>), name!(value, Option<String>), name!(headers, JsonB))>
 {
+    crate::pg::version::check();
     let sink = catalog::require(name);
     check_owner(&sink);
     refuse_moved(&sink);
@@ -128,6 +130,7 @@ fn refuse_moved(sink: &catalog::SinkRow) {
 /// with SQLSTATE 57014 when `timeout_ms` passes first.
 #[pg_extern(volatile)]
 fn await_delivered_at(name: &str, lsn: &str, timeout_ms: f64) -> String {
+    crate::pg::version::check();
     let sink = catalog::require(name);
     check_owner(&sink);
     let Ok(target) = lsn.parse::<Lsn>() else {
