@@ -479,6 +479,25 @@ pub fn release_slot(slot: &str) {
     }
 }
 
+/// Drop this database's slot `slot`, if it exists, once no walsender of ours holds
+/// it. A worker whose stream was just ended can open a new one between the check
+/// and the drop (its sink's deletion is not committed yet, so it still runs): the
+/// drop is then tried again, and only the last try's error reaches the caller.
+pub fn drop_slot(slot: &str) {
+    const SQL: &str = "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text FROM pg_catalog.pg_replication_slots \
+                        WHERE slot_name = $1 AND database = pg_catalog.current_database()";
+    for _ in 0..5 {
+        release_slot(slot);
+        if super::spi::in_subtransaction(|| Some(super::spi::update(SQL, &[Some(slot)]))).is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        pgrx::check_for_interrupts!();
+    }
+    release_slot(slot);
+    super::spi::update(SQL, &[Some(slot)]);
+}
+
 const PEEK_SQL: &str = "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
                         'proto_version', '1', 'publication_names', $3)";
 

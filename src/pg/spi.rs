@@ -112,32 +112,42 @@ impl SqlSession for SpiSession {
     }
 
     fn query_or_none(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<Rows>> {
-        // The PL/pgSQL exception-block pattern: a subtransaction that is rolled back
-        // when the query raises, restoring memory context and resource owner.
-        // SAFETY: we are inside a transaction; every path below ends the
-        // subtransaction it began and restores the saved context and owner.
-        unsafe {
-            let context = pg_sys::CurrentMemoryContext;
-            let owner = pg_sys::CurrentResourceOwner;
-            pg_sys::BeginInternalSubTransaction(std::ptr::null());
-            pg_sys::MemoryContextSwitchTo(context);
-            let result = pgrx::PgTryBuilder::new(|| self.as_owner(|| Spi::connect(|c| c.select(sql, None, &args(params)).and_then(collect)).ok()))
-                .catch_others(|_| None)
-                .execute();
-            match result {
-                Some(rows) => {
-                    pg_sys::ReleaseCurrentSubTransaction();
-                    pg_sys::MemoryContextSwitchTo(context);
-                    pg_sys::CurrentResourceOwner = owner;
-                    Ok(Some(rows))
-                }
-                None => {
-                    pg_sys::MemoryContextSwitchTo(context);
-                    pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                    pg_sys::MemoryContextSwitchTo(context);
-                    pg_sys::CurrentResourceOwner = owner;
-                    Ok(None)
-                }
+        Ok(in_subtransaction(|| self.as_owner(|| Spi::connect(|c| c.select(sql, None, &args(params)).and_then(collect)).ok())))
+    }
+}
+
+/// Run `f` in a subtransaction that is rolled back when it raises (the PL/pgSQL
+/// exception-block pattern, restoring memory context and resource owner): `None`
+/// then, and the surrounding transaction stays usable.
+pub fn in_subtransaction<T>(f: impl FnOnce() -> Option<T>) -> Option<T> {
+    // SAFETY: we are inside a transaction; every path below ends the
+    // subtransaction it began and restores the saved context and owner.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        // Whatever `f` touched is rolled back with the subtransaction on an ERROR.
+        let f = std::panic::AssertUnwindSafe(f);
+        let result = pgrx::PgTryBuilder::new(move || {
+            let f = f; // the whole wrapper, not its field (UnwindSafe)
+            (f.0)()
+        })
+        .catch_others(|_| None)
+        .execute();
+        match result {
+            Some(v) => {
+                pg_sys::ReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+                Some(v)
+            }
+            None => {
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+                None
             }
         }
     }

@@ -925,12 +925,7 @@ fn resync(name: &str) {
     let sink = as_superuser(|| crate::pg::home::adopt(sink));
     let id = sink.id.to_string();
     as_superuser(|| {
-        delivery::release_slot(&sink.slot_name);
-        if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()", &[Some(&sink.slot_name)])
-            .is_some()
-        {
-            update("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
-        }
+        delivery::drop_slot(&sink.slot_name);
         update("UPDATE sink.progress SET confirmed_lsn = NULL, snapshot_done = false, last_error = NULL, last_error_hint = NULL WHERE sink_id = $1::bigint", &[Some(&id)]);
         update("UPDATE sink.sinks SET state = 'running' WHERE id = $1::bigint", &[Some(&id)]);
     });
@@ -961,11 +956,7 @@ pub(crate) fn drop_sink(name: &str, if_exists: default!(bool, false)) -> bool {
         policy::forget_inline_secrets("sink", &sink.name);
         update(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&sink.publication_name)), &[]);
         // Only this database's: a restored copy of a sink names its original's slot.
-        if select_one("SELECT 1::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()", &[Some(&sink.slot_name)])
-            .is_some()
-        {
-            update("SELECT pg_drop_replication_slot($1)::text", &[Some(&sink.slot_name)]);
-        }
+        delivery::drop_slot(&sink.slot_name);
     });
     crate::pg::events::state_changed(&sink.name, "dropped");
     true
