@@ -254,6 +254,11 @@ def test_unchanged_toast_is_read_as_committed_after_the_change_not_as_the_step_b
     toast_sink(db, "toast_rr_file", "docs", "file", {"path": d, "schedule": "manual"}, envelope="upsert")
     for s in ("toast_rr_tab", "toast_rr_file"):
         db.execute("SELECT sink.sync(%s)", (s,))
+    # The launcher writes a new sink's WAL-retention settings into its progress
+    # row once (within 2 s); a REPEATABLE READ caller whose snapshot predates that
+    # write gets 40001 when its sync() then updates the row, as any RR writer would.
+    wait_for(lambda: one(db, "SELECT count(*) FROM sink.status WHERE name LIKE 'toast_rr_%%' AND wal_retention_policy IS NOT NULL") == 2,
+             what="the launcher to write the new sinks' retention settings")
     with connect() as caller:
         caller.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         assert one(caller, "SELECT count(*) FROM docs") == 0  # the snapshot is taken here
