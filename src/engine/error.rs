@@ -31,11 +31,17 @@ pub struct SinkError {
     pub hint: Option<String>,
     /// Refused for want of a privilege (SQLSTATE 42501), whatever the kind.
     pub privilege: bool,
+    /// The records of the batch (indices into `Batch::records`) the target
+    /// refused for good, when it says which: with `errors.policy` other than
+    /// `fail` they become dead letters and the rest is delivered again. A
+    /// connector that names them promises the failed attempt left nothing at
+    /// the target that a second delivery would repeat.
+    pub refused: Vec<usize>,
 }
 
 impl SinkError {
     fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        SinkError { kind, message: message.into(), detail: None, hint: None, privilege: false }
+        SinkError { kind, message: message.into(), detail: None, hint: None, privilege: false, refused: Vec::new() }
     }
     pub fn privilege(mut self) -> Self {
         self.privilege = true;
@@ -56,6 +62,11 @@ impl SinkError {
     }
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+    /// The target refused these records (see [`SinkError::refused`]).
+    pub fn refusing(mut self, records: impl IntoIterator<Item = usize>) -> Self {
+        self.refused.extend(records);
         self
     }
     pub fn is_transient(&self) -> bool {

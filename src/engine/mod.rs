@@ -15,6 +15,7 @@
 pub mod change;
 pub mod connector;
 pub mod credential;
+pub mod dead_letter;
 pub mod dialect;
 pub mod encoder;
 pub mod envelope;

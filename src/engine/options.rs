@@ -12,6 +12,7 @@ use super::encoder::avro::{self, AvroOptions, COMPATIBILITY_LEVELS};
 use super::encoder::registry::RegistrySettings;
 use super::envelope::EnvelopeKind;
 use super::error::{Result, SinkError};
+use super::dead_letter;
 use super::retention;
 
 /// How a sink is driven.
@@ -52,6 +53,8 @@ pub struct SinkDefinition {
     pub max_retained_wal: Option<u64>,
     /// What happens past that limit.
     pub wal_retention_policy: retention::Policy,
+    /// What a record the target refuses for good does (`errors.policy`).
+    pub errors_policy: dead_letter::Policy,
     /// Connector-specific options, validated against the connector's spec.
     pub connector_options: BTreeMap<String, String>,
     /// Avro options (fullnames, NULL DEFAULTS, DOC ON, compatibility levels).
@@ -79,6 +82,7 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("debezium.compat", "debezium envelope: Debezium's value forms, primary-key record keys, tombstones after deletes (default false)"),
     ("max_retained_wal", "the most WAL the sink's slot may hold back, e.g. 10GB (default: pg_sink.max_retained_wal)"),
     ("wal_retention_policy", "past max_retained_wal: pause (default), fail or resnapshot"),
+    ("errors.policy", "a record the target refuses for good: fail (default) stops the sink, skip leaves it out, dead_letter keeps it in sink.dead_letters"),
     ("csr_connection", "a schema registry connection (Avro)"),
     ("schema.registry", "the schema registry's URL (Avro)"),
     ("schema.registry.username", "the schema registry's user"),
@@ -163,6 +167,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
     }
     let max_retained_wal = opts.remove("max_retained_wal").map(|v| retention::parse_limit(&v)).transpose()?;
     let wal_retention_policy = opts.remove("wal_retention_policy").map(|v| retention::Policy::parse(&v)).transpose()?.unwrap_or_default();
+    let errors_policy = opts.remove("errors.policy").map(|v| dead_letter::Policy::parse(&v)).transpose()?.unwrap_or_default();
     if force_append_only && envelope != EnvelopeKind::AppendOnly {
         return Err(SinkError::config("force_append_only requires the append-only envelope")
             .detail(format!("The sink's envelope is {}.", envelope.as_str()))
@@ -197,6 +202,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         debezium_compat,
         max_retained_wal,
         wal_retention_policy,
+        errors_policy,
         connector_options: opts,
         avro,
         registry,

@@ -21,6 +21,8 @@ pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 pub struct Decoder {
     relations: HashMap<u32, Arc<Relation>>,
     current: Option<Transaction>,
+    /// The prefix of the logical messages handed to the caller; others are skipped.
+    pub messages: Option<&'static str>,
 }
 
 struct Reader<'a> {
@@ -121,7 +123,8 @@ impl Decoder {
         self.relations.get(&id).cloned().ok_or_else(|| malformed(&format!("change for unknown relation {id}")))
     }
 
-    fn push(&mut self, change: Change) -> Result<()> {
+    /// Add a change to the open transaction (one a logical message carried).
+    pub fn push(&mut self, change: Change) -> Result<()> {
         match &mut self.current {
             Some(txn) => {
                 txn.changes.push(change);
@@ -229,8 +232,19 @@ impl Decoder {
                 self.push(Change::Truncate { relations, cascade: options & 1 != 0, restart_identity: options & 2 != 0 })?;
                 Ok(Decoded::Nothing)
             }
-            // Type, Origin and logical Message carry nothing a sink delivers.
-            b'Y' | b'O' | b'M' => Ok(Decoded::Nothing),
+            b'M' => {
+                let transactional = r.u8()? & 1 == 1;
+                let _lsn = r.u64()?;
+                let prefix = r.cstr()?;
+                let len = r.u32()? as usize;
+                let content = r.take(len)?;
+                match self.messages {
+                    Some(p) if transactional && prefix == p && self.current.is_some() => Ok(Decoded::Message(content.to_vec())),
+                    _ => Ok(Decoded::Nothing),
+                }
+            }
+            // Type and Origin carry nothing a sink delivers.
+            b'Y' | b'O' => Ok(Decoded::Nothing),
             other => Err(malformed(&format!("unknown message type {:?}", other as char))),
         }
     }
@@ -248,6 +262,9 @@ pub enum Decoded {
     Nothing,
     Relation(u32),
     Commit(Transaction),
+    /// A transactional logical message with the prefix the caller asked for
+    /// ([`Decoder::messages`]), inside the open transaction: its content.
+    Message(Vec<u8>),
 }
 
 /// The 8 bytes at `at` as an LSN.
@@ -286,6 +303,16 @@ pub mod wire {
         m.extend(commit_lsn.to_be_bytes());
         m.extend(end_lsn.to_be_bytes());
         m.extend(ts.to_be_bytes());
+        m
+    }
+    /// A logical decoding message (`pg_logical_emit_message`).
+    pub fn message(transactional: bool, prefix: &str, content: &[u8]) -> Vec<u8> {
+        let mut m = vec![b'M', transactional as u8];
+        m.extend(0u64.to_be_bytes());
+        m.extend(prefix.as_bytes());
+        m.push(0);
+        m.extend((content.len() as u32).to_be_bytes());
+        m.extend(content);
         m
     }
     /// `cols`: (name, type oid, is key)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::change::{Cell, Change, Relation, RelationMeta, Transaction};
 use super::connector::{Batch, Part, Record, SqlSession, TxnStamp};
+use super::dead_letter::{self, DeadLetter, DeadSet};
 use super::encoder::avro::EncoderContext;
 use super::encoder::formats;
 use super::encoder::{Encoder, Role};
@@ -45,7 +46,24 @@ pub struct Pipeline {
     pub confirmed: Lsn,
     /// The open transaction has been cut into parts (see [`Pipeline::cut_part`]).
     parts: Option<Parts>,
+    /// The next record's position in its transaction (or snapshot chunk).
+    ordinal: u32,
+    /// What a record the target refuses for good does (`errors.policy`).
+    pub errors_policy: dead_letter::Policy,
+    /// Records of the stream already set aside: left out of the batches.
+    pub dead: DeadSet,
+    /// Records the encoder refused under a policy other than `fail`.
+    pub refused: Vec<DeadLetter>,
+    /// Set while the initial snapshot is encoded: a refused record is left out
+    /// there and then (the snapshot is delivered whole or again from its start).
+    pub snapshot_refusals: bool,
+    /// The sink's id, that replay messages name (see [`dead_letter::RETRY_PREFIX`]).
+    pub sink_id: i64,
 }
+
+/// The error a step ends with when a record was refused and set aside: the
+/// batch holding it is not delivered; the next step reads it again without it.
+pub const REFUSED: &str = "a record was set aside by errors.policy";
 
 /// Where the open, large transaction stands in its parts.
 #[derive(Debug, Clone, Copy)]
@@ -68,8 +86,10 @@ impl Pipeline {
             debezium: def.envelope == EnvelopeKind::Debezium,
             debezium_compat: def.debezium_compat,
         };
+        let mut decoder = Decoder::new();
+        decoder.messages = Some(dead_letter::RETRY_PREFIX);
         Ok(Pipeline {
-            decoder: Decoder::new(),
+            decoder,
             envelope: Envelope::new(def.envelope, def.force_append_only, def.key_columns.clone(), sink_name, database)
                 .debezium_compat(def.debezium_compat),
             key_encoder: formats::build(&def.key_format, Role::Key, &ctx)?,
@@ -82,6 +102,12 @@ impl Pipeline {
             drafts: Vec::new(),
             confirmed,
             parts: None,
+            ordinal: 0,
+            errors_policy: def.errors_policy,
+            dead: DeadSet::new(),
+            refused: Vec::new(),
+            snapshot_refusals: false,
+            sink_id: 0,
         })
     }
 
@@ -138,11 +164,21 @@ impl Pipeline {
     pub fn feed(&mut self, msg: &[u8], resolver: &mut dyn TypeResolver, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
         if msg.first() == Some(&b'B') {
             // A BEGIN starts a transaction afresh (the decoder forgets one left
-            // open by a failed step): so do its parts.
+            // open by a failed step): so do its parts and its records' numbering.
             self.parts = None;
+            self.ordinal = 0;
         }
         match self.decoder.feed(msg)? {
             Decoded::Nothing => Ok(()),
+            Decoded::Message(content) => {
+                // A dead letter replayed by sink.retry_dead_letters(): its change
+                // joins this transaction.
+                let mut resolve = |oid| resolver.resolve(oid);
+                if let Some(change) = dead_letter::parse_retry(&content, self.sink_id, &mut resolve)? {
+                    self.decoder.push(change)?;
+                }
+                Ok(())
+            }
             Decoded::Relation(id) => {
                 if let Some(rel) = self.decoder.relation_mut(id) {
                     if self.needs_meta && rel.meta.is_none() {
@@ -177,6 +213,11 @@ impl Pipeline {
         }
     }
 
+    /// Number the records of the next snapshot chunk from 0.
+    pub fn begin_chunk(&mut self) {
+        self.ordinal = 0;
+    }
+
     /// Encode a whole transaction into `batch` (also used for snapshot rows).
     pub fn add_transaction(&mut self, mut txn: Transaction, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
         self.add_changes(&mut txn, sql, batch)?;
@@ -198,9 +239,26 @@ impl Pipeline {
             }
             self.drafts.clear();
             self.envelope.apply(txn, change, &mut self.drafts)?;
-            for draft in self.drafts.drain(..) {
+            let mut drafts = std::mem::take(&mut self.drafts);
+            for draft in drafts.drain(..) {
+                let ordinal = self.ordinal;
+                self.ordinal += 1;
+                if !txn.snapshot && self.dead.contains(&(txn.commit_lsn, ordinal)) {
+                    continue;
+                }
                 let (key, value) = if self.encode {
-                    (draft.key.as_ref().map(|k| self.key_encoder.encode_key(k)).transpose()?, self.value_encoder.encode_value(&draft.payload)?)
+                    match self.encode_draft(&draft) {
+                        Ok(kv) => kv,
+                        Err(e) if !e.is_transient() && self.errors_policy != dead_letter::Policy::Fail => {
+                            let chunk = txn.snapshot.then_some(0);
+                            self.refused.push(DeadLetter::of_draft(&draft, txn.commit_lsn, ordinal, &e, self.errors_policy, chunk));
+                            if self.snapshot_refusals {
+                                continue;
+                            }
+                            return Err(SinkError::transient(REFUSED));
+                        }
+                        Err(e) => return Err(e),
+                    }
                 } else {
                     (None, None)
                 };
@@ -209,14 +267,20 @@ impl Pipeline {
                     value,
                     draft,
                     commit_lsn: txn.commit_lsn,
+                    ordinal,
                     commit_time_us: txn.commit_time_us,
                     stamp: stamp.clone(),
                 });
             }
+            self.drafts = drafts;
             batch.changes += 1;
         }
         batch.end_lsn = batch.end_lsn.max(txn.end_lsn);
         Ok(())
+    }
+
+    fn encode_draft(&mut self, draft: &Draft) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        Ok((draft.key.as_ref().map(|k| self.key_encoder.encode_key(k)).transpose()?, self.value_encoder.encode_value(&draft.payload)?))
     }
 
     /// An UPDATE that left a TOASTed column alone does not carry its value. Take it
@@ -338,6 +402,35 @@ mod tests {
         assert_eq!(b.records[0].value, None, "delete under upsert is a tombstone");
         let h: Vec<_> = b.records[0].headers().iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(h, vec!["pg_sink-lsn=0/200", "pg_sink-timestamp=946684800000.000", "pg_sink-op=delete"]);
+    }
+
+    #[test]
+    fn a_replayed_dead_letter_is_delivered_in_the_transaction_that_carries_it_and_set_aside_records_are_not() {
+        let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x")], 0);
+        p.sink_id = 4;
+        let first = feed_all(&mut p, &stream()[..4]).unwrap();
+        let change = crate::engine::dead_letter::change_json(&first.records[0].draft);
+        let mine = dead_letter::retry_message(4, &change);
+        let other = dead_letter::retry_message(5, &change);
+        let msgs = vec![
+            begin(0x300, 0, 7),
+            message(true, dead_letter::RETRY_PREFIX, other.as_bytes()),
+            message(true, dead_letter::RETRY_PREFIX, mine.as_bytes()),
+            message(true, "app", b"not ours"),
+            commit(0x300, 0x310, 0),
+        ];
+        let b = feed_all(&mut p, &msgs).unwrap();
+        assert_eq!(b.records.len(), 1, "only this sink's replay");
+        assert_eq!(b.records[0].value, first.records[0].value);
+        assert_eq!((b.records[0].commit_lsn, b.records[0].ordinal), (Lsn(0x300), 0));
+        // A record already set aside is left out; the next keeps its ordinal.
+        let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x")], 0);
+        p.dead.insert((Lsn(0x100), 0));
+        let mut msgs = stream();
+        msgs.insert(3, insert(1, &[Some("2"), Some("sad")]));
+        let b = feed_all(&mut p, &msgs).unwrap();
+        let got: Vec<_> = b.records.iter().map(|r| (r.commit_lsn, r.ordinal)).collect();
+        assert_eq!(got, vec![(Lsn(0x100), 1), (Lsn(0x200), 0)]);
     }
 
     #[test]

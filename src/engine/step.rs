@@ -25,6 +25,13 @@
 //!   (a [`Part`](super::connector::Part)), and its COMMIT gives the last part. A
 //!   part is cut after a fixed number of the transaction's changes, so a retry
 //!   cuts the same parts; nothing is confirmed before the last one is durable.
+//! - **Refused records.** When the target refuses records for good and says
+//!   which (`SinkError::refused`, or the encoder refuses one), and the sink's
+//!   `errors.policy` is not `fail`, the step ends before the batch holding them:
+//!   the dead letters are recorded with the progress of the batches before it,
+//!   and the next step reads the same batch again, leaving them out. So a dead
+//!   letter is durable before anything that skips it is. The initial snapshot,
+//!   delivered whole or again, sends the chunk again at once without them.
 //! - **Confirmed LSN.** Only what the connector reported durable is confirmed: the
 //!   end of the last delivered transaction, raised to the stream's last keepalive
 //!   seen between transactions and, when the step caught up, to the WAL flush
@@ -39,10 +46,11 @@ use tokio::runtime::Runtime;
 
 use super::change::Transaction;
 use super::connector::{Batch, Connector, Record, SqlSession};
+use super::dead_letter::{DeadLetter, Policy};
 use super::error::{Result, SinkError};
 use super::lsn::Lsn;
 use super::pgoutput;
-use super::pipeline::{Pipeline, TypeResolver};
+use super::pipeline::{Pipeline, TypeResolver, REFUSED};
 use super::replication::{self, Message};
 
 /// Rows of the initial snapshot delivered per connector call.
@@ -72,6 +80,24 @@ pub struct Outcome {
     /// How long each batch, part or snapshot chunk took to deliver, in
     /// milliseconds (the connector's `deliver`, in order).
     pub batch_ms: Vec<f64>,
+    /// Records refused for good and set aside (`errors.policy`), to record with
+    /// the step's progress.
+    pub dead_letters: Vec<DeadLetter>,
+    /// The step ended before a batch holding refused records: run the next one.
+    pub refused: bool,
+}
+
+/// Whether `e` names records `policy` sets aside.
+fn sets_aside(e: &SinkError, policy: Policy, batch: &Batch) -> bool {
+    policy != Policy::Fail && !e.is_transient() && !e.refused.is_empty() && e.refused.iter().all(|&i| i < batch.records.len())
+}
+
+/// The dead letters of the records `e` names.
+fn dead_letters(e: &SinkError, policy: Policy, batch: &Batch) -> Vec<DeadLetter> {
+    let mut idx = e.refused.clone();
+    idx.sort_unstable();
+    idx.dedup();
+    idx.iter().map(|&i| DeadLetter::of(&batch.records[i], e, policy, batch.snapshot_chunk)).collect()
 }
 
 /// Deliver `batch` and note how long it took.
@@ -149,6 +175,8 @@ pub struct Step<'a> {
     durable: Lsn,
     /// The stream failed before this step read any message from it.
     pub lost_at_start: bool,
+    /// The step ended at a batch holding refused records (see the module doc).
+    refusal: bool,
     /// Asked before each batch, each snapshot chunk and while the stream is
     /// silent: the worker is told to stop (pause, drop, shutdown), so the step
     /// ends there instead of after all of its slice.
@@ -189,6 +217,7 @@ impl<'a> Step<'a> {
             part_changes: usize::MAX,
             durable: confirmed,
             lost_at_start: false,
+            refusal: false,
             stop: None,
         }
     }
@@ -214,7 +243,14 @@ impl<'a> Step<'a> {
     /// Feed one pgoutput message; delivers the batch once it is full, and the
     /// open transaction's changes once they make a part.
     pub fn feed(&mut self, msg: &[u8]) -> Result<()> {
-        self.pipeline.feed(msg, self.types, self.sql, &mut self.batch)?;
+        if let Err(e) = self.pipeline.feed(msg, self.types, self.sql, &mut self.batch) {
+            if !self.pipeline.refused.is_empty() {
+                // The encoder refused a record: end the step before its batch.
+                self.outcome.dead_letters.append(&mut self.pipeline.refused);
+                self.refusal = true;
+            }
+            return Err(e);
+        }
         if self.batch.part.is_some() {
             // The last part of a large transaction goes alone.
             return self.flush();
@@ -238,7 +274,9 @@ impl<'a> Step<'a> {
         if self.stop_requested() {
             return Err(stopping());
         }
-        deliver_timed(self.rt, self.connector, self.sql, part, &mut self.outcome.batch_ms)?;
+        if let Err(e) = deliver_timed(self.rt, self.connector, self.sql, part, &mut self.outcome.batch_ms) {
+            return Err(self.refuse(e, part));
+        }
         let o = &mut self.outcome;
         o.changes += part.changes;
         o.records += part.records.len();
@@ -254,11 +292,33 @@ impl<'a> Step<'a> {
         if self.stop_requested() {
             return Err(stopping());
         }
-        deliver_timed(self.rt, self.connector, self.sql, &self.batch, &mut self.outcome.batch_ms)?;
+        if let Err(e) = deliver_timed(self.rt, self.connector, self.sql, &self.batch, &mut self.outcome.batch_ms) {
+            let batch = std::mem::take(&mut self.batch);
+            let e = self.refuse(e, &batch);
+            self.batch = batch;
+            return Err(e);
+        }
         self.count_delivered();
         self.end = self.end.max(self.batch.end_lsn);
         self.batch = self.pipeline.new_batch();
         Ok(())
+    }
+
+    /// A delivery failed with `e`: when it names records the policy sets aside,
+    /// keep their dead letters and end the step there.
+    fn refuse(&mut self, e: SinkError, batch: &Batch) -> SinkError {
+        let policy = self.pipeline.errors_policy;
+        if !sets_aside(&e, policy, batch) {
+            return e;
+        }
+        self.outcome.dead_letters.extend(dead_letters(&e, policy, batch));
+        self.refusal = true;
+        SinkError::transient(REFUSED).detail(e.summary())
+    }
+
+    /// The step ended at refused records: record them with what went before.
+    pub fn refused(&self) -> bool {
+        self.refusal
     }
 
     fn count_delivered(&mut self) {
@@ -355,8 +415,31 @@ impl<'a> Step<'a> {
             }
             let mut batch = self.pipeline.new_batch();
             batch.snapshot_chunk = Some(chunk);
-            self.pipeline.add_transaction(txn, self.sql, &mut batch)?;
-            deliver_timed(self.rt, self.connector, self.sql, &batch, &mut self.outcome.batch_ms)?;
+            self.pipeline.begin_chunk();
+            self.pipeline.snapshot_refusals = true;
+            let added = self.pipeline.add_transaction(txn, self.sql, &mut batch);
+            self.pipeline.snapshot_refusals = false;
+            added?;
+            for mut d in self.pipeline.refused.drain(..) {
+                d.chunk = Some(chunk);
+                self.outcome.dead_letters.push(d);
+            }
+            // Records the target refuses are set aside and the chunk is sent again
+            // without them (every attempt removes at least one).
+            loop {
+                match deliver_timed(self.rt, self.connector, self.sql, &batch, &mut self.outcome.batch_ms) {
+                    Ok(()) => break,
+                    Err(e) if sets_aside(&e, self.pipeline.errors_policy, &batch) => {
+                        self.outcome.dead_letters.extend(dead_letters(&e, self.pipeline.errors_policy, &batch));
+                        let mut i = 0;
+                        batch.records.retain(|_| {
+                            i += 1;
+                            !e.refused.contains(&(i - 1))
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let o = &mut self.outcome;
             o.changes += batch.changes;
             o.records += batch.records.len();
@@ -372,13 +455,30 @@ impl<'a> Step<'a> {
     /// Deliver what is left, end the connector's step if anything was delivered,
     /// and apply the confirmed-LSN rule.
     pub fn finish(mut self, caught_up: bool, flushed: Lsn, quiet: Option<Lsn>, write_idle: bool) -> Result<(Outcome, Progress)> {
-        self.flush()?;
+        if let Err(e) = self.flush() {
+            return if self.refusal { self.finish_refused(flushed) } else { Err(e) };
+        }
         if self.outcome.transactions > 0 {
             self.rt.block_on(self.connector.finish_step())?;
         }
         let p = progress(self.durable, self.end, quiet, caught_up, flushed, self.outcome.transactions, write_idle);
         let mut outcome = self.outcome;
         outcome.caught_up = caught_up;
+        outcome.confirmed = Some(p.confirmed);
+        Ok((outcome, p))
+    }
+
+    /// End a step that stopped at refused records ([`Step::refused`]): end the
+    /// connector's step for the batches delivered before them, and confirm no
+    /// further than their end (the stream's keepalives may be past the batch
+    /// that was not delivered).
+    pub fn finish_refused(self, flushed: Lsn) -> Result<(Outcome, Progress)> {
+        if self.outcome.transactions > 0 {
+            self.rt.block_on(self.connector.finish_step())?;
+        }
+        let p = progress(self.durable, self.end, None, false, flushed, self.outcome.transactions, false);
+        let mut outcome = self.outcome;
+        outcome.refused = true;
         outcome.confirmed = Some(p.confirmed);
         Ok((outcome, p))
     }
@@ -744,6 +844,99 @@ mod tests {
         let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
         step.deliver_snapshot(&mut rows, 10).unwrap();
         assert_eq!(c.batch_sizes(), vec![(1, 0)]);
+    }
+
+    /// Steps over `msgs` from `confirmed` until one ends caught up, as the worker
+    /// runs them: a step that ends at refused records records its dead letters
+    /// and progress, and the next leaves those records out.
+    fn steps_until_caught_up(msgs: &[Vec<u8>], c: &mut MemoryConnector, policy: Policy, batch: usize) -> (Vec<Outcome>, Lsn, Vec<DeadLetter>) {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        pipeline.errors_policy = policy;
+        let (mut sql, mut types) = (NoSql, NoTypes);
+        let mut confirmed = Lsn::ZERO;
+        let mut letters = Vec::new();
+        let mut outcomes = Vec::new();
+        for _ in 0..20 {
+            pipeline.dead = letters.iter().map(|d: &DeadLetter| (d.lsn, d.ordinal)).collect();
+            let mut step = Step::new(&mut pipeline, c, &rt, &mut sql, &mut types, confirmed, batch);
+            let fed = msgs.iter().try_for_each(|m| step.feed(m));
+            let (out, p) = match fed {
+                Err(e) if step.refused() => {
+                    assert!(e.is_transient() && e.message == REFUSED, "{e:?}");
+                    step.finish_refused(Lsn(0x9000)).unwrap()
+                }
+                Err(e) => panic!("step failed: {e:?}"),
+                Ok(()) => step.finish(true, Lsn(0x9000), None, false).unwrap(),
+            };
+            confirmed = p.confirmed;
+            letters.extend(out.dead_letters.iter().cloned());
+            let done = !out.refused;
+            outcomes.push(out);
+            if done {
+                return (outcomes, confirmed, letters);
+            }
+        }
+        panic!("no step caught up");
+    }
+
+    /// The keys of the records that reached the target, in order.
+    fn delivered_keys(c: &MemoryConnector) -> Vec<String> {
+        c.records().iter().map(|r| String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned()).collect()
+    }
+
+    #[test]
+    fn refused_records_become_dead_letters_and_the_rest_is_delivered_once() {
+        // 5 transactions of 3 inserts (ids 1..15), batches of 6 changes; the target
+        // refuses ids 5 and 11 for good.
+        let msgs = backlog(5, 3);
+        let mut c = MemoryConnector { refuse_keys: vec![r#"{"id":5}"#.into(), r#"{"id":11}"#.into()], ..Default::default() };
+        let (outs, confirmed, letters) = steps_until_caught_up(&msgs, &mut c, Policy::DeadLetter, 6);
+        let want: Vec<String> = (1..=15).filter(|i| *i != 5 && *i != 11).map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+        assert_eq!(delivered_keys(&c), want, "every other record once, in order");
+        assert_eq!(confirmed, Lsn(0x9000));
+        assert_eq!(outs.len(), 3, "two steps end at a refusal, the third catches up");
+        // Each dead letter names its transaction and place there, and keeps the change.
+        let at: Vec<_> = letters.iter().map(|d| (d.lsn, d.ordinal, d.key.clone().unwrap())).collect();
+        assert_eq!(at, vec![(Lsn(0x200), 1, r#"{"id":"5"}"#.to_string()), (Lsn(0x400), 1, r#"{"id":"11"}"#.to_string())]);
+        assert!(letters.iter().all(|d| d.change.is_some() && d.error.contains("refused")));
+        // Batches that went out before a refusal are confirmed with it, not after.
+        assert_eq!(outs[0].confirmed, Some(Lsn::ZERO));
+        assert_eq!(outs[1].confirmed, Some(Lsn(0x210)));
+        // The records after a set-aside one keep their ordinals (stable ids).
+        let t2: Vec<u32> = c.records().iter().filter(|r| r.commit_lsn == Lsn(0x200)).map(|r| r.ordinal).collect();
+        assert_eq!(t2, vec![0, 2]);
+    }
+
+    #[test]
+    fn under_fail_a_refusal_fails_the_step_and_under_skip_nothing_is_kept() {
+        let msgs = backlog(2, 2);
+        let mut c = MemoryConnector { refuse_keys: vec![r#"{"id":2}"#.into()], ..Default::default() };
+        let err = peek_step(&msgs, &mut c, 0, 100).unwrap_err();
+        assert!(!err.is_transient() && err.refused == vec![1]);
+        assert!(c.records().is_empty());
+        let mut c = MemoryConnector { refuse_keys: vec![r#"{"id":2}"#.into()], ..Default::default() };
+        let (_, _, letters) = steps_until_caught_up(&msgs, &mut c, Policy::Skip, 100);
+        assert_eq!(delivered_keys(&c).len(), 3);
+        assert_eq!(letters.len(), 1);
+        assert!(letters[0].change.is_none(), "skip keeps where and why, not the change");
+    }
+
+    #[test]
+    fn a_snapshot_chunk_goes_again_without_its_refused_rows() {
+        let rt = rt();
+        let mut pipeline = fixture::pipeline();
+        pipeline.errors_policy = Policy::DeadLetter;
+        let (mut sql, mut types) = (NoSql, NoTypes);
+        let mut c = MemoryConnector { refuse_keys: vec![r#"{"id":3}"#.into(), r#"{"id":14}"#.into()], ..Default::default() };
+        let mut rows = fixture::SnapshotRows::new(15, Lsn(0x700));
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn::ZERO, 100);
+        step.deliver_snapshot(&mut rows, 10).unwrap();
+        let out = step.into_outcome();
+        assert_eq!(out.records, 13);
+        assert_eq!(delivered_keys(&c).len(), 13);
+        let at: Vec<_> = out.dead_letters.iter().map(|d| (d.chunk, d.ordinal)).collect();
+        assert_eq!(at, vec![(Some(0), 2), (Some(1), 3)]);
     }
 
     #[test]

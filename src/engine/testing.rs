@@ -93,6 +93,10 @@ pub struct MemoryConnector {
     pub finished_steps: usize,
     /// `finish_step` fails.
     pub fail_finish: bool,
+    /// Records whose key is one of these are refused for good, every time: a
+    /// batch holding one delivers nothing and names them (as a transactional
+    /// target does).
+    pub refuse_keys: Vec<String>,
 }
 
 impl MemoryConnector {
@@ -108,6 +112,16 @@ impl MemoryConnector {
 #[async_trait(?Send)]
 impl Connector for MemoryConnector {
     async fn deliver(&mut self, batch: &Batch, _sql: &mut dyn SqlSession) -> Result<()> {
+        let refused: Vec<usize> = batch
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.key.as_ref().is_some_and(|k| self.refuse_keys.iter().any(|x| x.as_bytes() == k.as_slice())))
+            .map(|(i, _)| i)
+            .collect();
+        if !refused.is_empty() {
+            return Err(SinkError::permanent("memory target: record refused").refusing(refused));
+        }
         match self.faults.pop_front().unwrap_or(Fault::Ok) {
             Fault::Ok => {
                 self.batches.push(batch.clone());

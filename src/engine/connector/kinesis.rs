@@ -479,6 +479,7 @@ mod tests {
             stamp: std::sync::Arc::new(TxnStamp { lsn: "0/1A2B".into(), timestamp: "1.000".into() }),
             draft: Draft { key: None, payload: Payload::Tombstone, op: Op::Delete },
             commit_lsn: Lsn(0x1A2B),
+            ordinal: 0,
             commit_time_us: 0,
         }
     }

@@ -35,6 +35,10 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
     pub draft: Draft,
     pub commit_lsn: Lsn,
+    /// Its position in its transaction (in its chunk, for the initial snapshot),
+    /// counted across the parts of a large transaction and over records left out
+    /// as dead letters: stable whenever the transaction is read again.
+    pub ordinal: u32,
     pub commit_time_us: i64,
     /// The transaction's header values, shared by its records.
     pub stamp: Arc<TxnStamp>,
@@ -50,6 +54,7 @@ impl Record {
             value: None,
             draft: Draft { key: None, payload: Payload::Truncate(vec![]), op: Op::Truncate },
             commit_lsn: lsn,
+            ordinal: 0,
             commit_time_us: 0,
             stamp: Arc::default(),
         }

@@ -234,20 +234,11 @@ fn msg_id(sink_uid: &str, commit_lsn: Lsn, snapshot_chunk: Option<u32>, seq: usi
     }
 }
 
-/// Each record's position in its transaction, stable across retries: from 0 at
-/// each transaction's first record, going on from the earlier parts in a part of a
-/// large transaction.
-fn positions(batch: &Batch) -> Vec<usize> {
-    let first = batch.part.map_or(0, |p| p.records_before);
-    let mut last = None;
-    let mut seq = 0;
-    let mut out = Vec::with_capacity(batch.records.len());
-    for r in &batch.records {
-        seq = if last == Some(r.commit_lsn) { seq + 1 } else { first };
-        last = Some(r.commit_lsn);
-        out.push(seq);
-    }
-    out
+/// A refusal of one message for its size (the server's `max_payload`, the
+/// stream's `max_msg_size`): that record can never be stored as it is.
+fn is_size_refusal(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("maximum payload") || t.contains("message size exceeds") || t.contains("max_payload")
 }
 
 #[async_trait(?Send)]
@@ -279,15 +270,26 @@ impl Connector for NatsConnector {
             if self.settings.jetstream {
                 let js = async_nats::jetstream::new(client.clone());
                 let mut acks = Vec::with_capacity(batch.records.len());
-                for (r, seq) in batch.records.iter().zip(positions(batch)) {
+                // Records the server refuses for their size, with why (the first).
+                let mut refused: Vec<usize> = Vec::new();
+                let mut why = String::new();
+                for (i, r) in batch.records.iter().enumerate() {
                     let payload = Bytes::from(r.value.clone().unwrap_or_default());
-                    let ack = js
-                        .publish_with_headers(subject_for(&self.settings.subject, r), self.headers(r, batch.snapshot_chunk, seq), payload)
+                    match js
+                        .publish_with_headers(subject_for(&self.settings.subject, r), self.headers(r, batch.snapshot_chunk, r.ordinal as usize), payload)
                         .await
-                        .map_err(|e| transient("JetStream publish", e))?;
-                    acks.push(ack);
+                    {
+                        Ok(ack) => acks.push((i, ack)),
+                        Err(e) if is_size_refusal(&e.to_string()) => {
+                            refused.push(i);
+                            if why.is_empty() {
+                                why = e.to_string();
+                            }
+                        }
+                        Err(e) => return Err(transient("JetStream publish", e)),
+                    }
                 }
-                for ack in acks {
+                for (i, ack) in acks {
                     match tokio::time::timeout(timeout, ack).await {
                         Err(_) => return Err(transient("JetStream ack", "timed out")),
                         Ok(Err(e)) => {
@@ -296,10 +298,25 @@ impl Connector for NatsConnector {
                                 return Err(SinkError::permanent(format!("no JetStream stream captures subject \"{}\"", self.settings.subject))
                                     .hint("Create a stream for the subject (with a duplicate window), or set jetstream => false."));
                             }
+                            if is_size_refusal(&text) {
+                                refused.push(i);
+                                if why.is_empty() {
+                                    why = text;
+                                }
+                                continue;
+                            }
                             return Err(transient("JetStream ack", text));
                         }
                         Ok(Ok(_)) => {}
                     }
+                }
+                if !refused.is_empty() {
+                    // The others are stored; sent again, their ids make them duplicates
+                    // that the stream drops.
+                    return Err(SinkError::permanent(format!("JetStream refused {} record(s) for their size", refused.len()))
+                        .detail(why)
+                        .hint("Raise the stream's max_msg_size (and the server's max_payload), or set errors.policy => 'dead_letter' to set such records aside.")
+                        .refusing(refused));
                 }
                 Ok(())
             } else {
@@ -340,18 +357,10 @@ mod tests {
     }
 
     #[test]
-    fn parts_of_a_large_transaction_number_their_records_on() {
-        let records = |lsns: &[u64]| lsns.iter().map(|l| Record::for_test(Lsn(*l))).collect::<Vec<_>>();
-        let whole = Batch { records: records(&[0x100, 0x100, 0x200, 0x200, 0x200]), ..Default::default() };
-        assert_eq!(positions(&whole), vec![0, 1, 0, 1, 2]);
-        // Parts 1 and 2 of one transaction: ids go on where the earlier parts ended.
-        let part = |index, records_before| Batch {
-            records: records(&[0x300, 0x300, 0x300]),
-            part: Some(crate::engine::connector::Part { index, last: false, records_before }),
-            ..Default::default()
-        };
-        assert_eq!(positions(&part(0, 0)), vec![0, 1, 2]);
-        assert_eq!(positions(&part(1, 3)), vec![3, 4, 5]);
+    fn size_refusals_are_told_from_other_failures() {
+        assert!(is_size_refusal("maximum payload exceeded"));
+        assert!(is_size_refusal("nats: message size exceeds maximum allowed"));
+        assert!(!is_size_refusal("timed out"));
     }
 
     #[test]

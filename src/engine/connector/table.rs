@@ -219,7 +219,7 @@ mod tests {
         Batch {
             records: drafts
                 .into_iter()
-                .map(|d| Record { key: None, value: None, draft: d, commit_lsn: tx.commit_lsn, commit_time_us: 0, stamp: Default::default() })
+                .map(|d| Record { key: None, value: None, draft: d, commit_lsn: tx.commit_lsn, ordinal: 0, commit_time_us: 0, stamp: Default::default() })
                 .collect(),
             ..Default::default()
         }

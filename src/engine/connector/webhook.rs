@@ -241,6 +241,11 @@ impl WebhookConnector {
         let message = format!("webhook answered HTTP {status}: {shown}");
         match status {
             408 | 425 | 429 | 500..=599 => Err(SinkError::transient(message).hint("The sink retries the request.")),
+            // The endpoint refuses these records (malformed, too large, conflicting,
+            // unprocessable): errors.policy may set them aside.
+            400 | 409 | 413 | 422 => Err(SinkError::permanent(message)
+                .hint("Fix the endpoint, or set errors.policy => 'dead_letter' to set such records aside, then resume the sink.")
+                .refusing(0..records.len())),
             _ => Err(SinkError::permanent(message).hint("Fix the endpoint or the sink's options, then resume the sink.")),
         }
     }
@@ -276,7 +281,12 @@ impl Connector for WebhookConnector {
 
     async fn deliver(&mut self, batch: &Batch, _sql: &mut dyn SqlSession) -> Result<()> {
         for (range, key) in requests(batch, self.per_request, &self.sink_uid) {
-            self.post(&batch.records[range], batch, &key)?;
+            let start = range.start;
+            self.post(&batch.records[range], batch, &key).map_err(|mut e| {
+                // Indices into the request's records become indices into the batch.
+                e.refused.iter_mut().for_each(|i| *i += start);
+                e
+            })?;
         }
         Ok(())
     }
@@ -296,10 +306,11 @@ fn requests(batch: &Batch, per_request: usize, sink_uid: &str) -> Vec<(std::ops:
             Some(_) => records.len(),
             None => start + records[start..].iter().take_while(|r| r.commit_lsn == lsn).count(),
         };
-        // A part of a large transaction goes on numbering from its earlier parts.
-        let before = if start == 0 { batch.part.map_or(0, |p| p.records_before) } else { 0 };
         for piece in (start..end).step_by(per_request) {
-            let offset = before + piece - start;
+            // The first record's place in its transaction (or chunk): it goes on
+            // from the earlier parts of a large transaction, and does not move
+            // when records before it are set aside as dead letters.
+            let offset = records[piece].ordinal;
             let key = match batch.snapshot_chunk {
                 Some(chunk) => format!("{sink_uid}:snapshot-{:016X}-{chunk}:{offset}", lsn.0),
                 None => format!("{sink_uid}:{:016X}-{:016X}:{offset}", lsn.0, lsn.0),
@@ -318,7 +329,7 @@ mod tests {
     fn batch(txns: &[(u64, usize)]) -> Batch {
         let mut b = Batch::default();
         for (lsn, n) in txns {
-            for _ in 0..*n {
+            for i in 0..*n {
                 b.records.push(Record {
                     key: None,
                     value: None,
@@ -328,6 +339,7 @@ mod tests {
                         op: crate::engine::envelope::Op::Truncate,
                     },
                     commit_lsn: crate::engine::lsn::Lsn(*lsn),
+                    ordinal: i as u32,
                     commit_time_us: 0,
                     stamp: Default::default(),
                 });
@@ -367,6 +379,7 @@ mod tests {
         let part = |index, records_before, n, last| {
             let mut b = batch(&[(0x900, n)]);
             b.part = Some(crate::engine::connector::Part { index, last, records_before });
+            b.records.iter_mut().for_each(|r| r.ordinal += records_before as u32);
             b
         };
         let keys: Vec<String> = [part(0, 0, 3, false), part(1, 3, 3, false), part(2, 6, 1, true)]

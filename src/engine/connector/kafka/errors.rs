@@ -48,6 +48,13 @@ pub fn refusal(code: RDKafkaErrorCode, reason: &str, brokers: &str) -> Option<Si
     Some(SinkError::permanent(format!("Kafka brokers \"{brokers}\" refused the connection")).detail(reason.to_string()).hint(hint))
 }
 
+/// Whether the code refuses one record for what it is (its size, its form), not
+/// the sink: `errors.policy` may set such a record aside.
+pub fn is_record_refusal(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(code, MessageSizeTooLarge | InvalidRecord | MessageBatchTooLarge | PolicyViolation)
+}
+
 /// Whether a librdkafka error code means retrying cannot help.
 pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;

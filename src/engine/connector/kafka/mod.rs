@@ -266,7 +266,7 @@ impl Connector for KafkaConnector {
                 running.producer.begin_transaction().map_err(|e| classify("transaction begin", &e))?;
                 send_all(running, &topic, batch, &partitions, headers_column.as_deref())?;
                 let value = progress_value(batch.position(), &self.settings.progress_key);
-                let progress = BaseRecord::to(&self.settings.progress_topic).partition(0).key(self.settings.progress_key.as_bytes()).payload(&value);
+                let progress = BaseRecord::with_opaque_to(&self.settings.progress_topic, producer::NOT_A_RECORD).partition(0).key(self.settings.progress_key.as_bytes()).payload(&value);
                 running.producer.send(progress).map_err(|(e, _)| classify("progress produce", &e))?;
                 drain(&running.producer, timeout);
                 running.producer.commit_transaction(timeout).map_err(|e| classify("transaction commit", &e))
@@ -278,6 +278,7 @@ impl Connector for KafkaConnector {
             })
         };
         let delivery_error = running.producer.context().take();
+        let refused_records = running.producer.context().take_refused();
         match result {
             Ok(()) => {
                 if let Some((code, key)) = delivery_error {
@@ -285,7 +286,8 @@ impl Connector for KafkaConnector {
                     self.state = None;
                     return Err(error_for_code(code, format!("Kafka rejected a record: {code}"))
                         .detail(format!("Record with key {key}."))
-                        .hint(permanent_hint(code)));
+                        .hint(permanent_hint(code))
+                        .refusing(refused_records));
                 }
                 running.committed = batch.position();
                 Ok(())
@@ -301,6 +303,11 @@ impl Connector for KafkaConnector {
                     e = error_for_code(code, format!("Kafka rejected a record: {code}"))
                         .detail(format!("Record with key {key}; {}", e.message))
                         .hint(permanent_hint(code));
+                }
+                if !e.is_transient() {
+                    // Named only when the batch failed for them: the transaction is
+                    // aborted (exactly-once), or the rest is sent again (at least once).
+                    e.refused = refused_records;
                 }
                 // Start over with a fresh producer (and re-read progress) next time.
                 self.state = None;

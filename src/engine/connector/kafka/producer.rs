@@ -9,7 +9,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
-use super::errors::{classify, ClientErrors};
+use super::errors::{classify, is_record_refusal, ClientErrors};
 use super::Running;
 use crate::engine::connector::{Batch, Record};
 use crate::engine::envelope::{Payload, RowImage};
@@ -20,6 +20,8 @@ use crate::engine::error::{Result, SinkError};
 #[derive(Default)]
 pub struct DeliveryContext {
     first_error: std::sync::Mutex<Option<(RDKafkaErrorCode, String)>>,
+    /// The batch records (by index) the brokers refused for what they are.
+    refused: std::sync::Mutex<Vec<usize>>,
     pub(super) client: ClientErrors,
 }
 
@@ -30,9 +32,15 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+    /// The record's index in its batch ([`NOT_A_RECORD`] for progress records).
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, index: usize) {
         if let Err((KafkaError::MessageProduction(code), msg)) = result {
+            if index != NOT_A_RECORD && is_record_refusal(*code) {
+                if let Ok(mut r) = self.refused.lock() {
+                    r.push(index);
+                }
+            }
             if let Ok(mut slot) = self.first_error.lock() {
                 if slot.is_none() {
                     let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
@@ -47,7 +55,17 @@ impl DeliveryContext {
     pub(super) fn take(&self) -> Option<(RDKafkaErrorCode, String)> {
         self.first_error.lock().ok().and_then(|mut s| s.take())
     }
+    /// The records refused since the last call, in batch order.
+    pub(super) fn take_refused(&self) -> Vec<usize> {
+        let mut v = self.refused.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
+
+/// The delivery opaque of a message that is not one of the batch's records.
+pub const NOT_A_RECORD: usize = usize::MAX;
 
 /// The row a `PARTITION BY` expression or `HEADERS` column is read from: the new row
 /// (upsert, append-only), else the key (tombstones, Debezium).
@@ -120,6 +138,7 @@ pub(super) fn drain(producer: &BaseProducer<DeliveryContext>, timeout: Duration)
 }
 
 pub(super) fn send_all(running: &Running, topic: &str, batch: &Batch, partitions: &[i32], headers_column: Option<&str>) -> Result<()> {
+    let mut first_local: Option<SinkError> = None;
     for (i, r) in batch.records.iter().enumerate() {
         if r.commit_lsn < running.committed.lsn || is_keyless_truncate(r) {
             continue;
@@ -133,7 +152,7 @@ pub(super) fn send_all(running: &Running, topic: &str, batch: &Batch, partitions
                 headers = headers.insert(Header { key: &k, value: v.as_deref() });
             }
         }
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(partitions[i]).headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, i).partition(partitions[i]).headers(headers);
         if let Some(k) = &r.key {
             record = record.key(k.as_slice());
         }
@@ -150,12 +169,26 @@ pub(super) fn send_all(running: &Running, topic: &str, batch: &Batch, partitions
                 }
                 Err((e, _)) => {
                     let key = r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
-                    return Err(classify("produce", &e).detail(format!("Record with key {key} at LSN {}.", r.commit_lsn)));
+                    let mut err = classify("produce", &e).detail(format!("Record with key {key} at LSN {}.", r.commit_lsn));
+                    if matches!(e, KafkaError::MessageProduction(code) if is_record_refusal(code)) {
+                        // Refused before it left (message.max.bytes): the others go on,
+                        // so one batch names every such record.
+                        if let Ok(mut refused) = running.producer.context().refused.lock() {
+                            refused.push(i);
+                        }
+                        first_local.get_or_insert(err);
+                        break;
+                    }
+                    err.refused.clear();
+                    return Err(err);
                 }
             }
         }
     }
-    Ok(())
+    match first_local {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The producer's [`ClientErrors::refusal`], after serving pending error events.

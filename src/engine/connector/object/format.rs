@@ -290,6 +290,7 @@ mod tests {
             value: None,
             draft: Draft { key: None, payload: Payload::Row(image), op },
             commit_lsn: Lsn(0x10),
+            ordinal: 0,
             commit_time_us: 1_763_733_787_123_456,
             stamp: Arc::new(TxnStamp { lsn: "0/10".into(), timestamp: String::new() }),
         }

@@ -534,6 +534,7 @@ mod tests {
             stamp: Arc::new(TxnStamp { lsn: Lsn(lsn).to_string(), timestamp: "0.000".into() }),
             draft: Draft { key: None, payload: Payload::Tombstone, op: Op::Insert },
             commit_lsn: Lsn(lsn),
+            ordinal: 0,
             commit_time_us: time_us,
         }
     }
