@@ -99,6 +99,28 @@ CREATE TABLE progress (
     retries                bigint NOT NULL DEFAULT 0
 );
 
+-- Records a sink's target refused for good, set aside by its errors.policy
+-- (README, "Operating pg_sink"): where they were (the commit LSN and the place in
+-- the transaction; for the initial snapshot, its LSN, chunk and place there),
+-- their key, why, and under dead_letter the change itself, which
+-- sink.retry_dead_letters() delivers again.
+CREATE TABLE dead_letters (
+    id         bigserial PRIMARY KEY,
+    sink_id    bigint NOT NULL REFERENCES sinks (id) ON DELETE CASCADE,
+    lsn        pg_lsn NOT NULL,
+    ordinal    integer NOT NULL,
+    -- the snapshot chunk, -1 for a streamed change
+    chunk      integer NOT NULL DEFAULT -1,
+    op         text NOT NULL,
+    relation   text NOT NULL,
+    key        jsonb,
+    -- NULL under errors.policy skip
+    change     jsonb,
+    error      text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (sink_id, lsn, chunk, ordinal)
+);
+
 -- Moves with every change to sinks, connections, secrets and credentials, in the
 -- changing transaction: a worker resolves a sink's options (secrets included)
 -- again only when it moved, not at every step.
@@ -153,6 +175,8 @@ SELECT s.name,
        (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM unnest(p.batch_ms) x) AS batch_p50_ms,
        (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY x) FROM unnest(p.batch_ms) x) AS batch_p99_ms,
        p.retries,
+       (SELECT count(*) FROM dead_letters d WHERE d.sink_id = s.id AND d.change IS NOT NULL) AS dead_letters,
+       (SELECT count(*) FROM dead_letters d WHERE d.sink_id = s.id AND d.change IS NULL) AS records_skipped,
        -- what the worker does now (a snapshot's rows read); superusers and
        -- pg_read_all_stats see it
        (SELECT a.query FROM pg_stat_activity a
@@ -173,7 +197,7 @@ SELECT kind, name, owner::text, NULL, created_by, created_at FROM secrets;
 -- whose owner it is a member of) and their progress, the connections it owns or
 -- may use, the grants made to it or by it, and the names of its secrets. Secret
 -- values are readable by no one through SQL; the views check as the caller.
-GRANT SELECT ON sinks, connections, progress, status, usage_grants, objects TO PUBLIC;
+GRANT SELECT ON sinks, connections, progress, status, usage_grants, objects, dead_letters TO PUBLIC;
 GRANT SELECT (name, kind, owner, created_by, created_at) ON secrets TO PUBLIC;
 ALTER VIEW status SET (security_invoker = true);
 ALTER VIEW objects SET (security_invoker = true);
@@ -182,6 +206,8 @@ ALTER TABLE sinks ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_sees ON sinks FOR SELECT USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
 ALTER TABLE progress ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_sees ON progress FOR SELECT USING (EXISTS (SELECT 1 FROM sinks s WHERE s.id = sink_id));
+ALTER TABLE dead_letters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_sees ON dead_letters FOR SELECT USING (EXISTS (SELECT 1 FROM sinks s WHERE s.id = sink_id));
 ALTER TABLE secrets ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_sees ON secrets FOR SELECT USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
 ALTER TABLE usage_grants ENABLE ROW LEVEL SECURITY;

@@ -23,6 +23,28 @@ ALTER TABLE progress
     ADD COLUMN batch_ms float8[] NOT NULL DEFAULT '{}',
     ADD COLUMN retries bigint NOT NULL DEFAULT 0;
 
+-- Records a sink's target refused for good, set aside by its errors.policy
+-- (README, "Operating pg_sink").
+CREATE TABLE dead_letters (
+    id         bigserial PRIMARY KEY,
+    sink_id    bigint NOT NULL REFERENCES sinks (id) ON DELETE CASCADE,
+    lsn        pg_lsn NOT NULL,
+    ordinal    integer NOT NULL,
+    -- the snapshot chunk, -1 for a streamed change
+    chunk      integer NOT NULL DEFAULT -1,
+    op         text NOT NULL,
+    relation   text NOT NULL,
+    key        jsonb,
+    -- NULL under errors.policy skip
+    change     jsonb,
+    error      text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (sink_id, lsn, chunk, ordinal)
+);
+GRANT SELECT ON dead_letters TO PUBLIC;
+ALTER TABLE dead_letters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_sees ON dead_letters FOR SELECT USING (EXISTS (SELECT 1 FROM sinks s WHERE s.id = sink_id));
+
 -- Moves with every change to sinks, connections, secrets and credentials, in the
 -- changing transaction: a worker resolves a sink's options (secrets included)
 -- again only when it moved, not at every step.
@@ -79,6 +101,8 @@ SELECT s.name,
        (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM unnest(p.batch_ms) x) AS batch_p50_ms,
        (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY x) FROM unnest(p.batch_ms) x) AS batch_p99_ms,
        p.retries,
+       (SELECT count(*) FROM dead_letters d WHERE d.sink_id = s.id AND d.change IS NOT NULL) AS dead_letters,
+       (SELECT count(*) FROM dead_letters d WHERE d.sink_id = s.id AND d.change IS NULL) AS records_skipped,
        -- what the worker does now (a snapshot's rows read); superusers and
        -- pg_read_all_stats see it
        (SELECT a.query FROM pg_stat_activity a
@@ -265,6 +289,15 @@ VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'create_sink_wrapper';
 
+-- pg_sink::pg::sql::dead_letters::discard_dead_letters
+CREATE  FUNCTION "discard_dead_letters"(
+	"name" TEXT, /* & str */
+	"ids" bigint[] DEFAULT NULL /* :: std :: option :: Option < Vec < i64 > > */
+) RETURNS bigint /* i64 */
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'discard_dead_letters_wrapper';
+
 -- pg_sink::pg::sql::connections::drop_connection
 CREATE  FUNCTION "drop_connection"(
 	"name" TEXT, /* & str */
@@ -392,6 +425,15 @@ CREATE  FUNCTION "resync"(
 STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'resync_wrapper';
+
+-- pg_sink::pg::sql::dead_letters::retry_dead_letters
+CREATE  FUNCTION "retry_dead_letters"(
+	"name" TEXT, /* & str */
+	"ids" bigint[] DEFAULT NULL /* :: std :: option :: Option < Vec < i64 > > */
+) RETURNS bigint /* i64 */
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'retry_dead_letters_wrapper';
 
 -- pg_sink::pg::sql::grants::revoke_usage
 CREATE  FUNCTION "revoke_usage"(

@@ -478,11 +478,12 @@ fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>> {
     Ok(out)
 }
 
-/// `START_REPLICATION SLOT "s" LOGICAL X/Y (proto_version '1', publication_names '"p"')`.
+/// `START_REPLICATION SLOT "s" LOGICAL X/Y (proto_version '1', publication_names '"p"', messages 'true')`
+/// (logical messages carry replayed dead letters).
 pub fn start_command(slot: &str, publication: &str, start: Lsn) -> String {
     let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     format!(
-        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names '{}')",
+        "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names '{}', messages 'true')",
         ident(slot),
         start,
         ident(publication).replace('\'', "''")
@@ -1001,7 +1002,7 @@ mod tests {
     fn start_command_quotes_names() {
         assert_eq!(
             start_command("pg_sink_1", "pub\"'x", Lsn(0x1_0000_0010)),
-            "START_REPLICATION SLOT \"pg_sink_1\" LOGICAL 1/10 (proto_version '1', publication_names '\"pub\"\"''x\"')"
+            "START_REPLICATION SLOT \"pg_sink_1\" LOGICAL 1/10 (proto_version '1', publication_names '\"pub\"\"''x\"', messages 'true')"
         );
     }
 

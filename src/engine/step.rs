@@ -281,6 +281,7 @@ impl<'a> Step<'a> {
         o.changes += part.changes;
         o.records += part.records.len();
         o.bytes += part.bytes();
+        self.collect_left_out(part);
         Ok(())
     }
 
@@ -299,6 +300,9 @@ impl<'a> Step<'a> {
             return Err(e);
         }
         self.count_delivered();
+        let batch = std::mem::take(&mut self.batch);
+        self.collect_left_out(&batch);
+        self.batch = batch;
         self.end = self.end.max(self.batch.end_lsn);
         self.batch = self.pipeline.new_batch();
         Ok(())
@@ -314,6 +318,19 @@ impl<'a> Step<'a> {
         self.outcome.dead_letters.extend(dead_letters(&e, policy, batch));
         self.refusal = true;
         SinkError::transient(REFUSED).detail(e.summary())
+    }
+
+    /// Dead letters of the records the connector left out of `batch` as it
+    /// delivered it ([`Connector::take_refused`]); they are not counted as delivered.
+    fn collect_left_out(&mut self, batch: &Batch) {
+        let left_out = self.connector.take_refused();
+        let policy = self.pipeline.errors_policy;
+        for (i, e) in &left_out {
+            if let Some(r) = batch.records.get(*i) {
+                self.outcome.dead_letters.push(DeadLetter::of(r, e, policy, batch.snapshot_chunk));
+            }
+        }
+        self.outcome.records = self.outcome.records.saturating_sub(left_out.len());
     }
 
     /// The step ended at refused records: record them with what went before.
@@ -444,6 +461,7 @@ impl<'a> Step<'a> {
             o.changes += batch.changes;
             o.records += batch.records.len();
             o.bytes += batch.bytes();
+            self.collect_left_out(&batch);
             chunk += 1;
             if (rows as i64) < chunk_rows {
                 break;

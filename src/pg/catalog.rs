@@ -301,3 +301,43 @@ pub fn record_error(sink_id: i64, message: &str, hint: Option<&str>, failed: boo
         update("UPDATE sink.sinks SET state = 'failed' WHERE id = $1::bigint AND state = 'running'", &[Some(&id)]);
     }
 }
+
+/// The records of the sink's stream at or after `from` already set aside
+/// (`errors.policy`): the pipeline leaves them out.
+pub fn dead_set(sink_id: i64, from: Lsn) -> crate::engine::dead_letter::DeadSet {
+    select(
+        "SELECT lsn::text, ordinal::text FROM sink.dead_letters WHERE sink_id = $1::bigint AND chunk = -1 AND lsn >= $2::pg_lsn",
+        &[Some(&sink_id.to_string()), Some(&from.to_string())],
+    )
+    .into_iter()
+    .filter_map(|r| {
+        let lsn = r.first().cloned().flatten()?.parse().ok()?;
+        let ordinal = r.get(1).cloned().flatten()?.parse().ok()?;
+        Some((lsn, ordinal))
+    })
+    .collect()
+}
+
+/// Write a step's dead letters, in its transaction (once: a step that finds
+/// them again after a failure adds nothing), and log how many at commit.
+pub fn record_dead_letters(sink: &SinkRow, letters: &[crate::engine::dead_letter::DeadLetter]) {
+    if letters.is_empty() {
+        return;
+    }
+    let id = sink.id.to_string();
+    for d in letters {
+        let (lsn, ordinal, chunk) = (d.lsn.to_string(), d.ordinal.to_string(), d.chunk.map_or(-1, |c| c as i64).to_string());
+        update(
+            "INSERT INTO sink.dead_letters (sink_id, lsn, ordinal, chunk, op, relation, key, change, error) \
+             VALUES ($1::bigint, $2::pg_lsn, $3::int, $4::int, $5, $6, $7::jsonb, $8::jsonb, $9) \
+             ON CONFLICT (sink_id, lsn, chunk, ordinal) DO NOTHING",
+            &[Some(&id), Some(&lsn), Some(&ordinal), Some(&chunk), Some(d.op), Some(&d.relation), d.key.as_deref(), d.change.as_deref(), Some(&d.error)],
+        );
+    }
+    let kept = letters.iter().any(|d| d.change.is_some());
+    // The count only: a target's error may quote the row.
+    crate::pg::events::state_changed(
+        &sink.name,
+        format!("{} record(s) refused by the target, {}", letters.len(), if kept { "kept in sink.dead_letters" } else { "skipped (errors.policy skip)" }),
+    );
+}

@@ -145,7 +145,8 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
         let options = catalog::effective_options(sink)?;
         let def = crate::engine::options::parse(&sink.connector, &options)?;
         let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
-        let pipeline = Pipeline::new(&def, &sink.name, &database, Lsn::ZERO)?;
+        let mut pipeline = Pipeline::new(&def, &sink.name, &database, Lsn::ZERO)?;
+        pipeline.sink_id = sink.id;
         let cfg = ConnectorConfig {
             sink_name: sink.name.clone(),
             database: database.clone(),
@@ -156,7 +157,10 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
             columns: vec![],
             password_required: !catalog::owner_is_superuser(&sink.owner),
         };
-        let connector = (def.connector.build)(&cfg)?;
+        let mut connector = (def.connector.build)(&cfg)?;
+        if def.errors_policy != crate::engine::dead_letter::Policy::Fail {
+            connector.set_aside_refusals();
+        }
         session.cached = Some((fingerprint, Parts { def, pipeline, connector, stream: None, idle_end: Lsn::ZERO, snapshot_logged: None }));
     }
     let (_, parts) = session.cached.as_mut().ok_or_else(|| SinkError::transient("sink parts unavailable"))?;
@@ -224,6 +228,11 @@ pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome
         // Rebuild clients after a transient failure.
         session.cached = None;
     }
+    if matches!(&result, Ok(Stepped::Done(o)) if o.refused) {
+        // Clients start afresh at the batch that is read again (a Kafka
+        // transaction, a target transaction across parts).
+        session.cached = None;
+    }
     match result? {
         Stepped::Done(outcome) => Ok(outcome),
         Stepped::FallBack => Err(SinkError::transient("the replication stream could not be opened")),
@@ -268,26 +277,42 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
     }
 
     let step_limit = if whole_backlog { i64::from(i32::MAX) } else { gucs::max_step_changes() };
+    if def.errors_policy != crate::engine::dead_letter::Policy::Fail {
+        pipeline.dead = catalog::dead_set(sink.id, confirmed);
+    }
     let mut sql = SpiSession::for_owner(&sink.owner)?;
     let mut run = Step::new(pipeline, connector.as_mut(), &rt, &mut sql, &mut types, confirmed, gucs::max_batch_changes() as usize)
         .parts_after(gucs::transaction_part_changes())
         .stop_when(&stop);
     let transport = if session_fell_back { Transport::Sql } else { transport };
-    let (caught_up, flushed) = match transport {
+    let read = match transport {
         Transport::Sql => {
             *stream = None;
             let flushed = wal_flush_lsn();
-            let n = peek(sink, step_limit, |msg| run.feed(msg))?;
-            ((n as i64) < step_limit, flushed)
+            peek(sink, step_limit, |msg| run.feed(msg)).map(|n| ((n as i64) < step_limit, flushed))
         }
-        Transport::Auto | Transport::Walsender => match read_walsender(sink, &mut run, stream, transport, confirmed, step_limit, idle_end)? {
-            Read::Upto(caught_up, upto) => (caught_up, upto),
-            Read::FallBack => return Ok(Stepped::FallBack),
-            Read::Closed => return Ok(Stepped::Done(Outcome { caught_up: true, confirmed: Some(confirmed), ..Default::default() })),
+        Transport::Auto | Transport::Walsender => match read_walsender(sink, &mut run, stream, transport, confirmed, step_limit, idle_end) {
+            Ok(Read::Upto(caught_up, upto)) => Ok((caught_up, upto)),
+            Ok(Read::FallBack) => return Ok(Stepped::FallBack),
+            Ok(Read::Closed) => return Ok(Stepped::Done(Outcome { caught_up: true, confirmed: Some(confirmed), ..Default::default() })),
+            Err(e) => Err(e),
         },
     };
-    let quiet = stream.is_some().then_some(*idle_end);
-    let (outcome, progress) = run.finish(caught_up, flushed, quiet, write_idle)?;
+    let (outcome, progress) = match read {
+        // A record was refused and set aside (errors.policy): the step ends before
+        // its batch; the next one reads it again without the record.
+        Err(_) if run.refused() => run.finish_refused(Lsn::ZERO)?,
+        Err(e) => return Err(e),
+        Ok((caught_up, flushed)) => {
+            let quiet = stream.is_some().then_some(*idle_end);
+            run.finish(caught_up, flushed, quiet, write_idle)?
+        }
+    };
+    let caught_up = outcome.caught_up;
+    if outcome.refused {
+        // The stream stopped inside the batch that is read again.
+        *stream = None;
+    }
     log_standby_snapshot(&outcome, stream.is_none(), snapshot_logged);
     if outcome.transactions > 0 && gucs::FAIL_AFTER_DELIVER.get() {
         return Err(SinkError::transient("pg_sink.fail_after_deliver: failing after delivery, before recording progress"));
@@ -295,6 +320,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
     if progress.record {
         catalog::record_progress(sink.id, progress.confirmed, &outcome, caught_up);
     }
+    catalog::record_dead_letters(sink, &outcome.dead_letters);
     Ok(Stepped::Done(outcome))
 }
 
@@ -499,7 +525,7 @@ pub fn drop_slot(slot: &str) {
 }
 
 const PEEK_SQL: &str = "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
-                        'proto_version', '1', 'publication_names', $3)";
+                        'proto_version', '1', 'publication_names', $3, 'messages', 'true')";
 
 /// Peek up to `limit` pgoutput messages of the sink's slot, read through a cursor,
 /// and hand each to `feed`. Returns the number of messages read.
@@ -788,6 +814,7 @@ fn initialize(
     if outcome.records > 0 {
         catalog::record_progress(sink.id, start, &outcome, false);
     }
+    catalog::record_dead_letters(sink, &outcome.dead_letters);
     Ok(outcome)
 }
 

@@ -114,12 +114,30 @@ impl SqlSession for SpiSession {
     fn query_or_none(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<Rows>> {
         Ok(in_subtransaction(|| self.as_owner(|| Spi::connect(|c| c.select(sql, None, &args(params)).and_then(collect)).ok())))
     }
+
+    fn execute_guarded(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Result<u64>> {
+        let run = || self.as_owner(|| Spi::connect_mut(|c| c.update(sql, None, &args(params)).map(|t| t.len() as u64)));
+        Ok(match subtransaction(run) {
+            Ok(n) => Ok(n),
+            Err(Ok(e)) => Err(SinkError::permanent(format!("statement failed: {e}"))),
+            // The target's own ERROR (a constraint, a cast): only this statement is undone.
+            Err(Err((code, message, detail))) => Err(SinkError::permanent(format!("the target refused the row: {message}"))
+                .detail(format!("{code:?}{}", detail.map(|d| format!("; {d}")).unwrap_or_default()))),
+        })
+    }
 }
 
 /// Run `f` in a subtransaction that is rolled back when it raises (the PL/pgSQL
 /// exception-block pattern, restoring memory context and resource owner): `None`
 /// then, and the surrounding transaction stays usable.
 pub fn in_subtransaction<T>(f: impl FnOnce() -> Option<T>) -> Option<T> {
+    subtransaction(|| f().ok_or(())).ok()
+}
+
+/// Run `f` in a subtransaction, kept when `f` returns `Ok`, rolled back when it
+/// returns `Err` or raises (`Err(Err(report))`, the ERROR's SQLSTATE, message
+/// and detail), with the memory context and resource owner restored.
+pub fn subtransaction<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<T, Result<E, (PgSqlErrorCode, String, Option<String>)>> {
     // SAFETY: we are inside a transaction; every path below ends the
     // subtransaction it began and restores the saved context and owner.
     unsafe {
@@ -131,23 +149,30 @@ pub fn in_subtransaction<T>(f: impl FnOnce() -> Option<T>) -> Option<T> {
         let f = std::panic::AssertUnwindSafe(f);
         let result = pgrx::PgTryBuilder::new(move || {
             let f = f; // the whole wrapper, not its field (UnwindSafe)
-            (f.0)()
+            (f.0)().map_err(Ok)
         })
-        .catch_others(|_| None)
+        .catch_others(|cause| {
+            let r = match &cause {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r,
+            };
+            Err(Err((r.sql_error_code(), r.message().to_string(), r.detail().map(str::to_string))))
+        })
         .execute();
         match result {
-            Some(v) => {
+            Ok(v) => {
                 pg_sys::ReleaseCurrentSubTransaction();
                 pg_sys::MemoryContextSwitchTo(context);
                 pg_sys::CurrentResourceOwner = owner;
-                Some(v)
+                Ok(v)
             }
-            None => {
+            Err(e) => {
                 pg_sys::MemoryContextSwitchTo(context);
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
                 pg_sys::MemoryContextSwitchTo(context);
                 pg_sys::CurrentResourceOwner = owner;
-                None
+                Err(e)
             }
         }
     }

@@ -12,7 +12,9 @@ Idempotency-Key.
   the data checks still see every record.
 * Behaviour a test can program: `fail_next(500, 500, 429)` answers the next
   requests with those statuses; `answer_always(400, "why")` answers every request
-  with a fixed status until `answer_always(None)`; `bearer_token` or `basic`
+  with a fixed status until `answer_always(None)`; `refuse_containing(b"x", 422)`
+  answers every request whose body holds those bytes with that status (None:
+  stop); `bearer_token` or `basic`
   (user, password) make requests without them get 401; `signing_secret` checks
   `Pg-Sink-Signature` on every request (`reject_bad_signature` answers 401 to a
   wrong one); `delay` holds each answer back.
@@ -317,6 +319,11 @@ class Receiver:
         with self.lock:
             self._failures.extend((s, body) for s in statuses)
 
+    def refuse_containing(self, needle, status=422):
+        """Answer `status` to every request whose body contains `needle` (None: stop)."""
+        with self.lock:
+            self._refuse = None if needle is None else (needle, status)
+
     def answer_always(self, status, body=""):
         """Answer every request with `status` (None: back to normal)."""
         with self.lock:
@@ -370,6 +377,10 @@ class Receiver:
                 req.status, text = self._failures.popleft()
                 extra = [("Retry-After", "1")] if req.status in (429, 503) else []
                 return req.status, text, extra
+            refuse = getattr(self, "_refuse", None)
+            if refuse is not None and refuse[0] in req.body:
+                req.status = refuse[1]
+                return req.status, "record refused by the receiver", []
             if self.reject_bad_signature and req.signature_ok is False:
                 req.status = 401
                 return 401, "bad signature", []

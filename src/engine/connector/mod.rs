@@ -239,6 +239,12 @@ pub trait SqlSession {
         let _ = after_xid;
         self.query(sql, params)
     }
+    /// Like `execute`, inside a subtransaction: the statement's own ERROR (a
+    /// constraint, a cast) comes back as the inner error and leaves the
+    /// surrounding transaction usable.
+    fn execute_guarded(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Result<u64>> {
+        Ok(self.execute(sql, params))
+    }
 }
 
 /// SQL type names (`format_type`) of a relation's columns, for casting text values.
@@ -345,6 +351,15 @@ pub trait Connector {
     /// Connectors that keep the snapshot in one target transaction commit it here.
     async fn finish_step(&mut self) -> Result<()> {
         Ok(())
+    }
+    /// Asked once, when the sink's `errors.policy` sets refused records aside:
+    /// a connector whose target shares the step's transaction (`table`) then
+    /// leaves a refused record out as it goes and reports it with
+    /// [`Connector::take_refused`] instead of failing the batch.
+    fn set_aside_refusals(&mut self) {}
+    /// The records (index, why) of the last delivered batch left out that way.
+    fn take_refused(&mut self) -> Vec<(usize, SinkError)> {
+        Vec::new()
     }
 }
 

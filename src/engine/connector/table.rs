@@ -39,7 +39,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
 
 fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
     let target = target_name(cfg)?;
-    Ok(Box::new(TableConnector { target, envelope: cfg.envelope, key_columns: cfg.key_columns.clone(), shapes: HashMap::new() }))
+    Ok(Box::new(TableConnector { target, envelope: cfg.envelope, key_columns: cfg.key_columns.clone(), shapes: HashMap::new(), guarded: false, refused: Vec::new() }))
 }
 
 /// The target as written in the options (`table`, `table.name` or `table://...`).
@@ -72,6 +72,10 @@ pub struct TableConnector {
     envelope: EnvelopeKind,
     key_columns: Vec<String>,
     shapes: HashMap<u32, Shape>,
+    /// Each row's statement runs in a subtransaction, and a row the target
+    /// refuses is left out (`errors.policy` other than `fail`).
+    guarded: bool,
+    refused: Vec<(usize, SinkError)>,
 }
 
 impl TableConnector {
@@ -125,7 +129,17 @@ impl TableConnector {
                 stmt.push_str(&format!(" ON CONFLICT ({}) DO UPDATE SET {}", keys.join(", "), sets.join(", ")));
             }
         }
-        sql.execute(&stmt, &params)?;
+        self.run(sql, &stmt, &params)
+    }
+
+    /// Run a row's statement; a guarded one the target refuses ends as
+    /// [`Refusal`] (the subtransaction undid it).
+    fn run(&self, sql: &mut dyn SqlSession, stmt: &str, params: &[Option<&str>]) -> Result<()> {
+        if self.guarded {
+            sql.execute_guarded(stmt, params)?.map_err(|e| SinkError { refused: vec![REFUSAL], ..e })?;
+        } else {
+            sql.execute(stmt, params)?;
+        }
         Ok(())
     }
 
@@ -143,38 +157,58 @@ impl TableConnector {
                 _ => conds.push(format!("{} IS NULL", quote_ident(&col.name))),
             }
         }
-        sql.execute(&format!("DELETE FROM {} WHERE {}", self.target, conds.join(" AND ")), &params)?;
-        Ok(())
+        let stmt = format!("DELETE FROM {} WHERE {}", self.target, conds.join(" AND "));
+        self.run(sql, &stmt, &params)
+    }
+
+    fn apply(&mut self, rec: &super::Record, sql: &mut dyn SqlSession) -> Result<()> {
+        if self.envelope == EnvelopeKind::Debezium {
+            let lsn = rec.commit_lsn.to_string();
+            let key = rec.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
+            let value = rec.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+            return self.run(
+                sql,
+                &format!("INSERT INTO {} (lsn, op, key, value) VALUES ($1::pg_lsn, $2, $3::jsonb, $4::jsonb)", self.target),
+                &[Some(&lsn), Some(rec.draft.op.debezium_code()), key.as_deref(), value.as_deref()],
+            );
+        }
+        match &rec.draft.payload {
+            Payload::Row(row) => self.upsert(row, sql),
+            Payload::Tombstone => match &rec.draft.key {
+                Some(key) => self.delete(key, sql),
+                None => Err(SinkError::permanent("tombstone without a key")),
+            },
+            Payload::Truncate(_) => sql.execute(&format!("TRUNCATE {}", self.target), &[]).map(|_| ()),
+            Payload::Debezium(_) => Err(SinkError::permanent("debezium payload in a non-debezium table sink")),
+        }
     }
 }
+
+/// Marks an error as the target's refusal of the row being applied.
+const REFUSAL: usize = usize::MAX;
 
 #[async_trait(?Send)]
 impl Connector for TableConnector {
     async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()> {
-        for rec in &batch.records {
-            if self.envelope == EnvelopeKind::Debezium {
-                let lsn = rec.commit_lsn.to_string();
-                let key = rec.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
-                let value = rec.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
-                sql.execute(
-                    &format!("INSERT INTO {} (lsn, op, key, value) VALUES ($1::pg_lsn, $2, $3::jsonb, $4::jsonb)", self.target),
-                    &[Some(&lsn), Some(rec.draft.op.debezium_code()), key.as_deref(), value.as_deref()],
-                )?;
-                continue;
-            }
-            match &rec.draft.payload {
-                Payload::Row(row) => self.upsert(row, sql)?,
-                Payload::Tombstone => match &rec.draft.key {
-                    Some(key) => self.delete(key, sql)?,
-                    None => return Err(SinkError::permanent("tombstone without a key")),
-                },
-                Payload::Truncate(_) => {
-                    sql.execute(&format!("TRUNCATE {}", self.target), &[])?;
-                }
-                Payload::Debezium(_) => return Err(SinkError::permanent("debezium payload in a non-debezium table sink")),
+        self.refused.clear();
+        for (i, rec) in batch.records.iter().enumerate() {
+            match self.apply(rec, sql) {
+                Ok(()) => {}
+                // The rows go into the step's own transaction: the refused one is
+                // left out here and recorded with the step's progress.
+                Err(e) if e.refused == [REFUSAL] => self.refused.push((i, SinkError { refused: Vec::new(), ..e })),
+                Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    fn set_aside_refusals(&mut self) {
+        self.guarded = true;
+    }
+
+    fn take_refused(&mut self) -> Vec<(usize, SinkError)> {
+        std::mem::take(&mut self.refused)
     }
 }
 
@@ -264,6 +298,48 @@ mod tests {
             ]
         );
         assert_eq!(sql.statements[1].1, vec![Some("1".to_string()), Some("a".to_string())]);
+    }
+
+    /// Refuses, in a "subtransaction", every statement with the value "bad".
+    struct Refusing(Recorder);
+    impl SqlSession for Refusing {
+        fn execute(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64> {
+            self.0.execute(sql, params)
+        }
+        fn query_or_none(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<Vec<Vec<Option<String>>>>> {
+            self.0.query_or_none(sql, params)
+        }
+        fn query(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Vec<Vec<Option<String>>>> {
+            self.0.query(sql, params)
+        }
+        fn execute_guarded(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Result<u64>> {
+            if params.contains(&Some("bad")) {
+                return Ok(Err(SinkError::permanent("new row violates check constraint \"ok\"")));
+            }
+            Ok(self.execute(sql, params))
+        }
+    }
+
+    #[test]
+    fn a_guarded_table_sink_leaves_a_refused_row_out_and_says_which() {
+        let rel = relation();
+        let cfg = ConnectorConfig::for_test(&[("table", "\"b\".\"t\"")]);
+        let mut c = build(&ConnectorConfig { envelope: EnvelopeKind::Upsert, key_columns: vec!["id".into()], ..cfg }).unwrap();
+        let mut env = Envelope::new(EnvelopeKind::Upsert, false, vec!["id".into()], "s", "db");
+        let rows = ["a", "bad", "c"].iter().enumerate().map(|(i, v)| Change::Insert { relation: rel.clone(), new: vec![t(&i.to_string()), t(v)] });
+        let batch = batch_of(&mut env, rows.collect());
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        // Unguarded (errors.policy fail), the refusal is the batch's error.
+        let mut sql = Refusing(Recorder { existing: vec!["id", "name"], ..Default::default() });
+        rt.block_on(c.deliver(&batch, &mut sql)).unwrap();
+        assert!(c.take_refused().is_empty(), "unguarded statements are not checked here");
+        c.set_aside_refusals();
+        let mut sql = Refusing(Recorder { existing: vec!["id", "name"], ..Default::default() });
+        rt.block_on(c.deliver(&batch, &mut sql)).unwrap();
+        let refused = c.take_refused();
+        assert_eq!(refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1]);
+        assert!(refused[0].1.message.contains("check constraint") && refused[0].1.refused.is_empty());
+        assert_eq!(sql.0.statements.len(), 2, "the other rows are applied");
     }
 
     #[test]

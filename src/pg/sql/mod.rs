@@ -8,6 +8,7 @@
 //! | [`grants`] | `grant_usage`, `revoke_usage` |
 //! | [`sinks`] | `create_sink`, `alter_sink`, `pause_sink`, `resume_sink`, `resync`, `drop_sink` |
 //! | [`sync`] | `sync`, `preview` |
+//! | [`dead_letters`] | `retry_dead_letters`, `discard_dead_letters` |
 //! | [`execute`] | `execute` (Materialize, RisingWave and Kinetica DDL) |
 //! | [`hashes`] | `seahash`, `kafka_murmur2`, `crc32` |
 //! | [`reference`] | `options` (every connector's options) |
@@ -18,6 +19,7 @@
 
 pub mod connections;
 pub mod credentials;
+pub mod dead_letters;
 pub mod execute;
 pub mod grants;
 pub mod hashes;

@@ -38,6 +38,7 @@ fn sync(name: &str) -> JsonB {
     let (mut batches, mut txns, mut changes, mut records, mut bytes) = (0usize, 0usize, 0usize, 0usize, 0usize);
     let mut confirmed = None;
     let mut initialized = false;
+    let mut set_aside = 0usize;
     let started = std::time::Instant::now();
     let mut session = delivery::Session::default();
     with_output_settings(|| {
@@ -58,6 +59,7 @@ fn sync(name: &str) -> JsonB {
             changes += out.changes;
             records += out.records;
             bytes += out.bytes;
+            set_aside += out.dead_letters.len();
             confirmed = out.confirmed.or(confirmed);
             if out.caught_up {
                 break;
@@ -72,6 +74,7 @@ fn sync(name: &str) -> JsonB {
         "changes": changes,
         "records": records,
         "bytes": bytes,
+        "set_aside": set_aside,
         "confirmed_lsn": confirmed.map(|l| l.to_string()),
         "elapsed_ms": started.elapsed().as_millis() as u64,
     }))
