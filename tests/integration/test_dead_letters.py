@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from conftest import one, sqlstate_of, wait_caught_up, wait_for, wait_started
 from test_kafka import broker, read_topic  # noqa: F401  (the broker fixture)
+from test_nats import SYSTEM, _stream_messages, run
 from test_webhook import next_port
 from webhook_receiver import Receiver
 
@@ -177,13 +178,65 @@ def test_a_kafka_record_over_the_size_limit_is_a_dead_letter_and_the_rest_arrive
     db.execute("SELECT sink.drop_sink('k_dl')")
 
 
+async def _sized_stream(name, subjects, max_msg_size):
+    import nats
+    nc = await nats.connect(f"nats://{SYSTEM}")
+    js = nc.jetstream()
+    try:
+        await js.stream_info(name)
+        await js.update_stream(name=name, subjects=subjects, duplicate_window=120, max_msg_size=max_msg_size)
+    except Exception:
+        await js.add_stream(name=name, subjects=subjects, duplicate_window=120, max_msg_size=max_msg_size)
+    await nc.close()
+
+
+@pytest.mark.usefixtures("nats_servers")
+def test_a_jetstream_message_over_the_stream_s_size_limit_is_a_dead_letter(db):
+    import nats
+    run(_sized_stream("DL", ["pgs.dl"], -1))
+    # Start from an empty stream.
+    async def purge():
+        nc = await nats.connect(f"nats://{SYSTEM}")
+        await nc.jetstream().purge_stream("DL")
+        await nc.close()
+    run(purge())
+    run(_sized_stream("DL", ["pgs.dl"], 2000))
+    db.execute("DROP TABLE IF EXISTS dl_n")
+    db.execute("CREATE TABLE dl_n (id int PRIMARY KEY, v text)")
+    db.execute("SELECT sink.create_sink('dl_js', 'dl_n', 'nats', %s::jsonb, envelope => 'upsert')",
+               (json.dumps({"server_url": SYSTEM, "subject": "pgs.dl", "jetstream": True, "errors.policy": "dead_letter"}),))
+    wait_started(db, "dl_js")
+    for t in range(4):
+        with db.transaction():
+            db.execute("INSERT INTO dl_n SELECT g, CASE WHEN g IN (13, 77) THEN repeat('z', 5000) ELSE 'v' || g END "
+                       "FROM generate_series(%s::int, %s::int) g", (t * 25 + 1, t * 25 + 25))
+        if t == 1:
+            kill_worker(db, "dl_js")
+    wait_caught_up(db, "dl_js")
+    msgs = run(_stream_messages("DL", "pgs.dl"))
+    ids = collections.Counter(json.loads(d)["id"] for _, d, _ in msgs)
+    assert [k for k, n in ids.items() if n > 1] == [], "a message was stored twice"
+    assert set(ids) == set(range(1, 101)) - {13, 77}
+    got = letters(db, "dl_js")
+    assert sorted(k for _, k, _, _ in got) == [13, 77] and all(kept for _, _, kept, _ in got), got
+    # A larger limit: retried, they are stored once.
+    run(_sized_stream("DL", ["pgs.dl"], -1))
+    assert one(db, "SELECT sink.retry_dead_letters('dl_js')") == 2
+    wait_caught_up(db, "dl_js")
+    msgs = run(_stream_messages("DL", "pgs.dl"))
+    ids = collections.Counter(json.loads(d)["id"] for _, d, _ in msgs)
+    assert [k for k, n in ids.items() if n > 1] == [] and set(ids) == set(range(1, 101))
+    assert counts(db, "dl_js") == ("running", 0, 0)
+    db.execute("SELECT sink.drop_sink('dl_js')")
+
+
 @pytest.fixture(autouse=True)
 def _drop_leftovers(server):
     yield
     from conftest import reconnect
     conn = reconnect()
     try:
-        for (name,) in conn.execute("SELECT name FROM sink.sinks WHERE name IN ('dl_t', 'dl_w', 'k_dl', 'dl_bad')").fetchall():
+        for (name,) in conn.execute("SELECT name FROM sink.sinks WHERE name IN ('dl_t', 'dl_w', 'k_dl', 'dl_bad', 'dl_js')").fetchall():
             conn.execute("SELECT sink.drop_sink(%s, if_exists => true)", (name,))
     finally:
         conn.close()

@@ -266,7 +266,7 @@ impl Connector for KafkaConnector {
                 running.producer.begin_transaction().map_err(|e| classify("transaction begin", &e))?;
                 send_all(running, &topic, batch, &partitions, headers_column.as_deref())?;
                 let value = progress_value(batch.position(), &self.settings.progress_key);
-                let progress = BaseRecord::with_opaque_to(&self.settings.progress_topic, producer::NOT_A_RECORD).partition(0).key(self.settings.progress_key.as_bytes()).payload(&value);
+                let progress = BaseRecord::with_opaque_to(&self.settings.progress_topic, NOT_A_RECORD).partition(0).key(self.settings.progress_key.as_bytes()).payload(&value);
                 running.producer.send(progress).map_err(|(e, _)| classify("progress produce", &e))?;
                 drain(&running.producer, timeout);
                 running.producer.commit_transaction(timeout).map_err(|e| classify("transaction commit", &e))
