@@ -684,3 +684,43 @@ def test_worker_kills_and_immediate_restarts_neither_lose_nor_repeat(db, target)
         conn.execute("SELECT pg_reload_conf()")
         conn.close()
     target.drop_table("ca_t", "cu_t")
+
+
+def test_rows_the_target_refuses_become_dead_letters_and_retry_delivers_them(db, target):
+    """errors.policy => 'dead_letter': a batch the target refuses on a row is
+    tried again row by row (savepoints, rolled back) to name the refused rows;
+    they become dead letters and the rest arrives once, the worker killed in the
+    middle; after the target's CHECK is dropped a retry delivers them."""
+    db.execute("DROP TABLE IF EXISTS j_dl")
+    db.execute("CREATE TABLE j_dl (id int PRIMARY KEY, v text)")
+    db.execute("INSERT INTO j_dl SELECT g, 'seed' || g FROM generate_series(1, 20) g")
+    target.execute("DROP TABLE IF EXISTS j_dl",
+                   "CREATE TABLE j_dl (id INT PRIMARY KEY, v VARCHAR(40), CONSTRAINT no_poison CHECK (v NOT LIKE 'poison%'))")
+    create_sink(db, "j_dl", "j_dl", target.options("j_dl", **{"errors.policy": "dead_letter"}), "upsert")
+    wait_started(db, "j_dl")
+    for t in range(6):
+        with db.transaction():
+            db.execute("INSERT INTO j_dl SELECT g, CASE WHEN g %% 13 = 0 THEN 'poison' ELSE 'v' || g END "
+                       "FROM generate_series(%s::int, %s::int) g", (21 + t * 20, 40 + t * 20))
+        if t == 2:
+            db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg_sink sink j_dl'")
+    db.execute("UPDATE j_dl SET v = 'poison-update' WHERE id = 2")
+    db.execute("UPDATE j_dl SET v = 'fine' WHERE id = 3")
+    wait_caught_up(db, "j_dl")
+    source = dict(db.execute("SELECT id, v FROM j_dl").fetchall())
+    refused = {k for k, v in source.items() if v.startswith("poison")}
+    assert len(refused) == 10
+    want = {k: v for k, v in source.items() if k not in refused}
+    want[2] = "seed2"
+    assert dict(target.rows("SELECT id, v FROM j_dl")) == want
+    got = db.execute("SELECT (d.key->>'id')::int, d.change IS NOT NULL FROM sink.dead_letters d JOIN sink.sinks s ON s.id = d.sink_id "
+                     "WHERE s.name = 'j_dl'").fetchall()
+    assert sorted(k for k, _ in got) == sorted(refused) and all(kept for _, kept in got)
+    assert one(db, "SELECT state FROM sink.status WHERE name = 'j_dl'") == "running"
+    target.execute("ALTER TABLE j_dl DROP CONSTRAINT no_poison")
+    assert one(db, "SELECT sink.retry_dead_letters('j_dl')") == len(refused)
+    wait_caught_up(db, "j_dl")
+    assert dict(target.rows("SELECT id, v FROM j_dl")) == source
+    assert one(db, "SELECT dead_letters FROM sink.status WHERE name = 'j_dl'") == 0
+    db.execute("SELECT sink.drop_sink('j_dl')")
+    target.drop_table("j_dl")

@@ -62,7 +62,7 @@ pub fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
             .hint("Use envelope => 'upsert' to mirror the source, or 'append-only' for a log of inserts."));
     }
     let target = parse_target(cfg)?;
-    Ok(Box::new(JdbcConnector { target, cfg: cfg.clone(), backend: None, info: None, progress_ready: false, snapshot_open: None, part_open: None }))
+    Ok(Box::new(JdbcConnector { target, cfg: cfg.clone(), backend: None, info: None, progress_ready: false, snapshot_open: None, part_open: None, single_out: false }))
 }
 
 pub struct JdbcConnector {
@@ -77,7 +77,14 @@ pub struct JdbcConnector {
     /// A large transaction's parts go into one target transaction, committed with
     /// its last part: its commit LSN and the progress the target had stored.
     part_open: Option<(Lsn, Lsn)>,
+    /// `errors.policy` sets refused rows aside: a batch that fails on a row is
+    /// tried again row by row to name them ([`JdbcConnector::refused_rows`]).
+    single_out: bool,
 }
+
+/// Marks a backend error as the target's refusal of a row (a constraint, a
+/// value), as opposed to a statement or the connection failing.
+pub(crate) const ROW_REFUSED: usize = usize::MAX;
 
 /// A target value: the source's text, adjusted where the target spells a type
 /// differently (MySQL booleans, byte strings, UTC timestamps).
@@ -392,9 +399,41 @@ impl JdbcConnector {
         self.begin().await?;
         let stored = self.stored_lsn().await?.unwrap_or(Lsn::ZERO);
         let records: Vec<&Record> = batch.records.iter().filter(|r| r.commit_lsn >= stored).collect();
-        self.apply(&records).await?;
+        if let Err(e) = self.apply(&records).await {
+            if !(self.single_out && e.refused == [ROW_REFUSED]) {
+                return Err(SinkError { refused: Vec::new(), ..e });
+            }
+            let refused = self.refused_rows(batch, stored).await?;
+            return Err(SinkError { refused, ..e });
+        }
         self.store_lsn(batch.end_lsn.max(stored)).await?;
         self.commit().await
+    }
+
+    /// After `batch` failed on a refused row: apply its records one by one,
+    /// each under a savepoint, in a target transaction that is rolled back at
+    /// the end (nothing is kept), and name those the target refuses. The step
+    /// then records them as dead letters and delivers the batch again without
+    /// them.
+    async fn refused_rows(&mut self, batch: &Batch, stored: Lsn) -> Result<Vec<usize>> {
+        self.reset();
+        self.begin().await?;
+        let mut refused = Vec::new();
+        for (i, r) in batch.records.iter().enumerate().filter(|(_, r)| r.commit_lsn >= stored) {
+            self.backend().await?.execute("SAVEPOINT pg_sink_row", &[]).await?;
+            match self.apply(&[r]).await {
+                Ok(()) => {
+                    self.backend().await?.execute("RELEASE SAVEPOINT pg_sink_row", &[]).await?;
+                }
+                Err(e) if e.refused == [ROW_REFUSED] => {
+                    self.backend().await?.execute("ROLLBACK TO SAVEPOINT pg_sink_row", &[]).await?;
+                    refused.push(i);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.backend().await?.execute("ROLLBACK", &[]).await?;
+        Ok(refused)
     }
 
     async fn finish_snapshot(&mut self) -> Result<()> {
@@ -439,7 +478,9 @@ impl Connector for JdbcConnector {
         if result.is_err() {
             self.reset();
         }
-        result
+        // Only a streamed batch names its refused rows (snapshot chunks and the
+        // parts of a large transaction share a target transaction with others).
+        result.map_err(|e| if e.refused == [ROW_REFUSED] { SinkError { refused: Vec::new(), ..e } } else { e })
     }
 
     async fn finish_step(&mut self) -> Result<()> {
@@ -447,7 +488,11 @@ impl Connector for JdbcConnector {
         if result.is_err() {
             self.reset();
         }
-        result
+        result.map_err(|e| if e.refused == [ROW_REFUSED] { SinkError { refused: Vec::new(), ..e } } else { e })
+    }
+
+    fn set_aside_refusals(&mut self) {
+        self.single_out = true;
     }
 }
 

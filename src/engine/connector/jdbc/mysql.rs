@@ -22,6 +22,11 @@ fn my_error(what: &str, e: mysql_async::Error) -> SinkError {
             1044 | 1045 | 1049 | 1142 | 1698 => SinkError::permanent(message).hint("Check the jdbc.url, user and password."),
             // lock wait timeout, deadlock, too many connections: try again
             1205 | 1213 | 1040 => SinkError::transient(message),
+            // a row the target refuses: NULL into NOT NULL, a duplicate key, a
+            // value out of range, too long or wrong, a foreign key, a CHECK
+            1048 | 1062 | 1264 | 1265 | 1292 | 1366 | 1406 | 1451 | 1452 | 3819 | 4025 => {
+                SinkError::permanent(message).refusing([super::ROW_REFUSED])
+            }
             _ => SinkError::permanent(message),
         },
         _ => SinkError::transient(message).hint("Check the host and port of jdbc.url and that the database runs; a running sink retries."),

@@ -45,8 +45,10 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> SinkError {
         Some(c) if c.starts_with("28") || c == "3D000" || c == "42501" => {
             SinkError::permanent(message).hint("Check the jdbc.url, user and password.")
         }
-        // data errors: a value the target refuses
-        Some(c) if c.starts_with("22") || c.starts_with("23") || c.starts_with("42") => SinkError::permanent(message),
+        // data exceptions and integrity constraints: the target refuses a row
+        Some(c) if c.starts_with("22") || c.starts_with("23") => SinkError::permanent(message).refusing([super::ROW_REFUSED]),
+        // a statement the target cannot run (a missing column, a type)
+        Some(c) if c.starts_with("42") => SinkError::permanent(message),
         _ => SinkError::transient(message).hint("Check the host and port of jdbc.url and that the database runs; a running sink retries."),
     }
 }
