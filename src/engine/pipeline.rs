@@ -434,6 +434,38 @@ mod tests {
     }
 
     #[test]
+    fn a_value_the_avro_schema_cannot_hold_is_set_aside_under_dead_letter() {
+        let msgs = vec![
+            relation(1, "public", "t", b'd', &[("id", 23, true), ("d", 1082, false)]),
+            begin(0x100, 0, 5),
+            insert(1, &[Some("1"), Some("2024-01-02")]),
+            insert(1, &[Some("2"), Some("infinity")]),
+            insert(1, &[Some("3"), Some("2024-01-03")]),
+            commit(0x100, 0x110, 0),
+        ];
+        let opts = [("envelope", "upsert"), ("key", "id"), ("path", "/x"), ("format", "avro")];
+        // Under fail the encoder's refusal is the error.
+        let mut p = pipeline(&opts, 0);
+        let e = feed_all(&mut p, &msgs).unwrap_err();
+        assert!(e.message.contains("Avro") && !e.is_transient(), "{e:?}");
+        // Under dead_letter the transaction's batch is not built: the step ends
+        // with the dead letter, and the next pipeline leaves the record out.
+        let mut p = pipeline(&opts, 0);
+        p.errors_policy = dead_letter::Policy::DeadLetter;
+        let e = feed_all(&mut p, &msgs).unwrap_err();
+        assert_eq!(e.message, REFUSED);
+        let d = std::mem::take(&mut p.refused);
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].lsn, d[0].ordinal, d[0].key.as_deref()), (Lsn(0x100), 1, Some(r#"{"id":"2"}"#)));
+        assert!(d[0].error.contains("not a finite date"), "{}", d[0].error);
+        let mut p = pipeline(&opts, 0);
+        p.errors_policy = dead_letter::Policy::DeadLetter;
+        p.dead.insert((Lsn(0x100), 1));
+        let b = feed_all(&mut p, &msgs).unwrap();
+        assert_eq!(b.records.iter().map(|r| r.ordinal).collect::<Vec<_>>(), vec![0, 2]);
+    }
+
+    #[test]
     fn resolves_user_types_through_the_glue() {
         let mut p = pipeline(&[("path", "/x")], 0);
         let mut b = p.new_batch();
