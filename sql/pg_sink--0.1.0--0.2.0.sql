@@ -467,6 +467,12 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'secrets_script_wrapper';
 
+-- pg_sink::pg::sql::launcher::start_launcher
+CREATE  FUNCTION "start_launcher"() RETURNS void
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'start_launcher_wrapper';
+
 -- pg_sink::pg::sql::sync::sync
 CREATE  FUNCTION "sync"(
 	"name" TEXT /* & str */
@@ -482,3 +488,11 @@ CREATE  FUNCTION "uid"(
 STRICT STABLE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'uid_wrapper';
+
+-- requires:
+--   start_launcher
+
+-- finalize
+
+-- The sinks of this database run without a restart.
+SELECT sink.start_launcher();

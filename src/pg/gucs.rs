@@ -4,10 +4,16 @@ use std::ffi::{CStr, CString};
 
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 
-/// Database whose `sink` catalog the launcher serves (like `cron.database_name`).
-/// Default `postgres`: the database every cluster has. Postmaster-level, so it can
-/// only be set in postgresql.conf with `shared_preload_libraries = 'pg_sink'`.
+/// The database the launcher connects to, to read the list of databases (like
+/// `cron.database_name`). Default `postgres`: the database every cluster has.
+/// Postmaster-level, so it can only be set in postgresql.conf with
+/// `shared_preload_libraries = 'pg_sink'`.
 pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// The databases whose sinks run: `*` (default), every database that accepts
+/// connections and has the extension; or a comma-separated list of names. A
+/// user of pg_sink expects a sink to run wherever it was made.
+pub static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"*"));
 
 /// How long an idle sink waits before looking for new changes again (ms). An idle
 /// poll is one short decoding session; 100 ms keeps the first change after a quiet
@@ -134,10 +140,18 @@ pub fn init() {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         GucRegistry::define_string_guc(
             c"pg_sink.database",
-            c"Database whose sinks the pg_sink launcher runs.",
-            c"Sinks created in other databases can still be driven with sink.sync().",
+            c"Database the pg_sink launcher connects to, to list the databases whose sinks run.",
+            c"",
             &DATABASE,
             GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_string_guc(
+            c"pg_sink.databases",
+            c"Databases whose sinks run: * (every database with the extension) or a comma-separated list.",
+            c"Sinks in other databases can be driven with sink.sync().",
+            &DATABASES,
+            GucContext::Sighup,
             GucFlags::default(),
         );
     }
@@ -232,6 +246,12 @@ fn init_switches() {
 
 pub fn database() -> String {
     DATABASE.get().as_deref().and_then(|c: &CStr| c.to_str().ok()).unwrap_or("postgres").to_string()
+}
+
+/// Whether the sinks of database `name` run (`pg_sink.databases`).
+pub fn serves(name: &str) -> bool {
+    let list = DATABASES.get().as_deref().and_then(|c: &CStr| c.to_str().ok()).unwrap_or("*").to_string();
+    list.split(',').map(str::trim).any(|d| d == "*" || d == name)
 }
 
 pub fn poll_interval() -> std::time::Duration {

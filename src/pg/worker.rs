@@ -1,9 +1,20 @@
-//! Background workers. The launcher (one, started with the postmaster) watches
-//! `sink.sinks` in `pg_sink.database` and keeps one dynamic worker per running,
-//! continuous sink: it starts them as sinks are created or resumed, stops them as
-//! sinks are paused or dropped, and restarts crashed ones with backoff. Each sink
-//! worker loops over [`delivery::step`], one transaction per batch, sleeping on its
-//! latch when caught up or backing off after transient errors.
+//! Background workers, in three kinds:
+//!
+//! - **The launcher** (one, started with the postmaster, connected to
+//!   `pg_sink.database`) starts a database launcher for every database that
+//!   `pg_sink.databases` names (every one that accepts connections, by default),
+//!   when the server starts and when that setting is reloaded. `CREATE
+//!   EXTENSION` starts its database's one itself (`sink.start_launcher()`).
+//! - **A database launcher** (one per database, made sure of by an advisory
+//!   lock) exits at once where the extension is not installed, so that it never
+//!   holds up `DROP DATABASE` there. Elsewhere it watches `sink.sinks` and keeps
+//!   one worker per running, continuous sink: it starts them as sinks are created
+//!   or resumed, stops them as sinks are paused or dropped, restarts crashed ones
+//!   with backoff, guards retained WAL, and exits (stopping them) once the
+//!   extension is dropped.
+//! - **A sink worker** loops over [`delivery::step`], one transaction per
+//!   batch, sleeping on its latch when caught up or backing off after transient
+//!   errors.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -113,12 +124,93 @@ fn extension_installed() -> bool {
     crate::pg::version::catalog_ready()
 }
 
+/// The extension is installed here (at any version).
+fn extension_present() -> bool {
+    select_one("SELECT 1::text FROM pg_catalog.pg_extension WHERE extname = 'pg_sink'", &[]).is_some()
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    log!("pg_sink launcher started");
+    let mut started: HashMap<String, DynamicBackgroundWorker> = HashMap::new();
+    let mut probe = true;
+    loop {
+        if probe {
+            probe = false;
+            let names = in_transaction(|| {
+                Ok(select("SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname", &[])
+                    .into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten())
+                    .collect::<Vec<String>>())
+            });
+            match names {
+                Ok(names) => {
+                    started.retain(|_, w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
+                    let missing: Vec<String> = names.into_iter().filter(|n| gucs::serves(n) && !started.contains_key(n)).collect();
+                    for name in missing {
+                        match start_database_launcher(&name) {
+                            Some(w) => {
+                                started.insert(name, w);
+                            }
+                            None => warning!("pg_sink could not start the launcher of database \"{name}\""),
+                        }
+                    }
+                }
+                Err(e) => warning!("pg_sink launcher could not list the databases: {}", e.message),
+            }
+        }
+        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(10))) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: reload postgresql.conf in the worker's own process.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            probe = true;
+        }
+    }
+}
+
+/// Start the launcher of database `name` (it exits at once when the extension
+/// is not installed there, or when another one serves it).
+pub fn start_database_launcher(name: &str) -> Option<DynamicBackgroundWorker> {
+    BackgroundWorkerBuilder::new(&format!("pg_sink launcher {name}"))
+        .set_type("pg_sink launcher")
+        .set_function("pg_sink_database_launcher_main")
+        .set_library("pg_sink")
+        .set_extra(name)
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load_dynamic()
+        .ok()
+}
+
+/// The key, under [`LOCK_CLASS`], of the session lock a database launcher holds
+/// (sink ids, the other keys, start at 1).
+const LAUNCHER_KEY: i32 = 0;
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_sink_database_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = BackgroundWorker::get_extra().to_string();
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    let mine = in_transaction(|| {
+        if !extension_present() || !gucs::serves(&db) {
+            return Ok(false);
+        }
+        let (class, key) = (LOCK_CLASS.to_string(), LAUNCHER_KEY.to_string());
+        Ok(select_one("SELECT pg_catalog.pg_try_advisory_lock($1::int, $2::int)::text", &[Some(&class), Some(&key)]).as_deref() == Some("true"))
+    });
+    if !matches!(mine, Ok(true)) {
+        // No sinks here, or another launcher serves them: nothing to hold the
+        // database open for.
+        return;
+    }
     log!("pg_sink launcher started for database \"{db}\"");
     let mut workers: HashMap<i64, DynamicBackgroundWorker> = HashMap::new();
     let mut next_start: HashMap<i64, (Instant, Backoff)> = HashMap::new();
@@ -141,7 +233,13 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
         }
         let wanted = in_transaction(running_sinks);
         let wanted = match wanted {
-            Ok(w) => w,
+            Ok(Some(w)) if gucs::serves(&db) => w,
+            Ok(_) => {
+                // The extension was dropped, or pg_sink.databases leaves this
+                // database out now: stop its sinks and let the database go.
+                log!("pg_sink launcher for database \"{db}\" stops: the extension is not installed, or pg_sink.databases leaves it out");
+                break;
+            }
             Err(e) => {
                 warning!("pg_sink launcher could not read the catalog: {}", e.message);
                 continue;
@@ -172,7 +270,7 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
                     continue;
                 }
             }
-            match start_sink_worker(id) {
+            match start_sink_worker(id, &db) {
                 Some(w) => {
                     workers.insert(id, w);
                 }
@@ -189,27 +287,35 @@ pub extern "C-unwind" fn pg_sink_launcher_main(_arg: pg_sys::Datum) {
     }
 }
 
-/// The sinks a worker should run for: running, delivered by the worker.
-fn running_sinks() -> Result<Vec<i64>, SinkError> {
+/// The sinks a worker should run for: running, delivered by the worker; `None`
+/// once the extension is gone from this database.
+fn running_sinks() -> Result<Option<Vec<i64>>, SinkError> {
+    if !extension_present() {
+        return Ok(None);
+    }
     if !extension_installed() {
-        return Ok(Vec::new());
+        // Another version's catalog (an upgrade half done): no sink runs.
+        return Ok(Some(Vec::new()));
     }
     // A restored or cloned database: its copied sinks pause before any runs.
     crate::pg::home::pause_moved();
-    Ok(select("SELECT id::text FROM sink.sinks WHERE state = 'running' AND schedule = 'continuous' ORDER BY id", &[])
-        .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten().and_then(|s| s.parse::<i64>().ok()))
-        .collect())
+    Ok(Some(
+        select("SELECT id::text FROM sink.sinks WHERE state = 'running' AND schedule = 'continuous' ORDER BY id", &[])
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten().and_then(|s| s.parse::<i64>().ok()))
+            .collect(),
+    ))
 }
 
-/// Start the worker of one sink, telling this launcher when it exits.
-fn start_sink_worker(id: i64) -> Option<DynamicBackgroundWorker> {
+/// Start the worker of one sink of database `db`, telling this launcher when it exits.
+fn start_sink_worker(id: i64, db: &str) -> Option<DynamicBackgroundWorker> {
     // SAFETY: reading this process's pid.
     let me = unsafe { pg_sys::MyProcPid };
     BackgroundWorkerBuilder::new(&format!("pg_sink sink {id}"))
         .set_type("pg_sink worker")
         .set_function("pg_sink_worker_main")
         .set_library("pg_sink")
+        .set_extra(db)
         .set_argument(id.into_datum())
         .enable_spi_access()
         .set_restart_time(None)
@@ -321,7 +427,7 @@ fn start_worker(sink_id: i64) -> bool {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let db = gucs::database();
+    let db = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     let settings = in_transaction(|| {
         if !crate::pg::version::catalog_ready() {

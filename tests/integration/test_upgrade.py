@@ -227,7 +227,7 @@ def test_sinks_running_on_the_previous_release_continue_after_the_upgrade_with_n
     print(f"\n{len(writer.versions)} versions written across the upgrade; {writer.errors} writes waited for the restart")
 
     # The upgraded catalog is a fresh install's.
-    db.execute("DROP DATABASE IF EXISTS fresh")
+    db.execute("DROP DATABASE IF EXISTS fresh WITH (FORCE)")
     db.execute("CREATE DATABASE fresh")
     with _connect("fresh") as fresh:
         fresh.execute("CREATE EXTENSION pg_sink")

@@ -9,6 +9,7 @@
 //! | [`sinks`] | `create_sink`, `alter_sink`, `pause_sink`, `resume_sink`, `resync`, `drop_sink` |
 //! | [`sync`] | `sync`, `preview` |
 //! | [`dead_letters`] | `retry_dead_letters`, `discard_dead_letters` |
+//! | [`launcher`] | `start_launcher` (this database's sinks run) |
 //! | [`execute`] | `execute` (Materialize, RisingWave and Kinetica DDL) |
 //! | [`hashes`] | `seahash`, `kafka_murmur2`, `crc32` |
 //! | [`reference`] | `options` (every connector's options) |
@@ -23,6 +24,7 @@ pub mod dead_letters;
 pub mod execute;
 pub mod grants;
 pub mod hashes;
+pub mod launcher;
 pub mod reference;
 pub mod secrets;
 pub mod sinks;

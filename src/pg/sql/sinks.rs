@@ -659,10 +659,9 @@ fn create_publication(object: &str, src: &Source, info: &TableInfo) {
 /// Warn when a continuous sink lives in a database the worker does not serve.
 fn warn_if_not_served(name: &str, def: &options::SinkDefinition) {
     let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
-    if def.schedule == Schedule::Continuous && database != crate::pg::gucs::database() {
+    if def.schedule == Schedule::Continuous && !crate::pg::gucs::serves(&database) {
         pgrx::warning!(
-            "sink \"{name}\" is in database \"{database}\", but the pg_sink worker serves \"{}\"; deliver it with sink.sync()",
-            crate::pg::gucs::database()
+            "sink \"{name}\" is in database \"{database}\", which pg_sink.databases leaves out; deliver it with sink.sync()"
         );
     }
 }
