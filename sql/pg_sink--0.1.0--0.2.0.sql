@@ -23,6 +23,16 @@ ALTER TABLE progress
     ADD COLUMN batch_ms float8[] NOT NULL DEFAULT '{}',
     ADD COLUMN retries bigint NOT NULL DEFAULT 0;
 
+-- A partitioned source's changes are published under its own name, as its
+-- snapshot reads them (0.1.0 published them under each partition's).
+DO $$
+DECLARE p name;
+BEGIN
+    FOR p IN SELECT s.publication_name FROM sinks s JOIN pg_catalog.pg_publication pb ON pb.pubname = s.publication_name LOOP
+        EXECUTE pg_catalog.format('ALTER PUBLICATION %I SET (publish_via_partition_root = true)', p);
+    END LOOP;
+END $$;
+
 -- Records a sink's target refused for good, set aside by its errors.policy
 -- (README, "Operating pg_sink").
 CREATE TABLE dead_letters (

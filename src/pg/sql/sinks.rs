@@ -628,11 +628,20 @@ fn write_sink(
 
 /// The sink's publication: its table, column list and row filter. Postgres checks
 /// now that they cover the replica identity (otherwise the user's own UPDATEs
-/// would start failing).
+/// would start failing). A partitioned table's changes are published as its own
+/// (`publish_via_partition_root`), whichever partition they land in, as its
+/// snapshot reads them.
 fn create_publication(object: &str, src: &Source, info: &TableInfo) {
     let cols = src.columns.as_ref().map(|c| format!(" {}", quoted_list(c))).unwrap_or_default();
     let filter = src.filter.as_ref().map(|f| format!(" WHERE ({f})")).unwrap_or_default();
-    update(one_statement(&format!("CREATE PUBLICATION {} FOR TABLE {}{cols}{filter}", quote_ident(object), src.name)), &[]);
+    update(
+        one_statement(&format!(
+            "CREATE PUBLICATION {} FOR TABLE {}{cols}{filter} WITH (publish_via_partition_root = true)",
+            quote_ident(object),
+            src.name
+        )),
+        &[],
+    );
     let probe = || {
         update(&format!("EXPLAIN UPDATE {} SET {} = {} WHERE false", src.name, quote_ident(&info.columns[0]), quote_ident(&info.columns[0])), &[]);
         update(&format!("EXPLAIN DELETE FROM {} WHERE false", src.name), &[]);
