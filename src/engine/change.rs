@@ -86,6 +86,9 @@ pub enum Change {
     Update { relation: Arc<Relation>, old: Option<OldImage>, new: Vec<Cell> },
     Delete { relation: Arc<Relation>, old: OldImage },
     Truncate { relations: Vec<Arc<Relation>>, cascade: bool, restart_identity: bool },
+    /// A transactional logical decoding message (`pg_logical_emit_message(true,
+    /// prefix, content)`) with a prefix the sink delivers (its `messages` option).
+    Message { prefix: String, content: Arc<[u8]> },
 }
 
 impl Change {
@@ -95,6 +98,7 @@ impl Change {
             Change::Update { .. } => "update",
             Change::Delete { .. } => "delete",
             Change::Truncate { .. } => "truncate",
+            Change::Message { .. } => "message",
         }
     }
 }

@@ -16,6 +16,7 @@
 //! stream brings back at a new position, where it is enveloped and encoded as
 //! any change is.
 
+use base64::Engine as _;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -115,6 +116,7 @@ fn draft_relation(draft: &Draft) -> Option<&Arc<Relation>> {
         Payload::Debezium(e) => e.after.as_ref().or(e.before.as_ref()).map(|r| &r.relation),
         Payload::Truncate(rels) => rels.first(),
         Payload::Tombstone => draft.key.as_ref().map(|k| &k.relation),
+        Payload::Message(_) => None,
     }
 }
 
@@ -159,6 +161,9 @@ pub fn change_json(draft: &Draft) -> Value {
         },
         Payload::Truncate(rels) => {
             return json!({"op": "truncate", "relations": rels.iter().map(|r| relation_json(r)).collect::<Vec<_>>()});
+        }
+        Payload::Message(m) => {
+            return json!({"op": "message", "prefix": m.prefix, "content_base64": base64::engine::general_purpose::STANDARD.encode(&m.content)});
         }
     };
     let Some(relation) = draft_relation(draft) else {
@@ -239,6 +244,12 @@ pub fn change_from_json(v: &Value, resolve: &mut dyn FnMut(u32) -> Option<PgType
             .collect::<Result<_>>()?;
         return Ok(Change::Truncate { relations, cascade: false, restart_identity: false });
     }
+    if op == "message" {
+        let prefix = v.get("prefix").and_then(Value::as_str).ok_or_else(|| bad("prefix"))?.to_string();
+        let content = v.get("content_base64").and_then(Value::as_str).ok_or_else(|| bad("content_base64"))?;
+        let content = base64::engine::general_purpose::STANDARD.decode(content).map_err(|_| bad("content_base64"))?;
+        return Ok(Change::Message { prefix, content: content.into() });
+    }
     let relation = Arc::new(relation_from(v.get("relation").ok_or_else(|| bad("relation"))?, resolve)?);
     let width = relation.columns.len();
     let key_only = v.get("old_key_only").and_then(Value::as_bool).unwrap_or(true);
@@ -294,10 +305,11 @@ mod tests {
             Change::Insert { relation: rel.clone(), new: row.clone() },
             Change::Update { relation: rel.clone(), old: None, new: row.clone() },
             Change::Delete { relation: rel.clone(), old: OldImage { key_only: true, cells: vec![t("1"), Cell::Null] } },
+            Change::Message { prefix: "outbox".into(), content: vec![0xff, b'{', 0].into() },
         ];
         for kind in [EnvelopeKind::Upsert, EnvelopeKind::Debezium, EnvelopeKind::AppendOnly] {
             for change in &changes {
-                if kind == EnvelopeKind::AppendOnly && !matches!(change, Change::Insert { .. }) {
+                if kind == EnvelopeKind::AppendOnly && !matches!(change, Change::Insert { .. } | Change::Message { .. }) {
                     continue;
                 }
                 for d in drafts(kind, change.clone()) {

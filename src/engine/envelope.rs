@@ -48,6 +48,8 @@ pub enum Op {
     Update,
     Delete,
     Truncate,
+    /// A logical decoding message (Debezium's `m`).
+    Message,
 }
 
 impl Op {
@@ -58,6 +60,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::Truncate => "truncate",
+            Op::Message => "message",
         }
     }
     /// Debezium's one-letter operation code.
@@ -68,6 +71,7 @@ impl Op {
             Op::Update => "u",
             Op::Delete => "d",
             Op::Truncate => "t",
+            Op::Message => "m",
         }
     }
 }
@@ -116,6 +120,18 @@ pub enum Payload {
     /// A truncate in a non-Debezium envelope: a control record with a `null` value and
     /// `op = truncate` header; connectors that hold state (tables) apply it.
     Truncate(Vec<Arc<Relation>>),
+    /// A logical decoding message: its content is the value (the outbox pattern
+    /// without an outbox table); under the debezium envelope, Debezium's message
+    /// event (`op: "m"`, `source`, `message: {prefix, content}`).
+    Message(Box<MessageEvent>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageEvent {
+    pub prefix: String,
+    pub content: Arc<[u8]>,
+    /// Set under the debezium envelope (schema and table empty).
+    pub source: Option<SourceInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -339,6 +355,20 @@ impl Envelope {
                     }
                 }
             },
+            Change::Message { prefix, content } => {
+                // Every envelope delivers a message as it is (no row, no key column).
+                let source = (self.kind == EnvelopeKind::Debezium).then(|| SourceInfo {
+                    sink_name: self.sink_name.clone(),
+                    database: self.database.clone(),
+                    schema: String::new(),
+                    table: String::new(),
+                    xid: txn.xid,
+                    lsn: txn.commit_lsn,
+                    commit_time_us: txn.commit_time_us,
+                    snapshot: false,
+                });
+                out.push(Draft { key: None, payload: Payload::Message(Box::new(MessageEvent { prefix, content, source })), op: Op::Message });
+            }
         }
         Ok(())
     }

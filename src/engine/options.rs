@@ -55,6 +55,8 @@ pub struct SinkDefinition {
     pub wal_retention_policy: retention::Policy,
     /// What a record the target refuses for good does (`errors.policy`).
     pub errors_policy: dead_letter::Policy,
+    /// Prefixes of the transactional logical decoding messages the sink delivers.
+    pub messages: Vec<String>,
     /// Connector-specific options, validated against the connector's spec.
     pub connector_options: BTreeMap<String, String>,
     /// Avro options (fullnames, NULL DEFAULTS, DOC ON, compatibility levels).
@@ -82,6 +84,8 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("debezium.compat", "debezium envelope: Debezium's value forms, primary-key record keys, tombstones after deletes (default false)"),
     ("max_retained_wal", "the most WAL the sink's slot may hold back, e.g. 10GB (default: pg_sink.max_retained_wal)"),
     ("wal_retention_policy", "past max_retained_wal: pause (default), fail or resnapshot"),
+    ("messages", "prefixes of pg_logical_emit_message(true, prefix, content) messages to deliver, 'a,b' (Debezium: message.prefix.include.list)"),
+    ("message.prefix.include.list", "Debezium's spelling of messages"),
     ("errors.policy", "a record the target refuses for good: fail (default) stops the sink, skip leaves it out, dead_letter keeps it in sink.dead_letters"),
     ("csr_connection", "a schema registry connection (Avro)"),
     ("schema.registry", "the schema registry's URL (Avro)"),
@@ -168,6 +172,8 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
     let max_retained_wal = opts.remove("max_retained_wal").map(|v| retention::parse_limit(&v)).transpose()?;
     let wal_retention_policy = opts.remove("wal_retention_policy").map(|v| retention::Policy::parse(&v)).transpose()?.unwrap_or_default();
     let errors_policy = opts.remove("errors.policy").map(|v| dead_letter::Policy::parse(&v)).transpose()?.unwrap_or_default();
+    let messages = take_alias(&mut opts, "messages", "message.prefix.include.list")?.map(|v| split_columns(&v)).unwrap_or_default();
+    check_messages(spec, &messages, &key_format, &value_format, &opts)?;
     if force_append_only && envelope != EnvelopeKind::AppendOnly {
         return Err(SinkError::config("force_append_only requires the append-only envelope")
             .detail(format!("The sink's envelope is {}.", envelope.as_str()))
@@ -203,10 +209,39 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         max_retained_wal,
         wal_retention_policy,
         errors_policy,
+        messages,
         connector_options: opts,
         avro,
         registry,
     })
+}
+
+/// Logical messages go to targets that take records as bytes, in JSON, TEXT or
+/// BYTES: not to targets that apply rows (`table`, `jdbc`), not as Avro (no
+/// schema describes them), and not into CSV or Parquet files (no columns).
+fn check_messages(spec: &ConnectorSpec, messages: &[String], key_format: &str, value_format: &str, opts: &BTreeMap<String, String>) -> Result<()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    if messages.iter().any(|p| p == dead_letter::RETRY_PREFIX) {
+        return Err(SinkError::config(format!("the message prefix \"{}\" is pg_sink's own", dead_letter::RETRY_PREFIX))
+            .hint("Choose another prefix for your messages."));
+    }
+    let why = if spec.applies_rows {
+        Some(format!("connector \"{}\" applies rows to a table, and a message is not a row", spec.name))
+    } else if key_format == "avro" || value_format == "avro" {
+        Some("no Avro schema describes a message's content".to_string())
+    } else if matches!(opts.get("file_format").map(|f| f.to_ascii_lowercase()).as_deref(), Some("csv" | "parquet")) {
+        Some("CSV and Parquet files have columns, and a message has none".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(SinkError::config("this sink cannot deliver logical messages").detail(why).hint(
+            "Deliver messages with a sink to Kafka, NATS, Kinesis, a webhook or JSON-lines files, in format json, text or bytes.",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Avro and schema registry options (taken out of `opts`).
@@ -286,6 +321,25 @@ mod tests {
         assert_eq!((d.max_retained_wal, d.wal_retention_policy), (None, retention::Policy::Pause));
         assert!(parse("file", &opts(&[("path", "/tmp/x"), ("max_retained_wal", "much")])).is_err());
         assert!(SINK_OPTIONS.iter().any(|(n, _)| *n == "wal_retention_policy"));
+    }
+
+    #[test]
+    fn messages_go_only_where_a_record_need_not_be_a_row() {
+        let d = parse("file", &opts(&[("path", "/tmp/x"), ("message.prefix.include.list", "outbox,audit")])).unwrap();
+        assert_eq!(d.messages, vec!["outbox", "audit"]);
+        assert!(!d.connector_options.contains_key("messages"));
+        for (conn, o, why) in [
+            ("table", &[("table", "x"), ("messages", "outbox")][..], "applies rows"),
+            ("file", &[("path", "/x"), ("messages", "outbox"), ("format", "avro"), ("schema.registry", "http://r")][..], "Avro"),
+            ("file", &[("path", "/x"), ("messages", "outbox"), ("file_format", "parquet")][..], "CSV and Parquet"),
+        ] {
+            let e = parse(conn, &opts(o)).unwrap_err();
+            assert_eq!(e.message, "this sink cannot deliver logical messages", "{conn} {o:?}");
+            assert!(e.detail.as_deref().unwrap_or("").contains(why), "{:?}", e.detail);
+            assert!(e.hint.is_some());
+        }
+        let e = parse("file", &opts(&[("path", "/x"), ("messages", dead_letter::RETRY_PREFIX)])).unwrap_err();
+        assert!(e.message.contains("pg_sink's own"), "{}", e.message);
     }
 
     #[test]

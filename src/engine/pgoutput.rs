@@ -21,8 +21,8 @@ pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 pub struct Decoder {
     relations: HashMap<u32, Arc<Relation>>,
     current: Option<Transaction>,
-    /// The prefix of the logical messages handed to the caller; others are skipped.
-    pub messages: Option<&'static str>,
+    /// The prefixes of the logical messages handed to the caller; others are skipped.
+    pub messages: Vec<String>,
 }
 
 struct Reader<'a> {
@@ -238,9 +238,10 @@ impl Decoder {
                 let prefix = r.cstr()?;
                 let len = r.u32()? as usize;
                 let content = r.take(len)?;
-                match self.messages {
-                    Some(p) if transactional && prefix == p && self.current.is_some() => Ok(Decoded::Message(content.to_vec())),
-                    _ => Ok(Decoded::Nothing),
+                if transactional && self.current.is_some() && self.messages.iter().any(|p| *p == prefix) {
+                    Ok(Decoded::Message { prefix, content: content.to_vec() })
+                } else {
+                    Ok(Decoded::Nothing)
                 }
             }
             // Type and Origin carry nothing a sink delivers.
@@ -262,9 +263,9 @@ pub enum Decoded {
     Nothing,
     Relation(u32),
     Commit(Transaction),
-    /// A transactional logical message with the prefix the caller asked for
-    /// ([`Decoder::messages`]), inside the open transaction: its content.
-    Message(Vec<u8>),
+    /// A transactional logical message with a prefix the caller asked for
+    /// ([`Decoder::messages`]), inside the open transaction.
+    Message { prefix: String, content: Vec<u8> },
 }
 
 /// The 8 bytes at `at` as an LSN.

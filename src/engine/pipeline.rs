@@ -87,7 +87,7 @@ impl Pipeline {
             debezium_compat: def.debezium_compat,
         };
         let mut decoder = Decoder::new();
-        decoder.messages = Some(dead_letter::RETRY_PREFIX);
+        decoder.messages = std::iter::once(dead_letter::RETRY_PREFIX.to_string()).chain(def.messages.iter().cloned()).collect();
         Ok(Pipeline {
             decoder,
             envelope: Envelope::new(def.envelope, def.force_append_only, def.key_columns.clone(), sink_name, database)
@@ -170,7 +170,7 @@ impl Pipeline {
         }
         match self.decoder.feed(msg)? {
             Decoded::Nothing => Ok(()),
-            Decoded::Message(content) => {
+            Decoded::Message { prefix, content } if prefix == dead_letter::RETRY_PREFIX => {
                 // A dead letter replayed by sink.retry_dead_letters(): its change
                 // joins this transaction.
                 let mut resolve = |oid| resolver.resolve(oid);
@@ -179,6 +179,8 @@ impl Pipeline {
                 }
                 Ok(())
             }
+            // A message the sink delivers (its `messages` option), in commit order.
+            Decoded::Message { prefix, content } => self.decoder.push(Change::Message { prefix, content: content.into() }),
             Decoded::Relation(id) => {
                 if let Some(rel) = self.decoder.relation_mut(id) {
                     if self.needs_meta && rel.meta.is_none() {
@@ -280,6 +282,14 @@ impl Pipeline {
     }
 
     fn encode_draft(&mut self, draft: &Draft) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        if let super::envelope::Payload::Message(m) = &draft.payload {
+            // A message's key is its prefix (Debezium's `{"prefix": ..}` in JSON).
+            let key = match self.key_encoder.name() {
+                "json" => serde_json::json!({ "prefix": m.prefix }).to_string().into_bytes(),
+                _ => m.prefix.clone().into_bytes(),
+            };
+            return Ok((Some(key), self.value_encoder.encode_value(&draft.payload)?));
+        }
         Ok((draft.key.as_ref().map(|k| self.key_encoder.encode_key(k)).transpose()?, self.value_encoder.encode_value(&draft.payload)?))
     }
 
@@ -431,6 +441,48 @@ mod tests {
         let b = feed_all(&mut p, &msgs).unwrap();
         let got: Vec<_> = b.records.iter().map(|r| (r.commit_lsn, r.ordinal)).collect();
         assert_eq!(got, vec![(Lsn(0x100), 1), (Lsn(0x200), 0)]);
+    }
+
+    #[test]
+    fn logical_messages_with_a_chosen_prefix_are_delivered_in_commit_order() {
+        let msgs = |content: &[u8]| {
+            vec![
+                relation(1, "public", "t", b'd', &[("id", 23, true), ("mood", 90_001, false)]),
+                begin(0x100, 0, 5),
+                insert(1, &[Some("1"), Some("happy")]),
+                message(true, "outbox", content),
+                message(true, "other", b"{}"),
+                message(false, "outbox", b"not transactional"),
+                commit(0x100, 0x110, 0),
+            ]
+        };
+        // Without the option a message is not delivered.
+        let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x")], 0);
+        assert_eq!(feed_all(&mut p, &msgs(b"{}")).unwrap().records.len(), 1);
+        // With it, after the row, keyed by its prefix; JSON content is the value.
+        let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x"), ("messages", "outbox, audit")], 0);
+        let b = feed_all(&mut p, &msgs(br#"{"order": 7}"#)).unwrap();
+        assert_eq!(b.records.len(), 2);
+        let m = &b.records[1];
+        assert_eq!((m.draft.op, m.ordinal), (crate::engine::envelope::Op::Message, 1));
+        assert_eq!(m.key.as_deref(), Some(&br#"{"prefix":"outbox"}"#[..]));
+        assert_eq!(m.value.as_deref(), Some(&br#"{"order": 7}"#[..]));
+        // Text that is not JSON is a JSON string; bytes that are not UTF-8 are base64.
+        let mut p = pipeline(&[("envelope", "upsert"), ("path", "/x"), ("messages", "outbox")], 0);
+        assert_eq!(feed_all(&mut p, &msgs(b"plain")).unwrap().records[1].value.as_deref(), Some(&b"\"plain\""[..]));
+        let mut p = pipeline(&[("envelope", "upsert"), ("path", "/x"), ("messages", "outbox")], 0);
+        assert_eq!(feed_all(&mut p, &msgs(&[0xff, 0])).unwrap().records[1].value.as_deref(), Some(&br#"{"base64":"/wA="}"#[..]));
+        // Under the debezium envelope, Debezium's message event.
+        let mut p = pipeline(&[("envelope", "debezium"), ("path", "/x"), ("message.prefix.include.list", "outbox")], 0);
+        let b = feed_all(&mut p, &msgs(b"hi")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(b.records[1].value.as_deref().unwrap()).unwrap();
+        assert_eq!(v["op"], "m");
+        assert_eq!(v["message"], serde_json::json!({"prefix": "outbox", "content": "aGk="}));
+        assert_eq!((v["source"]["lsn"].as_u64(), v["source"]["txId"].as_u64(), v["source"]["table"].as_str()), (Some(0x100), Some(5), Some("")));
+        // As TEXT, the content byte for byte.
+        let mut p = pipeline(&[("envelope", "upsert"), ("path", "/x"), ("messages", "outbox"), ("format", "text")], 0);
+        let only_message = [begin(0x100, 0, 5), message(true, "outbox", b"a b"), commit(0x100, 0x110, 0)];
+        assert_eq!(feed_all(&mut p, &only_message).unwrap().records[0].value.as_deref(), Some(&b"a b"[..]));
     }
 
     #[test]

@@ -180,6 +180,7 @@ impl TableConnector {
             },
             Payload::Truncate(_) => sql.execute(&format!("TRUNCATE {}", self.target), &[]).map(|_| ()),
             Payload::Debezium(_) => Err(SinkError::permanent("debezium payload in a non-debezium table sink")),
+            Payload::Message(_) => Err(SinkError::permanent("a logical message is not a row").hint("A table sink does not take the messages option.")),
         }
     }
 }

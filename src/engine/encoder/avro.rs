@@ -769,6 +769,7 @@ impl Encoder for AvroEncoder {
         let mut out = Vec::with_capacity(256);
         match payload {
             Payload::Tombstone | Payload::Truncate(_) => return Ok(None),
+            Payload::Message(_) => return Err(SinkError::permanent("a logical message has no Avro form")),
             Payload::Row(row) => {
                 let c = self.compiled(&row.relation, &row.indices)?;
                 Self::header(&c, &mut out);

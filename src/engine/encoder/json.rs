@@ -23,7 +23,7 @@ use serde_json::{Map, Number, Value};
 
 use super::Encoder;
 use crate::engine::change::{Cell, Column};
-use crate::engine::envelope::{DebeziumEvent, Payload, RowImage};
+use crate::engine::envelope::{DebeziumEvent, MessageEvent, Payload, RowImage, SourceInfo};
 use crate::engine::error::{Result, SinkError};
 use crate::engine::types::{PgType, TypeKind};
 
@@ -67,6 +67,7 @@ impl Encoder for JsonEncoder {
             Payload::Tombstone | Payload::Truncate(_) => return Ok(None),
             Payload::Row(row) => (self.rows)(row, &mut out)?,
             Payload::Debezium(event) => write_debezium(event, self.debezium_fields, self.rows, &mut out)?,
+            Payload::Message(m) => write_message(m, self.debezium_fields, &mut out),
         }
         Ok(Some(out))
     }
@@ -183,25 +184,33 @@ fn write_debezium(event: &DebeziumEvent, compat: bool, row: RowWriter, out: &mut
             Ok(())
         }
     };
-    let src = &event.source;
-    let ts_ms = src.commit_time_us.div_euclid(1000);
-    let times = |out: &mut Vec<u8>| {
-        out.extend_from_slice(format!("\"ts_ms\":{ts_ms}").as_bytes());
-        if compat {
-            let us = src.commit_time_us;
-            out.extend_from_slice(format!(",\"ts_us\":{us},\"ts_ns\":{}", i128::from(us) * 1000).as_bytes());
-        }
-    };
     out.extend_from_slice(b"{\"before\":");
     image(&event.before, out)?;
     out.extend_from_slice(b",\"after\":");
     image(&event.after, out)?;
-    out.extend_from_slice(
-        concat!(",\"source\":{\"version\":\"pg_sink-", env!("CARGO_PKG_VERSION"), "\",\"connector\":\"postgresql\",\"name\":").as_bytes(),
-    );
+    out.extend_from_slice(b",\"source\":");
+    write_source(&event.source, compat, out);
+    out.extend_from_slice(format!(",\"op\":\"{}\",", event.op.debezium_code()).as_bytes());
+    write_times(&event.source, compat, out);
+    out.extend_from_slice(b",\"transaction\":null}");
+    Ok(())
+}
+
+/// `"ts_ms":..` (with `ts_us` and `ts_ns` under `compat`) of the commit.
+fn write_times(src: &SourceInfo, compat: bool, out: &mut Vec<u8>) {
+    let us = src.commit_time_us;
+    out.extend_from_slice(format!("\"ts_ms\":{}", us.div_euclid(1000)).as_bytes());
+    if compat {
+        out.extend_from_slice(format!(",\"ts_us\":{us},\"ts_ns\":{}", i128::from(us) * 1000).as_bytes());
+    }
+}
+
+/// Debezium's `source` block.
+fn write_source(src: &SourceInfo, compat: bool, out: &mut Vec<u8>) {
+    out.extend_from_slice(concat!("{\"version\":\"pg_sink-", env!("CARGO_PKG_VERSION"), "\",\"connector\":\"postgresql\",\"name\":").as_bytes());
     write_str(&src.sink_name, out);
     out.push(b',');
-    times(out);
+    write_times(src, compat, out);
     out.extend_from_slice(format!(",\"snapshot\":\"{}\",\"db\":", src.snapshot).as_bytes());
     write_str(&src.database, out);
     out.extend_from_slice(b",\"sequence\":null,\"schema\":");
@@ -212,10 +221,37 @@ fn write_debezium(event: &DebeziumEvent, compat: bool, row: RowWriter, out: &mut
     if compat {
         out.extend_from_slice(b",\"origin\":null,\"origin_lsn\":null");
     }
-    out.extend_from_slice(format!("}},\"op\":\"{}\",", event.op.debezium_code()).as_bytes());
-    times(out);
-    out.extend_from_slice(b",\"transaction\":null}");
-    Ok(())
+    out.push(b'}');
+}
+
+/// A logical message. Under the debezium envelope, Debezium's message event
+/// (`{"op":"m","ts_ms":..,"source":{..},"message":{"prefix":..,"content":<base64>}}`);
+/// otherwise its content: as it is when it is JSON, as a JSON string when it is
+/// other UTF-8 text, as `{"base64": ".."}` when it is binary.
+fn write_message(m: &MessageEvent, compat: bool, out: &mut Vec<u8>) {
+    use base64::Engine as _;
+    let base64 = || base64::engine::general_purpose::STANDARD.encode(&m.content);
+    let Some(src) = &m.source else {
+        match std::str::from_utf8(&m.content) {
+            Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => out.extend_from_slice(text.trim().as_bytes()),
+            Ok(text) => write_str(text, out),
+            Err(_) => {
+                out.extend_from_slice(b"{\"base64\":");
+                write_str(&base64(), out);
+                out.push(b'}');
+            }
+        }
+        return;
+    };
+    out.extend_from_slice(b"{\"op\":\"m\",");
+    write_times(src, compat, out);
+    out.extend_from_slice(b",\"source\":");
+    write_source(src, compat, out);
+    out.extend_from_slice(b",\"message\":{\"prefix\":");
+    write_str(&m.prefix, out);
+    out.extend_from_slice(b",\"content\":");
+    write_str(&base64(), out);
+    out.extend_from_slice(b"}}");
 }
 
 /// A row image as a JSON object `{column: value}`, in the image's column order.

@@ -71,6 +71,8 @@ impl Encoder for TextEncoder {
         match payload {
             Payload::Tombstone | Payload::Truncate(_) => Ok(None),
             Payload::Row(row) => self.image(row),
+            // A message's content, byte for byte.
+            Payload::Message(m) => Ok(Some(m.content.to_vec())),
             Payload::Debezium(_) => {
                 Err(SinkError::permanent(format!("the debezium envelope cannot be encoded as {}", self.name().to_ascii_uppercase())))
             }
