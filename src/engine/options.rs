@@ -11,6 +11,7 @@ use super::encoder;
 use super::encoder::avro::{self, AvroOptions, COMPATIBILITY_LEVELS};
 use super::encoder::registry::RegistrySettings;
 use super::envelope::EnvelopeKind;
+use super::change::Change;
 use super::error::{Result, SinkError};
 use super::dead_letter;
 use super::retention;
@@ -57,6 +58,8 @@ pub struct SinkDefinition {
     pub errors_policy: dead_letter::Policy,
     /// Prefixes of the transactional logical decoding messages the sink delivers.
     pub messages: Vec<String>,
+    /// The kinds of change the sink does not deliver (`skipped.operations`).
+    pub skipped: SkippedOps,
     /// Connector-specific options, validated against the connector's spec.
     pub connector_options: BTreeMap<String, String>,
     /// Avro options (fullnames, NULL DEFAULTS, DOC ON, compatibility levels).
@@ -86,6 +89,7 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("wal_retention_policy", "past max_retained_wal: pause (default), fail or resnapshot"),
     ("messages", "prefixes of pg_logical_emit_message(true, prefix, content) messages to deliver, 'a,b' (Debezium: message.prefix.include.list)"),
     ("message.prefix.include.list", "Debezium's spelling of messages"),
+    ("skipped.operations", "changes not delivered: any of c (insert), u (update), d (delete), t (truncate), or none (default t; none for table and jdbc)"),
     ("errors.policy", "a record the target refuses for good: fail (default) stops the sink, skip leaves it out, dead_letter keeps it in sink.dead_letters"),
     ("csr_connection", "a schema registry connection (Avro)"),
     ("schema.registry", "the schema registry's URL (Avro)"),
@@ -174,6 +178,13 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
     let errors_policy = opts.remove("errors.policy").map(|v| dead_letter::Policy::parse(&v)).transpose()?.unwrap_or_default();
     let messages = take_alias(&mut opts, "messages", "message.prefix.include.list")?.map(|v| split_columns(&v)).unwrap_or_default();
     check_messages(spec, &messages, &key_format, &value_format, &opts)?;
+    let skipped = match opts.remove("skipped.operations") {
+        Some(v) => SkippedOps::parse(&v)?,
+        // A table that mirrors the source applies TRUNCATE; a stream of records
+        // skips it, as Debezium does.
+        None if spec.applies_rows => SkippedOps::default(),
+        None => SkippedOps { truncate: true, ..SkippedOps::default() },
+    };
     if force_append_only && envelope != EnvelopeKind::AppendOnly {
         return Err(SinkError::config("force_append_only requires the append-only envelope")
             .detail(format!("The sink's envelope is {}.", envelope.as_str()))
@@ -210,10 +221,60 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         wal_retention_policy,
         errors_policy,
         messages,
+        skipped,
         connector_options: opts,
         avro,
         registry,
     })
+}
+
+/// Debezium's `skipped.operations`: the kinds of change a sink leaves out. The
+/// snapshot's rows and logical messages are never skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SkippedOps {
+    pub insert: bool,
+    pub update: bool,
+    pub delete: bool,
+    pub truncate: bool,
+}
+
+impl SkippedOps {
+    /// `'c,u'`, `'t'`, `'none'` (Debezium's letters; the names work too).
+    pub fn parse(value: &str) -> Result<SkippedOps> {
+        let mut s = SkippedOps::default();
+        let items = split_columns(&value.to_ascii_lowercase());
+        if items.len() == 1 && items[0] == "none" {
+            return Ok(s);
+        }
+        if items.is_empty() {
+            return Err(SinkError::config("option \"skipped.operations\" is empty").hint("Give c, u, d and/or t, or none."));
+        }
+        for item in &items {
+            match item.as_str() {
+                "c" | "insert" => s.insert = true,
+                "u" | "update" => s.update = true,
+                "d" | "delete" => s.delete = true,
+                "t" | "truncate" => s.truncate = true,
+                other => {
+                    return Err(SinkError::config(format!("invalid value for option \"skipped.operations\": \"{other}\""))
+                        .detail("Snapshot rows (r) and logical messages are always delivered.")
+                        .hint("Give a comma-separated list of c (insert), u (update), d (delete) and t (truncate), or none."))
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Whether `change` (not a snapshot row) is left out.
+    pub fn skips(&self, change: &Change) -> bool {
+        match change {
+            Change::Insert { .. } => self.insert,
+            Change::Update { .. } => self.update,
+            Change::Delete { .. } => self.delete,
+            Change::Truncate { .. } => self.truncate,
+            Change::Message { .. } => false,
+        }
+    }
 }
 
 /// Logical messages go to targets that take records as bytes, in JSON, TEXT or
@@ -340,6 +401,22 @@ mod tests {
         }
         let e = parse("file", &opts(&[("path", "/x"), ("messages", dead_letter::RETRY_PREFIX)])).unwrap_err();
         assert!(e.message.contains("pg_sink's own"), "{}", e.message);
+    }
+
+    #[test]
+    fn skipped_operations_default_to_truncate_except_where_rows_are_applied() {
+        let t = SkippedOps { truncate: true, ..SkippedOps::default() };
+        assert_eq!(parse("file", &opts(&[("path", "/x")])).unwrap().skipped, t);
+        assert_eq!(parse("table", &opts(&[("table", "x")])).unwrap().skipped, SkippedOps::default());
+        assert_eq!(parse("table", &opts(&[("table", "x"), ("skipped.operations", "t")])).unwrap().skipped, t);
+        assert_eq!(parse("file", &opts(&[("path", "/x"), ("skipped.operations", "none")])).unwrap().skipped, SkippedOps::default());
+        let all = SkippedOps::parse("c, U,delete,truncate").unwrap();
+        assert!(all.insert && all.update && all.delete && all.truncate);
+        for bad in ["r", "", "none,c"] {
+            let e = SkippedOps::parse(bad).unwrap_err();
+            assert_eq!(e.kind, crate::engine::error::ErrorKind::InvalidConfig, "{bad}");
+            assert!(e.hint.is_some());
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::encoder::{Encoder, Role};
 use super::envelope::{Draft, Envelope, EnvelopeKind};
 use super::error::{Result, SinkError};
 use super::lsn::Lsn;
-use super::options::SinkDefinition;
+use super::options::{SinkDefinition, SkippedOps};
 use super::pgoutput::{Decoded, Decoder};
 use super::toast::{self, Filled, ToastReader, UnchangedToast};
 use super::types::PgType;
@@ -50,6 +50,8 @@ pub struct Pipeline {
     ordinal: u32,
     /// What a record the target refuses for good does (`errors.policy`).
     pub errors_policy: dead_letter::Policy,
+    /// The kinds of change left out (`skipped.operations`).
+    skipped: SkippedOps,
     /// Records of the stream already set aside: left out of the batches.
     pub dead: DeadSet,
     /// Records the encoder refused under a policy other than `fail`.
@@ -104,6 +106,7 @@ impl Pipeline {
             parts: None,
             ordinal: 0,
             errors_policy: def.errors_policy,
+            skipped: def.skipped,
             dead: DeadSet::new(),
             refused: Vec::new(),
             snapshot_refusals: false,
@@ -235,6 +238,10 @@ impl Pipeline {
         let changes = std::mem::take(&mut txn.changes);
         let stamp = Arc::new(TxnStamp { lsn: txn.commit_lsn.to_string(), timestamp: format_millis(txn.commit_time_us) });
         for mut change in changes {
+            if !txn.snapshot && self.skipped.skips(&change) {
+                batch.changes += 1;
+                continue;
+            }
             if !self.resolve_unchanged(&mut change, txn.xid, sql)? {
                 batch.changes += 1;
                 continue;
@@ -483,6 +490,39 @@ mod tests {
         let mut p = pipeline(&[("envelope", "upsert"), ("path", "/x"), ("messages", "outbox"), ("format", "text")], 0);
         let only_message = [begin(0x100, 0, 5), message(true, "outbox", b"a b"), commit(0x100, 0x110, 0)];
         assert_eq!(feed_all(&mut p, &only_message).unwrap().records[0].value.as_deref(), Some(&b"a b"[..]));
+    }
+
+    #[test]
+    fn skipped_operations_leave_changes_out_but_not_snapshot_rows() {
+        let msgs = vec![
+            relation(1, "public", "t", b'd', &[("id", 23, true), ("mood", 90_001, false)]),
+            begin(0x100, 0, 5),
+            insert(1, &[Some("1"), Some("happy")]),
+            delete(1, b'K', &[Some("1"), None]),
+            truncate(&[1], 0),
+            commit(0x100, 0x110, 0),
+        ];
+        let ops = |pairs: &[(&str, &str)]| -> Vec<String> {
+            let mut p = pipeline(pairs, 0);
+            let b = feed_all(&mut p, &msgs).unwrap();
+            assert_eq!((b.changes, b.end_lsn), (3, Lsn(0x110)), "a skipped change still moves the batch on");
+            b.records.iter().map(|r| r.draft.op.as_str().to_string()).collect()
+        };
+        let base = [("envelope", "debezium"), ("path", "/x")];
+        assert_eq!(ops(&base), ["insert", "delete"], "truncate is skipped by default");
+        assert_eq!(ops(&[base[0], base[1], ("skipped.operations", "none")]), ["insert", "delete", "truncate"]);
+        assert_eq!(ops(&[base[0], base[1], ("skipped.operations", "c,t")]), ["delete"]);
+        // An append-only sink that skips updates and deletes does not stop on them.
+        assert_eq!(ops(&[("envelope", "append-only"), ("path", "/x"), ("skipped.operations", "u,d,t")]), ["insert"]);
+        // Snapshot rows are never skipped.
+        let mut p = pipeline(&[base[0], base[1], ("skipped.operations", "c")], 0);
+        feed_all(&mut p, &msgs[..1]).unwrap();
+        let rel = p.decoder.relation_mut(1).unwrap().clone();
+        let mut txn = Transaction { xid: 0, commit_lsn: Lsn(0x100), end_lsn: Lsn(0x100), commit_time_us: 0, snapshot: true, changes: vec![] };
+        txn.changes.push(Change::Insert { relation: rel, new: vec![Cell::Text("1".into()), Cell::Null] });
+        let mut b = p.new_batch();
+        p.add_transaction(txn, &mut NoSql, &mut b).unwrap();
+        assert_eq!(b.records.len(), 1);
     }
 
     #[test]

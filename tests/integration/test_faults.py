@@ -288,6 +288,33 @@ def test_truncate_does_not_stop_an_upsert_sink_on_a_compacted_topic(db, broker):
     db.execute("SELECT sink.drop_sink('f_trunc')")
 
 
+def test_a_truncate_reaches_a_topic_only_when_skipped_operations_lets_it(db, broker):  # noqa: F811
+    db.execute("DROP TABLE IF EXISTS f_trunc2 CASCADE")
+    db.execute("CREATE TABLE f_trunc2 (id int PRIMARY KEY, v text)")
+    for name, skipped in (("f_trunc_all", "none"), ("f_trunc_cd", "c,d")):
+        db.execute("SELECT sink.create_sink(%s, 'f_trunc2', 'kafka', %s::jsonb, envelope => 'debezium')",
+                   (name, json.dumps({"brokers": BROKERS, "topic": name.replace("_", "-"), "skipped.operations": skipped})))
+        wait_started(db, name)
+    db.execute("INSERT INTO f_trunc2 SELECT g, 'a' FROM generate_series(1, 3) g")
+    db.execute("UPDATE f_trunc2 SET v = 'b' WHERE id = 1")
+    db.execute("DELETE FROM f_trunc2 WHERE id = 2")
+    db.execute("TRUNCATE f_trunc2")
+    db.execute("INSERT INTO f_trunc2 VALUES (4, 'after')")
+    for name in ("f_trunc_all", "f_trunc_cd"):
+        wait_caught_up(db, name)
+    every = read_topic("f-trunc-all")
+    assert [json.loads(v)["op"] for _, _, v, _ in every] == ["c", "c", "c", "u", "d", "t", "c"]
+    t = [(p, k, json.loads(v)) for p, k, v, _ in every if json.loads(v)["op"] == "t"][0]
+    assert t[0] == 0 and t[1] is None and t[2]["source"]["table"] == "f_trunc2", "Debezium's keyless truncate event"
+    assert [json.loads(v)["op"] for _, _, v, _ in read_topic("f-trunc-cd")] == ["u", "t"]
+    code, message, detail, hint = sqlstate_of(
+        db, "SELECT sink.create_sink('f_trunc_bad', 'f_trunc2', 'kafka', %s::jsonb)",
+        json.dumps({"brokers": BROKERS, "topic": "x", "skipped.operations": "r"}))
+    assert code == "22023" and "skipped.operations" in message and hint, (code, message, hint)
+    for name in ("f_trunc_all", "f_trunc_cd"):
+        db.execute("SELECT sink.drop_sink(%s)", (name,))
+
+
 def test_a_target_slower_than_wal_sender_timeout_still_makes_progress(db):
     _table_sink(db, "f_slow")
     wait_started(db, "f_slow")

@@ -20,8 +20,8 @@
 //! The data topic and the progress topic are created when missing. The progress
 //! topic gets 1 partition, compaction, and no retention.
 //!
-//! TRUNCATE is not produced (Debezium's default, `skipped.operations = t`): it has
-//! no key, and a compacted topic refuses keyless records.
+//! TRUNCATE reaches a topic only when `skipped.operations` lets it (Debezium's
+//! default skips it): as a record without a key, which a compacted topic refuses.
 //!
 //! Rooms: `config` (options and settings), `producer` (sending a batch),
 //! `progress` (exactly-once bookkeeping), `errors` (what retries and what fails).

@@ -113,13 +113,6 @@ pub fn partition_from_hash(hash: Option<&str>, partitions: i32) -> i32 {
     }
 }
 
-/// A TRUNCATE has no key, and a keyed (often compacted) topic cannot express it:
-/// a compacted topic refuses a record without a key, which stopped the sink for
-/// good. Like Debezium's default (`skipped.operations = t`), it is not produced.
-pub(super) fn is_keyless_truncate(r: &Record) -> bool {
-    r.key.is_none() && r.draft.op == crate::engine::envelope::Op::Truncate
-}
-
 /// Serve delivery reports in short slices until nothing is in flight (or `timeout`).
 /// rdkafka's own flush waits in 100 ms steps, which would put 100 ms on every batch.
 pub(super) fn drain(producer: &BaseProducer<DeliveryContext>, timeout: Duration) {
@@ -140,7 +133,7 @@ pub(super) fn drain(producer: &BaseProducer<DeliveryContext>, timeout: Duration)
 pub(super) fn send_all(running: &Running, topic: &str, batch: &Batch, partitions: &[i32], headers_column: Option<&str>) -> Result<()> {
     let mut first_local: Option<SinkError> = None;
     for (i, r) in batch.records.iter().enumerate() {
-        if r.commit_lsn < running.committed.lsn || is_keyless_truncate(r) {
+        if r.commit_lsn < running.committed.lsn {
             continue;
         }
         let mut headers = OwnedHeaders::new_with_capacity(3);
