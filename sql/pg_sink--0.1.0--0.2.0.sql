@@ -360,6 +360,26 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'execute_wrapper';
 
+-- pg_sink::pg::sql::export::export
+CREATE  FUNCTION "export"(
+	"query" TEXT, /* & str */
+	"connector" TEXT DEFAULT NULL, /* Option < & str > */
+	"options" jsonb DEFAULT '{}', /* JsonB */
+	"name" TEXT DEFAULT NULL, /* Option < & str > */
+	"envelope" TEXT DEFAULT NULL, /* Option < & str > */
+	"format" TEXT DEFAULT NULL, /* Option < & str > */
+	"key" TEXT[] DEFAULT NULL, /* :: std :: option :: Option < Vec < String > > */
+	"connection" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS TABLE (
+	"rows" bigint,  /* i64 */
+	"bytes" bigint,  /* i64 */
+	"chunks" bigint,  /* i64 */
+	"seconds" double precision  /* f64 */
+)
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'export_wrapper';
+
 -- pg_sink::pg::sql::grants::grant_usage
 CREATE  FUNCTION "grant_usage"(
 	"kind" TEXT, /* & str */

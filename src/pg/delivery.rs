@@ -632,7 +632,7 @@ fn snapshot_query(sink: &SinkRow, rel: &Relation) -> String {
     q
 }
 
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
@@ -698,7 +698,13 @@ pub fn report_activity(text: &str) {
 
 /// Read the next chunk of snapshot rows from `cursor` as an insert-only transaction.
 fn snapshot_chunk(cursor: &mut pgrx::spi::SpiCursor<'_>, rel: &Arc<Relation>, lsn: Lsn, rows: i64) -> Result<Transaction, SinkError> {
-    let mut table = cursor.fetch(rows).map_err(|e| SinkError::transient(format!("snapshot read failed: {e}")))?;
+    let table = cursor.fetch(rows).map_err(|e| SinkError::transient(format!("snapshot read failed: {e}")))?;
+    let changes = insert_rows(table, rel)?;
+    Ok(Transaction { xid: 0, commit_lsn: lsn, end_lsn: lsn, commit_time_us: now_us(), snapshot: true, changes })
+}
+
+/// The rows of `table` as inserts into `rel`, each cell in its text form.
+pub(crate) fn insert_rows(mut table: pgrx::spi::SpiTupleTable<'_>, rel: &Arc<Relation>) -> Result<Vec<crate::engine::change::Change>, SinkError> {
     let ncols = rel.columns.len();
     let mut changes = Vec::with_capacity(table.len());
     let mut oids = Vec::with_capacity(ncols);
@@ -716,7 +722,7 @@ fn snapshot_chunk(cursor: &mut pgrx::spi::SpiCursor<'_>, rel: &Arc<Relation>, ls
         }
         changes.push(crate::engine::change::Change::Insert { relation: rel.clone(), new: cells });
     }
-    Ok(Transaction { xid: 0, commit_lsn: lsn, end_lsn: lsn, commit_time_us: now_us(), snapshot: true, changes })
+    Ok(changes)
 }
 
 fn preview_snapshot(sink: &SinkRow, pipeline: &mut Pipeline, types: &mut dyn TypeResolver, limit: usize) -> Result<Outcome, SinkError> {

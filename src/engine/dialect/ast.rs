@@ -107,6 +107,15 @@ pub enum Command {
         if_exists: bool,
         cascade: bool,
     },
+    /// Kinetica's `EXPORT TABLE t | QUERY (..) INTO .. WITH OPTIONS (DATA SINK NAME
+    /// = ..)`: the query's rows, once, through the data sink (a connection).
+    Export {
+        query: String,
+        connection: String,
+        /// The export's name (`FILE PATH`): where its files go under the location.
+        name: Option<String>,
+        options: Options,
+    },
     /// `kind` None: every kind. `name` None: every object.
     Show {
         kind: Option<ObjectKind>,

@@ -1,6 +1,8 @@
 //! Kinetica: `CREATE DATA SINK .. LOCATION = '..' [WITH OPTIONS (..)]` (a
 //! connection whose connector follows from the location), `CREATE CREDENTIAL`, and
-//! `CREATE STREAM .. ON TABLE .. WITH OPTIONS (DATASINK_NAME = ..)` (a sink).
+//! `CREATE STREAM .. ON TABLE .. WITH OPTIONS (DATASINK_NAME = ..)` (a sink), and
+//! `EXPORT TABLE t | QUERY (..) INTO FILE PATH '..' | REMOTE TABLE '..' [FORMAT ..]
+//! WITH OPTIONS (DATA SINK NAME = ..)` (a one-shot export).
 
 use super::ast::{Command, Dialect, Options, ParseError, Statement, Value};
 use super::parser::{stmt, unsupported, PResult, Parser};
@@ -170,5 +172,68 @@ impl Parser<'_> {
                 or_replace: false,
             },
         ))
+    }
+
+    pub fn kinetica_export(&mut self) -> PResult<Statement> {
+        self.expect_kw("EXPORT")?;
+        let query = if self.eat_kw("TABLE") {
+            format!("SELECT * FROM {}", self.table_name()?)
+        } else if self.eat_kw("QUERY") {
+            self.expect_punct("(")?;
+            let q = self.raw_until("a SELECT statement", |_| false)?;
+            self.expect_punct(")")?;
+            q
+        } else {
+            return Err(self.unexpected(&["TABLE", "QUERY"]));
+        };
+        self.expect_kw("INTO")?;
+        let mut options: Options = Vec::new();
+        let mut name = None;
+        if self.eat_kws(&["FILE", "PATH"]) {
+            let at = self.offset();
+            let path = self.string("a file path as a string")?;
+            let plain = !path.is_empty() && path != "." && path != ".." && path.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            if !plain {
+                return Err(ParseError::at(self.src, at, format!("invalid FILE PATH \"{path}\""), &["a name of letters, digits, _, - and ."])
+                    .hint("The export's files go under the data sink's location, in a directory of this name."));
+            }
+            name = Some(path);
+        } else if self.eat_kws(&["REMOTE", "TABLE"]) {
+            options.push(("table.name".into(), Value::Text(self.string("the remote table's name as a string")?)));
+        } else if self.peek_kws(&["REMOTE", "QUERY"]) {
+            let at = self.offset();
+            return Err(unsupported(self.src, at, "INTO REMOTE QUERY is not supported", "Export INTO REMOTE TABLE '<table>' through a jdbc data sink."));
+        } else {
+            return Err(self.unexpected(&["FILE PATH", "REMOTE TABLE"]));
+        }
+        if self.eat_kw("FORMAT") {
+            self.eat_kw("DELIMITED");
+            let format = if self.eat_kw("TEXT") {
+                "csv"
+            } else if self.eat_kw("PARQUET") {
+                "parquet"
+            } else if self.eat_kw("JSON") {
+                "jsonl"
+            } else {
+                return Err(self.unexpected(&["TEXT", "DELIMITED TEXT", "PARQUET", "JSON"]));
+            };
+            options.push(("file_format".into(), Value::Text(format.into())));
+        }
+        if !self.peek_kws(&["WITH", "OPTIONS"]) {
+            return Err(self.unexpected(&["WITH OPTIONS (DATA SINK NAME = '<data sink>')", "FORMAT"]));
+        }
+        self.pos += 2;
+        let open = self.offset();
+        let mut connection = None;
+        for (k, v, _) in self.assignment_list()? {
+            match (k.as_str(), v) {
+                ("data_sink_name" | "datasink_name", Value::Text(ds)) => connection = Some(ds),
+                (_, v) => options.push((k, v)),
+            }
+        }
+        let Some(connection) = connection else {
+            return Err(ParseError::at(self.src, open, "missing DATA SINK NAME in the export options", &["DATA SINK NAME = '<data sink>'"]));
+        };
+        Ok(stmt(Dialect::Kinetica, "EXPORT", Command::Export { query, connection, name, options }))
     }
 }

@@ -16,9 +16,10 @@ impl Parser<'_> {
             "DROP" => self.drop()?,
             "SHOW" => self.show()?,
             "GRANT" | "REVOKE" => self.grant()?,
+            "EXPORT" => self.kinetica_export()?,
             _ => {
                 return Err(self
-                    .unexpected(&["CREATE", "ALTER", "DROP", "SHOW", "GRANT", "REVOKE"])
+                    .unexpected(&["CREATE", "ALTER", "DROP", "SHOW", "GRANT", "REVOKE", "EXPORT"])
                     .hint("pg_sink understands the sink DDL of Materialize, RisingWave and Kinetica."))
             }
         };

@@ -348,3 +348,27 @@ fn syntax_errors_point_at_the_token_and_say_what_was_expected() {
     let sql = "CREATE SECRET a AS 'x'; CREATE SECRET b AS y";
     assert_eq!(err(sql).position, sql.rfind('y').unwrap() + 1);
 }
+
+#[test]
+fn kinetica_export_of_a_table_or_a_query_into_a_data_sink() {
+    let s = one("EXPORT QUERY (SELECT id, (a + 1) AS b FROM t WHERE f(x) > 0) INTO FILE PATH 'orders_2024' FORMAT PARQUET WITH OPTIONS (DATA SINK NAME = 'files', envelope = 'append-only')");
+    assert_eq!((s.dialect, s.tag.as_str()), (Dialect::Kinetica, "EXPORT"));
+    assert_eq!(
+        s.command,
+        Command::Export {
+            query: "SELECT id, (a + 1) AS b FROM t WHERE f(x) > 0".into(),
+            connection: "files".into(),
+            name: Some("orders_2024".into()),
+            options: vec![("file_format".into(), t("parquet")), ("envelope".into(), t("append-only"))],
+        }
+    );
+    let s = one("export table example.emp into remote table 'emp_copy' with options (datasink_name = 'pg')");
+    assert_eq!(
+        s.command,
+        Command::Export { query: "SELECT * FROM example.emp".into(), connection: "pg".into(), name: None, options: vec![("table.name".into(), t("emp_copy"))] }
+    );
+    assert!(err("EXPORT TABLE t INTO FILE PATH '../etc' WITH OPTIONS (DATA SINK NAME = 'f')").message.contains("invalid FILE PATH"));
+    assert!(err("EXPORT TABLE t INTO FILE PATH 'x' WITH OPTIONS (FOO = 'f')").message.contains("DATA SINK NAME"));
+    assert_eq!(err("EXPORT TABLE t INTO REMOTE QUERY 'INSERT ..' WITH OPTIONS (DATA SINK NAME = 'f')").kind, ErrorKind::Unsupported);
+    assert!(err("EXPORT VIEW v INTO FILE PATH 'x' WITH OPTIONS (DATA SINK NAME = 'f')").expected.iter().any(|e| e == "QUERY"));
+}

@@ -173,6 +173,12 @@ fn run(s: &Statement, rows: &mut Vec<Row>) {
             rows.push(row(tag, kind.as_str(), name, None, json!({ "privilege": "USAGE", "roles": roles })));
         }
         Command::Show { kind, name } => show(tag, *kind, name.as_deref(), rows),
+        Command::Export { query, connection, name, options } => {
+            let mut opts = option_texts(options);
+            let (n, bytes, chunks, seconds) = super::export::export_with(query, None, &mut opts, name.as_deref(), Some(connection));
+            let shown = name.clone().unwrap_or_default();
+            rows.push(row(tag, "export", &shown, None, json!({ "rows": n, "bytes": bytes, "chunks": chunks, "seconds": seconds, "data_sink": connection })));
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! | [`grants`] | `grant_usage`, `revoke_usage` |
 //! | [`sinks`] | `create_sink`, `alter_sink`, `pause_sink`, `resume_sink`, `resync`, `drop_sink` |
 //! | [`sync`] | `sync`, `preview` |
+//! | [`export`] | `export` (a query's rows, once, through any connector) |
 //! | [`dead_letters`] | `retry_dead_letters`, `discard_dead_letters` |
 //! | [`launcher`] | `start_launcher` (this database's sinks run) |
 //! | [`execute`] | `execute` (Materialize, RisingWave and Kinetica DDL) |
@@ -22,6 +23,7 @@ pub mod connections;
 pub mod credentials;
 pub mod dead_letters;
 pub mod execute;
+pub mod export;
 pub mod grants;
 pub mod hashes;
 pub mod launcher;

@@ -288,7 +288,7 @@ fn readable_source(source: &str) -> Source {
 }
 
 /// The JSON options plus the named arguments, as the catalog keeps them.
-fn sink_options(
+pub(super) fn sink_options(
     options: &JsonB,
     envelope: Option<&str>,
     format: Option<&str>,
@@ -318,7 +318,11 @@ fn sink_options(
 /// The connector and the options the sink will run with: the sink's own, then the
 /// connection's, with secrets, credentials and the registry connection resolved
 /// (each checked for USAGE).
-fn effective_options(opts: &BTreeMap<String, String>, connector: Option<&str>, connection: Option<&str>) -> (String, BTreeMap<String, String>) {
+pub(super) fn effective_options(
+    opts: &BTreeMap<String, String>,
+    connector: Option<&str>,
+    connection: Option<&str>,
+) -> (String, BTreeMap<String, String>) {
     let mut connector_name = connector.map(str::to_string);
     let mut effective = opts.clone();
     let mut connection_opts = BTreeMap::new();
@@ -669,9 +673,7 @@ fn create_publication(object: &str, src: &Source, info: &TableInfo) {
 fn warn_if_not_served(name: &str, def: &options::SinkDefinition) {
     let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
     if def.schedule == Schedule::Continuous && !crate::pg::gucs::serves(&database) {
-        pgrx::warning!(
-            "sink \"{name}\" is in database \"{database}\", which pg_sink.databases leaves out; deliver it with sink.sync()"
-        );
+        pgrx::warning!("sink \"{name}\" is in database \"{database}\", which pg_sink.databases leaves out; deliver it with sink.sync()");
     }
 }
 
