@@ -121,6 +121,19 @@ CREATE TABLE dead_letters (
     UNIQUE (sink_id, lsn, chunk, ordinal)
 );
 
+-- The key of the seals on the extension's own logical messages (dead-letter
+-- replays, schema-change reports): pg_logical_emit_message is open to every
+-- role, so the worker acts only on messages sealed with this key. Random at
+-- CREATE EXTENSION (gen_random_uuid draws from the server's strong random source).
+CREATE TABLE message_key (key bytea NOT NULL);
+INSERT INTO message_key VALUES (decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'));
+REVOKE ALL ON message_key FROM PUBLIC;
+
+-- The last shape of each captured table (columns by attribute number, key), as
+-- the schema-change event trigger saw it: what the next ALTER TABLE is compared with.
+CREATE TABLE source_shapes (relid oid PRIMARY KEY, shape jsonb NOT NULL);
+REVOKE ALL ON source_shapes FROM PUBLIC;
+
 -- Moves with every change to sinks, connections, secrets and credentials, in the
 -- changing transaction: a worker resolves a sink's options (secrets included)
 -- again only when it moved, not at every step.
@@ -236,3 +249,4 @@ SELECT pg_catalog.pg_extension_config_dump('sinks', '');
 SELECT pg_catalog.pg_extension_config_dump('sinks_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('connections', '');
 SELECT pg_catalog.pg_extension_config_dump('usage_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('source_shapes', '');

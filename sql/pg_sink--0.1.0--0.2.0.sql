@@ -55,6 +55,19 @@ GRANT SELECT ON dead_letters TO PUBLIC;
 ALTER TABLE dead_letters ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_sees ON dead_letters FOR SELECT USING (EXISTS (SELECT 1 FROM sinks s WHERE s.id = sink_id));
 
+-- The key of the seals on the extension's own logical messages (dead-letter
+-- replays, schema-change reports): pg_logical_emit_message is open to every
+-- role, so the worker acts only on messages sealed with this key. Random at
+-- CREATE EXTENSION (gen_random_uuid draws from the server's strong random source).
+CREATE TABLE message_key (key bytea NOT NULL);
+INSERT INTO message_key VALUES (decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'));
+REVOKE ALL ON message_key FROM PUBLIC;
+
+-- The last shape of each captured table (columns by attribute number, key), as
+-- the schema-change event trigger saw it: what the next ALTER TABLE is compared with.
+CREATE TABLE source_shapes (relid oid PRIMARY KEY, shape jsonb NOT NULL);
+REVOKE ALL ON source_shapes FROM PUBLIC;
+
 -- Moves with every change to sinks, connections, secrets and credentials, in the
 -- changing transaction: a worker resolves a sink's options (secrets included)
 -- again only when it moved, not at every step.
@@ -150,6 +163,7 @@ SELECT pg_catalog.pg_extension_config_dump('sinks', '');
 SELECT pg_catalog.pg_extension_config_dump('sinks_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('connections', '');
 SELECT pg_catalog.pg_extension_config_dump('usage_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('source_shapes', '');
 
 -- Functions ----------------------------------------------------------------
 
@@ -439,6 +453,66 @@ CREATE  FUNCTION "preview"(
 STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'preview_wrapper';
+
+-- pg_sink::pg::sql::schema_changes::report_schema_change
+CREATE  FUNCTION "report_schema_change"(
+	"relid" oid /* pg_sys :: Oid */
+) RETURNS void
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'report_schema_change_wrapper';
+
+-- requires:
+--   report_schema_change
+
+
+-- A table's columns (attribute number, name, type, NOT NULL) and replica identity
+-- key, as a schema-change report carries them.
+CREATE FUNCTION sink.relation_shape(relid oid) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'schema', n.nspname, 'table', c.relname,
+        'columns', coalesce((SELECT jsonb_agg(jsonb_build_object('attnum', a.attnum, 'name', a.attname,
+                                   'type', format_type(a.atttypid, a.atttypmod), 'not_null', a.attnotnull) ORDER BY a.attnum)
+                              FROM pg_attribute a
+                             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '[]'),
+        'key', coalesce((SELECT jsonb_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum))
+                           FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+                          WHERE i.indrelid = c.oid AND (i.indisreplident OR (i.indisprimary AND c.relreplident = 'd'))), '[]'))
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = relid
+$$;
+
+-- The tables sinks captured before the extension reported schema changes.
+INSERT INTO sink.source_shapes (relid, shape)
+SELECT DISTINCT source::oid, sink.relation_shape(source::oid) FROM sink.sinks
+ WHERE sink.relation_shape(source::oid) IS NOT NULL
+ON CONFLICT (relid) DO NOTHING;
+
+-- Only the event trigger reports schema changes.
+REVOKE ALL ON FUNCTION sink.report_schema_change(oid) FROM PUBLIC;
+
+-- Runs as the extension's owner (report_schema_change is not PUBLIC); a failure
+-- here warns and never blocks the user's ALTER TABLE.
+CREATE FUNCTION sink.capture_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
+              WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+    LOOP
+        BEGIN
+            PERFORM sink.report_schema_change(r.objid);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_sink could not report the schema change of %: %', r.objid::pg_catalog.regclass, SQLERRM;
+        END;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION sink.capture_ddl() FROM PUBLIC;
+
+CREATE EVENT TRIGGER pg_sink_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION sink.capture_ddl();
 
 -- pg_sink::pg::sql::sinks::resume_sink
 CREATE  FUNCTION "resume_sink"(

@@ -89,6 +89,9 @@ pub enum Change {
     /// A transactional logical decoding message (`pg_logical_emit_message(true,
     /// prefix, content)`) with a prefix the sink delivers (its `messages` option).
     Message { prefix: String, content: Arc<[u8]> },
+    /// A schema change of the sink's source, at its place in the stream (see
+    /// [`super::schema_change`]).
+    Schema(Arc<super::schema_change::SchemaChange>),
 }
 
 impl Change {
@@ -99,6 +102,7 @@ impl Change {
             Change::Delete { .. } => "delete",
             Change::Truncate { .. } => "truncate",
             Change::Message { .. } => "message",
+            Change::Schema(_) => "schema change",
         }
     }
 }

@@ -116,7 +116,7 @@ fn draft_relation(draft: &Draft) -> Option<&Arc<Relation>> {
         Payload::Debezium(e) => e.after.as_ref().or(e.before.as_ref()).map(|r| &r.relation),
         Payload::Truncate(rels) => rels.first(),
         Payload::Tombstone => draft.key.as_ref().map(|k| &k.relation),
-        Payload::Message(_) => None,
+        Payload::Message(_) | Payload::Schema(_) => None,
     }
 }
 
@@ -161,6 +161,9 @@ pub fn change_json(draft: &Draft) -> Value {
         },
         Payload::Truncate(rels) => {
             return json!({"op": "truncate", "relations": rels.iter().map(|r| relation_json(r)).collect::<Vec<_>>()});
+        }
+        Payload::Schema(c) => {
+            return json!({"op": "schema", "relid": c.relid});
         }
         Payload::Message(m) => {
             return json!({"op": "message", "prefix": m.prefix, "content_base64": base64::engine::general_purpose::STANDARD.encode(&m.content)});

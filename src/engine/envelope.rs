@@ -50,6 +50,8 @@ pub enum Op {
     Truncate,
     /// A logical decoding message (Debezium's `m`).
     Message,
+    /// A schema change of the source, for targets that hold tables.
+    Schema,
 }
 
 impl Op {
@@ -61,6 +63,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Truncate => "truncate",
             Op::Message => "message",
+            Op::Schema => "schema",
         }
     }
     /// Debezium's one-letter operation code.
@@ -72,6 +75,7 @@ impl Op {
             Op::Delete => "d",
             Op::Truncate => "t",
             Op::Message => "m",
+            Op::Schema => "s",
         }
     }
 }
@@ -124,6 +128,9 @@ pub enum Payload {
     /// without an outbox table); under the debezium envelope, Debezium's message
     /// event (`op: "m"`, `source`, `message: {prefix, content}`).
     Message(Box<MessageEvent>),
+    /// A schema change of the source: applied by targets that hold tables, never
+    /// encoded into a record.
+    Schema(Arc<super::schema_change::SchemaChange>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -355,6 +362,7 @@ impl Envelope {
                     }
                 }
             },
+            Change::Schema(change) => out.push(Draft { key: None, payload: Payload::Schema(change), op: Op::Schema }),
             Change::Message { prefix, content } => {
                 // Every envelope delivers a message as it is (no row, no key column).
                 let source = (self.kind == EnvelopeKind::Debezium).then(|| SourceInfo {

@@ -27,6 +27,8 @@ pub mod pipeline;
 pub mod replication;
 pub mod retention;
 pub mod retry;
+pub mod schema_change;
+pub mod seal;
 pub mod secret;
 pub mod step;
 #[cfg(test)]

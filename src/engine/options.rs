@@ -15,6 +15,7 @@ use super::change::Change;
 use super::error::{Result, SinkError};
 use super::dead_letter;
 use super::retention;
+use super::schema_change;
 
 /// How a sink is driven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub struct SinkDefinition {
     pub messages: Vec<String>,
     /// The kinds of change the sink does not deliver (`skipped.operations`).
     pub skipped: SkippedOps,
+    /// What a schema change of the source does (`schema.changes`).
+    pub schema_changes: schema_change::Handling,
     /// Connector-specific options, validated against the connector's spec.
     pub connector_options: BTreeMap<String, String>,
     /// Avro options (fullnames, NULL DEFAULTS, DOC ON, compatibility levels).
@@ -89,6 +92,7 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("wal_retention_policy", "past max_retained_wal: pause (default), fail or resnapshot"),
     ("messages", "prefixes of pg_logical_emit_message(true, prefix, content) messages to deliver, 'a,b' (Debezium: message.prefix.include.list)"),
     ("message.prefix.include.list", "Debezium's spelling of messages"),
+    ("schema.changes", "a schema change of the source (ALTER TABLE): apply (default: table and jdbc targets follow it), stop (the sink fails there) or ignore"),
     ("skipped.operations", "changes not delivered: any of c (insert), u (update), d (delete), t (truncate), or none (default t; none for table and jdbc)"),
     ("errors.policy", "a record the target refuses for good: fail (default) stops the sink, skip leaves it out, dead_letter keeps it in sink.dead_letters"),
     ("csr_connection", "a schema registry connection (Avro)"),
@@ -178,6 +182,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
     let errors_policy = opts.remove("errors.policy").map(|v| dead_letter::Policy::parse(&v)).transpose()?.unwrap_or_default();
     let messages = take_alias(&mut opts, "messages", "message.prefix.include.list")?.map(|v| split_columns(&v)).unwrap_or_default();
     check_messages(spec, &messages, &key_format, &value_format, &opts)?;
+    let schema_changes = opts.remove("schema.changes").map(|v| schema_change::Handling::parse(&v)).transpose()?.unwrap_or_default();
     let skipped = match opts.remove("skipped.operations") {
         Some(v) => SkippedOps::parse(&v)?,
         // A table that mirrors the source applies TRUNCATE; a stream of records
@@ -222,6 +227,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         errors_policy,
         messages,
         skipped,
+        schema_changes,
         connector_options: opts,
         avro,
         registry,
@@ -272,7 +278,7 @@ impl SkippedOps {
             Change::Update { .. } => self.update,
             Change::Delete { .. } => self.delete,
             Change::Truncate { .. } => self.truncate,
-            Change::Message { .. } => false,
+            Change::Message { .. } | Change::Schema(_) => false,
         }
     }
 }

@@ -11,7 +11,9 @@ use super::dead_letter::{self, DeadLetter, DeadSet};
 use super::encoder::avro::EncoderContext;
 use super::encoder::formats;
 use super::encoder::{Encoder, Role};
-use super::envelope::{Draft, Envelope, EnvelopeKind};
+use super::envelope::{Draft, Envelope, EnvelopeKind, Payload};
+use super::schema_change::{self, SchemaChange};
+use super::seal;
 use super::error::{Result, SinkError};
 use super::lsn::Lsn;
 use super::options::{SinkDefinition, SkippedOps};
@@ -52,6 +54,12 @@ pub struct Pipeline {
     pub errors_policy: dead_letter::Policy,
     /// The kinds of change left out (`skipped.operations`).
     skipped: SkippedOps,
+    /// What a schema change of the source does (`schema.changes`).
+    pub schema_changes: schema_change::Handling,
+    /// The source table's OID: schema changes of other tables are not this sink's.
+    pub source_oid: u32,
+    /// The key of the seals on the extension's own messages ([`super::seal`]).
+    pub message_key: Vec<u8>,
     /// Records of the stream already set aside: left out of the batches.
     pub dead: DeadSet,
     /// Records the encoder refused under a policy other than `fail`.
@@ -89,7 +97,7 @@ impl Pipeline {
             debezium_compat: def.debezium_compat,
         };
         let mut decoder = Decoder::new();
-        decoder.messages = std::iter::once(dead_letter::RETRY_PREFIX.to_string()).chain(def.messages.iter().cloned()).collect();
+        decoder.messages = [dead_letter::RETRY_PREFIX, schema_change::DDL_PREFIX].into_iter().map(str::to_string).chain(def.messages.iter().cloned()).collect();
         Ok(Pipeline {
             decoder,
             envelope: Envelope::new(def.envelope, def.force_append_only, def.key_columns.clone(), sink_name, database)
@@ -107,6 +115,9 @@ impl Pipeline {
             ordinal: 0,
             errors_policy: def.errors_policy,
             skipped: def.skipped,
+            schema_changes: def.schema_changes,
+            source_oid: 0,
+            message_key: Vec::new(),
             dead: DeadSet::new(),
             refused: Vec::new(),
             snapshot_refusals: false,
@@ -175,12 +186,26 @@ impl Pipeline {
             Decoded::Nothing => Ok(()),
             Decoded::Message { prefix, content } if prefix == dead_letter::RETRY_PREFIX => {
                 // A dead letter replayed by sink.retry_dead_letters(): its change
-                // joins this transaction.
+                // joins this transaction. One without a valid seal was not
+                // written by the extension, and is not acted on.
+                let Some(content) = seal::open(&self.message_key, &prefix, &content) else { return Ok(()) };
                 let mut resolve = |oid| resolver.resolve(oid);
-                if let Some(change) = dead_letter::parse_retry(&content, self.sink_id, &mut resolve)? {
+                if let Some(change) = dead_letter::parse_retry(content, self.sink_id, &mut resolve)? {
                     self.decoder.push(change)?;
                 }
                 Ok(())
+            }
+            Decoded::Message { prefix, content } if prefix == schema_change::DDL_PREFIX => {
+                let Some(content) = seal::open(&self.message_key, &prefix, &content) else { return Ok(()) };
+                let change = SchemaChange::parse(content)?;
+                if change.relid != self.source_oid || change.before.is_none() {
+                    return Ok(());
+                }
+                match self.schema_changes {
+                    schema_change::Handling::Ignore => Ok(()),
+                    schema_change::Handling::Stop => Err(schema_change::stopped(&change, "The sink's schema.changes option is stop.")),
+                    schema_change::Handling::Apply => self.decoder.push(Change::Schema(Arc::new(change))),
+                }
             }
             // A message the sink delivers (its `messages` option), in commit order.
             Decoded::Message { prefix, content } => self.decoder.push(Change::Message { prefix, content: content.into() }),
@@ -250,6 +275,11 @@ impl Pipeline {
             self.envelope.apply(txn, change, &mut self.drafts)?;
             let mut drafts = std::mem::take(&mut self.drafts);
             for draft in drafts.drain(..) {
+                if self.encode && matches!(draft.payload, Payload::Schema(_)) {
+                    // Records follow the new shape by themselves (each row
+                    // carries its relation); only targets holding tables apply it.
+                    continue;
+                }
                 let ordinal = self.ordinal;
                 self.ordinal += 1;
                 if !txn.snapshot && self.dead.contains(&(txn.commit_lsn, ordinal)) {
@@ -425,19 +455,23 @@ mod tests {
     fn a_replayed_dead_letter_is_delivered_in_the_transaction_that_carries_it_and_set_aside_records_are_not() {
         let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x")], 0);
         p.sink_id = 4;
+        p.message_key = b"key".to_vec();
         let first = feed_all(&mut p, &stream()[..4]).unwrap();
         let change = crate::engine::dead_letter::change_json(&first.records[0].draft);
-        let mine = dead_letter::retry_message(4, &change);
-        let other = dead_letter::retry_message(5, &change);
+        let sealed = |m: String| seal::seal(b"key", dead_letter::RETRY_PREFIX, &m);
+        let mine = sealed(dead_letter::retry_message(4, &change));
+        let other = sealed(dead_letter::retry_message(5, &change));
+        let forged = dead_letter::retry_message(4, &change);
         let msgs = vec![
             begin(0x300, 0, 7),
             message(true, dead_letter::RETRY_PREFIX, other.as_bytes()),
+            message(true, dead_letter::RETRY_PREFIX, forged.as_bytes()),
             message(true, dead_letter::RETRY_PREFIX, mine.as_bytes()),
             message(true, "app", b"not ours"),
             commit(0x300, 0x310, 0),
         ];
         let b = feed_all(&mut p, &msgs).unwrap();
-        assert_eq!(b.records.len(), 1, "only this sink's replay");
+        assert_eq!(b.records.len(), 1, "only this sink's replay, and only a sealed one");
         assert_eq!(b.records[0].value, first.records[0].value);
         assert_eq!((b.records[0].commit_lsn, b.records[0].ordinal), (Lsn(0x300), 0));
         // A record already set aside is left out; the next keeps its ordinal.
@@ -523,6 +557,40 @@ mod tests {
         let mut b = p.new_batch();
         p.add_transaction(txn, &mut NoSql, &mut b).unwrap();
         assert_eq!(b.records.len(), 1);
+    }
+
+    #[test]
+    fn only_sealed_schema_changes_of_the_source_reach_a_table_target() {
+        let report = |relid: u32| {
+            format!(
+                r#"{{"relid": {relid}, "before": {{"schema": "public", "table": "t", "columns": [{{"attnum": 1, "name": "id", "type": "integer"}}], "key": ["id"]}},
+                   "after": {{"schema": "public", "table": "t", "columns": [{{"attnum": 1, "name": "id", "type": "integer"}}, {{"attnum": 2, "name": "x", "type": "text"}}], "key": ["id"]}}}}"#
+            )
+        };
+        let msgs = |content: &str| vec![begin(0x100, 0, 5), message(true, schema_change::DDL_PREFIX, content.as_bytes()), commit(0x100, 0x110, 0)];
+        let table = |handling: &str| {
+            let o: BTreeMap<String, String> = [("table", "x"), ("envelope", "upsert"), ("schema.changes", handling)].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let mut p = Pipeline::new(&options::parse("table", &o).unwrap(), "s", "db", Lsn(0)).unwrap();
+            p.encode = false;
+            p.source_oid = 42;
+            p.message_key = b"k".to_vec();
+            p
+        };
+        let sealed = |relid| seal::seal(b"k", schema_change::DDL_PREFIX, &report(relid));
+        let mut p = table("apply");
+        let b = feed_all(&mut p, &msgs(&sealed(42))).unwrap();
+        assert_eq!(b.records.len(), 1);
+        assert!(matches!(&b.records[0].draft.payload, Payload::Schema(c) if c.relid == 42));
+        assert_eq!(feed_all(&mut table("apply"), &msgs(&sealed(43))).unwrap().records.len(), 0, "another table's");
+        assert_eq!(feed_all(&mut table("apply"), &msgs(&report(42))).unwrap().records.len(), 0, "not sealed: forged");
+        assert_eq!(feed_all(&mut table("ignore"), &msgs(&sealed(42))).unwrap().records.len(), 0);
+        let e = feed_all(&mut table("stop"), &msgs(&sealed(42))).unwrap_err();
+        assert!(e.message.contains("column \"x\" text added") && !e.is_transient(), "{e:?}");
+        // Records of other targets never carry it.
+        let mut p = pipeline(&[("path", "/x")], 0);
+        p.source_oid = 42;
+        p.message_key = b"k".to_vec();
+        assert_eq!(feed_all(&mut p, &msgs(&sealed(42))).unwrap().records.len(), 0);
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct Outcome {
     pub dead_letters: Vec<DeadLetter>,
     /// The step ended before a batch holding refused records: run the next one.
     pub refused: bool,
+    /// The step ended at a change the sink cannot take (a permanent error, e.g. a
+    /// schema change under `schema.changes = 'stop'`), after delivering what came
+    /// before it: record that progress, then fail the sink with this error.
+    pub stopped: Option<SinkError>,
 }
 
 /// Whether `e` names records `policy` sets aside.
@@ -248,6 +252,11 @@ impl<'a> Step<'a> {
                 // The encoder refused a record: end the step before its batch.
                 self.outcome.dead_letters.append(&mut self.pipeline.refused);
                 self.refusal = true;
+            } else if !e.is_transient() && (self.batch.transactions > 0 || self.outcome.transactions > 0) && self.flush().is_ok() {
+                // The sink stops at this change: what came before it is
+                // delivered, and its progress kept, first.
+                self.refusal = true;
+                self.outcome.stopped = Some(e.clone());
             }
             return Err(e);
         }
@@ -589,6 +598,33 @@ mod tests {
         let ids: Vec<String> = c.records().iter().map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap()).collect();
         assert_eq!(ids.len(), 28);
         assert_eq!(ids[2], r#"{"id":3}"#);
+    }
+
+    #[test]
+    fn a_change_the_sink_cannot_take_stops_it_after_what_came_before_is_delivered() {
+        let rt = rt();
+        let mut c = MemoryConnector::default();
+        let mut pipeline = fixture::pipeline();
+        let (mut sql, mut types) = (NoSql, NoTypes);
+        let mut msgs = transactions(&[2, 1]);
+        // t3: a change the pipeline refuses for good (a malformed insert).
+        msgs.push(begin(0x300, 0, 3));
+        msgs.push(insert(9, &[Some("1")]));
+        msgs.push(commit(0x300, 0x310, 0));
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn(0), 100);
+        let e = msgs.iter().try_for_each(|m| step.feed(m)).unwrap_err();
+        assert!(!e.is_transient(), "{e:?}");
+        assert!(step.refused());
+        let (out, p) = step.finish_refused(Lsn(0x9000)).unwrap();
+        assert_eq!(c.records().len(), 3, "t1 and t2 are delivered");
+        assert_eq!((out.transactions, p.confirmed), (2, Lsn(0x210)));
+        assert_eq!(out.stopped.map(|e| e.message), Some(e.message));
+        // With nothing before it, the error is the step's.
+        let mut c = MemoryConnector::default();
+        let mut pipeline = fixture::pipeline();
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn(0), 100);
+        let e = msgs[..1].iter().chain(&msgs[msgs.len() - 3..]).try_for_each(|m| step.feed(m)).unwrap_err();
+        assert!(!e.is_transient() && !step.refused());
     }
 
     #[test]

@@ -130,6 +130,14 @@ pub fn find_by_id(id: i64) -> Option<SinkRow> {
     find("s.id = $1::bigint", &id.to_string())
 }
 
+/// The key of the seals on the extension's own logical messages
+/// ([`crate::engine::seal`]); read as the extension's superuser.
+pub fn message_key() -> Vec<u8> {
+    let hex = crate::pg::identity::as_superuser(|| select_one("SELECT pg_catalog.encode(key, 'hex') FROM sink.message_key LIMIT 1", &[]));
+    let hex = hex.unwrap_or_default();
+    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
 /// A secret's value (callers run as superuser; the table is closed to others).
 pub fn secret_value(name: &str) -> Option<String> {
     select("SELECT value FROM sink.secrets WHERE name = $1", &[Some(name)]).into_iter().next().and_then(|r| r.into_iter().next().flatten())

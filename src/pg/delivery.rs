@@ -147,6 +147,13 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
         let database = select_one("SELECT current_database()::text", &[]).unwrap_or_default();
         let mut pipeline = Pipeline::new(&def, &sink.name, &database, Lsn::ZERO)?;
         pipeline.sink_id = sink.id;
+        pipeline.source_oid = sink.source_oid;
+        pipeline.message_key = catalog::message_key();
+        if sink.columns.is_some() {
+            // A column list names columns: a target of some of them does not
+            // follow the table's schema changes (README, Known limits).
+            pipeline.schema_changes = crate::engine::schema_change::Handling::Ignore;
+        }
         let cfg = ConnectorConfig {
             sink_name: sink.name.clone(),
             database: database.clone(),
@@ -321,6 +328,12 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
         catalog::record_progress(sink.id, progress.confirmed, &outcome, caught_up);
     }
     catalog::record_dead_letters(sink, &outcome.dead_letters);
+    if let Some(e) = &outcome.stopped {
+        // Failed at a change it cannot take, with what came before it delivered.
+        warning!("pg_sink sink \"{}\": {} {}", sink.name, e.message, e.hint.as_deref().unwrap_or_default());
+        catalog::record_error(sink.id, &e.summary(), e.hint.as_deref(), true);
+        crate::pg::events::state_changed(&sink.name, format!("failed: {}", e.message));
+    }
     Ok(Stepped::Done(outcome))
 }
 

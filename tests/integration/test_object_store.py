@@ -12,11 +12,13 @@ END, files not overlapping), each has a manifest under `_manifest/` whose record
 count, size, LSNs, format and commit times match the file, and nothing else is left
 in the sink's folder.
 
-GCS is tested for configuration only: no GCS emulator that can be installed on
-this machine accepts the writes of the client pg_sink uses, so the GCS test
-creates sinks with validate = false and schedule = manual, checks that a good
-configuration is accepted and that bad ones are refused, and never lets a sink
-reach any address but the loopback."""
+GCS runs against a fake (gcs_fake.py, a module fixture on 127.0.0.1:15030): no
+GCS emulator that can be installed on this machine accepts the XML-API calls of
+the client pg_sink uses (object_store), so the fake answers exactly those, keeps
+objects in memory and checks every request's self-signed JWT against the test's
+service-account key. What the fake cannot tell is whether real GCS would answer
+the same. Configuration is also checked on its own (validate = false, schedule =
+manual, never reaching any address but the loopback)."""
 import collections
 import csv
 import hashlib
@@ -38,6 +40,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
+import gcs_fake
 from conftest import ROOT, cluster, connect, one, out_dir, sqlstate_of, upsert_state, wait_caught_up, wait_for, wait_started, workers_restarted
 
 S3_PORT = 15011
@@ -52,6 +55,10 @@ AZ_ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development account key (public, documented by Microsoft).
 AZ_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 AZ_SECRET = "os_az_account_key"
+
+GCS_PORT = 15030
+GCS_ENDPOINT = f"http://127.0.0.1:{GCS_PORT}"
+GCS_SECRET = "os_gcs_sa_key"
 
 META = ["_pg_sink_op", "_pg_sink_lsn", "_pg_sink_commit_time"]
 MIB5 = 5 * 1024 * 1024
@@ -94,6 +101,26 @@ def azurite(server):
     conn.close()
     if not os.environ.get("PGSINK_KEEP_SERVERS"):
         script("azurite.sh", "stop", AZ_ENV)
+
+
+@pytest.fixture(scope="module")
+def gcs(server):
+    """The fake GCS server (gcs_fake.py; no installable emulator accepts the
+    client's XML-API calls), trusting the service-account key kept in GCS_SECRET.
+    Listings come in pages of three objects, so that a sink's listing of its
+    folder follows continuation tokens."""
+    fake = gcs_fake.start(GCS_PORT, page_size=3)
+    key = service_account_json(GCS_ENDPOINT)
+    fake.add_service_account(key)
+    conn = connect()
+    conn.execute("SELECT sink.drop_secret(%s, if_exists => true)", (GCS_SECRET,))
+    conn.execute("SELECT sink.create_secret(%s, %s)", (GCS_SECRET, key))
+    conn.close()
+    yield fake
+    conn = connect()
+    conn.execute("SELECT sink.drop_secret(%s, if_exists => true)", (GCS_SECRET,))
+    conn.close()
+    fake.stop()
 
 
 @pytest.fixture
@@ -167,6 +194,29 @@ def az_options(container, prefix, **extra):
         "endpoint": AZ_ENDPOINT,
         **extra,
     }
+
+
+def gcs_options(bucket, prefix, **extra):
+    return {
+        "location": f"gcs://{bucket}/{prefix}",
+        "gcs_service_account_keys": {"secret": GCS_SECRET},
+        "gcs_project_id": "pg-sink-test",
+        "endpoint": GCS_ENDPOINT,
+        **extra,
+    }
+
+
+def gcs_requests(fake, bucket, op=None):
+    """(operation, bucket, object, status, query) of the fake's requests to a bucket."""
+    return [r for r in list(fake.requests) if r[1] == bucket and (op is None or r[0] == op)]
+
+
+def kill_worker(db, sink):
+    """Terminate the sink's worker (the launcher starts it again); its pid."""
+    pid = one(db, "SELECT pid FROM pg_stat_activity WHERE application_name = %s", f"pg_sink sink {sink}")
+    assert pid, f"no worker for {sink}"
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (f"pg_sink sink {sink}",))
+    return pid
 
 
 def make_container(service, name):
@@ -841,9 +891,9 @@ def test_azure_csv_append_only_kinetica_style(db, types_table, sinks, azurite):
 # ---------------------------------------------------------------- gcs
 
 
-def service_account_json():
+def service_account_json(base="http://127.0.0.1:1"):
     """A syntactically valid service-account key with a fresh RSA key. Its URIs
-    point at the loopback so that nothing could ever leave the machine."""
+    point at `base` on the loopback so that nothing could ever leave the machine."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -856,18 +906,18 @@ def service_account_json():
         "private_key": pem,
         "client_email": "pg-sink@pg-sink-test.iam.gserviceaccount.com",
         "client_id": "100000000000000000001",
-        "auth_uri": "http://127.0.0.1:1/o/oauth2/auth",
-        "token_uri": "http://127.0.0.1:1/token",
-        "auth_provider_x509_cert_url": "http://127.0.0.1:1/certs",
-        "client_x509_cert_url": "http://127.0.0.1:1/x509",
+        "auth_uri": f"{base}/o/oauth2/auth",
+        "token_uri": f"{base}/token",
+        "auth_provider_x509_cert_url": f"{base}/certs",
+        "client_x509_cert_url": f"{base}/x509",
     })
 
 
 def test_gcs_configuration_is_checked_at_creation(db, items, sinks):
-    """Only creation is tested: no GCS emulator that can be installed here accepts
-    the writes of pg_sink's GCS client, so nothing could be read back. The sinks
-    are manual (the worker never delivers), validate = false skips the write probe,
-    and the endpoint and the key's token URI are the loopback."""
+    """Configuration on its own (delivery is tested against the fake GCS server
+    below). The sinks are manual (the worker never delivers), validate = false
+    skips the write probe, and the endpoint and the key's token URI are the
+    loopback's port 1, where nothing listens."""
     db.execute("SELECT sink.drop_secret('os_gcs_key', if_exists => true)")
     db.execute("SELECT sink.drop_secret('os_gcs_bad', if_exists => true)")
     db.execute("SELECT sink.create_secret('os_gcs_key', %s)", (service_account_json(),))
@@ -900,6 +950,129 @@ def test_gcs_configuration_is_checked_at_creation(db, items, sinks):
             db.execute("SELECT sink.drop_sink(%s, if_exists => true)", (s,))
         db.execute("SELECT sink.drop_secret('os_gcs_key', if_exists => true)")
         db.execute("SELECT sink.drop_secret('os_gcs_bad', if_exists => true)")
+
+
+def test_gcs_jsonl_upsert_round_trip_across_a_killed_worker(db, items, sinks, gcs):
+    """JSON lines to the fake GCS server (gcs_fake.py: no installable emulator
+    accepts the client's GCS XML-API calls): the snapshot, inserts, updates,
+    deletes and a truncate, the worker killed between transactions. Every record
+    arrives once and the replayed state is the table's, row by row."""
+    bucket = "pgsink-jsonl"
+    gcs.make_bucket(bucket)
+    create_sink(db, sinks, "os_gcs_jsonl", "os_items", "gcs", gcs_options(bucket, "cdc/v1"))
+    wait_started(db, "os_gcs_jsonl")
+    item_changes(db)
+    # What item_changes does to the 40 seeded rows.
+    expected = collections.Counter(read=40, insert=160, update=66 + 1, delete=28)
+    wait_caught_up(db, "os_gcs_jsonl")  # files in the bucket before the kill
+    killed = None
+    for t in range(6):
+        lo = 1000 + t * 25
+        expected["insert"] += db.execute("INSERT INTO os_items SELECT g, 'k' || g, g FROM generate_series(%s::int, %s::int) g", (lo, lo + 24)).rowcount
+        expected["update"] += db.execute("UPDATE os_items SET n = coalesce(n, 0) + 1, v = v || '+' WHERE id BETWEEN %s AND %s", (1 + t * 5, 5 + t * 5)).rowcount
+        if t == 2:
+            killed = kill_worker(db, "os_gcs_jsonl")
+    expected["delete"] += db.execute("DELETE FROM os_items WHERE id BETWEEN 1000 AND 1009").rowcount
+    db.execute("TRUNCATE os_items")
+    expected["truncate"] += 1
+    db.execute("INSERT INTO os_items VALUES (7, 'back', 7)")
+    expected["insert"] += 1
+    wait_caught_up(db, "os_gcs_jsonl")
+    assert one(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_sink sink os_gcs_jsonl'") not in (None, killed), "a new worker"
+
+    prefix = "cdc/v1/os_gcs_jsonl/"
+    stored = gcs.objects(bucket)
+    assert stored and all(k.startswith(prefix) for k in stored), sorted(stored)[:5]
+    records, files = check_layout(gcs.objects(bucket, prefix), "jsonl")
+    seen = collections.Counter((r["headers"]["pg_sink-lsn"], json.dumps(r["key"], sort_keys=True), r["headers"]["pg_sink-op"]) for r in records)
+    dups = [k for k, n in seen.items() if n > 1]
+    assert not dups, f"{len(dups)} duplicated records, e.g. {dups[:3]}"
+    assert collections.Counter(r["headers"]["pg_sink-op"] for r in records) == expected
+    assert upsert_state(records) == item_state(db)
+    # Small objects are single PUTs; nothing is left half uploaded.
+    assert all(gcs.object(bucket, prefix + f.key).parts == 0 for f in files)
+    assert not gcs.uploads(bucket), "no upload left incomplete"
+    # Every request carried a JWT the fake accepted; the restarted worker listed
+    # its folder over several pages (the fake's pages hold three objects).
+    assert [r for r in gcs_requests(gcs, bucket) if r[3] == 401] == [], "a request was refused"
+    assert {"put", "delete", "list"} <= set(gcs.ops(bucket)), gcs.ops(bucket)
+    assert any("continuation-token" in r[4] for r in gcs_requests(gcs, bucket, "list")), "no listing followed a continuation token"
+
+
+def test_gcs_parquet_round_trip_kinetica_style(db, types_table, sinks, gcs):
+    """Parquet to the fake GCS server (gcs_fake.py: no installable emulator accepts
+    the client's GCS XML-API calls), Kinetica's bare 'gcs' location with
+    gcs_bucket_name; the typed rows read back with pyarrow equal the table's."""
+    gcs.make_bucket("pgsink-parquet")
+    insert_rows(db, ROWS[:3])
+    opts = gcs_options("", "", location="gcs", gcs_bucket_name="pgsink-parquet", file_format="parquet")
+    create_sink(db, sinks, "os_gcs_pq", "os_types", "gcs", opts)
+    wait_started(db, "os_gcs_pq")
+    typed_changes(db)
+    wait_caught_up(db, "os_gcs_pq")
+    # No prefix: objects go under <sink>/.
+    assert all(k.startswith("os_gcs_pq/") for k in gcs.objects("pgsink-parquet"))
+    objects = gcs.objects("pgsink-parquet", "os_gcs_pq/")
+    records, files = check_layout(objects, "parquet", columns=COLUMNS)
+    assert files
+    check_parquet_schema(objects)
+    assert {rec_op("parquet", r) for r in records} == {"read", "insert", "update", "delete", "truncate"}
+    assert sorted(replay_typed("parquet", records).values(), key=lambda r: r[0]) == source_rows(db)
+
+
+def test_gcs_multipart_upload_of_a_large_file(db, sinks, gcs):
+    """A file above multipart_threshold goes to the fake GCS server (gcs_fake.py:
+    no installable emulator accepts the client's GCS XML-API calls, multipart
+    uploads least of all) as an XML multipart upload in 5 MiB parts."""
+    db.execute("DROP TABLE IF EXISTS os_gcs_big")
+    db.execute("CREATE TABLE os_gcs_big (id int PRIMARY KEY, v text)")
+    gcs.make_bucket("pgsink-big")
+    create_sink(db, sinks, "os_gcs_big", "os_gcs_big", "gcs", gcs_options("pgsink-big", "big", multipart_threshold=MIB5), envelope="append-only")
+    wait_started(db, "os_gcs_big")
+    rows = 4000  # ~2.1 kB per line: one ~8.5 MiB file from one transaction
+    db.execute("INSERT INTO os_gcs_big SELECT g, repeat(md5(g::text), 64) FROM generate_series(1, %s::int) g", (rows,))
+    wait_caught_up(db, "os_gcs_big", timeout=300)
+
+    prefix = "big/os_gcs_big/"
+    records, files = check_layout(gcs.objects("pgsink-big", prefix), "jsonl")
+    assert len(files) == 1 and files[0].start == files[0].end
+    f = files[0]
+    assert f.size > MIB5
+    parts = math.ceil(f.size / MIB5)
+    obj = gcs.object("pgsink-big", prefix + f.key)
+    assert obj.parts == parts and obj.etag.strip('"').endswith(f"-{parts}"), f"expected a {parts}-part upload, got {obj.parts} ({obj.etag})"
+    ops = gcs.ops("pgsink-big")
+    assert (ops["upload_start"], ops["upload_part"], ops["upload_complete"]) == (1, parts, 1), ops
+    assert len(records) == rows
+    for r in records:
+        i = r["value"]["id"]
+        assert r["value"]["v"] == hashlib.md5(str(i).encode()).hexdigest() * 64
+    assert sorted(r["value"]["id"] for r in records) == list(range(1, rows + 1))
+    assert not gcs.uploads("pgsink-big"), "no upload left incomplete"
+    db.execute("DROP TABLE os_gcs_big")
+
+
+def test_gcs_key_the_server_does_not_know_is_refused_at_creation(db, items, sinks, gcs):
+    """The fake GCS server (gcs_fake.py: no installable emulator accepts the
+    client's GCS XML-API calls) answers 401 to a JWT signed by a key it was not
+    given: the write probe at creation fails and no sink is made."""
+    sinks.append("os_gcs_stranger")
+    db.execute("SELECT sink.drop_secret('os_gcs_stranger', if_exists => true)")
+    db.execute("SELECT sink.create_secret('os_gcs_stranger', %s)", (service_account_json(GCS_ENDPOINT),))
+    gcs.make_bucket("pgsink-stranger")
+    try:
+        opts = {**gcs_options("pgsink-stranger", "x"), "gcs_service_account_keys": {"secret": "os_gcs_stranger"}}
+        before = one(db, "SELECT count(*) FROM sink.sinks")
+        st, m, detail, hint = sqlstate_of(db, "SELECT sink.create_sink('os_gcs_stranger', 'os_items', 'gcs', %s::jsonb, envelope => 'upsert')", json.dumps(opts))
+        said = " ".join(x for x in (m, detail, hint) if x)
+        assert st == "08000" and "gcs" in said.lower(), (st, said)
+        assert any(w in said.lower() for w in ("401", "unauthenticated", "credentials")), said
+        assert one(db, "SELECT count(*) FROM sink.sinks") == before
+        statuses = [r[3] for r in gcs_requests(gcs, "pgsink-stranger")]
+        assert statuses and set(statuses) == {401}, statuses
+        assert not gcs.objects("pgsink-stranger")
+    finally:
+        db.execute("SELECT sink.drop_secret('os_gcs_stranger', if_exists => true)")
 
 
 # ---------------------------------------------------------------- bad options

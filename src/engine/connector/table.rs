@@ -20,6 +20,7 @@ use super::{Batch, Connector, ConnectorConfig, ConnectorSpec, SqlSession};
 use crate::engine::change::{Cell, Relation};
 use crate::engine::envelope::{EnvelopeKind, Payload, RowImage};
 use crate::engine::error::{Result, SinkError};
+use crate::engine::schema_change::{self, Alteration, SchemaChange};
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
     name: "table",
@@ -181,7 +182,48 @@ impl TableConnector {
             Payload::Truncate(_) => sql.execute(&format!("TRUNCATE {}", self.target), &[]).map(|_| ()),
             Payload::Debezium(_) => Err(SinkError::permanent("debezium payload in a non-debezium table sink")),
             Payload::Message(_) => Err(SinkError::permanent("a logical message is not a row").hint("A table sink does not take the messages option.")),
+            Payload::Schema(change) => self.alter(change, sql),
         }
+    }
+
+    /// Follow a schema change of the source: rename, retype, drop and add the
+    /// target's columns. A change of the key the target is keyed by stops the sink.
+    fn alter(&mut self, change: &SchemaChange, sql: &mut dyn SqlSession) -> Result<()> {
+        if change.key_changed() && self.envelope == EnvelopeKind::Upsert {
+            return Err(schema_change::stopped(change, "The target table is keyed by the source's key, and a table target does not change its key."));
+        }
+        for a in change.alterations() {
+            let stmt = match &a {
+                Alteration::Rename { from, to } => {
+                    for k in self.key_columns.iter_mut().filter(|k| *k == from) {
+                        *k = to.clone();
+                    }
+                    format!("ALTER TABLE {} RENAME COLUMN {} TO {}", self.target, quote_ident(from), quote_ident(to))
+                }
+                Alteration::Retype { column, to, .. } => {
+                    let to = checked_type(to, sql)?;
+                    let c = quote_ident(column);
+                    format!("ALTER TABLE {} ALTER COLUMN {c} TYPE {to} USING {c}::{to}", self.target)
+                }
+                Alteration::Drop { column } => format!("ALTER TABLE {} DROP COLUMN IF EXISTS {}", self.target, quote_ident(column)),
+                Alteration::Add { column, ty } => {
+                    format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}", self.target, quote_ident(column), checked_type(ty, sql)?)
+                }
+            };
+            sql.execute(&stmt, &[]).map_err(|e| schema_change::stopped(change, &format!("The target refused it: {}", e.summary())))?;
+        }
+        self.shapes.clear();
+        Ok(())
+    }
+}
+
+/// A type name from a schema-change report, as the catalog spells it: it must name
+/// a type (it is put into DDL as it is).
+fn checked_type(ty: &str, sql: &mut dyn SqlSession) -> Result<String> {
+    let found = sql.query("SELECT pg_catalog.format_type(pg_catalog.to_regtype($1), NULL)", &[Some(ty)])?;
+    match found.first().and_then(|r| r.first().cloned().flatten()) {
+        Some(_) => Ok(ty.to_string()),
+        None => Err(SinkError::permanent(format!("\"{ty}\" is not a type")).hint("The schema change names a type this database does not have.")),
     }
 }
 
@@ -258,6 +300,35 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_schema_change_renames_retypes_drops_and_adds_target_columns_and_a_key_change_stops() {
+        use crate::engine::schema_change::{SchemaChange, ShapeColumn, TableShape};
+        let col = |attnum, name: &str, ty: &str| ShapeColumn { attnum, name: name.into(), ty: ty.into(), not_null: false };
+        let shape = |columns, key: &[&str]| TableShape { schema: "public".into(), table: "t".into(), columns, key: key.iter().map(|k| k.to_string()).collect() };
+        let before = shape(vec![col(1, "id", "integer"), col(2, "n", "integer"), col(3, "gone", "text")], &["id"]);
+        let change = SchemaChange { relid: 1, before: Some(before.clone()), after: shape(vec![col(1, "key", "integer"), col(2, "n", "bigint"), col(4, "new", "text")], &["key"]) };
+        let mut c = TableConnector { target: "\"b\".\"t\"".into(), envelope: EnvelopeKind::Upsert, key_columns: vec!["id".into()], shapes: HashMap::new(), guarded: false, refused: vec![] };
+        let mut sql = Recorder::default();
+        // The key's name changed: a table keyed by it cannot follow.
+        let e = c.alter(&change, &mut sql).unwrap_err();
+        assert!(e.message.contains("schema change of \"public.t\"") && e.hint.is_some(), "{e:?}");
+        assert!(sql.statements.is_empty(), "nothing is altered");
+        // Under append-only the key does not matter.
+        c.envelope = EnvelopeKind::AppendOnly;
+        c.alter(&change, &mut sql).unwrap();
+        let stmts: Vec<&str> = sql.statements.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            stmts,
+            vec![
+                "ALTER TABLE \"b\".\"t\" RENAME COLUMN \"id\" TO \"key\"",
+                "ALTER TABLE \"b\".\"t\" ALTER COLUMN \"n\" TYPE bigint USING \"n\"::bigint",
+                "ALTER TABLE \"b\".\"t\" DROP COLUMN IF EXISTS \"gone\"",
+                "ALTER TABLE \"b\".\"t\" ADD COLUMN IF NOT EXISTS \"new\" text",
+            ]
+        );
+        assert_eq!(c.key_columns, vec!["key"], "the key follows its rename");
     }
 
     #[test]

@@ -770,6 +770,7 @@ impl Encoder for AvroEncoder {
         match payload {
             Payload::Tombstone | Payload::Truncate(_) => return Ok(None),
             Payload::Message(_) => return Err(SinkError::permanent("a logical message has no Avro form")),
+            Payload::Schema(_) => return Ok(None),
             Payload::Row(row) => {
                 let c = self.compiled(&row.relation, &row.indices)?;
                 Self::header(&c, &mut out);

@@ -68,6 +68,7 @@ impl Encoder for JsonEncoder {
             Payload::Row(row) => (self.rows)(row, &mut out)?,
             Payload::Debezium(event) => write_debezium(event, self.debezium_fields, self.rows, &mut out)?,
             Payload::Message(m) => write_message(m, self.debezium_fields, &mut out),
+            Payload::Schema(_) => return Ok(None),
         }
         Ok(Some(out))
     }

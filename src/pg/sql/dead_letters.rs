@@ -39,6 +39,7 @@ fn retry_dead_letters(name: &str, ids: default!(Option<Vec<i64>>, "NULL")) -> i6
               ORDER BY lsn, chunk, ordinal FOR UPDATE",
             &[Some(&id), wanted.as_deref()],
         );
+        let key = catalog::message_key();
         for row in &rows {
             let (Some(letter), Some(change)) = (row.first().cloned().flatten(), row.get(1).cloned().flatten()) else { continue };
             let value: serde_json::Value = serde_json::from_str(&change).unwrap_or(serde_json::Value::Null);
@@ -50,7 +51,7 @@ fn retry_dead_letters(name: &str, ids: default!(Option<Vec<i64>>, "NULL")) -> i6
                     Some("Delete it with sink.discard_dead_letters(); nothing was retried.".into()),
                 );
             }
-            let message = dead_letter::retry_message(sink.id, &value);
+            let message = crate::engine::seal::seal(&key, dead_letter::RETRY_PREFIX, &dead_letter::retry_message(sink.id, &value));
             select("SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text", &[Some(dead_letter::RETRY_PREFIX), Some(&message)]);
             update("DELETE FROM sink.dead_letters WHERE id = $1::bigint", &[Some(&letter)]);
         }

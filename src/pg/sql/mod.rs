@@ -10,6 +10,7 @@
 //! | [`sync`] | `sync`, `preview` |
 //! | [`export`] | `export` (a query's rows, once, through any connector) |
 //! | [`dead_letters`] | `retry_dead_letters`, `discard_dead_letters` |
+//! | [`schema_changes`] | `report_schema_change` (the DDL event trigger's), `relation_shape` |
 //! | [`launcher`] | `start_launcher` (this database's sinks run) |
 //! | [`execute`] | `execute` (Materialize, RisingWave and Kinetica DDL) |
 //! | [`hashes`] | `seahash`, `kafka_murmur2`, `crc32` |
@@ -28,6 +29,7 @@ pub mod grants;
 pub mod hashes;
 pub mod launcher;
 pub mod reference;
+pub mod schema_changes;
 pub mod secrets;
 pub mod sinks;
 pub mod sync;

@@ -626,6 +626,7 @@ fn write_sink(
         &[Some(&id.to_string()), Some(&object), Some(&home)],
     );
     update("INSERT INTO sink.progress (sink_id) VALUES ($1::bigint)", &[Some(&id.to_string())]);
+    super::schema_changes::record_source_shape(src.oid);
     create_publication(&object, src, info);
     id
 }

@@ -29,6 +29,7 @@ use crate::engine::change::Cell;
 use crate::engine::envelope::{EnvelopeKind, Payload, RowImage};
 use crate::engine::error::{Result, SinkError};
 use crate::engine::lsn::Lsn;
+use crate::engine::schema_change::{self, Alteration, SchemaChange};
 
 pub use target::{check_table, compatible, family, parse_target, quote, Backend, Dialect, Family, TableInfo, Target};
 
@@ -241,8 +242,11 @@ impl JdbcConnector {
         let upsert = self.cfg.envelope == EnvelopeKind::Upsert;
         let mut i = 0;
         while i < records.len() {
-            // Runs between truncates; a truncate clears the table in order.
-            let end = records[i..].iter().position(|r| matches!(r.draft.payload, Payload::Truncate(_))).map_or(records.len(), |p| i + p);
+            // Runs between truncates and schema changes, which apply in order.
+            let end = records[i..]
+                .iter()
+                .position(|r| matches!(r.draft.payload, Payload::Truncate(_) | Payload::Schema(_)))
+                .map_or(records.len(), |p| i + p);
             let run = &records[i..end];
             if upsert {
                 let mut order: Vec<Vec<Option<&str>>> = Vec::new();
@@ -283,13 +287,63 @@ impl JdbcConnector {
                     self.insert(&group, false).await?;
                 }
             }
-            if end < records.len() {
-                let table = self.target.qualified(&self.target.table);
-                self.backend().await?.execute(&format!("DELETE FROM {table}"), &[]).await?;
+            if let Some(barrier) = records.get(end) {
+                if let Payload::Schema(change) = &barrier.draft.payload {
+                    self.alter(change).await?;
+                } else {
+                    let table = self.target.qualified(&self.target.table);
+                    self.backend().await?.execute(&format!("DELETE FROM {table}"), &[]).await?;
+                }
             }
             i = end + 1;
         }
         Ok(())
+    }
+
+    /// Follow a schema change of the source in the target's open transaction
+    /// (PostgreSQL). MariaDB and MySQL commit DDL implicitly, which would commit
+    /// the batch's rows without its progress: there the sink stops at the change.
+    async fn alter(&mut self, change: &SchemaChange) -> Result<()> {
+        let d = self.target.dialect;
+        if d == Dialect::MySql {
+            return Err(schema_change::stopped(
+                change,
+                "MariaDB and MySQL commit a DDL statement implicitly, inside the transaction that also records the sink's progress.",
+            ));
+        }
+        if change.key_changed() && self.cfg.envelope == EnvelopeKind::Upsert {
+            return Err(schema_change::stopped(change, "The target table is keyed by the source's key, and a jdbc target does not change its key."));
+        }
+        let table = self.target.qualified(&self.target.table);
+        for a in change.alterations() {
+            let stmt = match &a {
+                Alteration::Rename { from, to } => format!("ALTER TABLE {table} RENAME COLUMN {} TO {}", quote(d, from), quote(d, to)),
+                Alteration::Retype { column, to, .. } => {
+                    let to = self.checked_type(change, to).await?;
+                    let c = quote(d, column);
+                    format!("ALTER TABLE {table} ALTER COLUMN {c} TYPE {to} USING {c}::{to}")
+                }
+                Alteration::Drop { column } => format!("ALTER TABLE {table} DROP COLUMN IF EXISTS {}", quote(d, column)),
+                Alteration::Add { column, ty } => format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {}", quote(d, column), self.checked_type(change, ty).await?),
+            };
+            self.backend()
+                .await?
+                .execute(&stmt, &[])
+                .await
+                .map_err(|e| schema_change::stopped(change, &format!("The target refused it: {}", e.summary())))?;
+        }
+        self.info = None;
+        Ok(())
+    }
+
+    /// A type name from a schema-change report that the target knows (it goes into
+    /// DDL as it is).
+    async fn checked_type(&mut self, change: &SchemaChange, ty: &str) -> Result<String> {
+        let known = self.backend().await?.query_one("SELECT pg_catalog.format_type(pg_catalog.to_regtype($1), NULL)", &[Some(ty.to_string())]).await?;
+        match known {
+            Some(_) => Ok(ty.to_string()),
+            None => Err(schema_change::stopped(change, &format!("The target has no type \"{ty}\"."))),
+        }
     }
 
     async fn stored_lsn(&mut self) -> Result<Option<Lsn>> {

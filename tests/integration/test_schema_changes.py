@@ -1,0 +1,124 @@
+"""Schema changes in WAL order: the extension's event trigger reports each ALTER
+TABLE of a captured table as a sealed logical message, and `table` and `jdbc`
+(PostgreSQL) targets follow it at its place in the stream: columns added,
+dropped, renamed and retyped, also when no row changes after the DDL. Each test
+compares the target with the source, columns and rows, with the worker killed in
+the middle."""
+import json
+
+from conftest import one, wait_caught_up, wait_for, wait_started
+from test_dead_letters import kill_worker
+from test_jdbc import Target, mariadb, pg_target  # noqa: F401  (the target fixtures)
+
+
+def columns(db, table):
+    return db.execute(
+        "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attname", (table,)).fetchall()
+
+
+def rows(db, table, cols):
+    return db.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY 1").fetchall()
+
+
+def alter_in_the_middle_of_traffic(db, src, sink):
+    """DML, then every kind of ALTER with DML between, the worker killed once, and
+    a last ALTER with no DML after it."""
+    db.execute(f"INSERT INTO {src} SELECT g, g, 'b' || g, 'c' || g FROM generate_series(1, 50) g")
+    db.execute(f"ALTER TABLE {src} ADD COLUMN d numeric(8,2)")
+    db.execute(f"INSERT INTO {src} (id, a, b, c, d) SELECT g, g, 'b' || g, 'c' || g, g / 4.0 FROM generate_series(51, 80) g")
+    kill_worker(db, sink)
+    with db.transaction():
+        db.execute(f"UPDATE {src} SET b = 'before rename' WHERE id = 3")
+        db.execute(f"ALTER TABLE {src} RENAME COLUMN b TO b2")
+        db.execute(f"UPDATE {src} SET b2 = 'after rename' WHERE id = 4")
+    db.execute(f"ALTER TABLE {src} ALTER COLUMN a TYPE bigint")
+    db.execute(f"UPDATE {src} SET a = 5000000000 WHERE id = 5")
+    db.execute(f"ALTER TABLE {src} DROP COLUMN c")
+    db.execute(f"DELETE FROM {src} WHERE id = 6")
+    db.execute(f"INSERT INTO {src} (id, a, b2, d) VALUES (81, 81, 'last', 1.5)")
+    # No row changes after this one: the target still follows it.
+    db.execute(f"ALTER TABLE {src} ADD COLUMN e text, ALTER COLUMN b2 TYPE varchar(40)")
+
+
+def test_a_table_target_follows_add_rename_retype_and_drop_in_wal_order(db):
+    db.execute("DROP TABLE IF EXISTS sc_src, sc_copy CASCADE")
+    db.execute("CREATE TABLE sc_src (id int PRIMARY KEY, a int, b text, c text)")
+    db.execute("SELECT sink.create_sink('sc_tab', 'sc_src', 'table', '{\"table\": \"sc_copy\"}', envelope => 'upsert')")
+    wait_started(db, "sc_tab")
+    alter_in_the_middle_of_traffic(db, "sc_src", "sc_tab")
+    wait_caught_up(db, "sc_tab")
+    assert columns(db, "sc_copy") == columns(db, "sc_src"), "the target's columns are the source's"
+    cols = ["id", "a", "b2", "d", "e"]
+    assert rows(db, "sc_copy", cols) == rows(db, "sc_src", cols)
+    assert one(db, "SELECT b2 FROM sc_copy WHERE id = 3") == "before rename", "the value set before the rename moved with it"
+    assert one(db, "SELECT state FROM sink.status WHERE name = 'sc_tab'") == "running"
+    db.execute("SELECT sink.drop_sink('sc_tab')")
+
+
+def test_a_jdbc_postgres_target_follows_and_a_mariadb_target_stops_with_the_reason(db, pg_target, mariadb):  # noqa: F811
+    pg, my = Target("postgres"), Target("mysql")
+    db.execute("DROP TABLE IF EXISTS sc_j CASCADE")
+    db.execute("CREATE TABLE sc_j (id int PRIMARY KEY, a int, b text, c text)")
+    pg.create_table("sc_j", [("id", "int"), ("a", "int"), ("b", "text"), ("c", "text")], pk=("id",))
+    my.create_table("sc_j", [("id", "int"), ("a", "int"), ("b", "text"), ("c", "text")], pk=("id",))
+    for name, target in (("sc_jpg", pg), ("sc_jmy", my)):
+        db.execute("SELECT sink.create_sink(%s, 'sc_j', 'jdbc', %s::jsonb, envelope => 'upsert')",
+                   (name, json.dumps(target.options("sc_j"))))
+        wait_started(db, name)
+    alter_in_the_middle_of_traffic(db, "sc_j", "sc_jpg")
+    wait_caught_up(db, "sc_jpg")
+    got = pg.rows("SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+                  "WHERE attrelid = 'sc_j'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attname")
+    assert got == columns(db, "sc_j")
+    cols = ["id", "a", "b2", "d", "e"]
+    assert pg.rows(f"SELECT {', '.join(cols)} FROM sc_j ORDER BY 1") == rows(db, "sc_j", cols)
+    # MariaDB commits DDL implicitly: the sink stops at the first change, with
+    # everything before it delivered.
+    st = wait_for(lambda: db.execute("SELECT state, last_error FROM sink.status WHERE name = 'sc_jmy' AND state = 'failed'").fetchone(),
+                  what="the MariaDB sink to stop")
+    assert "schema change of \"public.sc_j\": column \"d\" numeric(8,2) added" in st[1], st
+    assert sorted(r[0] for r in my.rows("SELECT id FROM sc_j")) == list(range(1, 51)), "the rows before the change"
+    for name in ("sc_jpg", "sc_jmy"):
+        db.execute("SELECT sink.drop_sink(%s)", (name,))
+    pg.drop_table("sc_j")
+    my.drop_table("sc_j")
+
+
+def test_stop_a_key_change_and_forged_reports(db):
+    db.execute("DROP TABLE IF EXISTS sc_k, sc_k_copy, sc_s, sc_s_copy, sc_free CASCADE")
+    db.execute("CREATE TABLE sc_k (id int PRIMARY KEY, other int NOT NULL UNIQUE, v text)")
+    db.execute("CREATE TABLE sc_s (id int PRIMARY KEY, v text)")
+    db.execute("SELECT sink.create_sink('sc_k', 'sc_k', 'table', '{\"table\": \"sc_k_copy\"}', envelope => 'upsert')")
+    db.execute("SELECT sink.create_sink('sc_s', 'sc_s', 'table', '{\"table\": \"sc_s_copy\", \"schema.changes\": \"stop\"}', envelope => 'upsert')")
+    wait_started(db, "sc_k")
+    wait_started(db, "sc_s")
+    # A report anyone can write is not acted on: it has no valid seal.
+    relid = one(db, "SELECT 'sc_k'::regclass::oid::bigint")
+    forged = {"relid": relid, "before": {"schema": "public", "table": "sc_k", "key": ["id"],
+                                         "columns": [{"attnum": 1, "name": "id", "type": "integer"}, {"attnum": 3, "name": "v", "type": "text"}]},
+              "after": {"schema": "public", "table": "sc_k", "key": ["id"], "columns": [{"attnum": 1, "name": "id", "type": "integer"}]}}
+    db.execute("SELECT pg_logical_emit_message(true, 'pg_sink.ddl', %s)", (json.dumps(forged),))
+    db.execute("SELECT pg_logical_emit_message(true, 'pg_sink.ddl', %s)", ("0" * 64 + ":" + json.dumps(forged),))
+    db.execute("INSERT INTO sc_k VALUES (1, 1, 'one')")
+    wait_caught_up(db, "sc_k")
+    assert [c for c, _ in columns(db, "sc_k_copy")] == ["id", "other", "v"], "a forged report dropped a column"
+    # The key the target is keyed by changes: the sink stops, naming it.
+    db.execute("ALTER TABLE sc_k DROP CONSTRAINT sc_k_pkey, ADD PRIMARY KEY (other)")
+    st = wait_for(lambda: db.execute("SELECT state, last_error FROM sink.status WHERE name = 'sc_k' AND state = 'failed'").fetchone(),
+                  what="the key change to stop the sink")
+    assert "key (id) became (other)" in st[1], st
+    # schema.changes = stop: the sink stops at the change, the rows before it delivered.
+    db.execute("INSERT INTO sc_s VALUES (1, 'before')")
+    db.execute("ALTER TABLE sc_s ADD COLUMN w int")
+    db.execute("INSERT INTO sc_s VALUES (2, 'after', 2)")
+    st = wait_for(lambda: db.execute("SELECT state, last_error FROM sink.status WHERE name = 'sc_s' AND state = 'failed'").fetchone(),
+                  what="schema.changes = stop to stop the sink")
+    assert "column \"w\" integer added" in st[1] and "schema.changes" in st[1], st
+    assert db.execute("SELECT id, v FROM sc_s_copy").fetchall() == [(1, "before")]
+    # A table no sink captures costs nothing and is not remembered.
+    db.execute("CREATE TABLE sc_free (id int)")
+    db.execute("ALTER TABLE sc_free ADD COLUMN x int")
+    assert one(db, "SELECT count(*) FROM sink.source_shapes WHERE relid = 'sc_free'::regclass") == 0
+    for s in ("sc_k", "sc_s"):
+        db.execute("SELECT sink.drop_sink(%s)", (s,))
