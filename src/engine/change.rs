@@ -61,6 +61,8 @@ pub struct RelationMeta {
     /// Composite types used by the columns, by type OID: the type's comment and its
     /// attributes' comments.
     pub type_docs: std::collections::BTreeMap<u32, (Option<String>, std::collections::BTreeMap<String, String>)>,
+    /// The labels of the enum types the columns use, by type OID, in sort order.
+    pub enum_labels: std::collections::BTreeMap<u32, Vec<String>>,
 }
 
 impl Relation {

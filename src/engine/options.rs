@@ -51,6 +51,8 @@ pub struct SinkDefinition {
     /// The debezium envelope in Debezium's own value forms, keyed by the primary
     /// key, with tombstones after deletes and a key change as delete + create.
     pub debezium_compat: bool,
+    /// Keys and values as Kafka Connect's `{"schema", "payload"}` (`schemas.enable`).
+    pub connect_schemas: bool,
     /// The most WAL the sink's slot may hold back (`None`: the server's setting).
     pub max_retained_wal: Option<u64>,
     /// What happens past that limit.
@@ -87,6 +89,7 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("snapshot", "deliver the existing rows first, consistent with the slot (default true)"),
     ("schedule", "continuous (the worker delivers) or manual (only sink.sync() does)"),
     ("unchanged_toast", "an UPDATE's unchanged TOASTed column: fetch (default), placeholder or fail"),
+    ("schemas.enable", "debezium.compat: keys and values as Kafka Connect's JSON with schemas, {\"schema\": .., \"payload\": ..} (default false)"),
     ("debezium.compat", "debezium envelope: Debezium's value forms, primary-key record keys, tombstones after deletes (default false)"),
     ("max_retained_wal", "the most WAL the sink's slot may hold back, e.g. 10GB (default: pg_sink.max_retained_wal)"),
     ("wal_retention_policy", "past max_retained_wal: pause (default), fail or resnapshot"),
@@ -177,6 +180,15 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         return Err(SinkError::config(format!("debezium.compat needs value format json, not {value_format}"))
             .hint("Drop the format option (json is the default), or drop debezium.compat."));
     }
+    let connect_schemas = bool_opt(&mut opts, "schemas.enable", false)?;
+    if connect_schemas && !debezium_compat {
+        return Err(SinkError::config("schemas.enable requires debezium.compat")
+            .detail("Kafka Connect schemas describe Debezium's value forms.")
+            .hint("Set envelope => 'debezium' and \"debezium.compat\": true, or drop schemas.enable."));
+    }
+    if connect_schemas && key_format != "json" {
+        return Err(SinkError::config(format!("schemas.enable needs key format json, not {key_format}")).hint("Drop key_format, or drop schemas.enable."));
+    }
     let max_retained_wal = opts.remove("max_retained_wal").map(|v| retention::parse_limit(&v)).transpose()?;
     let wal_retention_policy = opts.remove("wal_retention_policy").map(|v| retention::Policy::parse(&v)).transpose()?.unwrap_or_default();
     let errors_policy = opts.remove("errors.policy").map(|v| dead_letter::Policy::parse(&v)).transpose()?.unwrap_or_default();
@@ -222,6 +234,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         schedule,
         unchanged_toast,
         debezium_compat,
+        connect_schemas,
         max_retained_wal,
         wal_retention_policy,
         errors_policy,

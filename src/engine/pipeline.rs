@@ -95,6 +95,7 @@ impl Pipeline {
             subject_base: def.connector_options.get("topic").cloned().unwrap_or_else(|| sink_name.to_string()),
             debezium: def.envelope == EnvelopeKind::Debezium,
             debezium_compat: def.debezium_compat,
+            connect_schemas: def.connect_schemas.then(|| sink_name.to_string()),
         };
         let mut decoder = Decoder::new();
         decoder.messages = [dead_letter::RETRY_PREFIX, schema_change::DDL_PREFIX].into_iter().map(str::to_string).chain(def.messages.iter().cloned()).collect();
@@ -104,7 +105,7 @@ impl Pipeline {
                 .debezium_compat(def.debezium_compat),
             key_encoder: formats::build(&def.key_format, Role::Key, &ctx)?,
             value_encoder: formats::build(&def.value_format, Role::Value, &ctx)?,
-            needs_meta: def.key_format == "avro" || def.value_format == "avro",
+            needs_meta: def.key_format == "avro" || def.value_format == "avro" || def.connect_schemas,
             accepts_unchanged: def.connector.accepts_unchanged_toast,
             unchanged_toast: def.unchanged_toast,
             toast: ToastReader::default(),
@@ -211,11 +212,7 @@ impl Pipeline {
             Decoded::Message { prefix, content } => self.decoder.push(Change::Message { prefix, content: content.into() }),
             Decoded::Relation(id) => {
                 if let Some(rel) = self.decoder.relation_mut(id) {
-                    if self.needs_meta && rel.meta.is_none() {
-                        if let Some(meta) = resolver.relation_meta(rel) {
-                            Arc::make_mut(rel).meta = Some(Arc::new(meta));
-                        }
-                    }
+                    // Types first: the metadata (enum labels) depends on them.
                     if rel.columns.iter().any(|c| !c.ty.is_resolved()) {
                         let rel = Arc::make_mut(rel);
                         for col in &mut rel.columns {
@@ -224,6 +221,11 @@ impl Pipeline {
                                     col.ty = t;
                                 }
                             }
+                        }
+                    }
+                    if self.needs_meta && rel.meta.is_none() {
+                        if let Some(meta) = resolver.relation_meta(rel) {
+                            Arc::make_mut(rel).meta = Some(Arc::new(meta));
                         }
                     }
                 }

@@ -314,9 +314,23 @@ impl TypeResolver for CatalogTypes {
             meta.not_null.push(nn);
             meta.column_comments.push(comment);
             type_docs(&c.ty, &mut meta, 0);
+            enum_labels(&c.ty, &mut meta);
         }
         Some(meta)
     }
+}
+
+/// The labels of the enum type a column uses (itself or as an array's element).
+fn enum_labels(ty: &PgType, meta: &mut RelationMeta) {
+    let ty = match &ty.kind {
+        TypeKind::Array(e) => e.as_ref(),
+        _ => ty,
+    };
+    if ty.kind != TypeKind::Enum || meta.enum_labels.contains_key(&ty.oid) {
+        return;
+    }
+    let labels = select("SELECT enumlabel::text FROM pg_enum WHERE enumtypid = $1::oid ORDER BY enumsortorder", &[Some(&ty.oid.to_string())]);
+    meta.enum_labels.insert(ty.oid, labels.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect());
 }
 
 /// Comments of the composite types a column uses (for Avro `doc`s).

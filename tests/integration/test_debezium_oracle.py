@@ -229,10 +229,12 @@ def run_step(db, sqls):
             db.execute(sql, {"big": BIG} if "%(big)s" in sql else None)
 
 
-def create_sink(db, directory, compat):
+def create_sink(db, directory, compat, schemas=False):
     opts = {"path": directory, "unchanged_toast": os.environ.get("PGSINK_DBZ_TOAST", "placeholder")}
     if compat:
         opts["debezium.compat"] = True
+    if schemas:
+        opts["schemas.enable"] = True
     db.execute("SELECT sink.create_sink(%s, %s, 'file', %s::jsonb, envelope => 'debezium', snapshot => false)",
                (SINK, TABLE, json.dumps(opts)))
     wait_started(db, SINK)
@@ -259,8 +261,27 @@ def split_tombstones(records):
     return events, len(records) - len(events)
 
 
-@pytest.mark.parametrize("compat", [False, True], ids=["default", "compat"])
-def test_debezium_oracle(db, dbz_table, compat):
+def unwrap_schemas(records, what):
+    """Kafka Connect's {"schema", "payload"} keys and values: the payloads, and the
+    distinct schemas (key schemas, value schemas) as sorted JSON texts."""
+    keys, values = set(), set()
+    out = []
+    for r in records:
+        r = dict(r)
+        for part, seen in (("key", keys), ("value", values)):
+            v = r.get(part)
+            if v is None:
+                continue
+            assert set(v) == {"schema", "payload"}, f"{what} {part} is not Connect's JSON with schemas: {v}"
+            seen.add(json.dumps(v["schema"], sort_keys=True))
+            r[part] = v["payload"]
+        out.append(r)
+    return out, keys, values
+
+
+@pytest.mark.parametrize("mode", ["default", "compat", "schemas"])
+def test_debezium_oracle(db, dbz_table, mode):
+    compat, schemas = mode != "default", mode == "schemas"
     if not tools_available():
         pytest.fail("java and mvn are needed to run Debezium (scripts/setup.sh installs them)")
     t0 = time.time()
@@ -270,14 +291,14 @@ def test_debezium_oracle(db, dbz_table, compat):
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
         (TABLE,)).fetchall())
 
-    oracle = Oracle(shlex.split(os.environ.get("PGSINK_DBZ_OPTS", "")))
+    oracle = Oracle(shlex.split(os.environ.get("PGSINK_DBZ_OPTS", "")) + (["--schemas"] if schemas else []))
     try:
         t1 = time.time()
         oracle.wait_streaming(db)
         startup_s = time.time() - t1
 
         dir_a = out_dir("dbz_oracle_a")
-        create_sink(db, dir_a, compat)
+        create_sink(db, dir_a, compat, schemas)
         stop_error = None
         phase, dir_b, pg_runs = "default", None, []
         for step_phase, _label, sqls, _ops, pg_ops in STEPS:
@@ -288,7 +309,7 @@ def test_debezium_oracle(db, dbz_table, compat):
                 db.execute("SELECT sink.drop_sink(%s)", (SINK,))
                 db.execute(f"ALTER TABLE {TABLE} REPLICA IDENTITY FULL")
                 dir_b = out_dir("dbz_oracle_b")
-                create_sink(db, dir_b, compat)
+                create_sink(db, dir_b, compat, schemas)
                 phase = step_phase
             if pg_ops == "stops":
                 # Everything before must be delivered first: a failing change fails
@@ -320,6 +341,13 @@ def test_debezium_oracle(db, dbz_table, compat):
 
     dbz = oracle.events()
     pg = [r for run in pg_runs for r in run]
+    if schemas:
+        # Kafka Connect's schemas: the same key and value schemas as Debezium's,
+        # then the payloads are compared as in the compatible mode.
+        dbz, dbz_keys, dbz_values = unwrap_schemas(dbz, "Debezium's")
+        pg, pg_keys, pg_values = unwrap_schemas(pg, "pg_sink's")
+        assert pg_keys == dbz_keys, f"key schemas differ:\n{sorted(pg_keys)}\n{sorted(dbz_keys)}"
+        assert pg_values == dbz_values, f"value schemas differ:\npg_sink: {sorted(pg_values - dbz_values)}\nDebezium: {sorted(dbz_values - pg_values)}"
     tombstones = 0
     if compat:
         pg, tombstones = split_tombstones(pg)

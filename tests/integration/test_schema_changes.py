@@ -54,6 +54,7 @@ def test_a_table_target_follows_add_rename_retype_and_drop_in_wal_order(db):
     assert one(db, "SELECT b2 FROM sc_copy WHERE id = 3") == "before rename", "the value set before the rename moved with it"
     assert one(db, "SELECT state FROM sink.status WHERE name = 'sc_tab'") == "running"
     db.execute("SELECT sink.drop_sink('sc_tab')")
+    assert one(db, "SELECT count(*) FROM sink.source_shapes WHERE relid = 'sc_src'::regclass") == 0, "no sink captures it any more"
 
 
 def test_a_jdbc_postgres_target_follows_and_a_mariadb_target_stops_with_the_reason(db, pg_target, mariadb):  # noqa: F811

@@ -684,6 +684,9 @@ pub struct EncoderContext {
     pub debezium: bool,
     /// ... in Debezium's own value forms (JSON only).
     pub debezium_compat: bool,
+    /// ... wrapped with Kafka Connect schemas, named under this prefix (the
+    /// sink's name, Debezium's `topic.prefix`).
+    pub connect_schemas: Option<String>,
 }
 
 impl AvroEncoder {

@@ -18,7 +18,13 @@ pub fn check_format(format: &str) -> Result<()> {
 
 pub fn build(format: &str, role: Role, ctx: &EncoderContext) -> Result<Box<dyn Encoder>> {
     match format.to_ascii_lowercase().as_str() {
-        "json" if ctx.debezium_compat => Ok(Box::new(json::JsonEncoder::with_rows(debezium::write_row, true))),
+        "json" if ctx.debezium_compat => {
+            let e = json::JsonEncoder::with_rows(debezium::write_row, true);
+            Ok(Box::new(match &ctx.connect_schemas {
+                Some(prefix) => e.with_connect_schemas(prefix),
+                None => e,
+            }))
+        }
         "json" => Ok(Box::new(json::JsonEncoder::default())),
         "avro" => Ok(Box::new(avro::AvroEncoder::new(role, ctx)?)),
         "text" => Ok(Box::new(text::TextEncoder { bytes: false })),

@@ -30,23 +30,32 @@ use crate::engine::types::{PgType, TypeKind};
 /// The `json` encoder. Everything it needs travels with the row image, but how
 /// row images are written: this module's values by default, Debezium's with
 /// `debezium.compat` ([`super::debezium::write_row`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct JsonEncoder {
     rows: RowWriter,
     /// Debezium events carry the fields Debezium 3 adds (`ts_us`, `ts_ns`, origin).
     debezium_fields: bool,
+    /// Keys and Debezium values as Kafka Connect's `{"schema", "payload"}`, with
+    /// schemas named under this prefix ([`super::connect`]).
+    connect: Option<String>,
 }
 
 impl Default for JsonEncoder {
     fn default() -> Self {
-        JsonEncoder { rows: write_row, debezium_fields: false }
+        JsonEncoder { rows: write_row, debezium_fields: false, connect: None }
     }
 }
 
 impl JsonEncoder {
     /// Row images (and keys) written by `rows`.
     pub fn with_rows(rows: RowWriter, debezium_fields: bool) -> Self {
-        JsonEncoder { rows, debezium_fields }
+        JsonEncoder { rows, debezium_fields, connect: None }
+    }
+
+    /// Wrap keys and Debezium values with their Kafka Connect schemas.
+    pub fn with_connect_schemas(mut self, prefix: &str) -> Self {
+        self.connect = Some(prefix.to_string());
+        self
     }
 }
 
@@ -58,6 +67,11 @@ impl Encoder for JsonEncoder {
     fn encode_key(&self, key: &RowImage) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(64);
         (self.rows)(key, &mut out)?;
+        if let Some(prefix) = &self.connect {
+            let mut wrapped = Vec::with_capacity(out.len() + 128);
+            super::connect::wrap(&super::connect::key_schema(key, prefix), &out, &mut wrapped);
+            return Ok(wrapped);
+        }
         Ok(out)
     }
 
@@ -66,7 +80,14 @@ impl Encoder for JsonEncoder {
         match payload {
             Payload::Tombstone | Payload::Truncate(_) => return Ok(None),
             Payload::Row(row) => (self.rows)(row, &mut out)?,
-            Payload::Debezium(event) => write_debezium(event, self.debezium_fields, self.rows, &mut out)?,
+            Payload::Debezium(event) => {
+                write_debezium(event, self.debezium_fields, self.rows, &mut out)?;
+                if let (Some(prefix), Some(image)) = (&self.connect, event.after.as_ref().or(event.before.as_ref())) {
+                    let mut wrapped = Vec::with_capacity(out.len() + 2048);
+                    super::connect::wrap(&super::connect::envelope_schema(image, prefix), &out, &mut wrapped);
+                    return Ok(Some(wrapped));
+                }
+            }
             Payload::Message(m) => write_message(m, self.debezium_fields, &mut out),
             Payload::Schema(_) => return Ok(None),
         }

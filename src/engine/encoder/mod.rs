@@ -9,6 +9,7 @@
 //! * `text`, `bytes` — one column as text or raw bytes ([`text`]).
 
 pub mod avro;
+pub mod connect;
 pub mod debezium;
 pub mod formats;
 pub mod hash;

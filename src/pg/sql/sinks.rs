@@ -964,6 +964,11 @@ pub(crate) fn drop_sink(name: &str, if_exists: default!(bool, false)) -> bool {
     as_superuser(|| {
         delivery::release_slot(&sink.slot_name);
         update("DELETE FROM sink.sinks WHERE id = $1::bigint", &[Some(&sink.id.to_string())]);
+        // A table no sink captures any more is not reported on.
+        update(
+            "DELETE FROM sink.source_shapes WHERE relid = $1::oid AND NOT EXISTS (SELECT 1 FROM sink.sinks WHERE source = $1::oid::regclass)",
+            &[Some(&sink.source_oid.to_string())],
+        );
         policy::forget_inline_secrets("sink", &sink.name);
         update(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&sink.publication_name)), &[]);
         // Only this database's: a restored copy of a sink names its original's slot.
