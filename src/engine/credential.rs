@@ -45,7 +45,7 @@ impl Credential {
                 .detail(format!("Credential \"{name}\" cannot be created."))
                 .hint(format!("Types: {}.", TYPES.join(", "))));
         }
-        let needs_secret = !matches!(self.kind.as_str(), "aws_iam_role" | "gcs_service_account_id");
+        let needs_secret = !matches!(self.kind.as_str(), "aws_iam_role" | "gcs_service_account_id" | "hdfs");
         if needs_secret && self.secret.as_deref().unwrap_or_default().is_empty() {
             return Err(SinkError::config(format!("credential type \"{}\" requires a SECRET", self.kind)).hint("Add SECRET = '...'."));
         }
@@ -109,6 +109,9 @@ fn base_options(connector: &str, kind: &str, id: &str, secret: &str) -> Option<V
         ("webhook", "password") if id.is_empty() => pairs(&[("bearer_token", secret)]),
         ("webhook", "password") => pairs(&[("username", id), ("password", secret)]),
         ("nats", "password") => pairs(&[("username", id), ("password", secret), ("connect_mode", "user_and_password")]),
+        // The user of simple authentication; a secret would be Kerberos' keytab,
+        // which the hdfs connector refuses with its reason.
+        ("hdfs", "hdfs") => pairs(&[("hdfs_user", id), ("hdfs_kerberos_keytab", secret)]),
         _ => None,
     }
 }

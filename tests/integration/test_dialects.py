@@ -1238,14 +1238,19 @@ def test_kin_python_examples_translated_to_sql(db, kin_credentials, sql, name, c
     assert connection_row(db, name) is None
 
 
-def test_kin_hdfs_example_is_not_supported(db, kin_credentials):
+def test_kin_hdfs_example_takes_an_hdfs_credential_only(db, kin_credentials):
     before = objects(db)
+    # The seed's example with a credential of another type is refused, naming why.
     sql = ("CREATE DATA SINK d_kin_hdfs_ds LOCATION = 'hdfs://namenode.example.com:8020' "
            "WITH OPTIONS (CREDENTIAL = 'd_kin_hook_cred')")
     st, msg, detail, hint = fails(db, sql)
-    assert st == "0A000" and "hdfs" in msg.lower(), (st, msg)
+    assert st == "22023" and "hdfs" in msg.lower(), (st, msg)
     assert (detail or "").strip() or (hint or "").strip()
     assert objects(db) == before
+    # With a location alone it is an hdfs connection (the sinks that use it reach it).
+    run(db, "CREATE DATA SINK d_kin_hdfs_ds LOCATION = 'hdfs://namenode.example.com:8020'")
+    assert connection_row(db, "d_kin_hdfs_ds")["connector"] == "hdfs"
+    run(db, "DROP DATA SINK d_kin_hdfs_ds")
 
 
 # ----------------------------------------------------------------- statements in general
@@ -1417,7 +1422,7 @@ MALFORMED = [
     ("kin-location-missing-equals", "CREATE DATA SINK d_x LOCATION 'table://public.d_x'", SYN, None),
     ("kin-with-options-without-parens", "CREATE DATA SINK d_x LOCATION = 'table://public.d_x' WITH OPTIONS KAFKA_TOPIC_NAME = 'x'", SYN, None),
     ("kin-bad-scheme", "CREATE DATA SINK d_x LOCATION = 'gopher://example.com:70'", ("42601", "22023", "0A000"), "gopher"),
-    ("kin-hdfs", "CREATE DATA SINK d_x LOCATION = 'hdfs://namenode:8020'", ("0A000",), "hdfs"),
+    ("kin-hdfs-kerberos", "CREATE DATA SINK d_x LOCATION = 'hdfs://namenode:8020' WITH OPTIONS (HDFS_USE_KERBEROS = 'true')", ("22023",), "kerberos"),
     ("kin-unknown-option", "CREATE DATA SINK d_x LOCATION = 'table://public.d_x' WITH OPTIONS (BOGUS_OPTION = 'x')", ("22023",), "bogus_option"),
     ("kin-duplicate-data-sink", "CREATE DATA SINK d_m_file LOCATION = 'file:///tmp/pg_sink_test/out/d_x'", ("42710",), "d_m_file"),
     ("kin-kafka-unreachable", "CREATE DATA SINK d_x LOCATION = 'kafka://127.0.0.1:1' WITH OPTIONS (KAFKA_TOPIC_NAME = 'd-x')", ("08000",), "127.0.0.1:1"),

@@ -321,6 +321,20 @@ impl ConnectorConfig {
         Ok(std::time::Duration::from_millis(ms))
     }
 
+    /// A config of options alone (a connection's check).
+    pub fn empty() -> Self {
+        ConnectorConfig {
+            sink_name: String::new(),
+            database: String::new(),
+            sink_uid: String::new(),
+            envelope: EnvelopeKind::Upsert,
+            key_columns: vec![],
+            options: BTreeMap::new(),
+            columns: vec![],
+            password_required: false,
+        }
+    }
+
     /// A config with these options, for unit tests.
     #[cfg(test)]
     pub fn for_test(pairs: &[(&str, &str)]) -> Self {

@@ -10,7 +10,7 @@ use super::{jdbc, kafka, kinesis, nats, object, table, webhook, ConnectorSpec};
 use crate::engine::error::{Result, SinkError};
 
 pub const REGISTRY: &[ConnectorSpec] =
-    &[object::FILE, object::S3, object::GCS, object::AZBLOB, jdbc::SPEC, kafka::SPEC, kinesis::SPEC, nats::SPEC, table::SPEC, webhook::SPEC];
+    &[object::FILE, object::S3, object::GCS, object::AZBLOB, object::HDFS, jdbc::SPEC, kafka::SPEC, kinesis::SPEC, nats::SPEC, table::SPEC, webhook::SPEC];
 
 /// Other names users of RisingWave or Kinetica give the same connectors.
 const ALIASES: &[(&str, &str)] = &[("azure", "azblob"), ("fs", "file"), ("http", "webhook"), ("https", "webhook")];

@@ -20,7 +20,7 @@ pub fn connector_for(location: &str) -> Result<&'static str, String> {
         "azure" => "azblob",
         "http" | "https" => "webhook",
         "file" => "file",
-        "hdfs" => return Err("HDFS data sinks are not supported".into()),
+        "hdfs" => "hdfs",
         _ => return Err(format!("unknown data sink location \"{location}\"")),
     })
 }
@@ -56,7 +56,7 @@ impl Parser<'_> {
         let at = self.offset();
         let location = self.string("the location as a string, e.g. 'kafka://host:9092'")?;
         let connector = connector_for(&location).map_err(|e| {
-            let mut err = unsupported(self.src, at, e, "Locations: kafka://, table://, s3, gcs, azure, http(s)://, jdbc:, file://.");
+            let mut err = unsupported(self.src, at, e, "Locations: kafka://, table://, s3, gcs, azure, hdfs://, http(s)://, jdbc:, file://.");
             if !location.to_ascii_lowercase().starts_with("hdfs") {
                 err.kind = super::ast::ErrorKind::Syntax;
                 err.expected = vec!["a location such as 'kafka://host:port'".into()];

@@ -1,5 +1,5 @@
-//! Object storage: `file` (a local directory), `s3`, `gcs` and `azblob`, all through
-//! object_store, as Kinetica's data sinks name them. [`store`] owns locations and
+//! Object storage: `file` (a local directory), `s3`, `gcs`, `azblob` and `hdfs`, all
+//! through object_store, as Kinetica's data sinks name them. [`store`] owns locations and
 //! credentials, [`format`] the bytes of a file; this module decides which records go
 //! into which file and names them.
 //!
@@ -119,6 +119,30 @@ pub const AZBLOB: ConnectorSpec = object_spec!(
     ]
 );
 
+pub const HDFS: ConnectorSpec = ConnectorSpec {
+    check_connection: Some(check_hdfs_connection),
+    ..object_spec!(
+        "hdfs",
+        build_hdfs,
+        [
+            ("hdfs_namenode", "the NameNode's host:port (when location is just 'hdfs')"),
+            ("hdfs_user", "the HDFS user (simple authentication; default: the server's operating-system user)"),
+            ("hdfs_use_kerberos", "Kinetica's Kerberos switch: refused (Kerberos is not supported)"),
+            ("hdfs_kerberos_keytab", "Kinetica's keytab: refused (Kerberos is not supported)"),
+        ]
+    )
+};
+
+fn build_hdfs(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
+    build(Provider::Hdfs, cfg)
+}
+
+/// A data sink (connection) to HDFS: the authentication its options ask for must
+/// be one the client has.
+fn check_hdfs_connection(options: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    let cfg = ConnectorConfig { options: options.clone(), ..ConnectorConfig::empty() };
+    store::check_hdfs_auth(&cfg)
+}
 fn build_file(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
     build(Provider::File, cfg)
 }

@@ -1,5 +1,6 @@
 //! Where an object-store sink writes: the location URI (`s3://bucket/prefix`,
-//! `gcs://bucket/prefix`, `azure://container/prefix`, `file:///dir`, or Kinetica's
+//! `gcs://bucket/prefix`, `azure://container/prefix`, `hdfs://namenode:port/dir`,
+//! `file:///dir`, or Kinetica's
 //! bare `s3` plus `s3_bucket_name`) and the client built from Kinetica's credential
 //! options. Three ways to authenticate, as Kinetica has them: explicit credentials,
 //! `use_managed_credentials` (the platform's default chain), or none (public,
@@ -24,6 +25,9 @@ pub enum Provider {
     S3,
     Gcs,
     Azure,
+    /// HDFS through hdfs-native (Rust's own HDFS client: no JVM, no libhdfs);
+    /// the "bucket" is the NameNode's `host:port`.
+    Hdfs,
 }
 
 impl Provider {
@@ -33,6 +37,7 @@ impl Provider {
             Provider::S3 => "s3",
             Provider::Gcs => "gcs",
             Provider::Azure => "azblob",
+            Provider::Hdfs => "hdfs",
         }
     }
     fn bucket_option(&self) -> &'static str {
@@ -41,6 +46,7 @@ impl Provider {
             Provider::S3 => "s3_bucket_name",
             Provider::Gcs => "gcs_bucket_name",
             Provider::Azure => "azure_container_name",
+            Provider::Hdfs => "hdfs_namenode",
         }
     }
     fn schemes(&self) -> &'static [&'static str] {
@@ -49,6 +55,7 @@ impl Provider {
             Provider::S3 => &["s3", "s3a"],
             Provider::Gcs => &["gcs", "gs"],
             Provider::Azure => &["azure", "az", "azblob", "abfs", "abfss"],
+            Provider::Hdfs => &["hdfs"],
         }
     }
 }
@@ -70,6 +77,7 @@ fn bad_location(raw: &str, why: &str, provider: Provider) -> SinkError {
         Provider::S3 => "s3://bucket/prefix",
         Provider::Gcs => "gcs://bucket/prefix",
         Provider::Azure => "azure://container/prefix",
+        Provider::Hdfs => "hdfs://namenode:8020/dir",
     };
     SinkError::config(format!("invalid {} location \"{raw}\"", provider.name()))
         .detail(why.to_string())
@@ -159,6 +167,21 @@ fn auth_mode(cfg: &ConnectorConfig, explicit: bool) -> Result<(bool, bool)> {
             .hint("Choose one way to authenticate: explicit credentials, the platform's managed credentials, or none (public)."));
     }
     Ok((managed, public || (!explicit && !managed)))
+}
+
+/// HDFS options ask for simple authentication, with a plain user name.
+pub fn check_hdfs_auth(cfg: &ConnectorConfig) -> Result<()> {
+    if cfg.flag("hdfs_use_kerberos", false)? || cfg.get("hdfs_kerberos_keytab").is_some() {
+        return Err(SinkError::config("Kerberos authentication to HDFS is not supported")
+            .detail("pg_sink's HDFS client authenticates with Hadoop's simple authentication (a user name).")
+            .hint("Give hdfs_user, or write to HDFS through a gateway that takes Kerberos."));
+    }
+    if let Some(user) = cfg.get("hdfs_user") {
+        if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric() || "_-.@".contains(c)) {
+            return Err(SinkError::config(format!("invalid value for option \"hdfs_user\": \"{user}\"")).hint("Give a user name."));
+        }
+    }
+    Ok(())
 }
 
 /// The client for a location.
@@ -257,6 +280,17 @@ pub fn build(loc: &Location, cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStor
             }
             Ok(Arc::new(b.build().map_err(|e| build_error(loc.provider, e))?))
         }
+        Provider::Hdfs => {
+            check_hdfs_auth(cfg)?;
+            if let Some(user) = cfg.get("hdfs_user") {
+                // The client takes the simple-authentication user from the
+                // environment, when it connects; a worker serves one sink.
+                std::env::set_var("HADOOP_USER_NAME", user);
+            }
+            let url = format!("hdfs://{}", loc.bucket);
+            let store = hdfs_native_object_store::HdfsObjectStore::with_url(&url).map_err(|e| build_error(loc.provider, e))?;
+            Ok(Arc::new(store))
+        }
         Provider::Gcs => {
             let key = cfg.get("gcs_service_account_keys");
             // Managed credentials are the client's default (application default
@@ -310,6 +344,21 @@ mod tests {
         assert_eq!(l.bucket, "c");
         let l = loc(Provider::File, &[("path", "file:///tmp/x")]).unwrap();
         assert_eq!(l.dir, Some(PathBuf::from("/tmp/x")));
+        let l = loc(Provider::Hdfs, &[("location", "hdfs://nn.example:8020/warehouse/cdc/")]).unwrap();
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("nn.example:8020", "warehouse/cdc"));
+        let l = loc(Provider::Hdfs, &[("location", "hdfs"), ("hdfs_namenode", "nn:9000")]).unwrap();
+        assert_eq!(l.bucket, "nn:9000");
+    }
+
+    #[test]
+    fn hdfs_takes_simple_authentication_only() {
+        let cfg = |pairs: &[(&str, &str)]| ConnectorConfig::for_test(pairs);
+        let l = loc(Provider::Hdfs, &[("location", "hdfs://127.0.0.1:1/x")]).unwrap();
+        for pairs in [&[("hdfs_use_kerberos", "true")][..], &[("hdfs_kerberos_keytab", "/etc/k.keytab")][..]] {
+            let e = build(&l, &cfg(pairs)).err().unwrap();
+            assert!(e.message.contains("Kerberos") && e.hint.is_some(), "{e:?}");
+        }
+        assert!(build(&l, &cfg(&[("hdfs_user", "x y")])).err().unwrap().message.contains("hdfs_user"));
     }
 
     #[test]
