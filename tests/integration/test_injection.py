@@ -36,6 +36,7 @@ BASES = {
     "s3": lambda: {"location": "s3://b/p", "s3_region": "us-east-1", "endpoint": "http://127.0.0.1:9", "validate": "false"},
     "gcs": lambda: {"location": "gs://b/p", "validate": "false"},
     "azblob": lambda: {"location": "azblob://c/p", "azure_storage_account_name": "a", "validate": "false"},
+    "hdfs": lambda: {"location": "hdfs://127.0.0.1:9/p", "validate": "false"},
 }
 
 # Identifier positions of the SQL functions, with {} where the payload goes.
