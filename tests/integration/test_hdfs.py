@@ -4,7 +4,6 @@ one NameNode and one DataNode). The files are read back independently over
 WebHDFS and checked like every object-store sink's: naming, manifests, each record
 once, the replayed state equal to the table, with the worker killed in the
 middle."""
-import collections
 import json
 import os
 import subprocess
@@ -13,10 +12,10 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, one, sqlstate_of, upsert_state, wait_caught_up, wait_started
+from conftest import ROOT, one, sqlstate_of, wait_caught_up, wait_started
 from test_object_store import (  # noqa: F401  (fixtures)
-    ROWS, check_layout, check_parquet_schema, create_sink, insert_rows, item_changes, item_state, items, kill_worker,
-    replay_typed, sinks, source_rows, typed_changes, types_table,
+    ROWS, changes_across_a_killed_worker, check_layout, check_parquet_schema, check_round_trip, create_sink, insert_rows,
+    items, replay_typed, sinks, source_rows, typed_changes, types_table,
 )
 
 PORT = int(os.environ.get("PGSINK_TEST_MINIDFS_PORT", "19400"))
@@ -61,31 +60,10 @@ def hdfs_files(root):
 
 def test_hdfs_jsonl_upsert_round_trip_across_a_killed_worker(db, items, sinks, hdfs):
     create_sink(db, sinks, "os_hdfs", "os_items", "hdfs", {"location": f"{hdfs}/cdc/v1", "hdfs_user": "root"})
-    wait_started(db, "os_hdfs")
-    item_changes(db)
-    expected = collections.Counter(read=40, insert=160, update=66 + 1, delete=28)
-    wait_caught_up(db, "os_hdfs")
-    killed = None
-    for t in range(6):
-        lo = 1000 + t * 25
-        expected["insert"] += db.execute("INSERT INTO os_items SELECT g, 'k' || g, g FROM generate_series(%s::int, %s::int) g", (lo, lo + 24)).rowcount
-        expected["update"] += db.execute("UPDATE os_items SET n = coalesce(n, 0) + 1, v = v || '+' WHERE id BETWEEN %s AND %s", (1 + t * 5, 5 + t * 5)).rowcount
-        if t == 2:
-            killed = kill_worker(db, "os_hdfs")
-    expected["delete"] += db.execute("DELETE FROM os_items WHERE id BETWEEN 1000 AND 1009").rowcount
-    db.execute("TRUNCATE os_items")
-    expected["truncate"] += 1
-    db.execute("INSERT INTO os_items VALUES (7, 'back', 7)")
-    expected["insert"] += 1
-    wait_caught_up(db, "os_hdfs")
-    assert one(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_sink sink os_hdfs'") not in (None, killed), "a new worker"
+    expected = changes_across_a_killed_worker(db, "os_hdfs")
     records, files = check_layout(hdfs_files("/cdc/v1/os_hdfs"), "jsonl")
     assert files
-    seen = collections.Counter((r["headers"]["pg_sink-lsn"], json.dumps(r["key"], sort_keys=True), r["headers"]["pg_sink-op"]) for r in records)
-    dups = [k for k, n in seen.items() if n > 1]
-    assert not dups, f"{len(dups)} duplicated records, e.g. {dups[:3]}"
-    assert collections.Counter(r["headers"]["pg_sink-op"] for r in records) == expected
-    assert upsert_state(records) == item_state(db)
+    check_round_trip(db, records, expected)
 
 
 def test_hdfs_parquet_through_a_kinetica_data_sink_and_stream(db, types_table, sinks, hdfs):

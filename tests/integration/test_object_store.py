@@ -952,6 +952,42 @@ def test_gcs_configuration_is_checked_at_creation(db, items, sinks):
         db.execute("SELECT sink.drop_secret('os_gcs_bad', if_exists => true)")
 
 
+def changes_across_a_killed_worker(db, sink):
+    """On os_items (40 seeded rows, the sink just created): item_changes, six more
+    transactions with the sink's worker killed after the third, a delete, a
+    truncate and a re-insert, all delivered by a new worker. The count of each
+    op the sink must deliver, the snapshot's 40 reads included."""
+    wait_started(db, sink)
+    item_changes(db)
+    # What item_changes does to the 40 seeded rows.
+    expected = collections.Counter(read=40, insert=160, update=66 + 1, delete=28)
+    wait_caught_up(db, sink)  # files at the target before the kill
+    killed = None
+    for t in range(6):
+        lo = 1000 + t * 25
+        expected["insert"] += db.execute("INSERT INTO os_items SELECT g, 'k' || g, g FROM generate_series(%s::int, %s::int) g", (lo, lo + 24)).rowcount
+        expected["update"] += db.execute("UPDATE os_items SET n = coalesce(n, 0) + 1, v = v || '+' WHERE id BETWEEN %s AND %s", (1 + t * 5, 5 + t * 5)).rowcount
+        if t == 2:
+            killed = kill_worker(db, sink)
+    expected["delete"] += db.execute("DELETE FROM os_items WHERE id BETWEEN 1000 AND 1009").rowcount
+    db.execute("TRUNCATE os_items")
+    expected["truncate"] += 1
+    db.execute("INSERT INTO os_items VALUES (7, 'back', 7)")
+    expected["insert"] += 1
+    wait_caught_up(db, sink)
+    assert one(db, "SELECT pid FROM pg_stat_activity WHERE application_name = %s", f"pg_sink sink {sink}") not in (None, killed), "a new worker"
+    return expected
+
+
+def check_round_trip(db, records, expected):
+    """Each record once, each op as often as expected, the replayed state the table's."""
+    seen = collections.Counter((r["headers"]["pg_sink-lsn"], json.dumps(r["key"], sort_keys=True), r["headers"]["pg_sink-op"]) for r in records)
+    dups = [k for k, n in seen.items() if n > 1]
+    assert not dups, f"{len(dups)} duplicated records, e.g. {dups[:3]}"
+    assert collections.Counter(r["headers"]["pg_sink-op"] for r in records) == expected
+    assert upsert_state(records) == item_state(db)
+
+
 def test_gcs_jsonl_upsert_round_trip_across_a_killed_worker(db, items, sinks, gcs):
     """JSON lines to the fake GCS server (gcs_fake.py: no installable emulator
     accepts the client's GCS XML-API calls): the snapshot, inserts, updates,
@@ -960,35 +996,12 @@ def test_gcs_jsonl_upsert_round_trip_across_a_killed_worker(db, items, sinks, gc
     bucket = "pgsink-jsonl"
     gcs.make_bucket(bucket)
     create_sink(db, sinks, "os_gcs_jsonl", "os_items", "gcs", gcs_options(bucket, "cdc/v1"))
-    wait_started(db, "os_gcs_jsonl")
-    item_changes(db)
-    # What item_changes does to the 40 seeded rows.
-    expected = collections.Counter(read=40, insert=160, update=66 + 1, delete=28)
-    wait_caught_up(db, "os_gcs_jsonl")  # files in the bucket before the kill
-    killed = None
-    for t in range(6):
-        lo = 1000 + t * 25
-        expected["insert"] += db.execute("INSERT INTO os_items SELECT g, 'k' || g, g FROM generate_series(%s::int, %s::int) g", (lo, lo + 24)).rowcount
-        expected["update"] += db.execute("UPDATE os_items SET n = coalesce(n, 0) + 1, v = v || '+' WHERE id BETWEEN %s AND %s", (1 + t * 5, 5 + t * 5)).rowcount
-        if t == 2:
-            killed = kill_worker(db, "os_gcs_jsonl")
-    expected["delete"] += db.execute("DELETE FROM os_items WHERE id BETWEEN 1000 AND 1009").rowcount
-    db.execute("TRUNCATE os_items")
-    expected["truncate"] += 1
-    db.execute("INSERT INTO os_items VALUES (7, 'back', 7)")
-    expected["insert"] += 1
-    wait_caught_up(db, "os_gcs_jsonl")
-    assert one(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_sink sink os_gcs_jsonl'") not in (None, killed), "a new worker"
-
+    expected = changes_across_a_killed_worker(db, "os_gcs_jsonl")
     prefix = "cdc/v1/os_gcs_jsonl/"
     stored = gcs.objects(bucket)
     assert stored and all(k.startswith(prefix) for k in stored), sorted(stored)[:5]
     records, files = check_layout(gcs.objects(bucket, prefix), "jsonl")
-    seen = collections.Counter((r["headers"]["pg_sink-lsn"], json.dumps(r["key"], sort_keys=True), r["headers"]["pg_sink-op"]) for r in records)
-    dups = [k for k, n in seen.items() if n > 1]
-    assert not dups, f"{len(dups)} duplicated records, e.g. {dups[:3]}"
-    assert collections.Counter(r["headers"]["pg_sink-op"] for r in records) == expected
-    assert upsert_state(records) == item_state(db)
+    check_round_trip(db, records, expected)
     # Small objects are single PUTs; nothing is left half uploaded.
     assert all(gcs.object(bucket, prefix + f.key).parts == 0 for f in files)
     assert not gcs.uploads(bucket), "no upload left incomplete"
