@@ -176,13 +176,51 @@ pub fn envelope_schema(image: &RowImage, prefix: &str) -> Value {
     })
 }
 
-/// `{"schema": schema, "payload": <payload bytes>}`.
-pub fn wrap(schema: &Value, payload: &[u8], out: &mut Vec<u8>) {
+/// `{"schema": schema, "payload": <payload bytes>}`, the schema already JSON text.
+pub fn wrap(schema: &str, payload: &[u8], out: &mut Vec<u8>) {
+    out.reserve(schema.len() + payload.len() + 24);
     out.extend_from_slice(b"{\"schema\":");
-    out.extend_from_slice(serde_json::to_string(schema).unwrap_or_else(|_| "null".into()).as_bytes());
+    out.extend_from_slice(schema.as_bytes());
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(payload);
     out.push(b'}');
+}
+
+/// Key or value schema, as JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Key,
+    Value,
+}
+
+/// The schemas of the shapes seen last, as JSON text: a schema is built once per
+/// table shape (a relation, and which of its columns an image holds), not per
+/// record. Entries hold their relation, so a pointer is never reused while cached.
+#[derive(Debug, Default)]
+pub struct SchemaCache {
+    entries: std::sync::Mutex<Vec<(Part, std::sync::Arc<crate::engine::change::Relation>, std::sync::Arc<[usize]>, std::sync::Arc<str>)>>,
+}
+
+impl SchemaCache {
+    /// Shapes kept (a sink has one table; its shape changes with its schema).
+    const KEEP: usize = 8;
+
+    pub fn get(&self, part: Part, image: &RowImage, prefix: &str) -> std::sync::Arc<str> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((.., s)) = entries.iter().find(|(p, r, i, _)| *p == part && std::sync::Arc::ptr_eq(r, &image.relation) && **i == *image.indices) {
+            return s.clone();
+        }
+        let schema = match part {
+            Part::Key => key_schema(image, prefix),
+            Part::Value => envelope_schema(image, prefix),
+        };
+        let text: std::sync::Arc<str> = serde_json::to_string(&schema).unwrap_or_else(|_| "null".into()).into();
+        if entries.len() >= Self::KEEP {
+            entries.remove(0);
+        }
+        entries.push((part, image.relation.clone(), image.indices.clone(), text.clone()));
+        text
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +262,13 @@ mod tests {
         let key = RowImage { relation: rel, indices: vec![0].into(), cells: Vec::new().into() };
         assert_eq!(key_schema(&key, "srv")["fields"], json!([{"type": "int32", "optional": false, "field": "id"}]));
         let mut out = Vec::new();
-        wrap(&json!({"type": "int32"}), b"7", &mut out);
+        wrap(r#"{"type":"int32"}"#, b"7", &mut out);
         assert_eq!(out, br#"{"schema":{"type":"int32"},"payload":7}"#);
+        // Built once per shape, the same text as a fresh build.
+        let cache = SchemaCache::default();
+        let first = cache.get(Part::Value, &image, "srv");
+        assert!(std::sync::Arc::ptr_eq(&first, &cache.get(Part::Value, &image, "srv")), "cached");
+        assert_eq!(&*first, serde_json::to_string(&envelope_schema(&image, "srv")).unwrap());
+        assert_eq!(&*cache.get(Part::Key, &key, "srv"), serde_json::to_string(&key_schema(&key, "srv")).unwrap());
     }
 }

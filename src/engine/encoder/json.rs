@@ -36,8 +36,8 @@ pub struct JsonEncoder {
     /// Debezium events carry the fields Debezium 3 adds (`ts_us`, `ts_ns`, origin).
     debezium_fields: bool,
     /// Keys and Debezium values as Kafka Connect's `{"schema", "payload"}`, with
-    /// schemas named under this prefix ([`super::connect`]).
-    connect: Option<String>,
+    /// schemas named under this prefix ([`super::connect`]), built once per shape.
+    connect: Option<(String, std::sync::Arc<super::connect::SchemaCache>)>,
 }
 
 impl Default for JsonEncoder {
@@ -54,7 +54,7 @@ impl JsonEncoder {
 
     /// Wrap keys and Debezium values with their Kafka Connect schemas.
     pub fn with_connect_schemas(mut self, prefix: &str) -> Self {
-        self.connect = Some(prefix.to_string());
+        self.connect = Some((prefix.to_string(), Default::default()));
         self
     }
 }
@@ -67,9 +67,9 @@ impl Encoder for JsonEncoder {
     fn encode_key(&self, key: &RowImage) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(64);
         (self.rows)(key, &mut out)?;
-        if let Some(prefix) = &self.connect {
-            let mut wrapped = Vec::with_capacity(out.len() + 128);
-            super::connect::wrap(&super::connect::key_schema(key, prefix), &out, &mut wrapped);
+        if let Some((prefix, cache)) = &self.connect {
+            let mut wrapped = Vec::new();
+            super::connect::wrap(&cache.get(super::connect::Part::Key, key, prefix), &out, &mut wrapped);
             return Ok(wrapped);
         }
         Ok(out)
@@ -82,9 +82,9 @@ impl Encoder for JsonEncoder {
             Payload::Row(row) => (self.rows)(row, &mut out)?,
             Payload::Debezium(event) => {
                 write_debezium(event, self.debezium_fields, self.rows, &mut out)?;
-                if let (Some(prefix), Some(image)) = (&self.connect, event.after.as_ref().or(event.before.as_ref())) {
-                    let mut wrapped = Vec::with_capacity(out.len() + 2048);
-                    super::connect::wrap(&super::connect::envelope_schema(image, prefix), &out, &mut wrapped);
+                if let (Some((prefix, cache)), Some(image)) = (&self.connect, event.after.as_ref().or(event.before.as_ref())) {
+                    let mut wrapped = Vec::new();
+                    super::connect::wrap(&cache.get(super::connect::Part::Value, image, prefix), &out, &mut wrapped);
                     return Ok(Some(wrapped));
                 }
             }
