@@ -525,7 +525,9 @@ pub fn release_slot(slot: &str) {
 pub fn drop_slot(slot: &str) {
     const SQL: &str = "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text FROM pg_catalog.pg_replication_slots \
                         WHERE slot_name = $1 AND database = pg_catalog.current_database()";
-    for _ in 0..5 {
+    // A terminated walsender can take a while to let go of the slot on a busy
+    // machine (0.5 s was seen not to be enough): up to 5 s.
+    for _ in 0..50 {
         release_slot(slot);
         if super::spi::in_subtransaction(|| Some(super::spi::update(SQL, &[Some(slot)]))).is_some() {
             return;
