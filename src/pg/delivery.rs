@@ -507,6 +507,7 @@ pub fn release_slot(slot: &str) {
         if i % 50 == 0 {
             // The walsender streaming it, or the one still creating it with its
             // snapshot (which may be waiting for the caller's own transaction).
+            super::identity::fresh_activity();
             select(
                 "SELECT pg_catalog.pg_terminate_backend(a.pid)::text FROM pg_catalog.pg_replication_slots s JOIN pg_catalog.pg_stat_activity a ON a.pid = s.active_pid \
                   WHERE s.slot_name = $1 AND s.database = pg_catalog.current_database() AND a.backend_type = 'walsender' AND a.application_name IN ($2, $3)",
@@ -526,8 +527,9 @@ pub fn drop_slot(slot: &str) {
     const SQL: &str = "SELECT pg_catalog.pg_drop_replication_slot(slot_name)::text FROM pg_catalog.pg_replication_slots \
                         WHERE slot_name = $1 AND database = pg_catalog.current_database()";
     // A terminated walsender can take a while to let go of the slot on a busy
-    // machine (0.5 s was seen not to be enough): up to 5 s.
-    for _ in 0..50 {
+    // machine (0.5 s was seen not to be enough): up to 15 s in all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
         release_slot(slot);
         if super::spi::in_subtransaction(|| Some(super::spi::update(SQL, &[Some(slot)]))).is_some() {
             return;

@@ -139,6 +139,7 @@ pub(crate) fn lock_sink(id: i64) {
         // Whoever waits for this transaction on the lock holder's behalf: the
         // holder itself (a slot created through SQL) or the walsender creating the
         // sink's slot with its snapshot.
+        fresh_activity();
         as_superuser(|| {
             select(
                 "SELECT pg_catalog.pg_cancel_backend(w.pid)::text \
@@ -188,9 +189,19 @@ pub(crate) fn with_output_settings<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Make the next read of `pg_stat_activity` see the backends as they are now.
+/// Postgres keeps the first read's list for the rest of the transaction, so a
+/// walsender or worker started after it (while a drop waits, or after an earlier
+/// drop in the same statement) would stay invisible, and never be ended.
+pub(crate) fn fresh_activity() {
+    // SAFETY: drops this backend's cached statistics snapshot; nothing holds it.
+    unsafe { pg_sys::pgstat_clear_snapshot() };
+}
+
 /// End the sink's worker now (pause, drop, the WAL guard): its step is rolled
 /// back and the launcher starts a new worker if the sink still runs.
 pub(crate) fn interrupt_worker(sink: &super::catalog::SinkRow) {
+    fresh_activity();
     as_superuser(|| {
         select(
             "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \

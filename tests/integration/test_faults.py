@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import psycopg
+import pytest
 
 from conftest import DATA, PORT, ROOT, cluster, connect, one, sqlstate_of, wait_caught_up, wait_for, wait_started
 from test_kafka import BROKERS, broker, read_topic  # noqa: F401  (broker is a fixture)
@@ -469,12 +470,19 @@ def test_a_database_not_in_utf8_is_refused_instead_of_mangling_text(db):
         db.execute("DROP DATABASE IF EXISTS f_latin1 WITH (FORCE)")
 
 
-def test_dropping_a_sink_whose_worker_waits_for_the_caller_does_not_deadlock(db):
+@pytest.mark.parametrize("looked_first", [False, True], ids=["fresh", "activity-read-earlier"])
+def test_dropping_a_sink_whose_worker_waits_for_the_caller_does_not_deadlock(db, looked_first):
     """A worker creating its slot waits, holding the sink's lock, for every
     transaction that has written. A drop_sink in such a transaction (after a
     write, or after dropping another sink in the same statement) waited for that
     lock: a deadlock, which Postgres broke by failing one side
-    (pg_stat_database.deadlocks counts it). Now the drop cancels the slot creation."""
+    (pg_stat_database.deadlocks counts it). Now the drop cancels the slot creation.
+
+    `activity-read-earlier`: the transaction read pg_stat_activity before the
+    worker started (as dropping another sink in the same statement does).
+    Postgres keeps that view's snapshot until the transaction ends, so the drop
+    did not see the walsender creating the slot: it never ended it, and waited
+    (about 8 minutes of retries) before failing with "slot is active"."""
     d = os.path.join("/tmp/pg_sink_test/out", "dd")
     db.execute("DROP TABLE IF EXISTS dd_src")
     db.execute("CREATE TABLE dd_src (id int PRIMARY KEY)")
@@ -483,6 +491,9 @@ def test_dropping_a_sink_whose_worker_waits_for_the_caller_does_not_deadlock(db)
     writer.autocommit = False
     writer.execute("INSERT INTO dd_src VALUES (1)")  # an xid the slot creation must wait for
     xid = one(writer, "SELECT pg_current_xact_id()::text")
+    if looked_first:
+        assert one(writer, "SELECT count(*) FROM pg_stat_activity") > 0
+        writer.execute("SET statement_timeout = '60s'")
     db.execute("SELECT sink.create_sink('dd_x', 'dd_src', 'file', %s::jsonb)", (json.dumps({"path": d}),))
     wait_for(lambda: one(db, "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted AND transactionid::text = %s",
                          str(int(xid) % 2**32)) > 0, what="the worker's slot creation to wait for the writer")
