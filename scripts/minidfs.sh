@@ -56,6 +56,8 @@ case "$DATA" in /*) ;; *) die "MINIDFS_DATA must be an absolute path, not '$DATA
 
 # shellcheck source=scripts/lib/service.sh
 . "$HERE/lib/service.sh"
+# shellcheck source=scripts/lib/maven.sh
+. "$HERE/lib/maven.sh"
 # This data directory's cluster, and no other: its command line names DATA.
 PATTERN="pgsink\\.tools\\.MiniDfs --data=$(printf '%s' "$DATA" | sed 's/[][\.*^$]/\\&/g')/dfs "
 HTTP_PORT=$((PORT + 1))
@@ -73,64 +75,11 @@ version() {
 }
 
 # A java binary of version 17 to 21.
-find_java() {
-  local j major
-  for j in "${MINIDFS_JAVA:-}" "${JAVA_HOME:+$JAVA_HOME/bin/java}" "$(command -v java 2>/dev/null || true)" \
-    /usr/lib/jvm/*/bin/java; do
-    [ -n "$j" ] && [ -x "$j" ] || continue
-    major=$("$j" -version 2>&1 | sed -n '1s/.* version "\([0-9][0-9]*\).*/\1/p')
-    if [ -n "$major" ] && [ "$major" -ge 17 ] && [ "$major" -le 21 ]; then
-      echo "$j"
-      return 0
-    fi
-  done
-  die "no Java 17 to 21 found (set MINIDFS_JAVA, or install openjdk-17-jdk-headless)"
-}
-
-# The cache directory of the current pom and sources.
-key_dir() {
-  local key
-  key=$(cd "$TOOL" && find pom.xml src -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
-  echo "$CACHE/$key"
-}
-
-# Every entry of the recorded class path still exists (~/.m2 may have been pruned).
-complete() {
-  local cpfile=$1 entry
-  [ -s "$cpfile" ] || return 1
-  while IFS= read -r entry; do
-    [ -e "$entry" ] || return 1
-  done < <(tr ':' '\n' <"$cpfile")
-}
+find_java() { java_find 17 21 MINIDFS_JAVA "${MINIDFS_JAVA:-}"; }
 
 build() {
-  local dir
-  dir=$(key_dir)
-  if complete "$dir/classpath"; then
-    echo "$dir"
-    return 0
-  fi
-  command -v mvn >/dev/null 2>&1 || die "mvn is not on PATH (bash scripts/setup.sh installs it)"
-  mkdir -p "$CACHE"
-  (
-    # One build at a time per cache; a second caller waits and reuses it.
-    flock 9
-    if complete "$dir/classpath"; then exit 0; fi
-    rm -rf "$dir" && mkdir -p "$dir"
-    log "building MiniDfs with Maven into $dir (Hadoop $(version) is downloaded into ~/.m2 unless it is there)" >&2
-    if ! mvn -q -B -f "$TOOL/pom.xml" -Dminidfs.build.directory="$dir/build" \
-      package dependency:build-classpath -Dmdep.outputFile="$dir/deps.txt" -Dmdep.includeScope=runtime \
-      >"$dir/mvn.log" 2>&1; then
-      tail -40 "$dir/mvn.log" >&2
-      die "mvn package failed (log: $dir/mvn.log)"
-    fi
-    [ -f "$dir/build/minidfs-1.jar" ] || die "Maven built no minidfs-1.jar (log: $dir/mvn.log)"
-    [ -s "$dir/deps.txt" ] || die "Maven wrote no class path (log: $dir/mvn.log)"
-    printf '%s:%s\n' "$dir/build/minidfs-1.jar" "$(cat "$dir/deps.txt")" >"$dir/classpath.tmp"
-    mv "$dir/classpath.tmp" "$dir/classpath"
-  ) 9>"$CACHE/.lock"
-  complete "$dir/classpath" || die "the build left no usable class path in $dir"
-  echo "$dir"
+  mvn_build "$TOOL" "$CACHE" minidfs-1.jar minidfs.build.directory \
+    "MiniDfs (Hadoop $(version) is downloaded into ~/.m2 unless it is there)"
 }
 
 port_busy() {

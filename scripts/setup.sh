@@ -45,10 +45,10 @@ if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
   cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
 fi
 
-if ! python3 -c 'import psycopg, pytest, confluent_kafka, nats, nkeys, boto3, moto.server, pymysql, pyarrow.parquet, azure.storage.blob, cryptography, fastavro' 2>/dev/null; then
-  log "installing Python test dependencies (psycopg, pytest, confluent-kafka, nats-py, nkeys, moto, boto3, PyMySQL, pyarrow, azure-storage-blob, fastavro)"
+if ! python3 -c 'import psycopg, pytest, confluent_kafka, nats, nkeys, boto3, moto.server, pymysql, pyarrow.parquet, azure.storage.blob, cryptography, fastavro, pyiceberg.catalog.sql, psycopg2' 2>/dev/null; then
+  log "installing Python test dependencies (psycopg, pytest, confluent-kafka, nats-py, nkeys, moto, boto3, PyMySQL, pyarrow, azure-storage-blob, fastavro, pyiceberg)"
   python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]==3.3.*' 'pytest==8.*' 'confluent-kafka==2.*' 'nats-py==2.*' 'nkeys' 'moto[server]==5.*' 'boto3' 'PyMySQL==1.*' \
-    'pyarrow' 'azure-storage-blob==12.*' 'cryptography' 'fastavro' 2>&1 | grep -v 'Running pip as the' || true
+    'pyarrow' 'azure-storage-blob==12.*' 'cryptography' 'fastavro' 'pyiceberg[sql-postgres,pyarrow]==0.12.*' 2>&1 | grep -v 'Running pip as the' || true
 fi
 bash scripts/azurite.sh install
 

@@ -1,6 +1,6 @@
 # Process handling shared by the scripts that start throwaway test servers
-# (moto.sh, azurite.sh, kafka.sh, apicurio.sh, mariadb.sh, minidfs.sh). Source it
-# after defining log() and die().
+# (moto.sh, azurite.sh, kafka.sh, apicurio.sh, mariadb.sh, minidfs.sh,
+# iceberg_rest.sh). Source it after defining log() and die().
 #
 #   svc_running_pid PIDFILE PATTERN     pid if alive and its command line matches
 #   svc_launch PIDFILE LOG WHAT PORT CHECK PATTERN CMD...

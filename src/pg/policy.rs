@@ -134,10 +134,8 @@ pub fn check_reach(connector: &str, options: &BTreeMap<String, String>) {
         return;
     }
     let name = registry::spec(connector).map(|s| s.name).unwrap_or(connector);
-    if name == "file" {
-        if let Some(dir) = reach::file_directory(options) {
-            check_file_directory(&dir);
-        }
+    if let Some(dir) = reach::file_directory(name, options) {
+        check_file_directory(&dir);
     }
     let allowed = gucs::allowed_hosts();
     if allowed.is_empty() {

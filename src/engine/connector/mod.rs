@@ -7,6 +7,7 @@
 //! Progress only advances after [`Connector::deliver`] returns `Ok`: that is the
 //! connector's promise that the whole batch survives a crash of this process.
 
+pub mod iceberg;
 pub mod jdbc;
 pub mod kafka;
 pub mod kinesis;

@@ -159,10 +159,15 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
     })
 }
 
-/// The directory a `file` sink writes under (its `location` or `path`), if any.
-pub fn file_directory(options: &BTreeMap<String, String>) -> Option<String> {
-    let raw = options.get("location").or_else(|| options.get("path"))?;
-    Some(raw.strip_prefix("file://").unwrap_or(raw).to_string())
+/// The server directory a sink of `connector` writes under, if any: a `file`
+/// sink's `location` or `path`, an `iceberg` sink's local `warehouse.path`.
+pub fn file_directory(connector: &str, options: &BTreeMap<String, String>) -> Option<String> {
+    let raw = match connector {
+        "file" => options.get("location").or_else(|| options.get("path"))?,
+        "iceberg" => options.get("warehouse.path").filter(|w| w.starts_with("file:") || !w.contains("://"))?,
+        _ => return None,
+    };
+    Some(raw.strip_prefix("file://").or_else(|| raw.strip_prefix("file:")).unwrap_or(raw).to_string())
 }
 
 /// `path` with `.` and `..` removed lexically; `None` for a relative path or one
@@ -240,6 +245,10 @@ mod tests {
         assert_eq!(normalized_absolute("/a/./b/../c").unwrap(), std::path::PathBuf::from("/a/c"));
         assert!(normalized_absolute("a/b").is_none());
         assert!(normalized_absolute("/../x").is_none());
-        assert_eq!(file_directory(&opts(&[("location", "file:///srv/out")])).as_deref(), Some("/srv/out"));
+        assert_eq!(file_directory("file", &opts(&[("location", "file:///srv/out")])).as_deref(), Some("/srv/out"));
+        assert_eq!(file_directory("iceberg", &opts(&[("warehouse.path", "file:/srv/lake")])).as_deref(), Some("/srv/lake"));
+        assert_eq!(file_directory("iceberg", &opts(&[("warehouse.path", "/srv/lake")])).as_deref(), Some("/srv/lake"));
+        assert_eq!(file_directory("iceberg", &opts(&[("warehouse.path", "s3://b/lake")])), None);
+        assert_eq!(file_directory("s3", &opts(&[("location", "s3://b/x")])), None);
     }
 }

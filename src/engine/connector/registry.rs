@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use super::{jdbc, kafka, kinesis, nats, object, table, webhook, ConnectorSpec};
+use super::{iceberg, jdbc, kafka, kinesis, nats, object, table, webhook, ConnectorSpec};
 use crate::engine::error::{Result, SinkError};
 
 pub const REGISTRY: &[ConnectorSpec] =
-    &[object::FILE, object::S3, object::GCS, object::AZBLOB, object::HDFS, jdbc::SPEC, kafka::SPEC, kinesis::SPEC, nats::SPEC, table::SPEC, webhook::SPEC];
+    &[object::FILE, object::S3, object::GCS, object::AZBLOB, object::HDFS, iceberg::SPEC, jdbc::SPEC, kafka::SPEC, kinesis::SPEC, nats::SPEC, table::SPEC, webhook::SPEC];
 
 /// Other names users of RisingWave or Kinetica give the same connectors.
 const ALIASES: &[(&str, &str)] = &[("azure", "azblob"), ("fs", "file"), ("http", "webhook"), ("https", "webhook")];

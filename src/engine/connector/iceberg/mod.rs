@@ -1,0 +1,435 @@
+//! `iceberg`: append a sink's rows to an Apache Iceberg table (RisingWave's
+//! `connector = 'iceberg'`). Each batch becomes Parquet data files written with
+//! the table's field ids, committed as one Iceberg snapshot (a fast append) whose
+//! summary carries the sink's identity and position (`pg-sink.sink-uid`,
+//! `pg-sink.position`, `pg-sink.end-lsn`, like Materialize's frontier).
+//!
+//! Exactly-once: with the SQL catalog in this database (the default; [`catalog`])
+//! the commit moves the catalog's pointer in the transaction that records the
+//! sink's progress. With a REST catalog the pointer moves at the server first;
+//! before each batch the table's snapshots are read back and a batch at or
+//! before the position this sink last committed is skipped (Postgres crashed
+//! after the commit, before recording it).
+//!
+//! Append-only: the sink's envelope must be `append-only` (with
+//! `force_append_only` for a source that updates and deletes). Upserts need
+//! equality-delete files committed as row deltas, which iceberg-rust 0.10 cannot
+//! commit; they are refused with a clear error. TRUNCATE is not applied (the
+//! table is a log of inserted rows). A column added at the source becomes a new
+//! optional Iceberg field before the first row that has it; a dropped column is
+//! NULL in later rows. Warehouses: local directories (`file://` or an absolute
+//! path); the table is unpartitioned when pg_sink creates it.
+
+mod catalog;
+pub mod rows;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use iceberg::io::{FileIO, LocalFsStorageFactory};
+use iceberg::spec::{DataFileFormat, Type};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+
+use super::{Batch, Connector, ConnectorConfig, ConnectorSpec, Position, SqlSession};
+use crate::engine::change::Column;
+use crate::engine::envelope::{EnvelopeKind, Payload, RowImage};
+use crate::engine::error::{Result, SinkError};
+use crate::engine::lsn::Lsn;
+use catalog::{iceberg_error, SqlHere, Staged};
+
+pub const SPEC: ConnectorSpec = ConnectorSpec {
+    name: "iceberg",
+    options: &[
+        ("catalog.type", "sql (default: Iceberg's JDBC catalog tables in this database; jdbc is an alias) or rest"),
+        ("catalog.uri", "the REST catalog's URL (catalog.type = rest)"),
+        ("catalog.name", "the catalog's name (the catalog_name column of the SQL catalog; default pg_sink)"),
+        ("catalog.schema", "the schema of this database holding the SQL catalog's tables (default public)"),
+        ("warehouse.path", "where tables pg_sink creates live: file:///dir or /dir (required with the SQL catalog)"),
+        ("database.name", "the Iceberg namespace (default public)"),
+        ("table.name", "the Iceberg table (default: the sink's name)"),
+        ("create_table_if_not_exists", "create the table from the source's columns when the catalog lacks it (default true)"),
+        ("validate", "check at creation that the catalog answers and the warehouse can be written (default true)"),
+    ],
+    required: &[],
+    option_prefixes: &[],
+    accepts_unchanged_toast: false,
+    needs_json: false,
+    applies_rows: true,
+    build,
+    check_connection: None,
+};
+
+/// Snapshot summary properties naming what a commit holds.
+const PROP_SINK: &str = "pg-sink.sink-uid";
+const PROP_POSITION: &str = "pg-sink.position";
+const PROP_END_LSN: &str = "pg-sink.end-lsn";
+const PROP_SINK_NAME: &str = "pg-sink.sink";
+
+enum Where {
+    Sql(SqlHere),
+    Rest { uri: String, warehouse: Option<String>, catalog: Option<Arc<dyn Catalog>> },
+}
+
+pub struct IcebergConnector {
+    place: Where,
+    ident: TableIdent,
+    warehouse: Option<String>,
+    create: bool,
+    validate: bool,
+    sink_uid: String,
+    sink_name: String,
+    file_io: FileIO,
+    /// The table as last read or committed (the SQL catalog reuses it while its
+    /// pointer is unchanged).
+    table: Option<Table>,
+}
+
+fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
+    if cfg.envelope != EnvelopeKind::AppendOnly {
+        return Err(SinkError::config(format!("the iceberg connector writes append-only tables, not the {} envelope", cfg.envelope.as_str()))
+            .detail("Upserts need equality deletes committed as row deltas, which this version of the Iceberg library cannot commit.")
+            .hint("Create the sink with type => 'append-only' (and force_append_only => true if the source updates or deletes rows)."));
+    }
+    let warehouse = cfg.get("warehouse.path").map(local_warehouse).transpose()?;
+    let place = match cfg.get("catalog.type").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("sql") | Some("jdbc") => {
+            if let Some(uri) = cfg.get("catalog.uri") {
+                return Err(SinkError::config(format!("catalog.uri \"{uri}\" is not supported with the SQL catalog"))
+                    .detail("The SQL catalog is kept in this database.")
+                    .hint("Drop catalog.uri, or use catalog.type = 'rest' with the REST catalog's URL."));
+            }
+            if warehouse.is_none() {
+                return Err(SinkError::config("the iceberg connector's SQL catalog requires option \"warehouse.path\"")
+                    .hint("Give the directory tables are created in, e.g. \"warehouse.path\": \"file:///var/lib/iceberg\"."));
+            }
+            Where::Sql(SqlHere {
+                schema: cfg.get("catalog.schema").unwrap_or("public").to_string(),
+                name: cfg.get("catalog.name").unwrap_or("pg_sink").to_string(),
+            })
+        }
+        Some("rest") => {
+            let uri = cfg.get("catalog.uri").ok_or_else(|| {
+                SinkError::config("catalog.type = 'rest' requires option \"catalog.uri\"").hint("Give the REST catalog's URL, e.g. http://127.0.0.1:8181.")
+            })?;
+            if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+                return Err(SinkError::config(format!("invalid value for option \"catalog.uri\": \"{uri}\"")).hint("Give an http:// or https:// URL."));
+            }
+            if cfg.get("catalog.schema").is_some() {
+                return Err(SinkError::config("catalog.schema applies to the SQL catalog only").hint("Drop catalog.schema with catalog.type = 'rest'."));
+            }
+            Where::Rest { uri: uri.trim_end_matches('/').to_string(), warehouse: warehouse.clone(), catalog: None }
+        }
+        Some(other) => {
+            return Err(SinkError::config(format!("invalid value for option \"catalog.type\": \"{other}\"")).hint("Use sql (the default) or rest."))
+        }
+    };
+    let namespace = cfg.get("database.name").unwrap_or("public");
+    let table = cfg.get("table.name").unwrap_or(&cfg.sink_name);
+    let ns = NamespaceIdent::from_strs(namespace.split('.'))
+        .map_err(|e| SinkError::config(format!("invalid value for option \"database.name\": \"{namespace}\": {e}")))?;
+    if table.is_empty() || namespace.split('.').any(str::is_empty) {
+        return Err(SinkError::config("the Iceberg namespace and table names must not be empty").hint("Set database.name and table.name."));
+    }
+    Ok(Box::new(IcebergConnector {
+        place,
+        ident: TableIdent::new(ns, table.to_string()),
+        warehouse,
+        create: cfg.flag("create_table_if_not_exists", true)?,
+        validate: cfg.flag("validate", true)?,
+        sink_uid: cfg.sink_uid.clone(),
+        sink_name: cfg.sink_name.clone(),
+        file_io: FileIO::new_with_fs(),
+        table: None,
+    }))
+}
+
+/// `file:///dir`, `file:/dir` or `/dir` → `file:///dir`; anything else is refused.
+fn local_warehouse(raw: &str) -> Result<String> {
+    let path = raw.strip_prefix("file://").or_else(|| raw.strip_prefix("file:")).unwrap_or(raw);
+    if !path.starts_with('/') {
+        let scheme = raw.split_once("://").map(|(s, _)| s.to_string());
+        return Err(SinkError::config(format!("invalid value for option \"warehouse.path\": \"{raw}\""))
+            .detail(match scheme {
+                Some(s) => format!("Warehouses on {s} are not supported yet; only local directories are."),
+                None => "A warehouse path must be absolute.".to_string(),
+            })
+            .hint("Use file:///absolute/dir (or /absolute/dir)."));
+    }
+    Ok(format!("file://{}", path.trim_end_matches('/')))
+}
+
+/// The position this sink committed last, from the table's snapshots (the
+/// newest one it wrote, following parents past other writers' snapshots).
+pub fn committed_position(table: &Table, sink_uid: &str) -> Option<Position> {
+    let meta = table.metadata();
+    let mut snap = meta.current_snapshot().cloned();
+    while let Some(s) = snap {
+        let props = &s.summary().additional_properties;
+        if props.get(PROP_SINK).map(String::as_str) == Some(sink_uid) {
+            return props.get(PROP_POSITION).and_then(|p| parse_position(p));
+        }
+        snap = s.parent_snapshot_id().and_then(|id| meta.snapshot_by_id(id)).cloned();
+    }
+    None
+}
+
+fn format_position(p: Position) -> String {
+    format!("{}:{}:{}", p.lsn.0, p.part, p.chunk)
+}
+
+fn parse_position(s: &str) -> Option<Position> {
+    let mut it = s.split(':');
+    let lsn = it.next()?.parse().ok()?;
+    let part = it.next()?.parse().ok()?;
+    let chunk = it.next()?.parse().ok()?;
+    Some(Position { lsn: Lsn(lsn), part, chunk })
+}
+
+impl IcebergConnector {
+    async fn rest(&mut self) -> Result<Arc<dyn Catalog>> {
+        let Where::Rest { uri, warehouse, catalog } = &mut self.place else { unreachable!("rest() is only called for a REST catalog") };
+        if let Some(c) = catalog {
+            return Ok(c.clone());
+        }
+        let mut props = HashMap::from([(iceberg_catalog_rest::REST_CATALOG_PROP_URI.to_string(), uri.clone())]);
+        if let Some(w) = warehouse {
+            props.insert(iceberg_catalog_rest::REST_CATALOG_PROP_WAREHOUSE.to_string(), w.clone());
+        }
+        let built = iceberg_catalog_rest::RestCatalogBuilder::default()
+            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .load("rest", props)
+            .await
+            .map_err(|e| iceberg_error(&format!("could not reach the Iceberg REST catalog at {uri}"), e))?;
+        let c: Arc<dyn Catalog> = Arc::new(built);
+        *catalog = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The table as the catalog has it now, created from `columns` if missing.
+    async fn load(&mut self, sql: &mut dyn SqlSession, columns: &[Column]) -> Result<Table> {
+        let ident = self.ident.clone();
+        match &self.place {
+            Where::Sql(here) => {
+                here.ensure_tables(sql)?;
+                match here.location(sql, &ident)? {
+                    Some(loc) => {
+                        if let Some(t) = self.table.as_ref().filter(|t| t.metadata_location() == Some(loc.as_str())) {
+                            return Ok(t.clone());
+                        }
+                        catalog::read_table(&self.file_io, &ident, &loc).await
+                    }
+                    None => {
+                        self.require_create()?;
+                        let warehouse = self.warehouse.clone().unwrap_or_default();
+                        let location = format!("{warehouse}/{}/{}", ident.namespace().join("/"), ident.name());
+                        let creation = TableCreation::builder().name(ident.name().to_string()).location(location.clone()).schema(rows::schema_of(columns)?).build();
+                        let table = catalog::new_table(&self.file_io, &ident, &location, creation).await?;
+                        here.insert(sql, &ident, table.metadata_location().unwrap_or_default())?;
+                        Ok(table)
+                    }
+                }
+            }
+            Where::Rest { .. } => {
+                let cat = self.rest().await?;
+                if cat.table_exists(&ident).await.map_err(|e| iceberg_error("could not look up the Iceberg table", e))? {
+                    return cat.load_table(&ident).await.map_err(|e| iceberg_error("could not load the Iceberg table", e));
+                }
+                self.require_create()?;
+                let ns = ident.namespace().clone();
+                if !cat.namespace_exists(&ns).await.map_err(|e| iceberg_error("could not look up the Iceberg namespace", e))? {
+                    cat.create_namespace(&ns, HashMap::new()).await.map_err(|e| iceberg_error("could not create the Iceberg namespace", e))?;
+                }
+                let creation = TableCreation::builder().name(ident.name().to_string()).schema(rows::schema_of(columns)?).build();
+                cat.create_table(&ns, creation).await.map_err(|e| iceberg_error("could not create the Iceberg table", e))
+            }
+        }
+    }
+
+    fn require_create(&self) -> Result<()> {
+        if self.create {
+            return Ok(());
+        }
+        Err(SinkError::permanent(format!("Iceberg table {} does not exist", self.ident))
+            .hint("Create it, or set create_table_if_not_exists = true to have pg_sink create it from the source's columns."))
+    }
+
+    /// Commit `tx` (made on `base`) and return the table after it.
+    async fn commit(&mut self, tx: Transaction, base: &Table, sql: &mut dyn SqlSession) -> Result<Table> {
+        match &self.place {
+            Where::Sql(here) => {
+                let staged = Staged::new(base.clone());
+                tx.commit(&staged).await.map_err(|e| iceberg_error("could not commit to the Iceberg table", e))?;
+                let table = staged.take().ok_or_else(|| SinkError::transient("the Iceberg commit produced no table"))?;
+                here.swap(sql, &self.ident, base.metadata_location().unwrap_or_default(), table.metadata_location().unwrap_or_default())?;
+                Ok(table)
+            }
+            Where::Rest { .. } => {
+                let cat = self.rest().await?;
+                tx.commit(cat.as_ref()).await.map_err(|e| iceberg_error("could not commit to the Iceberg table", e))
+            }
+        }
+    }
+
+    /// Add the rows' columns the table lacks, as optional fields.
+    async fn evolve(&mut self, table: Table, rows: &[&RowImage], sql: &mut dyn SqlSession) -> Result<Table> {
+        let schema = table.metadata().current_schema().clone();
+        let mut missing: Vec<&Column> = vec![];
+        for row in rows {
+            for c in &row.relation.columns {
+                if schema.field_by_name(&c.name).is_none() && !missing.iter().any(|m| m.name == c.name) {
+                    missing.push(c);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(table);
+        }
+        let tx = Transaction::new(&table);
+        let mut action = tx.update_schema();
+        for c in &missing {
+            action = action.add_column(iceberg::transaction::AddColumn::optional(&c.name, Type::Primitive(rows::iceberg_type(c))));
+        }
+        let tx = action.apply(tx).map_err(|e| iceberg_error("could not add columns to the Iceberg table", e))?;
+        self.commit(tx, &table, sql).await
+    }
+
+    /// Write the rows as Parquet data files of the table.
+    async fn write(&self, table: &Table, rows: &[&RowImage], batch: &Batch) -> Result<Vec<iceberg::spec::DataFile>> {
+        let meta = table.metadata();
+        if !meta.default_partition_spec().is_unpartitioned() {
+            return Err(SinkError::permanent(format!("Iceberg table {} is partitioned", self.ident))
+                .detail("pg_sink writes unpartitioned tables only.")
+                .hint("Point the sink at an unpartitioned table, or let pg_sink create one."));
+        }
+        let arrow = rows::arrow_batch(meta.current_schema(), rows)?;
+        let err = |e| iceberg_error("could not write an Iceberg data file", e);
+        let locations = DefaultLocationGenerator::new(meta).map_err(err)?;
+        // Unique per attempt: a batch tried again never overwrites a file an
+        // earlier commit may hold.
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let names = DefaultFileNameGenerator::new(
+            format!("pg-sink-{}-{}", batch.start_lsn.0, format_position(batch.position()).replace(':', "-")),
+            Some(format!("{nonce:x}")),
+            DataFileFormat::Parquet,
+        );
+        let props = parquet::file::properties::WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build();
+        let parquet = ParquetWriterBuilder::new(props, meta.current_schema().clone());
+        let rolling = RollingFileWriterBuilder::new_with_default_file_size(parquet, table.file_io().clone(), locations, names);
+        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await.map_err(err)?;
+        writer.write(arrow).await.map_err(err)?;
+        writer.close().await.map_err(err)
+    }
+}
+
+#[async_trait(?Send)]
+impl Connector for IcebergConnector {
+    async fn check(&mut self) -> Result<()> {
+        if !self.validate {
+            return Ok(());
+        }
+        if let Some(w) = &self.warehouse {
+            let dir = w.trim_start_matches("file://");
+            let probe = std::path::Path::new(dir).join(format!(".pg_sink_probe_{}", std::process::id()));
+            std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::write(&probe, b""))
+                .and_then(|_| std::fs::remove_file(&probe))
+                .map_err(|e| SinkError::config(format!("cannot write the Iceberg warehouse \"{dir}\": {e}")).hint("Fix the directory's permissions, or pass validate => false."))?;
+        }
+        if let Where::Rest { uri, .. } = &self.place {
+            let uri = uri.clone();
+            let cat = self.rest().await?;
+            cat.list_namespaces(None)
+                .await
+                .map_err(|e| iceberg_error(&format!("could not reach the Iceberg REST catalog at {uri}"), e).hint("Check catalog.uri, or pass validate => false."))?;
+        }
+        Ok(())
+    }
+
+    async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()> {
+        let mut rows: Vec<&RowImage> = Vec::with_capacity(batch.records.len());
+        for r in &batch.records {
+            match &r.draft.payload {
+                Payload::Row(row) => rows.push(row),
+                // The table is a log of inserted rows; schema changes arrive with the rows.
+                Payload::Truncate(_) | Payload::Schema(_) => {}
+                Payload::Tombstone | Payload::Debezium(_) => {
+                    return Err(SinkError::permanent("an Iceberg append-only table cannot apply a delete").hint("Set force_append_only => true."))
+                }
+                Payload::Message(_) => {
+                    return Err(SinkError::config("logical decoding messages cannot be written to an Iceberg table").hint("Drop the messages option."))
+                }
+            }
+        }
+        let Some(first) = rows.first() else { return Ok(()) };
+        let columns = first.relation.columns.clone();
+        let table = self.load(sql, &columns).await?;
+        if committed_position(&table, &self.sink_uid).is_some_and(|c| batch.position() <= c) {
+            // Committed before a crash that lost the sink's own record of it.
+            self.table = Some(table);
+            return Ok(());
+        }
+        let table = self.evolve(table, &rows, sql).await?;
+        let files = self.write(&table, &rows, batch).await?;
+        let summary = HashMap::from([
+            (PROP_SINK.to_string(), self.sink_uid.clone()),
+            (PROP_SINK_NAME.to_string(), self.sink_name.clone()),
+            (PROP_POSITION.to_string(), format_position(batch.position())),
+            (PROP_END_LSN.to_string(), batch.end_lsn.to_string()),
+        ]);
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .fast_append()
+            .add_data_files(files)
+            .set_snapshot_properties(summary)
+            .apply(tx)
+            .map_err(|e| iceberg_error("could not prepare the Iceberg commit", e))?;
+        let table = self.commit(tx, &table, sql).await?;
+        self.table = Some(table);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> ConnectorConfig {
+        let mut c = ConnectorConfig::for_test(pairs);
+        c.envelope = EnvelopeKind::AppendOnly;
+        c
+    }
+
+    #[test]
+    fn options_are_checked_with_clear_errors() {
+        let err = |c: ConnectorConfig| build(&c).err().expect("refused").to_string();
+        let mut upsert = cfg(&[("warehouse.path", "/w")]);
+        upsert.envelope = EnvelopeKind::Upsert;
+        assert!(err(upsert).contains("append-only"));
+        assert!(err(cfg(&[])).contains("warehouse.path"));
+        assert!(err(cfg(&[("warehouse.path", "s3://b/w")])).contains("warehouse.path"));
+        assert!(err(cfg(&[("warehouse.path", "rel/dir")])).contains("warehouse.path"));
+        assert!(err(cfg(&[("warehouse.path", "/w"), ("catalog.uri", "postgresql://x/db")])).contains("catalog.uri"));
+        assert!(err(cfg(&[("catalog.type", "rest")])).contains("catalog.uri"));
+        assert!(err(cfg(&[("catalog.type", "rest"), ("catalog.uri", "ftp://x")])).contains("catalog.uri"));
+        assert!(err(cfg(&[("catalog.type", "glue"), ("warehouse.path", "/w")])).contains("catalog.type"));
+        assert!(err(cfg(&[("warehouse.path", "/w"), ("database.name", "a..b")])).contains("empty"));
+        assert!(build(&cfg(&[("warehouse.path", "file:///w/"), ("database.name", "lake"), ("table.name", "orders")])).is_ok());
+        assert!(build(&cfg(&[("catalog.type", "rest"), ("catalog.uri", "http://127.0.0.1:8181/")])).is_ok());
+        assert_eq!(local_warehouse("file:/w/x/").unwrap(), "file:///w/x");
+    }
+
+    #[test]
+    fn positions_round_trip_through_the_summary_text() {
+        let p = Position { lsn: Lsn(0x1_6B3F_28A0), part: 2, chunk: 7 };
+        assert_eq!(parse_position(&format_position(p)), Some(p));
+        assert_eq!(parse_position("12"), None);
+    }
+}
