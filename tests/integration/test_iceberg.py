@@ -198,10 +198,56 @@ def test_rest_catalog_commit_then_postgres_failure_is_not_repeated(db, rest):
         db.execute("DROP TABLE IF EXISTS ice_rest_src")
 
 
+MOTO_PORT = int(os.environ.get("PGSINK_TEST_ICEBERG_S3_PORT", "15021"))
+MOTO_ENV = dict(os.environ, MOTO_PORT=str(MOTO_PORT), MOTO_DATA="/tmp/pg_sink_moto_iceberg")
+S3 = {"s3.endpoint": f"http://127.0.0.1:{MOTO_PORT}", "s3.region": "us-east-1", "s3.access.key": "testing", "s3.secret.key": "testing"}
+
+
+@pytest.fixture(scope="module")
+def moto(server):
+    import boto3
+    subprocess.run([os.path.join(ROOT, "scripts", "moto.sh"), "start"], env=MOTO_ENV, check=True)
+    client = boto3.client("s3", endpoint_url=S3["s3.endpoint"], region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket="lake")
+    yield client
+    if not os.environ.get("PGSINK_KEEP_SERVERS"):
+        subprocess.run([os.path.join(ROOT, "scripts", "moto.sh"), "stop"], env=MOTO_ENV, check=True)
+
+
+def test_s3_warehouse_with_the_sql_catalog_across_a_killed_worker(db, moto):
+    """Data and metadata files in S3 (moto), the catalog's pointer in this
+    database; the secret key is kept as a secret, not in the sink's options.
+    pyiceberg reads the table from S3 through the same catalog."""
+    make_source(db, "ice_s3_src")
+    expected = insert(db, "ice_s3_src", 1, 200)
+    db.execute("SELECT sink.create_sink('ice_s3', 'ice_s3_src', 'iceberg', %s::jsonb, envelope => 'append-only')",
+               (json.dumps({"warehouse.path": "s3://lake/wh", "database.name": "lake", "table.name": "s3_orders", **S3}),))
+    try:
+        assert one(db, "SELECT count(*) FROM sink.sinks WHERE name = 'ice_s3' AND options::text LIKE '%%s3.secret.key\": \"testing%%'") == 0
+        wait_started(db, "ice_s3")
+        for t in range(4):
+            expected += insert(db, "ice_s3_src", 1000 + t * 50, 1049 + t * 50)
+            if t == 1:
+                kill_worker(db, "ice_s3")
+        wait_caught_up(db, "ice_s3")
+        keys = [o["Key"] for o in moto.list_objects_v2(Bucket="lake", Prefix="wh/lake/s3_orders/").get("Contents", [])]
+        assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys), keys
+        catalog = sql_catalog("s3://lake/wh")
+        catalog.properties.update({"s3.endpoint": S3["s3.endpoint"], "s3.access-key-id": "testing", "s3.secret-access-key": "testing", "s3.region": "us-east-1"})
+        _, got = iceberg_rows(catalog, "lake.s3_orders")
+        compare(got, expected)
+    finally:
+        db.execute("SELECT sink.drop_sink('ice_s3', if_exists => true)")
+        db.execute("DROP TABLE IF EXISTS ice_s3_src")
+        db.execute("DROP TABLE IF EXISTS public.iceberg_tables, public.iceberg_namespace_properties")
+
+
 @pytest.mark.parametrize("options,envelope,state,words", [
     ({"warehouse.path": "/tmp/pg_sink_ice_bad"}, "upsert", "22023", ["append-only"]),
     ({}, "append-only", "22023", ["warehouse.path"]),
-    ({"warehouse.path": "s3://bucket/lake"}, "append-only", "22023", ["warehouse.path", "s3"]),
+    ({"warehouse.path": "gs://bucket/lake"}, "append-only", "22023", ["warehouse.path", "gs"]),
+    ({"warehouse.path": "/tmp/x", "s3.region": "eu-west-1"}, "append-only", "22023", ["s3.region"]),
+    ({"warehouse.path": "s3://nope/lake", "s3.endpoint": "http://127.0.0.1:9", "s3.access.key": "a", "s3.secret.key": "b"}, "append-only", None, ["warehouse"]),
     ({"catalog.type": "rest"}, "append-only", "22023", ["catalog.uri"]),
     ({"catalog.type": "hive", "warehouse.path": "/tmp/x"}, "append-only", "22023", ["catalog.type"]),
     ({"warehouse.path": "/tmp/x", "commit_checkpoint_interval": "10"}, "append-only", "22023", ["commit_checkpoint_interval"]),

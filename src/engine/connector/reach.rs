@@ -74,9 +74,10 @@ pub fn hosts(connector: &str, options: &BTreeMap<String, String>) -> Vec<String>
         }
     }
     if out.is_empty() {
-        let region = options.get("region").or_else(|| options.get("aws.region")).or_else(|| options.get("s3_region")).map_or("us-east-1", |s| s);
+        let region = options.get("region").or_else(|| options.get("aws.region")).or_else(|| options.get("s3_region")).or_else(|| options.get("s3.region")).map_or("us-east-1", |s| s);
         let default = match name {
             "s3" => Some(format!("s3.{region}.amazonaws.com")),
+            "iceberg" if options.get("warehouse.path").is_some_and(|w| w.starts_with("s3")) => Some(format!("s3.{region}.amazonaws.com")),
             "kinesis" => Some(format!("kinesis.{region}.amazonaws.com")),
             "gcs" => Some("storage.googleapis.com".to_string()),
             "azblob" => options.get("azure_storage_account_name").map(|a| format!("{a}.blob.core.windows.net")),
@@ -215,6 +216,8 @@ mod tests {
         assert_eq!(hosts("webhook", &opts(&[("url", "http://127.0.0.1:9/"), ("timeout_ms", "1000")])), vec!["127.0.0.1"]);
         assert_eq!(hosts("s3", &opts(&[("location", "s3://bucket/p")])), vec!["s3.us-east-1.amazonaws.com"]);
         assert_eq!(hosts("s3", &opts(&[("location", "s3://bucket/p"), ("endpoint", "http://127.0.0.1:5000")])), vec!["127.0.0.1"]);
+        assert_eq!(hosts("iceberg", &opts(&[("warehouse.path", "s3://lake/w"), ("s3.region", "eu-west-1")])), vec!["s3.eu-west-1.amazonaws.com"]);
+        assert_eq!(hosts("iceberg", &opts(&[("catalog.uri", "http://cat.example:8181"), ("warehouse.path", "/w")])), vec!["cat.example"]);
         assert_eq!(hosts("kinesis", &opts(&[("stream", "s"), ("aws.region", "eu-west-1")])), vec!["kinesis.eu-west-1.amazonaws.com"]);
         assert!(hosts("file", &opts(&[("path", "/tmp/x")])).is_empty());
     }

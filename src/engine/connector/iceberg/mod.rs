@@ -18,16 +18,18 @@
 //! table is a log of inserted rows). A column added at the source becomes a new
 //! optional Iceberg field before the first row that has it; a dropped column is
 //! NULL in later rows. Warehouses: local directories (`file://` or an absolute
-//! path); the table is unpartitioned when pg_sink creates it.
+//! path; files fsynced before the commit names them) and S3 ([`storage`]); the
+//! table is unpartitioned when pg_sink creates it.
 
 mod catalog;
 pub mod rows;
+mod storage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iceberg::io::{FileIO, LocalFsStorageFactory};
+use iceberg::io::FileIO;
 use iceberg::spec::{DataFileFormat, Type};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -44,6 +46,7 @@ use crate::engine::envelope::{EnvelopeKind, Payload, RowImage};
 use crate::engine::error::{Result, SinkError};
 use crate::engine::lsn::Lsn;
 use catalog::{iceberg_error, SqlHere, Staged};
+use storage::Files;
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
     name: "iceberg",
@@ -52,7 +55,12 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
         ("catalog.uri", "the REST catalog's URL (catalog.type = rest)"),
         ("catalog.name", "the catalog's name (the catalog_name column of the SQL catalog; default pg_sink)"),
         ("catalog.schema", "the schema of this database holding the SQL catalog's tables (default public)"),
-        ("warehouse.path", "where tables pg_sink creates live: file:///dir or /dir (required with the SQL catalog)"),
+        ("warehouse.path", "where tables pg_sink creates live: file:///dir, /dir or s3://bucket/dir (required with the SQL catalog)"),
+        ("s3.endpoint", "S3-compatible service URL (a private endpoint, an emulator)"),
+        ("s3.region", "AWS region of the warehouse's bucket (default us-east-1)"),
+        ("s3.access.key", "access key (with s3.secret.key)"),
+        ("s3.secret.key", "secret key (a secret)"),
+        ("s3.path.style.access", "address the bucket in the path, not the host name (default true)"),
         ("database.name", "the Iceberg namespace (default public)"),
         ("table.name", "the Iceberg table (default: the sink's name)"),
         ("create_table_if_not_exists", "create the table from the source's columns when the catalog lacks it (default true)"),
@@ -86,6 +94,7 @@ pub struct IcebergConnector {
     validate: bool,
     sink_uid: String,
     sink_name: String,
+    files: Files,
     file_io: FileIO,
     /// The table as last read or committed (the SQL catalog reuses it while its
     /// pointer is unchanged).
@@ -98,7 +107,18 @@ fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
             .detail("Upserts need equality deletes committed as row deltas, which this version of the Iceberg library cannot commit.")
             .hint("Create the sink with type => 'append-only' (and force_append_only => true if the source updates or deletes rows)."));
     }
-    let warehouse = cfg.get("warehouse.path").map(local_warehouse).transpose()?;
+    let (warehouse, files) = match cfg.get("warehouse.path") {
+        None => (None, Files::local()),
+        Some(raw) => {
+            let (url, files) = warehouse(raw, cfg)?;
+            (Some(url), files)
+        }
+    };
+    if warehouse.as_deref().is_some_and(|w| w.starts_with("file:")) || warehouse.is_none() {
+        if let Some(o) = ["s3.endpoint", "s3.region", "s3.access.key", "s3.secret.key", "s3.path.style.access"].into_iter().find(|o| cfg.get(o).is_some()) {
+            return Err(SinkError::config(format!("option \"{o}\" applies to an S3 warehouse only")).hint("Give warehouse.path = 's3://bucket/dir', or drop the s3.* options."));
+        }
+    }
     let place = match cfg.get("catalog.type").map(str::to_ascii_lowercase).as_deref() {
         None | Some("sql") | Some("jdbc") => {
             if let Some(uri) = cfg.get("catalog.uri") {
@@ -146,24 +166,51 @@ fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
         validate: cfg.flag("validate", true)?,
         sink_uid: cfg.sink_uid.clone(),
         sink_name: cfg.sink_name.clone(),
-        file_io: FileIO::new_with_fs(),
+        file_io: files.clone().file_io(),
+        files,
         table: None,
     }))
 }
 
-/// `file:///dir`, `file:/dir` or `/dir` → `file:///dir`; anything else is refused.
-fn local_warehouse(raw: &str) -> Result<String> {
+/// The warehouse's URL (`file:///dir` or `s3://bucket/dir`, no trailing slash)
+/// and its files. `file:/dir` and `/dir` are local directories too.
+fn warehouse(raw: &str, cfg: &ConnectorConfig) -> Result<(String, Files)> {
+    let bad = |detail: String| {
+        SinkError::config(format!("invalid value for option \"warehouse.path\": \"{raw}\""))
+            .detail(detail)
+            .hint("Use file:///absolute/dir, /absolute/dir or s3://bucket/dir.")
+    };
+    if let Some(rest) = raw.strip_prefix("s3://").or_else(|| raw.strip_prefix("s3a://")) {
+        let (bucket, dir) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("The S3 location names no bucket.".into()));
+        }
+        let mut options = std::collections::BTreeMap::new();
+        for (ours, theirs) in [
+            ("s3.endpoint", "endpoint"),
+            ("s3.region", "s3_region"),
+            ("s3.access.key", "aws.credentials.access_key_id"),
+            ("s3.secret.key", "aws.credentials.secret_access_key"),
+        ] {
+            if let Some(v) = cfg.get(ours) {
+                options.insert(theirs.to_string(), v.to_string());
+            }
+        }
+        let store_cfg = ConnectorConfig { options, ..cfg.clone() };
+        let location = super::object::store::Location { provider: super::object::store::Provider::S3, bucket: bucket.to_string(), prefix: String::new(), dir: None };
+        let store = super::object::store::build_with(&location, &store_cfg, !cfg.flag("s3.path.style.access", true)?)?;
+        let dir = dir.trim_matches('/');
+        let url = if dir.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{dir}") };
+        return Ok((url, Files::object_store(store, format!("s3://{bucket}/"))));
+    }
     let path = raw.strip_prefix("file://").or_else(|| raw.strip_prefix("file:")).unwrap_or(raw);
     if !path.starts_with('/') {
-        let scheme = raw.split_once("://").map(|(s, _)| s.to_string());
-        return Err(SinkError::config(format!("invalid value for option \"warehouse.path\": \"{raw}\""))
-            .detail(match scheme {
-                Some(s) => format!("Warehouses on {s} are not supported yet; only local directories are."),
-                None => "A warehouse path must be absolute.".to_string(),
-            })
-            .hint("Use file:///absolute/dir (or /absolute/dir)."));
+        return Err(bad(match raw.split_once("://") {
+            Some((s, _)) => format!("Warehouses on {s} are not supported; local directories and S3 are."),
+            None => "A warehouse path must be absolute.".to_string(),
+        }));
     }
-    Ok(format!("file://{}", path.trim_end_matches('/')))
+    Ok((format!("file://{}", path.trim_end_matches('/')), Files::local()))
 }
 
 /// The position this sink committed last, from the table's snapshots (the
@@ -204,7 +251,7 @@ impl IcebergConnector {
             props.insert(iceberg_catalog_rest::REST_CATALOG_PROP_WAREHOUSE.to_string(), w.clone());
         }
         let built = iceberg_catalog_rest::RestCatalogBuilder::default()
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .with_storage_factory(self.files.clone().factory())
             .load("rest", props)
             .await
             .map_err(|e| iceberg_error(&format!("could not reach the Iceberg REST catalog at {uri}"), e))?;
@@ -336,12 +383,15 @@ impl Connector for IcebergConnector {
             return Ok(());
         }
         if let Some(w) = &self.warehouse {
-            let dir = w.trim_start_matches("file://");
-            let probe = std::path::Path::new(dir).join(format!(".pg_sink_probe_{}", std::process::id()));
-            std::fs::create_dir_all(dir)
-                .and_then(|_| std::fs::write(&probe, b""))
-                .and_then(|_| std::fs::remove_file(&probe))
-                .map_err(|e| SinkError::config(format!("cannot write the Iceberg warehouse \"{dir}\": {e}")).hint("Fix the directory's permissions, or pass validate => false."))?;
+            let probe = format!("{w}/.pg_sink_probe_{}", std::process::id());
+            let written = match self.file_io.new_output(&probe) {
+                Ok(out) => out.write(bytes::Bytes::new()).await,
+                Err(e) => Err(e),
+            };
+            written.and(self.file_io.delete(&probe).await).map_err(|e| {
+                SinkError::config(format!("cannot write the Iceberg warehouse \"{w}\": {e}"))
+                    .hint("Check the warehouse's location, credentials and permissions, or pass validate => false.")
+            })?;
         }
         if let Where::Rest { uri, .. } = &self.place {
             let uri = uri.clone();
@@ -414,7 +464,10 @@ mod tests {
         upsert.envelope = EnvelopeKind::Upsert;
         assert!(err(upsert).contains("append-only"));
         assert!(err(cfg(&[])).contains("warehouse.path"));
-        assert!(err(cfg(&[("warehouse.path", "s3://b/w")])).contains("warehouse.path"));
+        assert!(err(cfg(&[("warehouse.path", "gs://b/w")])).contains("warehouse.path"));
+        assert!(err(cfg(&[("warehouse.path", "s3:///w")])).contains("warehouse.path"));
+        assert!(err(cfg(&[("warehouse.path", "/w"), ("s3.region", "eu-west-1")])).contains("s3.region"));
+        assert!(build(&cfg(&[("warehouse.path", "s3://b/w/"), ("s3.endpoint", "http://127.0.0.1:9"), ("s3.access.key", "k"), ("s3.secret.key", "s")])).is_ok());
         assert!(err(cfg(&[("warehouse.path", "rel/dir")])).contains("warehouse.path"));
         assert!(err(cfg(&[("warehouse.path", "/w"), ("catalog.uri", "postgresql://x/db")])).contains("catalog.uri"));
         assert!(err(cfg(&[("catalog.type", "rest")])).contains("catalog.uri"));
@@ -423,7 +476,8 @@ mod tests {
         assert!(err(cfg(&[("warehouse.path", "/w"), ("database.name", "a..b")])).contains("empty"));
         assert!(build(&cfg(&[("warehouse.path", "file:///w/"), ("database.name", "lake"), ("table.name", "orders")])).is_ok());
         assert!(build(&cfg(&[("catalog.type", "rest"), ("catalog.uri", "http://127.0.0.1:8181/")])).is_ok());
-        assert_eq!(local_warehouse("file:/w/x/").unwrap(), "file:///w/x");
+        assert_eq!(warehouse("file:/w/x/", &cfg(&[])).unwrap().0, "file:///w/x");
+        assert_eq!(warehouse("s3a://b/w/x/", &cfg(&[])).unwrap().0, "s3://b/w/x");
     }
 
     #[test]

@@ -186,6 +186,12 @@ pub fn check_hdfs_auth(cfg: &ConnectorConfig) -> Result<()> {
 
 /// The client for a location.
 pub fn build(loc: &Location, cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStore>> {
+    build_with(loc, cfg, false)
+}
+
+/// The client for a location; S3 buckets addressed in the host name
+/// (`bucket.host`) when `virtual_hosted`, else in the path.
+pub fn build_with(loc: &Location, cfg: &ConnectorConfig, virtual_hosted: bool) -> Result<Arc<dyn ObjectStore>> {
     let endpoint = cfg.get("endpoint").or_else(|| cfg.get("s3_endpoint"));
     if let Some(e) = endpoint {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -214,7 +220,12 @@ pub fn build(loc: &Location, cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStor
             let region = cfg.get("s3_region").or_else(|| cfg.get("aws.region")).or_else(|| cfg.get("region")).unwrap_or("us-east-1");
             let (opts, retry) = client_options(cfg, endpoint)?;
             let mut b = if managed { AmazonS3Builder::from_env() } else { AmazonS3Builder::new() };
-            b = b.with_bucket_name(&loc.bucket).with_region(region).with_client_options(opts).with_retry(retry);
+            b = b
+                .with_bucket_name(&loc.bucket)
+                .with_region(region)
+                .with_client_options(opts)
+                .with_retry(retry)
+                .with_virtual_hosted_style_request(virtual_hosted);
             if let Some(e) = endpoint {
                 b = b.with_endpoint(e);
             }
