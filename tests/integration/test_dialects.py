@@ -1389,8 +1389,8 @@ MALFORMED = [
     # ---- RisingWave
     ("rw-missing-connector", "CREATE SINK d_x FROM d_m_pk WITH (path = '/tmp/pg_sink_test/out/d_x')", ("22023", "42601"), "connector"),
     ("rw-unknown-connector", "CREATE SINK d_x FROM d_m_pk WITH (connector = 'telepathy')", ("22023",), "telepathy"),
-    ("rw-connector-iceberg", "CREATE SINK d_x FROM d_m_pk WITH (connector = 'iceberg', type = 'append-only', warehouse.path = 's3://b/w')",
-     ("0A000",), "iceberg"),
+    ("rw-connector-clickhouse", "CREATE SINK d_x FROM d_m_pk WITH (connector = 'clickhouse', type = 'append-only', clickhouse.url = 'http://b')",
+     ("0A000",), "clickhouse"),
     ("rw-encode-protobuf", "CREATE SINK d_x FROM d_m_pk WITH (connector = 'kafka', properties.bootstrap.server = '127.0.0.1:1', topic = 'd-x') "
      "FORMAT PLAIN ENCODE PROTOBUF", ("0A000",), "PROTOBUF"),
     ("rw-upsert-keyless-table", "CREATE SINK d_x FROM d_m_nopk WITH (connector = 'file', path = '/tmp/pg_sink_test/out/d_x') FORMAT UPSERT ENCODE JSON",

@@ -285,3 +285,33 @@ def test_a_role_may_not_put_a_warehouse_where_it_may_not_write_server_files(db):
         db.execute("DROP TABLE ice_priv_src")
         db.execute("REVOKE ALL ON SCHEMA sink FROM ice_user")
         db.execute("DROP ROLE ice_user")
+
+
+def test_risingwave_create_sink_with_connector_iceberg(db):
+    """RisingWave's spelling (CREATE SINK .. WITH (connector = 'iceberg', type =
+    'append-only', force_append_only, warehouse.path, database.name, table.name))
+    through sink.execute(); an update arrives as a new row, a delete is dropped."""
+    wh = out_dir("ice_rw")
+    make_source(db, "ice_rw_src")
+    expected = insert(db, "ice_rw_src", 1, 20)
+    rows = db.execute("SELECT * FROM sink.execute(%s)", (f"""CREATE SINK ice_rw FROM ice_rw_src WITH (
+        connector = 'iceberg',
+        type = 'append-only',
+        force_append_only = 'true',
+        warehouse.path = 'file://{wh}',
+        database.name = 'rw',
+        table.name = 'orders',
+        create_table_if_not_exists = 'true'
+    )""",)).fetchall()
+    try:
+        assert len(rows) == 1 and "ice_rw" in [str(v) for v in rows[0]], rows
+        wait_started(db, "ice_rw")
+        expected += db.execute(f"UPDATE ice_rw_src SET name = 'renamed' WHERE id = 3 RETURNING {COLUMNS}").fetchall()
+        db.execute("DELETE FROM ice_rw_src WHERE id = 4")
+        wait_caught_up(db, "ice_rw")
+        _, got = iceberg_rows(sql_catalog(f"file://{wh}"), "rw.orders")
+        compare(got, expected)
+    finally:
+        db.execute("SELECT sink.drop_sink('ice_rw', if_exists => true)")
+        db.execute("DROP TABLE IF EXISTS ice_rw_src")
+        db.execute("DROP TABLE IF EXISTS public.iceberg_tables, public.iceberg_namespace_properties")

@@ -7,7 +7,6 @@ use super::parser::{stmt, unsupported, PResult, Parser};
 
 /// RisingWave connectors pg_sink does not have.
 const ELSEWHERE: &[&str] = &[
-    "iceberg",
     "clickhouse",
     "doris",
     "starrocks",
@@ -62,7 +61,10 @@ impl Parser<'_> {
                             self.src,
                             at,
                             format!("connector \"{c}\" is not supported"),
-                            "pg_sink connectors: kafka, kinesis, nats, jdbc, s3, gcs, azblob, file, webhook, table.",
+                            format!(
+                                "pg_sink connectors: {}.",
+                                crate::engine::connector::registry::REGISTRY.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+                            ),
                         ));
                     }
                     connector = Some(c);

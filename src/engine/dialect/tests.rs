@@ -328,7 +328,7 @@ fn syntax_errors_point_at_the_token_and_say_what_was_expected() {
     assert!(e.message.contains("missing TOPIC"));
     let e = err("CREATE SINK s FROM t WITH (topic = 'x')");
     assert!(e.message.contains("missing connector"));
-    assert_eq!(err("CREATE SINK s FROM t WITH (connector = 'iceberg')").kind, ErrorKind::Unsupported);
+    assert_eq!(err("CREATE SINK s FROM t WITH (connector = 'clickhouse')").kind, ErrorKind::Unsupported);
     assert_eq!(err("CREATE SINK s FROM t WITH (connector = 'kafka') FORMAT PLAIN ENCODE PROTOBUF").kind, ErrorKind::Unsupported);
     assert!(matches!(&one("CREATE DATA SINK d LOCATION = 'hdfs://h:9000'").command, Command::CreateConnection { connector, .. } if connector == "hdfs"));
     assert_eq!(err("CREATE DATA SINK d LOCATION = 'gopher://h'").kind, ErrorKind::Syntax);
