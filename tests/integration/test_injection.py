@@ -37,6 +37,7 @@ BASES = {
     "gcs": lambda: {"location": "gs://b/p", "validate": "false"},
     "azblob": lambda: {"location": "azblob://c/p", "azure_storage_account_name": "a", "validate": "false"},
     "hdfs": lambda: {"location": "hdfs://127.0.0.1:9/p", "validate": "false"},
+    "iceberg": lambda: {"type": "append-only", "warehouse.path": out_dir("lp_inj"), "validate": "false"},
 }
 
 # Identifier positions of the SQL functions, with {} where the payload goes.
