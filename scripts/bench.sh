@@ -47,6 +47,13 @@
 #   parquet   the `file` connector with file_format parquet (BENCH_FILE_FORMAT=csv
 #             for CSV), same directory; rows counted with pyarrow (CSV: lines less
 #             one header per file).
+#   iceberg   the `iceberg` connector, append-only envelope (the one it writes),
+#             Iceberg's SQL catalog in the bench database, local warehouse
+#             /tmp/pg_sink_bench/out/warehouse; one Iceberg commit per batch. Rows
+#             counted from the table's current snapshot (total-records, checked
+#             against the sum of its data files' Parquet row counts); the number of
+#             commits and their mean gap are shown. Compare with BENCH_SINK=parquet
+#             (scripts/bench_iceberg.sh runs both).
 #   nats      core NATS on BENCH_NATS (default 127.0.0.1:4222); nothing subscribes.
 #   kinesis   a 4-shard stream on a moto server started here (scripts/moto.sh, port
 #             15032, data /tmp/pg_sink_bench_moto, stopped by pid at exit); ceiling:
@@ -93,8 +100,8 @@ ROOT=/tmp/pg_sink_bench
 export PGSINK_DATA=$ROOT/data PGSINK_PORT=5497
 export BENCH_SINK=${BENCH_SINK:-file}
 case "$BENCH_SINK" in
-  file | parquet | nats | kinesis | s3 | webhook | jdbc-mysql | jdbc-postgres) ;;
-  *) echo "bench.sh: BENCH_SINK must be file, parquet, nats, kinesis, s3, webhook, jdbc-mysql or jdbc-postgres, not '$BENCH_SINK'" >&2; exit 2 ;;
+  file | parquet | iceberg | nats | kinesis | s3 | webhook | jdbc-mysql | jdbc-postgres) ;;
+  *) echo "bench.sh: BENCH_SINK must be file, parquet, iceberg, nats, kinesis, s3, webhook, jdbc-mysql or jdbc-postgres, not '$BENCH_SINK'" >&2; exit 2 ;;
 esac
 case "$BENCH_SINK:${BENCH_FILE_FORMAT:-}" in
   *: | parquet:parquet | parquet:csv | s3:jsonl | s3:csv | s3:parquet) ;;
@@ -247,6 +254,7 @@ if SINK in ("parquet", "s3"):
     if FILE_FORMAT not in allowed:
         fail(f"BENCH_FILE_FORMAT must be {' or '.join(allowed)} for BENCH_SINK={SINK}, not {FILE_FORMAT!r}")
 sink_desc = f"{SINK}, upsert, {FORMAT.upper()}"
+ENVELOPE = "upsert"
 
 if SINK == "file":
     connector, sink_opts = "file", {"path": OUT}
@@ -254,6 +262,10 @@ elif SINK == "parquet":
     # The file connector writing Parquet (or CSV) instead of JSON lines.
     connector, sink_opts = "file", {"path": OUT, "file_format": FILE_FORMAT}
     sink_desc = f"file, {FILE_FORMAT}, upsert"
+elif SINK == "iceberg":
+    connector, sink_opts = "iceberg", {"warehouse.path": f"file://{OUT}/warehouse", "database.name": "bench", "table.name": "bench"}
+    ENVELOPE = "append-only"
+    sink_desc = "iceberg, SQL catalog here, local files, append-only"
 elif SINK == "nats":
     # Core NATS on the machine's server; nothing subscribes, so this measures the
     # sink up to a flushed publish.
@@ -349,8 +361,8 @@ elif SINK == "jdbc-postgres":
     connector, sink_opts = "jdbc", {"jdbc.url": f"jdbc:postgresql://127.0.0.1:{PORT}/{PG_DB}?user=postgres", "table.name": "bench"}
     sink_desc = f"jdbc, PostgreSQL {PG_DB}, upsert"
 conn.execute(
-    "SELECT sink.create_sink('bench', 'bench', %s, %s::jsonb, envelope => 'upsert', format => %s, snapshot => false)",
-    (connector, json.dumps(sink_opts), FORMAT),
+    "SELECT sink.create_sink('bench', 'bench', %s, %s::jsonb, envelope => %s, format => %s, snapshot => false)",
+    (connector, json.dumps(sink_opts), ENVELOPE, FORMAT),
 )
 wait_for("the sink's slot (sink.status.confirmed_lsn)",
          lambda: one("SELECT confirmed_lsn IS NOT NULL FROM sink.status WHERE name = 'bench'") or bool(sink_error()))
@@ -465,6 +477,22 @@ if SINK in ("file", "parquet"):
             records -= 1  # the header
     out_bytes = sum(os.path.getsize(p) for p in files)
     where = f"{ext} records in {len(files)} files, {out_bytes / MIB:.1f} MiB"
+elif SINK == "iceberg":
+    # The table's current snapshot, through pyiceberg and the same SQL catalog.
+    from pyiceberg.catalog.sql import SqlCatalog
+    table = SqlCatalog("pg_sink", uri=f"postgresql+psycopg2://postgres@127.0.0.1:{PORT}/postgres",
+                       warehouse=f"file://{OUT}/warehouse").load_table("bench.bench")
+    snap = table.current_snapshot()
+    records = int(snap.summary["total-records"]) if snap else 0
+    files = [t.file.file_path for t in table.scan().plan_files()]
+    file_rows = sum(t.file.record_count for t in table.scan().plan_files())
+    if file_rows != records:
+        log(f"note: the data files hold {file_rows} rows, the snapshot says {records}")
+        records = file_rows
+    out_bytes = sum(t.file.file_size_in_bytes for t in table.scan().plan_files())
+    times = sorted(s.timestamp_ms for s in table.metadata.snapshots)
+    gap = (times[-1] - times[0]) / (len(times) - 1) / 1000 if len(times) > 1 else 0.0
+    where = f"rows in {len(files)} data files, {out_bytes / MIB:.1f} MiB, {len(times)} Iceberg commits, {gap:.3f} s apart on average"
 elif SINK == "kinesis":
     # Every record in the stream, read back shard by shard.
     records = kinesis_bytes = 0
