@@ -315,3 +315,47 @@ def test_risingwave_create_sink_with_connector_iceberg(db):
         db.execute("SELECT sink.drop_sink('ice_rw', if_exists => true)")
         db.execute("DROP TABLE IF EXISTS ice_rw_src")
         db.execute("DROP TABLE IF EXISTS public.iceberg_tables, public.iceberg_namespace_properties")
+
+
+def test_rows_that_do_not_fit_an_existing_table_become_dead_letters(db):
+    """A table made by pyiceberg (its own catalog tables, in this database) with a
+    narrower decimal than the source's: under errors.policy = 'dead_letter' the
+    rows that do not fit are set aside in sink.dead_letters, the others are
+    appended once each, across a killed worker."""
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import DecimalType, IntegerType, NestedField, StringType
+    wh = out_dir("ice_dl")
+    db.execute("DROP TABLE IF EXISTS public.iceberg_tables, public.iceberg_namespace_properties")
+    db.execute("DROP TABLE IF EXISTS ice_dl_src")
+    db.execute("CREATE TABLE ice_dl_src (id int PRIMARY KEY, name text, price numeric(10,2))")
+    catalog = sql_catalog(f"file://{wh}")
+    catalog.create_namespace("dl")
+    catalog.create_table("dl.narrow", schema=Schema(
+        NestedField(1, "id", IntegerType(), required=False), NestedField(2, "name", StringType(), required=False),
+        NestedField(3, "price", DecimalType(4, 1), required=False)))
+    subprocess.run(["chown", "-R", "postgres", wh], check=True)  # pyiceberg ran as this test's OS user
+    db.execute("SELECT sink.create_sink('ice_dl', 'ice_dl_src', 'iceberg', %s::jsonb, envelope => 'append-only')",
+               (json.dumps({"warehouse.path": f"file://{wh}", "database.name": "dl", "table.name": "narrow",
+                            "create_table_if_not_exists": False, "errors.policy": "dead_letter"}),))
+    try:
+        wait_started(db, "ice_dl")
+        good, refused = [], []
+        for t in range(4):
+            for i in range(t * 10 + 1, t * 10 + 11):
+                price = "12345.67" if i % 7 == 0 else f"{i}.5"
+                db.execute("INSERT INTO ice_dl_src VALUES (%s, %s, %s)", (i, f"n{i}", price))
+                (refused if i % 7 == 0 else good).append(i)
+            if t == 1:
+                kill_worker(db, "ice_dl")
+        wait_caught_up(db, "ice_dl")
+        wait_for(lambda: one(db, "SELECT count(*) FROM sink.dead_letters d JOIN sink.sinks s ON s.id = d.sink_id WHERE s.name = 'ice_dl'") == len(refused),
+                 what="the dead letters")
+        _, got = iceberg_rows(sql_catalog(f"file://{wh}"), "dl.narrow", "id, name, price")
+        assert sorted(r[0] for r in got) == good, "each fitting row once"
+        errors = [r[0] for r in db.execute("SELECT d.error FROM sink.dead_letters d JOIN sink.sinks s ON s.id = d.sink_id WHERE s.name = 'ice_dl'").fetchall()]
+        assert all("12345.67" in e and "price" in e for e in errors), errors[:2]
+        assert one(db, "SELECT state FROM sink.status WHERE name = 'ice_dl'") == "running"
+    finally:
+        db.execute("SELECT sink.drop_sink('ice_dl', if_exists => true)")
+        db.execute("DROP TABLE IF EXISTS ice_dl_src")
+        db.execute("DROP TABLE IF EXISTS public.iceberg_tables, public.iceberg_namespace_properties")

@@ -405,9 +405,14 @@ impl Connector for IcebergConnector {
 
     async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()> {
         let mut rows: Vec<&RowImage> = Vec::with_capacity(batch.records.len());
-        for r in &batch.records {
+        // Each row's record index, for naming refused records.
+        let mut at: Vec<usize> = Vec::with_capacity(batch.records.len());
+        for (i, r) in batch.records.iter().enumerate() {
             match &r.draft.payload {
-                Payload::Row(row) => rows.push(row),
+                Payload::Row(row) => {
+                    rows.push(row);
+                    at.push(i);
+                }
                 // The table is a log of inserted rows; schema changes arrive with the rows.
                 Payload::Truncate(_) | Payload::Schema(_) => {}
                 Payload::Tombstone | Payload::Debezium(_) => {
@@ -427,7 +432,11 @@ impl Connector for IcebergConnector {
             return Ok(());
         }
         let table = self.evolve(table, &rows, sql).await?;
-        let files = self.write(&table, &rows, batch).await?;
+        let files = self.write(&table, &rows, batch).await.map_err(|mut e| {
+            // Nothing was written: the refused rows can be left out and the rest sent again.
+            e.refused = e.refused.iter().map(|&k| at[k]).collect();
+            e
+        })?;
         let summary = HashMap::from([
             (PROP_SINK.to_string(), self.sink_uid.clone()),
             (PROP_SINK_NAME.to_string(), self.sink_name.clone()),

@@ -65,7 +65,10 @@ pub fn schema_of(columns: &[Column]) -> Result<Schema> {
 
 /// The batch's rows as Arrow columns of the table's current schema. A table
 /// column the row's relation does not have (dropped at the source) is NULL.
+/// Values that do not fit their column fail the batch, naming the rows (by
+/// index into `rows`) in the error's `refused`.
 pub fn arrow_batch(schema: &Schema, rows: &[&RowImage]) -> Result<RecordBatch> {
+    let mut bad: Vec<(usize, SinkError)> = Vec::new();
     let arrow = iceberg::arrow::schema_to_arrow_schema(schema).map_err(|e| SinkError::permanent(format!("Iceberg schema has no Arrow form: {e}")))?;
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(arrow.fields().len());
     for field in arrow.fields() {
@@ -80,7 +83,15 @@ pub fn arrow_batch(schema: &Schema, rows: &[&RowImage]) -> Result<RecordBatch> {
                 }
             })
             .collect();
-        columns.push(column(name, field.data_type(), &texts)?);
+        columns.push(column(name, field.data_type(), &texts, &mut bad)?);
+    }
+    if !bad.is_empty() {
+        bad.sort_by_key(|(i, _)| *i);
+        let mut refused: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
+        refused.dedup();
+        let (_, first) = bad.swap_remove(0);
+        let more = if refused.len() > 1 { format!(" ({} rows in all)", refused.len()) } else { String::new() };
+        return Err(SinkError { refused, ..SinkError::permanent(format!("{}{more}", first.message)) });
     }
     RecordBatch::try_new(Arc::new(arrow), columns).map_err(|e| SinkError::permanent(format!("could not assemble the Arrow batch: {e}")))
 }
@@ -89,29 +100,48 @@ fn bad(column: &str, ty: &PgType, value: &str, why: &str) -> SinkError {
     SinkError::permanent(format!("value \"{value}\" of column \"{column}\" ({}) cannot be written to Iceberg: {why}", ty.name))
 }
 
-/// One Arrow column of `ty` from the rows' text values.
-fn column(name: &str, ty: &DataType, texts: &[Option<(&PgType, &str)>]) -> Result<ArrayRef> {
-    fn each<T>(name: &str, texts: &[Option<(&PgType, &str)>], parse: impl Fn(&PgType, &str) -> std::result::Result<T, String>) -> Result<Vec<Option<T>>> {
-        texts.iter().map(|t| t.map(|(ty, v)| parse(ty, v).map_err(|why| bad(name, ty, v, &why))).transpose()).collect()
+/// One Arrow column of `ty` from the rows' text values; a value that does not
+/// parse is NULL here and recorded in `refused` with its row.
+fn column(name: &str, ty: &DataType, texts: &[Option<(&PgType, &str)>], refused: &mut Vec<(usize, SinkError)>) -> Result<ArrayRef> {
+    fn each<T>(
+        name: &str,
+        texts: &[Option<(&PgType, &str)>],
+        refused: &mut Vec<(usize, SinkError)>,
+        parse: impl Fn(&PgType, &str) -> std::result::Result<T, String>,
+    ) -> Result<Vec<Option<T>>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for (i, t) in texts.iter().enumerate() {
+            out.push(match t {
+                None => None,
+                Some((ty, v)) => match parse(ty, v) {
+                    Ok(x) => Some(x),
+                    Err(why) => {
+                        refused.push((i, bad(name, ty, v, &why)));
+                        None
+                    }
+                },
+            });
+        }
+        Ok(out)
     }
     let msg = |e: SinkError| e.to_string();
     let array: ArrayRef = match ty {
-        DataType::Boolean => Arc::new(BooleanArray::from(each(name, texts, |_, v| Ok(matches!(v, "t" | "true")))?)),
-        DataType::Int32 => Arc::new(Int32Array::from(each(name, texts, |_, v| v.parse::<i32>().map_err(|e| e.to_string()))?)),
-        DataType::Int64 => Arc::new(Int64Array::from(each(name, texts, |_, v| v.parse::<i64>().map_err(|e| e.to_string()))?)),
-        DataType::Float32 => Arc::new(Float32Array::from(each(name, texts, |_, v| v.parse::<f32>().map_err(|e| e.to_string()))?)),
-        DataType::Float64 => Arc::new(Float64Array::from(each(name, texts, |_, v| v.parse::<f64>().map_err(|e| e.to_string()))?)),
+        DataType::Boolean => Arc::new(BooleanArray::from(each(name, texts, refused, |_, v| Ok(matches!(v, "t" | "true")))?)),
+        DataType::Int32 => Arc::new(Int32Array::from(each(name, texts, refused, |_, v| v.parse::<i32>().map_err(|e| e.to_string()))?)),
+        DataType::Int64 => Arc::new(Int64Array::from(each(name, texts, refused, |_, v| v.parse::<i64>().map_err(|e| e.to_string()))?)),
+        DataType::Float32 => Arc::new(Float32Array::from(each(name, texts, refused, |_, v| v.parse::<f32>().map_err(|e| e.to_string()))?)),
+        DataType::Float64 => Arc::new(Float64Array::from(each(name, texts, refused, |_, v| v.parse::<f64>().map_err(|e| e.to_string()))?)),
         DataType::Decimal128(p, s) => {
-            let values = each(name, texts, |_, v| unscaled(v, *p as u32, *s as u32))?;
+            let values = each(name, texts, refused, |_, v| unscaled(v, *p as u32, *s as u32))?;
             Arc::new(Decimal128Array::from(values).with_precision_and_scale(*p, *s).map_err(|e| SinkError::permanent(e.to_string()))?)
         }
-        DataType::Date32 => Arc::new(Date32Array::from(each(name, texts, |ty, v| {
+        DataType::Date32 => Arc::new(Date32Array::from(each(name, texts, refused, |ty, v| {
             date_days(ty, v).map_err(msg).and_then(|d| i32::try_from(d).map_err(|_| "out of range".to_string()))
         })?)),
-        DataType::Time64(TimeUnit::Microsecond) => Arc::new(Time64MicrosecondArray::from(each(name, texts, |ty, v| time_micros(ty, v).map_err(msg))?)),
+        DataType::Time64(TimeUnit::Microsecond) => Arc::new(Time64MicrosecondArray::from(each(name, texts, refused, |ty, v| time_micros(ty, v).map_err(msg))?)),
         DataType::Timestamp(TimeUnit::Microsecond, tz) => {
             let with_zone = tz.is_some();
-            let values = each(name, texts, |_, v| {
+            let values = each(name, texts, refused, |_, v| {
                 timestamp_micros(v, with_zone).map_err(str::to_string).and_then(|us| i64::try_from(us).map_err(|_| "out of range".to_string()))
             })?;
             Arc::new(TimestampMicrosecondArray::from(values).with_timezone_opt(tz.clone()))
@@ -119,7 +149,7 @@ fn column(name: &str, ty: &DataType, texts: &[Option<(&PgType, &str)>]) -> Resul
         DataType::Utf8 => Arc::new(StringArray::from(texts.iter().map(|t| t.map(|(_, v)| v)).collect::<Vec<_>>())),
         DataType::LargeUtf8 => Arc::new(LargeStringArray::from(texts.iter().map(|t| t.map(|(_, v)| v)).collect::<Vec<_>>())),
         DataType::Binary | DataType::LargeBinary => {
-            let values = each(name, texts, |_, v| bytea(v))?;
+            let values = each(name, texts, refused, |_, v| bytea(v))?;
             let refs: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
             if matches!(ty, DataType::Binary) {
                 Arc::new(BinaryArray::from_opt_vec(refs))
@@ -128,7 +158,7 @@ fn column(name: &str, ty: &DataType, texts: &[Option<(&PgType, &str)>]) -> Resul
             }
         }
         DataType::FixedSizeBinary(16) => {
-            let values = each(name, texts, |_, v| uuid(v))?;
+            let values = each(name, texts, refused, |_, v| uuid(v))?;
             Arc::new(
                 FixedSizeBinaryArray::try_from_sparse_iter_with_size(values.into_iter(), 16).map_err(|e| SinkError::permanent(e.to_string()))?,
             )
@@ -272,7 +302,13 @@ mod tests {
         for v in ["12345.6", "1.25", "NaN"] {
             let e = arrow_batch(&schema, &[&row(&r, &[Some(v)])]).unwrap_err();
             assert!(!e.is_transient() && e.to_string().contains("price") && e.to_string().contains(v), "{e}");
+            assert_eq!(e.refused, [0]);
         }
+        // Every row that does not fit is named, so the others can be delivered.
+        let rows = [row(&r, &[Some("1.5")]), row(&r, &[Some("99999")]), row(&r, &[None]), row(&r, &[Some("0.05")])];
+        let e = arrow_batch(&schema, &rows.iter().collect::<Vec<_>>()).unwrap_err();
+        assert_eq!(e.refused, [1, 3]);
+        assert!(e.to_string().contains("99999") && e.to_string().contains("2 rows"), "{e}");
         assert_eq!(unscaled("-0.50", 4, 1).unwrap(), -5);
         assert_eq!(unscaled("999.9", 4, 1).unwrap(), 9999);
     }
