@@ -18,7 +18,7 @@ from conftest import PORT, ROOT, connect, one, out_dir, sqlstate_of, wait_caught
 
 REST_PORT = int(os.environ.get("PGSINK_TEST_ICEBERG_REST_PORT", "19500"))
 REST_DATA = "/tmp/pg_sink_test_iceberg_rest"
-COLUMNS = "id, name, price, day, at, u, doc, raw, flag, big"
+COLUMNS = "id, name, price, day, at, u, doc, raw, flag, big, tags"
 
 
 def rest_script(cmd):
@@ -47,7 +47,7 @@ def rest_catalog(uri):
 def make_source(db, table):
     db.execute(f"DROP TABLE IF EXISTS {table}")
     db.execute(f"""CREATE TABLE {table} (id int PRIMARY KEY, name text, price numeric(10,2), day date, at timestamptz,
-                   u uuid, doc jsonb, raw bytea, flag bool, big bigint)""")
+                   u uuid, doc jsonb, raw bytea, flag bool, big bigint, tags text[])""")
 
 
 def insert(db, table, lo, hi):
@@ -55,7 +55,7 @@ def insert(db, table, lo, hi):
     return db.execute(
         f"""INSERT INTO {table} SELECT g, 'n' || g, g * 1.25, DATE '2024-01-01' + g, TIMESTAMPTZ '2024-01-01 00:00:00.123456+00' + g * interval '1 hour',
                    md5(g::text)::uuid, jsonb_build_object('g', g, 'tags', jsonb_build_array('a', g)), decode(lpad(to_hex(g), 8, '0'), 'hex'),
-                   g %% 2 = 0, g::bigint * 1000000000
+                   g %% 2 = 0, g::bigint * 1000000000, ARRAY['a', g::text, NULL, 'x"y']
               FROM generate_series(%s::int, %s::int) g RETURNING {COLUMNS}""", (lo, hi)).fetchall()
 
 
@@ -70,6 +70,8 @@ def norm(row):
         elif isinstance(v, (bytes, memoryview)):
             v = bytes(v)
             v = str(uuid.UUID(bytes=v)) if len(v) == 16 else v.hex()
+        elif isinstance(v, list):
+            v = tuple(v)
         elif isinstance(v, dict):
             v = json.dumps(v, sort_keys=True)
         elif isinstance(v, str) and v.startswith("{"):
@@ -139,7 +141,7 @@ def test_sql_catalog_in_this_database_snapshot_stream_schema_change_across_a_kil
         compare(got, expected)
         types = {f.name: str(f.field_type) for f in table.schema().fields}
         assert types == {"id": "int", "name": "string", "price": "decimal(10, 2)", "day": "date", "at": "timestamptz", "u": "uuid",
-                         "doc": "string", "raw": "binary", "flag": "boolean", "big": "long"}, types
+                         "doc": "string", "raw": "binary", "flag": "boolean", "big": "long", "tags": "list<string>"}, types
         props = summaries(table, "ice_sql")
         assert props and all(p["pg-sink.sink-uid"] == props[0]["pg-sink.sink-uid"] for p in props)
         # The last commit ends at or before what the sink confirmed, and after the first.

@@ -17,7 +17,7 @@
 //! commit; they are refused with a clear error. TRUNCATE is not applied (the
 //! table is a log of inserted rows). A column added at the source becomes a new
 //! optional Iceberg field before the first row that has it; a dropped column is
-//! NULL in later rows. Warehouses: local directories (`file://` or an absolute
+//! NULL in later rows; one-dimensional arrays are lists. Warehouses: local directories (`file://` or an absolute
 //! path; files fsynced before the commit names them) and S3 ([`storage`]); the
 //! table is unpartitioned when pg_sink creates it.
 
@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use iceberg::io::FileIO;
-use iceberg::spec::{DataFileFormat, Type};
+use iceberg::spec::DataFileFormat;
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -342,7 +342,7 @@ impl IcebergConnector {
         let tx = Transaction::new(&table);
         let mut action = tx.update_schema();
         for c in &missing {
-            action = action.add_column(iceberg::transaction::AddColumn::optional(&c.name, Type::Primitive(rows::iceberg_type(c))));
+            action = action.add_column(iceberg::transaction::AddColumn::optional(&c.name, rows::iceberg_type(c, 0)));
         }
         let tx = action.apply(tx).map_err(|e| iceberg_error("could not add columns to the Iceberg table", e))?;
         self.commit(tx, &table, sql).await

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use arrow_array::{
     ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, FixedSizeBinaryArray, Float32Array, Float64Array, Int32Array,
-    Int64Array, LargeBinaryArray, LargeStringArray, RecordBatch, StringArray, Time64MicrosecondArray, TimestampMicrosecondArray,
+    Int64Array, LargeBinaryArray, LargeStringArray, ListArray, RecordBatch, StringArray, Time64MicrosecondArray, TimestampMicrosecondArray,
 };
+use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, TimeUnit};
-use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
+use iceberg::spec::{ListType, NestedField, PrimitiveType, Schema, Type};
 
 use crate::engine::change::{Cell, Column};
 use crate::engine::encoder::avro::{date_days, time_micros};
@@ -24,9 +25,20 @@ const MAX_DECIMAL_PRECISION: u32 = 38;
 
 /// The Iceberg type a column is written as. `numeric` with a precision up to 38
 /// is a decimal of that precision and scale; unconstrained or wider `numeric`,
-/// json, arrays, intervals and anything else are strings in their Postgres text
-/// form (nothing is rounded).
-pub fn iceberg_type(c: &Column) -> PrimitiveType {
+/// json, intervals and anything else are strings in their Postgres text form
+/// (nothing is rounded). A one-dimensional array of those is a list (element id
+/// `element_id`; the catalog assigns fresh ids).
+pub fn iceberg_type(c: &Column, element_id: i32) -> Type {
+    match &c.ty.kind {
+        TypeKind::Array(element) if !matches!(element.kind, TypeKind::Array(_) | TypeKind::Composite(_) | TypeKind::Unresolved) => {
+            let element = Column { name: String::new(), ty: (**element).clone(), type_modifier: c.type_modifier, is_identity: false };
+            Type::List(ListType { element_field: Arc::new(NestedField::list_element(element_id, Type::Primitive(primitive_type(&element)), false)) })
+        }
+        _ => Type::Primitive(primitive_type(c)),
+    }
+}
+
+fn primitive_type(c: &Column) -> PrimitiveType {
     match &c.ty.kind {
         TypeKind::Bool => PrimitiveType::Boolean,
         TypeKind::Int2 | TypeKind::Int4 => PrimitiveType::Int,
@@ -57,9 +69,11 @@ fn decimal_of(typmod: i32) -> Option<(u32, u32)> {
     (precision <= MAX_DECIMAL_PRECISION && scale <= precision).then_some((precision, scale))
 }
 
-/// A new table's schema: the source's columns in order, all optional, ids 1..n.
+/// A new table's schema: the source's columns in order, all optional, ids 1..n
+/// (list elements after them).
 pub fn schema_of(columns: &[Column]) -> Result<Schema> {
-    let fields = columns.iter().enumerate().map(|(i, c)| Arc::new(NestedField::optional(i as i32 + 1, &c.name, Type::Primitive(iceberg_type(c)))));
+    let n = columns.len() as i32;
+    let fields = columns.iter().enumerate().map(|(i, c)| Arc::new(NestedField::optional(i as i32 + 1, &c.name, iceberg_type(c, n + 1 + i as i32))));
     Schema::builder().with_fields(fields).build().map_err(|e| SinkError::permanent(format!("could not make the Iceberg schema: {e}")))
 }
 
@@ -163,12 +177,109 @@ fn column(name: &str, ty: &DataType, texts: &[Option<(&PgType, &str)>], refused:
                 FixedSizeBinaryArray::try_from_sparse_iter_with_size(values.into_iter(), 16).map_err(|e| SinkError::permanent(e.to_string()))?,
             )
         }
+        DataType::List(element) => {
+            // Each value's elements (their text), one child column for all rows.
+            let mut offsets: Vec<i32> = vec![0];
+            let mut valid: Vec<bool> = Vec::with_capacity(texts.len());
+            let mut types: Vec<PgType> = Vec::new();
+            let mut items: Vec<(usize, Option<String>)> = Vec::new();
+            for (i, t) in texts.iter().enumerate() {
+                match t {
+                    None => valid.push(false),
+                    Some((ty, v)) => match array_elements(v) {
+                        Ok(values) => {
+                            let element = match &ty.kind {
+                                TypeKind::Array(e) => (**e).clone(),
+                                _ => PgType::new(25, "text", TypeKind::Text),
+                            };
+                            let at = types.iter().position(|t| *t == element).unwrap_or_else(|| {
+                                types.push(element);
+                                types.len() - 1
+                            });
+                            items.extend(values.into_iter().map(|x| (at, x)));
+                            valid.push(true);
+                        }
+                        Err(why) => {
+                            refused.push((i, bad(name, ty, v, &why)));
+                            valid.push(false);
+                        }
+                    },
+                }
+                offsets.push(items.len() as i32);
+            }
+            let child_texts: Vec<Option<(&PgType, &str)>> = items.iter().map(|(at, v)| v.as_deref().map(|v| (&types[*at], v))).collect();
+            let mut child_refused = Vec::new();
+            let values = column(element.name(), element.data_type(), &child_texts, &mut child_refused)?;
+            for (k, e) in child_refused {
+                let row = offsets.partition_point(|&o| o as usize <= k) - 1;
+                refused.push((row, e));
+            }
+            Arc::new(
+                ListArray::try_new(element.clone(), OffsetBuffer::new(offsets.into()), values, Some(NullBuffer::from(valid)))
+                    .map_err(|e| SinkError::permanent(e.to_string()))?,
+            )
+        }
         other => {
             return Err(SinkError::permanent(format!("column \"{name}\" of the Iceberg table has type {other}, which pg_sink does not write"))
                 .hint("Write to a table whose columns have primitive types."))
         }
     };
     Ok(array)
+}
+
+/// A one-dimensional array's text (`{a,"b c",NULL}`, optionally with bounds
+/// `[0:2]={..}`) → its elements' texts, `None` for NULL.
+fn array_elements(text: &str) -> std::result::Result<Vec<Option<String>>, String> {
+    let body = match text.find("={") {
+        Some(i) if text.starts_with('[') => &text[i + 1..],
+        _ => text,
+    };
+    let inner = body.strip_prefix('{').and_then(|b| b.strip_suffix('}')).ok_or("not an array")?;
+    let mut out = Vec::new();
+    if inner.trim().is_empty() {
+        return Ok(out);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut item = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => item.push(chars.next().ok_or("unterminated element")?),
+                    Some('"') => break,
+                    Some(c) => item.push(c),
+                    None => return Err("unterminated element".into()),
+                }
+            }
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if c == '{' {
+                    return Err("a multi-dimensional array has no Iceberg list form".into());
+                }
+                item.push(c);
+                chars.next();
+            }
+            let trimmed = item.trim_end().len();
+            item.truncate(trimmed);
+        }
+        out.push(if !quoted && item.eq_ignore_ascii_case("NULL") { None } else { Some(item) });
+        match chars.next() {
+            None => return Ok(out),
+            Some(',') => continue,
+            Some(c) => return Err(format!("unexpected '{c}'")),
+        }
+    }
 }
 
 /// Decimal text → its unscaled value at `scale`, within `precision` digits.
@@ -292,6 +403,45 @@ mod tests {
         let u = batch.column(4).as_any().downcast_ref::<FixedSizeBinaryArray>().unwrap();
         assert_eq!(u.value(0)[..2], [0xa0, 0xee]);
         assert!(batch.column(5).is_null(1), "a column the row's relation lacks is NULL");
+    }
+
+    #[test]
+    fn one_dimensional_arrays_are_lists_of_typed_elements() {
+        let int_array = Column { name: "nums".into(), ty: PgType::from_oid(1007), type_modifier: -1, is_identity: false };
+        let text_array = Column { name: "tags".into(), ty: PgType::from_oid(1009), type_modifier: -1, is_identity: false };
+        let cols = vec![int_array, text_array];
+        let schema = schema_of(&cols).unwrap();
+        let elements: Vec<String> = schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| match f.field_type.as_ref() {
+                Type::List(l) => l.element_field.field_type.to_string(),
+                other => panic!("not a list: {other}"),
+            })
+            .collect();
+        assert_eq!(elements, ["int", "string"]);
+        let r = rel(cols);
+        let rows = [
+            row(&r, &[Some("{1,NULL,3}"), Some(r#"{a,"b c","NULL",NULL,"x\"y"}"#)]),
+            row(&r, &[None, Some("{}")]),
+            row(&r, &[Some("[0:1]={7,8}"), None]),
+        ];
+        let batch = arrow_batch(&schema, &rows.iter().collect::<Vec<_>>()).unwrap();
+        let nums = batch.column(0).as_any().downcast_ref::<ListArray>().unwrap();
+        assert!(nums.is_null(1));
+        let first = nums.value(0);
+        let first = first.as_any().downcast_ref::<Int32Array>().unwrap();
+        assert_eq!((first.value(0), first.is_null(1), first.value(2)), (1, true, 3));
+        assert_eq!(nums.value(2).len(), 2);
+        let tags = batch.column(1).as_any().downcast_ref::<ListArray>().unwrap();
+        let t0 = tags.value(0);
+        let t0 = t0.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((t0.value(0), t0.value(1), t0.value(2), t0.is_null(3), t0.value(4)), ("a", "b c", "NULL", true, "x\"y"));
+        assert_eq!(tags.value(1).len(), 0);
+        // An element that does not fit, and a multi-dimensional value: the row is named.
+        let e = arrow_batch(&schema, &[&row(&r, &[Some("{1,x}"), None]), &row(&r, &[Some("{{1},{2}}"), None])]).unwrap_err();
+        assert_eq!(e.refused, [0, 1], "{e}");
     }
 
     #[test]
