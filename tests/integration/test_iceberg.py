@@ -169,7 +169,8 @@ def test_rest_catalog_commit_then_postgres_failure_is_not_repeated(db, rest):
     make_source(db, "ice_rest_src")
     expected = insert(db, "ice_rest_src", 1, 100)
     db.execute("SELECT sink.create_sink('ice_rest', 'ice_rest_src', 'iceberg', %s::jsonb)",
-               (json.dumps({"type": "append-only", "catalog.type": "rest", "catalog.uri": rest, "database.name": "lake", "table.name": "rest_orders"}),))
+               (json.dumps({"type": "append-only", "catalog.type": "rest", "catalog.uri": rest, "database.name": "lake", "table.name": "rest_orders",
+                            "partition_by": "bucket(2, id)"}),))
     try:
         wait_started(db, "ice_rest")
         wait_caught_up(db, "ice_rest")
@@ -191,6 +192,7 @@ def test_rest_catalog_commit_then_postgres_failure_is_not_repeated(db, rest):
         wait_caught_up(db, "ice_rest")
         table, got = iceberg_rows(rest_catalog(rest), "lake.rest_orders")
         compare(got, expected)
+        assert [(f.name, str(f.transform)) for f in table.spec().fields] == [("id_bucket", "bucket[2]")]
         positions = [p["pg-sink.position"] for p in summaries(table, "ice_rest")]
         assert len(positions) == len(set(positions)), "a batch was committed twice"
     finally:
@@ -253,6 +255,8 @@ def test_s3_warehouse_with_the_sql_catalog_across_a_killed_worker(db, moto):
     ({"catalog.type": "rest"}, "append-only", "22023", ["catalog.uri"]),
     ({"catalog.type": "hive", "warehouse.path": "/tmp/x"}, "append-only", "22023", ["catalog.type"]),
     ({"warehouse.path": "/tmp/x", "commit_checkpoint_interval": "10"}, "append-only", "22023", ["commit_checkpoint_interval"]),
+    ({"warehouse.path": "/tmp/x", "partition_by": "day(nope)"}, "append-only", "22023", ["partition_by", "nope"]),
+    ({"warehouse.path": "/tmp/x", "partition_by": "bucket(0, id)"}, "append-only", "22023", ["partition_by"]),
     ({"catalog.type": "rest", "catalog.uri": "http://127.0.0.1:9"}, "append-only", None, ["REST catalog"]),
 ])
 def test_bad_options_are_refused_and_change_nothing(db, options, envelope, state, words):
@@ -303,7 +307,8 @@ def test_risingwave_create_sink_with_connector_iceberg(db):
         warehouse.path = 'file://{wh}',
         database.name = 'rw',
         table.name = 'orders',
-        create_table_if_not_exists = 'true'
+        create_table_if_not_exists = 'true',
+        partition_by = 'day(at), bucket(4, id)'
     )""",)).fetchall()
     try:
         assert len(rows) == 1 and "ice_rw" in [str(v) for v in rows[0]], rows
@@ -311,8 +316,15 @@ def test_risingwave_create_sink_with_connector_iceberg(db):
         expected += db.execute(f"UPDATE ice_rw_src SET name = 'renamed' WHERE id = 3 RETURNING {COLUMNS}").fetchall()
         db.execute("DELETE FROM ice_rw_src WHERE id = 4")
         wait_caught_up(db, "ice_rw")
-        _, got = iceberg_rows(sql_catalog(f"file://{wh}"), "rw.orders")
+        table, got = iceberg_rows(sql_catalog(f"file://{wh}"), "rw.orders")
         compare(got, expected)
+        spec = [(f.name, str(f.transform)) for f in table.spec().fields]
+        assert spec == [("at_day", "day"), ("id_bucket", "bucket[4]")], spec
+        paths = [t.file.file_path for t in table.scan().plan_files()]
+        assert paths and all("/data/at_day=" in p and "/id_bucket=" in p for p in paths), paths[:2]
+        # One day's rows only, read through partition pruning.
+        day = table.scan(row_filter="at >= '2024-01-01T05:00:00+00:00' and at < '2024-01-01T06:00:00+00:00'").to_arrow()
+        assert day.column("id").to_pylist() == [5]
     finally:
         db.execute("SELECT sink.drop_sink('ice_rw', if_exists => true)")
         db.execute("DROP TABLE IF EXISTS ice_rw_src")

@@ -518,9 +518,14 @@ fn check_headers_column(def: &options::SinkDefinition, src: &Source, visible: &[
     }
 }
 
-/// PARTITION BY compiles against the source, with the caller's privileges: unknown
-/// columns, syntax errors and non-numeric results are reported now.
+/// Kafka's PARTITION BY compiles against the source, with the caller's
+/// privileges: unknown columns, syntax errors and non-numeric results are
+/// reported now. (Iceberg's `partition_by` is a partition spec, checked by its
+/// connector.)
 fn check_partition_expression(def: &options::SinkDefinition, src: &Source) {
+    if def.connector.name != "kafka" {
+        return;
+    }
     if let Some(expr) = def.connector_options.get("partition_by") {
         check_sql(
             &format!("SELECT (({expr}))::numeric FROM {} LIMIT 0", src.name),

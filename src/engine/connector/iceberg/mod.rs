@@ -18,10 +18,12 @@
 //! table is a log of inserted rows). A column added at the source becomes a new
 //! optional Iceberg field before the first row that has it; a dropped column is
 //! NULL in later rows; one-dimensional arrays are lists. Warehouses: local directories (`file://` or an absolute
-//! path; files fsynced before the commit names them) and S3 ([`storage`]); the
-//! table is unpartitioned when pg_sink creates it.
+//! path; files fsynced before the commit names them) and S3 ([`storage`]). A
+//! table pg_sink creates is unpartitioned unless `partition_by` says otherwise
+//! ([`partition`]); rows are split by the table's own spec when written.
 
 mod catalog;
+mod partition;
 pub mod rows;
 mod storage;
 
@@ -29,6 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::io::FileIO;
 use iceberg::spec::DataFileFormat;
 use iceberg::table::Table;
@@ -64,6 +67,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
         ("database.name", "the Iceberg namespace (default public)"),
         ("table.name", "the Iceberg table (default: the sink's name)"),
         ("create_table_if_not_exists", "create the table from the source's columns when the catalog lacks it (default true)"),
+        ("partition_by", "the partition spec of a table pg_sink creates: e.g. 'region, day(created_at), bucket(16, id), truncate(4, name)'"),
         ("validate", "check at creation that the catalog answers and the warehouse can be written (default true)"),
     ],
     required: &[],
@@ -91,6 +95,7 @@ pub struct IcebergConnector {
     ident: TableIdent,
     warehouse: Option<String>,
     create: bool,
+    partition_by: Vec<partition::PartitionField>,
     validate: bool,
     sink_uid: String,
     sink_name: String,
@@ -151,6 +156,12 @@ fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
             return Err(SinkError::config(format!("invalid value for option \"catalog.type\": \"{other}\"")).hint("Use sql (the default) or rest."))
         }
     };
+    let partition_by = cfg.get("partition_by").map(partition::parse).transpose()?.unwrap_or_default();
+    // At creation the source's columns are known: name the missing one now.
+    if let Some(f) = partition_by.iter().find(|f| !cfg.columns.is_empty() && !cfg.columns.iter().any(|(c, _)| *c == f.column)) {
+        return Err(SinkError::config(format!("partition_by names column \"{}\", which the source does not have", f.column))
+            .hint("Partition by the source's columns."));
+    }
     let namespace = cfg.get("database.name").unwrap_or("public");
     let table = cfg.get("table.name").unwrap_or(&cfg.sink_name);
     let ns = NamespaceIdent::from_strs(namespace.split('.'))
@@ -163,6 +174,7 @@ fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
         ident: TableIdent::new(ns, table.to_string()),
         warehouse,
         create: cfg.flag("create_table_if_not_exists", true)?,
+        partition_by,
         validate: cfg.flag("validate", true)?,
         sink_uid: cfg.sink_uid.clone(),
         sink_name: cfg.sink_name.clone(),
@@ -277,7 +289,9 @@ impl IcebergConnector {
                         self.require_create()?;
                         let warehouse = self.warehouse.clone().unwrap_or_default();
                         let location = format!("{warehouse}/{}/{}", ident.namespace().join("/"), ident.name());
-                        let creation = TableCreation::builder().name(ident.name().to_string()).location(location.clone()).schema(rows::schema_of(columns)?).build();
+                        let schema = rows::schema_of(columns)?;
+                        let spec = partition::spec(&self.partition_by, &schema)?;
+                        let creation = TableCreation::builder().name(ident.name().to_string()).location(location.clone()).schema(schema).partition_spec(spec).build();
                         let table = catalog::new_table(&self.file_io, &ident, &location, creation).await?;
                         here.insert(sql, &ident, table.metadata_location().unwrap_or_default())?;
                         Ok(table)
@@ -294,7 +308,9 @@ impl IcebergConnector {
                 if !cat.namespace_exists(&ns).await.map_err(|e| iceberg_error("could not look up the Iceberg namespace", e))? {
                     cat.create_namespace(&ns, HashMap::new()).await.map_err(|e| iceberg_error("could not create the Iceberg namespace", e))?;
                 }
-                let creation = TableCreation::builder().name(ident.name().to_string()).schema(rows::schema_of(columns)?).build();
+                let schema = rows::schema_of(columns)?;
+                let spec = partition::spec(&self.partition_by, &schema)?;
+                let creation = TableCreation::builder().name(ident.name().to_string()).schema(schema).partition_spec(spec).build();
                 cat.create_table(&ns, creation).await.map_err(|e| iceberg_error("could not create the Iceberg table", e))
             }
         }
@@ -351,11 +367,6 @@ impl IcebergConnector {
     /// Write the rows as Parquet data files of the table.
     async fn write(&self, table: &Table, rows: &[&RowImage], batch: &Batch) -> Result<Vec<iceberg::spec::DataFile>> {
         let meta = table.metadata();
-        if !meta.default_partition_spec().is_unpartitioned() {
-            return Err(SinkError::permanent(format!("Iceberg table {} is partitioned", self.ident))
-                .detail("pg_sink writes unpartitioned tables only.")
-                .hint("Point the sink at an unpartitioned table, or let pg_sink create one."));
-        }
         let arrow = rows::arrow_batch(meta.current_schema(), rows)?;
         let err = |e| iceberg_error("could not write an Iceberg data file", e);
         let locations = DefaultLocationGenerator::new(meta).map_err(err)?;
@@ -370,9 +381,21 @@ impl IcebergConnector {
         let props = parquet::file::properties::WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build();
         let parquet = ParquetWriterBuilder::new(props, meta.current_schema().clone());
         let rolling = RollingFileWriterBuilder::new_with_default_file_size(parquet, table.file_io().clone(), locations, names);
-        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await.map_err(err)?;
-        writer.write(arrow).await.map_err(err)?;
-        writer.close().await.map_err(err)
+        let builder = DataFileWriterBuilder::new(rolling);
+        let spec = meta.default_partition_spec();
+        let parts = if spec.is_unpartitioned() {
+            vec![(None, arrow)]
+        } else {
+            let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(meta.current_schema().clone(), spec.clone()).map_err(err)?;
+            splitter.split(&arrow).map_err(err)?.into_iter().map(|(key, part)| (Some(key), part)).collect()
+        };
+        let mut files = Vec::new();
+        for (key, part) in parts {
+            let mut writer = builder.build(key).await.map_err(err)?;
+            writer.write(part).await.map_err(err)?;
+            files.extend(writer.close().await.map_err(err)?);
+        }
+        Ok(files)
     }
 }
 
@@ -483,6 +506,7 @@ mod tests {
         assert!(err(cfg(&[("catalog.type", "rest"), ("catalog.uri", "ftp://x")])).contains("catalog.uri"));
         assert!(err(cfg(&[("catalog.type", "glue"), ("warehouse.path", "/w")])).contains("catalog.type"));
         assert!(err(cfg(&[("warehouse.path", "/w"), ("database.name", "a..b")])).contains("empty"));
+        assert!(err(cfg(&[("warehouse.path", "/w"), ("partition_by", "day(")])).contains("partition_by"));
         assert!(build(&cfg(&[("warehouse.path", "file:///w/"), ("database.name", "lake"), ("table.name", "orders")])).is_ok());
         assert!(build(&cfg(&[("catalog.type", "rest"), ("catalog.uri", "http://127.0.0.1:8181/")])).is_ok());
         assert_eq!(warehouse("file:/w/x/", &cfg(&[])).unwrap().0, "file:///w/x");
