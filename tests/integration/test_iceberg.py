@@ -373,3 +373,42 @@ def test_rows_that_do_not_fit_an_existing_table_become_dead_letters(db):
         db.execute("SELECT sink.drop_sink('ice_dl', if_exists => true)")
         db.execute("DROP TABLE IF EXISTS ice_dl_src")
         db.execute("DROP TABLE IF EXISTS public.iceberg_tables, public.iceberg_namespace_properties")
+
+
+def test_sql_catalog_in_another_database_commit_then_postgres_failure_is_not_repeated(db):
+    """catalog.uri names another PostgreSQL database (RisingWave's jdbc catalog
+    spelling): its catalog tables are made there and the pointer moves there, so
+    a step failing after that commit (pg_sink.fail_after_deliver) is read again;
+    the snapshot summaries say which batches the table has, and they are skipped.
+    pyiceberg reads the table through that database's catalog."""
+    wh = out_dir("ice_remote")
+    db.execute("DROP DATABASE IF EXISTS ice_catalog WITH (FORCE)")
+    db.execute("CREATE DATABASE ice_catalog")
+    make_source(db, "ice_remote_src")
+    expected = insert(db, "ice_remote_src", 1, 50)
+    db.execute("SELECT sink.create_sink('ice_remote', 'ice_remote_src', 'iceberg', %s::jsonb, envelope => 'append-only')",
+               (json.dumps({"catalog.type": "jdbc", "catalog.uri": f"jdbc:postgresql://127.0.0.1:{PORT}/ice_catalog?sslmode=disable",
+                            "catalog.jdbc.user": "postgres", "warehouse.path": f"file://{wh}", "database.name": "lake", "table.name": "remote"}),))
+    try:
+        wait_started(db, "ice_remote")
+        wait_caught_up(db, "ice_remote")
+        db.execute("SELECT sink.pause_sink('ice_remote')")
+        db.execute("ALTER SYSTEM SET pg_sink.fail_after_deliver = on")
+        db.execute("SELECT pg_reload_conf()")
+        expected += insert(db, "ice_remote_src", 51, 300)
+        db.execute("SELECT sink.resume_sink('ice_remote')")
+        wait_for(lambda: one(db, "SELECT errors FROM sink.status WHERE name = 'ice_remote'") >= 2, what="failed attempts")
+        db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
+        db.execute("SELECT pg_reload_conf()")
+        wait_caught_up(db, "ice_remote")
+        assert one(db, "SELECT to_regclass('public.iceberg_tables') IS NULL"), "nothing in this database"
+        from pyiceberg.catalog.sql import SqlCatalog
+        catalog = SqlCatalog("pg_sink", uri=f"postgresql+psycopg2://postgres@127.0.0.1:{PORT}/ice_catalog", warehouse=f"file://{wh}")
+        _, got = iceberg_rows(catalog, "lake.remote")
+        compare(got, expected)
+    finally:
+        db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
+        db.execute("SELECT pg_reload_conf()")
+        db.execute("SELECT sink.drop_sink('ice_remote', if_exists => true)")
+        db.execute("DROP TABLE IF EXISTS ice_remote_src")
+        db.execute("DROP DATABASE IF EXISTS ice_catalog WITH (FORCE)")

@@ -8,6 +8,9 @@
 //!   `metadata_location` run through the step's own transaction, so it is durable
 //!   exactly when the sink's progress is: exactly-once without reading anything
 //!   back.
+//! - **`sql` in another PostgreSQL database** (`catalog.uri`): the same tables and
+//!   statements over the jdbc connector's client; the commit is the target's, and
+//!   exactly-once comes from the snapshot summaries, as for REST.
 //! - **`rest`**: an Iceberg REST catalog; the server swaps the pointer. The
 //!   snapshot's summary carries the sink's position, read back after a restart.
 //!
@@ -25,6 +28,7 @@ use iceberg::spec::{TableMetadata, TableMetadataBuilder};
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent};
 
+use super::super::jdbc::{Backend, PgBackend};
 use super::super::SqlSession;
 use crate::engine::connector::table::quote_ident;
 use crate::engine::error::{Result, SinkError};
@@ -41,10 +45,45 @@ pub(super) fn iceberg_error(what: &str, e: iceberg::Error) -> SinkError {
     }
 }
 
-/// The SQL catalog's tables in `schema` of this database.
+/// Where the SQL catalog's statements run: this database's step transaction,
+/// or another PostgreSQL database.
+#[async_trait(?Send)]
+pub(super) trait CatalogDb {
+    async fn execute(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64>;
+    /// The first column of the first row, if any.
+    async fn query_one(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<String>>;
+}
+
+/// This database, through the step's SQL session.
+pub(super) struct Here<'a>(pub &'a mut dyn SqlSession);
+
+#[async_trait(?Send)]
+impl CatalogDb for Here<'_> {
+    async fn execute(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64> {
+        self.0.execute(sql, params)
+    }
+    async fn query_one(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<String>> {
+        Ok(self.0.query(sql, params)?.into_iter().next().and_then(|r| r.into_iter().next().flatten()))
+    }
+}
+
+#[async_trait(?Send)]
+impl CatalogDb for PgBackend {
+    async fn execute(&mut self, sql: &str, params: &[Option<&str>]) -> Result<u64> {
+        let owned: Vec<Option<String>> = params.iter().map(|p| p.map(str::to_string)).collect();
+        Backend::execute(self, sql, &owned).await
+    }
+    async fn query_one(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Option<String>> {
+        let owned: Vec<Option<String>> = params.iter().map(|p| p.map(str::to_string)).collect();
+        Backend::query_one(self, sql, &owned).await
+    }
+}
+
+/// The SQL catalog's tables in `schema`, of this database or of `remote`.
 pub(super) struct SqlHere {
     pub schema: String,
     pub name: String,
+    pub remote: Option<super::super::jdbc::Target>,
 }
 
 impl SqlHere {
@@ -58,12 +97,11 @@ impl SqlHere {
 
     /// Make the catalog's two tables if they are missing (the JDBC catalog's
     /// layout, `iceberg_type` included so that Java's catalog reads them).
-    pub fn ensure_tables(&self, sql: &mut dyn SqlSession) -> Result<()> {
-        let present = sql.query("SELECT (to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL)::text", &[
-            Some(&self.tables()),
-            Some(&self.namespaces()),
-        ])?;
-        if present.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("true") {
+    pub async fn ensure_tables(&self, sql: &mut dyn CatalogDb) -> Result<()> {
+        let present = sql
+            .query_one("SELECT (to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL)::text", &[Some(&self.tables()), Some(&self.namespaces())])
+            .await?;
+        if present.as_deref() == Some("true") {
             return Ok(());
         }
         sql.execute(
@@ -74,7 +112,8 @@ impl SqlHere {
                 self.tables()
             ),
             &[],
-        )?;
+        )
+        .await?;
         sql.execute(
             &format!(
                 "CREATE TABLE IF NOT EXISTS {} (catalog_name varchar(255) NOT NULL, namespace varchar(255) NOT NULL, \
@@ -82,21 +121,22 @@ impl SqlHere {
                 self.namespaces()
             ),
             &[],
-        )?;
+        )
+        .await?;
         Ok(())
     }
 
     /// The table's current metadata location, if the catalog has the table.
-    pub fn location(&self, sql: &mut dyn SqlSession, ident: &TableIdent) -> Result<Option<String>> {
-        let rows = sql.query(
+    pub async fn location(&self, sql: &mut dyn CatalogDb, ident: &TableIdent) -> Result<Option<String>> {
+        sql.query_one(
             &format!("SELECT metadata_location FROM {} WHERE catalog_name = $1 AND table_namespace = $2 AND table_name = $3", self.tables()),
             &[Some(&self.name), Some(&ident.namespace().join(".")), Some(ident.name())],
-        )?;
-        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()))
+        )
+        .await
     }
 
     /// Record a new table (and its namespace, if new).
-    pub fn insert(&self, sql: &mut dyn SqlSession, ident: &TableIdent, location: &str) -> Result<()> {
+    pub async fn insert(&self, sql: &mut dyn CatalogDb, ident: &TableIdent, location: &str) -> Result<()> {
         let namespace = ident.namespace().join(".");
         sql.execute(
             &format!(
@@ -105,17 +145,19 @@ impl SqlHere {
                 self.namespaces()
             ),
             &[Some(&self.name), Some(&namespace)],
-        )?;
+        )
+        .await?;
         sql.execute(
             &format!("INSERT INTO {} (catalog_name, table_namespace, table_name, metadata_location) VALUES ($1, $2, $3, $4)", self.tables()),
             &[Some(&self.name), Some(&namespace), Some(ident.name()), Some(location)],
-        )?;
+        )
+        .await?;
         Ok(())
     }
 
     /// Move the table's pointer from `from` to `to`; a pointer moved meanwhile by
     /// another writer is a conflict (the batch is tried again on the new state).
-    pub fn swap(&self, sql: &mut dyn SqlSession, ident: &TableIdent, from: &str, to: &str) -> Result<()> {
+    pub async fn swap(&self, sql: &mut dyn CatalogDb, ident: &TableIdent, from: &str, to: &str) -> Result<()> {
         let n = sql.execute(
             &format!(
                 "UPDATE {} SET metadata_location = $4, previous_metadata_location = $5 \
@@ -123,7 +165,8 @@ impl SqlHere {
                 self.tables()
             ),
             &[Some(&self.name), Some(&ident.namespace().join(".")), Some(ident.name()), Some(to), Some(from)],
-        )?;
+        )
+        .await?;
         if n == 0 {
             return Err(SinkError::transient(format!("Iceberg table {ident} was changed by another writer during the commit"))
                 .hint("The batch is tried again on the table's new state."));

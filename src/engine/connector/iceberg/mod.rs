@@ -48,14 +48,17 @@ use crate::engine::change::Column;
 use crate::engine::envelope::{EnvelopeKind, Payload, RowImage};
 use crate::engine::error::{Result, SinkError};
 use crate::engine::lsn::Lsn;
-use catalog::{iceberg_error, SqlHere, Staged};
+use super::jdbc::{Dialect, PgBackend, Target};
+use catalog::{iceberg_error, CatalogDb, SqlHere, Staged};
 use storage::Files;
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
     name: "iceberg",
     options: &[
         ("catalog.type", "sql (default: Iceberg's JDBC catalog tables in this database; jdbc is an alias) or rest"),
-        ("catalog.uri", "the REST catalog's URL (catalog.type = rest)"),
+        ("catalog.uri", "the REST catalog's URL (catalog.type = rest), or a PostgreSQL database holding the SQL catalog (jdbc:postgresql://host:port/db; default: this database)"),
+        ("catalog.jdbc.user", "the user for a SQL catalog in another database"),
+        ("catalog.jdbc.password", "its password (a secret)"),
         ("catalog.name", "the catalog's name (the catalog_name column of the SQL catalog; default pg_sink)"),
         ("catalog.schema", "the schema of this database holding the SQL catalog's tables (default public)"),
         ("warehouse.path", "where tables pg_sink creates live: file:///dir, /dir or s3://bucket/dir (required with the SQL catalog)"),
@@ -104,6 +107,31 @@ pub struct IcebergConnector {
     /// The table as last read or committed (the SQL catalog reuses it while its
     /// pointer is unchanged).
     table: Option<Table>,
+    /// The connection to a SQL catalog in another database, once opened.
+    remote_db: Option<PgBackend>,
+}
+
+/// The SQL catalog's database for one call: this one, or the remote one.
+enum Db<'a> {
+    Here(catalog::Here<'a>),
+    Remote(&'a mut PgBackend),
+}
+
+impl Db<'_> {
+    fn get(&mut self) -> &mut dyn CatalogDb {
+        match self {
+            Db::Here(h) => h,
+            Db::Remote(r) => *r,
+        }
+    }
+}
+
+async fn sql_db<'a>(remote: &'a mut Option<PgBackend>, target: &Option<Target>, sql: &'a mut dyn SqlSession) -> Result<Db<'a>> {
+    let Some(t) = target else { return Ok(Db::Here(catalog::Here(sql))) };
+    if remote.is_none() {
+        *remote = Some(PgBackend::connect(t).await?);
+    }
+    Ok(Db::Remote(remote.as_mut().expect("connected above")))
 }
 
 fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
@@ -126,18 +154,20 @@ fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
     }
     let place = match cfg.get("catalog.type").map(str::to_ascii_lowercase).as_deref() {
         None | Some("sql") | Some("jdbc") => {
-            if let Some(uri) = cfg.get("catalog.uri") {
-                return Err(SinkError::config(format!("catalog.uri \"{uri}\" is not supported with the SQL catalog"))
-                    .detail("The SQL catalog is kept in this database.")
-                    .hint("Drop catalog.uri, or use catalog.type = 'rest' with the REST catalog's URL."));
+            let remote = cfg.get("catalog.uri").map(|uri| remote_catalog(uri, cfg)).transpose()?;
+            if remote.is_none() && (cfg.get("catalog.jdbc.user").is_some() || cfg.get("catalog.jdbc.password").is_some()) {
+                return Err(SinkError::config("catalog.jdbc.user and catalog.jdbc.password need catalog.uri (a catalog in another database)")
+                    .hint("Give catalog.uri = 'jdbc:postgresql://host:port/database', or drop them (the default catalog is in this database)."));
             }
             if warehouse.is_none() {
                 return Err(SinkError::config("the iceberg connector's SQL catalog requires option \"warehouse.path\"")
                     .hint("Give the directory tables are created in, e.g. \"warehouse.path\": \"file:///var/lib/iceberg\"."));
             }
+            let schema = cfg.get("catalog.schema").map(str::to_string).or_else(|| remote.as_ref().and_then(|t| t.schema.clone()));
             Where::Sql(SqlHere {
-                schema: cfg.get("catalog.schema").unwrap_or("public").to_string(),
+                schema: schema.unwrap_or_else(|| "public".into()),
                 name: cfg.get("catalog.name").unwrap_or("pg_sink").to_string(),
+                remote,
             })
         }
         Some("rest") => {
@@ -181,7 +211,35 @@ fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
         file_io: files.clone().file_io(),
         files,
         table: None,
+        remote_db: None,
     }))
+}
+
+fn require_create(create: bool, ident: &TableIdent) -> Result<()> {
+    if create {
+        return Ok(());
+    }
+    Err(SinkError::permanent(format!("Iceberg table {ident} does not exist"))
+        .hint("Create it, or set create_table_if_not_exists = true to have pg_sink create it from the source's columns."))
+}
+
+/// A SQL catalog in another PostgreSQL database: `catalog.uri` as a JDBC or
+/// PostgreSQL URL, with RisingWave's `catalog.jdbc.user` / `catalog.jdbc.password`.
+fn remote_catalog(uri: &str, cfg: &ConnectorConfig) -> Result<Target> {
+    let mut options = std::collections::BTreeMap::from([("jdbc.url".to_string(), uri.to_string()), ("table.name".to_string(), "iceberg_tables".to_string())]);
+    for (ours, theirs) in [("catalog.jdbc.user", "user"), ("catalog.jdbc.password", "password"), ("timeout_ms", "timeout_ms")] {
+        if let Some(v) = cfg.get(ours) {
+            options.insert(theirs.to_string(), v.to_string());
+        }
+    }
+    let target = super::jdbc::parse_target(&ConnectorConfig { options, ..cfg.clone() })
+        .map_err(|e| SinkError::config(format!("invalid value for option \"catalog.uri\": {}", e.message)).hint("Use jdbc:postgresql://host:port/database (or postgresql://...)."))?;
+    if target.dialect != Dialect::Postgres {
+        return Err(SinkError::config(format!("catalog.uri \"{uri}\" is not a PostgreSQL database"))
+            .detail("The SQL catalog is kept in PostgreSQL: this database by default, or another one.")
+            .hint("Use jdbc:postgresql://host:port/database, or drop catalog.uri."));
+    }
+    Ok(target)
 }
 
 /// The warehouse's URL (`file:///dir` or `s3://bucket/dir`, no trailing slash)
@@ -277,8 +335,10 @@ impl IcebergConnector {
         let ident = self.ident.clone();
         match &self.place {
             Where::Sql(here) => {
-                here.ensure_tables(sql)?;
-                match here.location(sql, &ident)? {
+                let mut db = sql_db(&mut self.remote_db, &here.remote, sql).await?;
+                let db = db.get();
+                here.ensure_tables(db).await?;
+                match here.location(db, &ident).await? {
                     Some(loc) => {
                         if let Some(t) = self.table.as_ref().filter(|t| t.metadata_location() == Some(loc.as_str())) {
                             return Ok(t.clone());
@@ -286,14 +346,14 @@ impl IcebergConnector {
                         catalog::read_table(&self.file_io, &ident, &loc).await
                     }
                     None => {
-                        self.require_create()?;
+                        require_create(self.create, &ident)?;
                         let warehouse = self.warehouse.clone().unwrap_or_default();
                         let location = format!("{warehouse}/{}/{}", ident.namespace().join("/"), ident.name());
                         let schema = rows::schema_of(columns)?;
                         let spec = partition::spec(&self.partition_by, &schema)?;
                         let creation = TableCreation::builder().name(ident.name().to_string()).location(location.clone()).schema(schema).partition_spec(spec).build();
                         let table = catalog::new_table(&self.file_io, &ident, &location, creation).await?;
-                        here.insert(sql, &ident, table.metadata_location().unwrap_or_default())?;
+                        here.insert(db, &ident, table.metadata_location().unwrap_or_default()).await?;
                         Ok(table)
                     }
                 }
@@ -317,11 +377,7 @@ impl IcebergConnector {
     }
 
     fn require_create(&self) -> Result<()> {
-        if self.create {
-            return Ok(());
-        }
-        Err(SinkError::permanent(format!("Iceberg table {} does not exist", self.ident))
-            .hint("Create it, or set create_table_if_not_exists = true to have pg_sink create it from the source's columns."))
+        require_create(self.create, &self.ident)
     }
 
     /// Commit `tx` (made on `base`) and return the table after it.
@@ -331,7 +387,8 @@ impl IcebergConnector {
                 let staged = Staged::new(base.clone());
                 tx.commit(&staged).await.map_err(|e| iceberg_error("could not commit to the Iceberg table", e))?;
                 let table = staged.take().ok_or_else(|| SinkError::transient("the Iceberg commit produced no table"))?;
-                here.swap(sql, &self.ident, base.metadata_location().unwrap_or_default(), table.metadata_location().unwrap_or_default())?;
+                let mut db = sql_db(&mut self.remote_db, &here.remote, sql).await?;
+                here.swap(db.get(), &self.ident, base.metadata_location().unwrap_or_default(), table.metadata_location().unwrap_or_default()).await?;
                 Ok(table)
             }
             Where::Rest { .. } => {
@@ -427,6 +484,17 @@ impl Connector for IcebergConnector {
     }
 
     async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()> {
+        let delivered = self.deliver_batch(batch, sql).await;
+        if delivered.as_ref().is_err_and(|e| e.is_transient()) {
+            // A lost connection to a remote catalog is opened again next time.
+            self.remote_db = None;
+        }
+        delivered
+    }
+}
+
+impl IcebergConnector {
+    async fn deliver_batch(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()> {
         let mut rows: Vec<&RowImage> = Vec::with_capacity(batch.records.len());
         // Each row's record index, for naming refused records.
         let mut at: Vec<usize> = Vec::with_capacity(batch.records.len());
@@ -501,7 +569,10 @@ mod tests {
         assert!(err(cfg(&[("warehouse.path", "/w"), ("s3.region", "eu-west-1")])).contains("s3.region"));
         assert!(build(&cfg(&[("warehouse.path", "s3://b/w/"), ("s3.endpoint", "http://127.0.0.1:9"), ("s3.access.key", "k"), ("s3.secret.key", "s")])).is_ok());
         assert!(err(cfg(&[("warehouse.path", "rel/dir")])).contains("warehouse.path"));
-        assert!(err(cfg(&[("warehouse.path", "/w"), ("catalog.uri", "postgresql://x/db")])).contains("catalog.uri"));
+        assert!(err(cfg(&[("warehouse.path", "/w"), ("catalog.uri", "jdbc:mysql://x/db")])).contains("catalog.uri"));
+        assert!(err(cfg(&[("warehouse.path", "/w"), ("catalog.uri", "jdbc:postgresql://x")])).contains("catalog.uri"));
+        assert!(err(cfg(&[("warehouse.path", "/w"), ("catalog.jdbc.user", "u")])).contains("catalog.uri"));
+        assert!(build(&cfg(&[("warehouse.path", "/w"), ("catalog.uri", "jdbc:postgresql://h:5433/lake"), ("catalog.jdbc.user", "u")])).is_ok());
         assert!(err(cfg(&[("catalog.type", "rest")])).contains("catalog.uri"));
         assert!(err(cfg(&[("catalog.type", "rest"), ("catalog.uri", "ftp://x")])).contains("catalog.uri"));
         assert!(err(cfg(&[("catalog.type", "glue"), ("warehouse.path", "/w")])).contains("catalog.type"));

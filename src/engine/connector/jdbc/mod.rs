@@ -31,6 +31,7 @@ use crate::engine::error::{Result, SinkError};
 use crate::engine::lsn::Lsn;
 use crate::engine::schema_change::{self, Alteration, SchemaChange};
 
+pub use postgres::PgBackend;
 pub use target::{check_table, compatible, family, parse_target, quote, Backend, Dialect, Family, TableInfo, Target};
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
