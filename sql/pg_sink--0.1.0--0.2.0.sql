@@ -492,8 +492,9 @@ ON CONFLICT (relid) DO NOTHING;
 -- Only the event trigger reports schema changes.
 REVOKE ALL ON FUNCTION sink.report_schema_change(oid) FROM PUBLIC;
 
--- Runs as the extension's owner (report_schema_change is not PUBLIC); a failure
--- here warns and never blocks the user's ALTER TABLE.
+-- Runs as the extension's owner (report_schema_change is not PUBLIC). A sink with
+-- schema.gate refuses a change it could not follow (SQLSTATE 55000): that error
+-- fails the ALTER TABLE; any other failure here only warns.
 CREATE FUNCTION sink.capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -504,7 +505,9 @@ BEGIN
     LOOP
         BEGIN
             PERFORM sink.report_schema_change(r.objid);
-        EXCEPTION WHEN OTHERS THEN
+        EXCEPTION WHEN object_not_in_prerequisite_state THEN
+            RAISE;
+        WHEN OTHERS THEN
             RAISE WARNING 'pg_sink could not report the schema change of %: %', r.objid::pg_catalog.regclass, SQLERRM;
         END;
     END LOOP;

@@ -28,6 +28,7 @@ pub mod replication;
 pub mod retention;
 pub mod retry;
 pub mod schema_change;
+pub mod schema_gate;
 pub mod seal;
 pub mod secret;
 pub mod step;

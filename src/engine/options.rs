@@ -65,6 +65,9 @@ pub struct SinkDefinition {
     pub skipped: SkippedOps,
     /// What a schema change of the source does (`schema.changes`).
     pub schema_changes: schema_change::Handling,
+    /// Refuse an `ALTER TABLE` of the source that the sink could not follow
+    /// (`schema.gate`, [`super::schema_gate`]).
+    pub schema_gate: bool,
     /// Connector-specific options, validated against the connector's spec.
     pub connector_options: BTreeMap<String, String>,
     /// Avro options (fullnames, NULL DEFAULTS, DOC ON, compatibility levels).
@@ -95,6 +98,7 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("wal_retention_policy", "past max_retained_wal: pause (default), fail or resnapshot"),
     ("messages", "prefixes of pg_logical_emit_message(true, prefix, content) messages to deliver, 'a,b' (Debezium: message.prefix.include.list)"),
     ("message.prefix.include.list", "Debezium's spelling of messages"),
+    ("schema.gate", "refuse an ALTER TABLE of the source that the sink could not follow (a narrowing retype or key change its target cannot take, any change under schema.changes = 'stop'), with an error naming the sink (default false)"),
     ("schema.changes", "a schema change of the source (ALTER TABLE): apply (default: table and jdbc targets follow it), stop (the sink fails there) or ignore"),
     ("skipped.operations", "changes not delivered: any of c (insert), u (update), d (delete), t (truncate), or none (default t; none for table and jdbc)"),
     ("errors.policy", "a record the target refuses for good: fail (default) stops the sink, skip leaves it out, dead_letter keeps it in sink.dead_letters"),
@@ -195,6 +199,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
     let messages = take_alias(&mut opts, "messages", "message.prefix.include.list")?.map(|v| split_columns(&v)).unwrap_or_default();
     check_messages(spec, &messages, &key_format, &value_format, &opts)?;
     let schema_changes = opts.remove("schema.changes").map(|v| schema_change::Handling::parse(&v)).transpose()?.unwrap_or_default();
+    let schema_gate = bool_opt(&mut opts, "schema.gate", false)?;
     let skipped = match opts.remove("skipped.operations") {
         Some(v) => SkippedOps::parse(&v)?,
         // A table that mirrors the source applies TRUNCATE; a stream of records
@@ -241,6 +246,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         messages,
         skipped,
         schema_changes,
+        schema_gate,
         connector_options: opts,
         avro,
         registry,

@@ -123,3 +123,48 @@ def test_stop_a_key_change_and_forged_reports(db):
     assert one(db, "SELECT count(*) FROM sink.source_shapes WHERE relid = 'sc_free'::regclass") == 0
     for s in ("sc_k", "sc_s"):
         db.execute("SELECT sink.drop_sink(%s)", (s,))
+
+
+def test_a_gated_sink_refuses_an_alter_table_it_could_not_follow(db):
+    """schema.gate: the ALTER TABLE itself fails (SQLSTATE 55000, naming the sink
+    and the reason) when a gated sink could not follow it: a narrowing retype or a
+    key change for a keyed table target, any change under schema.changes = 'stop'.
+    The table stays as it was, the sink keeps running, and a change it can follow
+    goes through and is applied. Without the gate the same narrowing commits and
+    the sink fails at it later (what the gate prevents)."""
+    from conftest import sqlstate_of
+    db.execute("DROP TABLE IF EXISTS sg_src, sg_copy, sg_copy2 CASCADE")
+    db.execute("CREATE TABLE sg_src (id int PRIMARY KEY, v bigint, w text)")
+    db.execute("INSERT INTO sg_src SELECT g, g * 10, 'w' || g FROM generate_series(1, 20) g")
+    db.execute("SELECT sink.create_sink('sg_tab', 'sg_src', 'table', '{\"table\": \"sg_copy\", \"schema.gate\": true}', envelope => 'upsert')")
+    wait_started(db, "sg_tab")
+    wait_caught_up(db, "sg_tab")
+    before = columns(db, "sg_src")
+    for ddl, words in [
+        ("ALTER TABLE sg_src ALTER COLUMN v TYPE integer", ["not a widening", "bigint", "integer"]),
+        ("ALTER TABLE sg_src ALTER COLUMN w TYPE varchar(3)", ["not a widening"]),
+        ("ALTER TABLE sg_src DROP CONSTRAINT sg_src_pkey, ADD PRIMARY KEY (id, v)", ["key"]),
+    ]:
+        st, msg, detail, hint = sqlstate_of(db, ddl)
+        assert st == "55000" and "sg_tab" in msg, (ddl, st, msg)
+        assert all(w in detail for w in words) and "schema.gate" in hint, (ddl, detail, hint)
+        assert columns(db, "sg_src") == before, "the ALTER TABLE did not happen"
+    assert one(db, "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'sg_src_pkey'") == "PRIMARY KEY (id)"
+    # A widening and an added column go through, and the target follows them.
+    db.execute("ALTER TABLE sg_src ALTER COLUMN v TYPE numeric(30,0), ADD COLUMN x text")
+    db.execute("UPDATE sg_src SET x = 'x' || id, v = v * 1000000000000 WHERE id <= 5")
+    wait_caught_up(db, "sg_tab")
+    assert columns(db, "sg_copy") == columns(db, "sg_src")
+    assert rows(db, "sg_copy", ["id", "v", "w", "x"]) == rows(db, "sg_src", ["id", "v", "w", "x"])
+    assert one(db, "SELECT state FROM sink.status WHERE name = 'sg_tab'") == "running"
+    # Under schema.changes = 'stop', every change is refused while the gate is on.
+    db.execute("SELECT sink.alter_sink('sg_tab', '{\"schema.changes\": \"stop\"}')")
+    st, msg, detail, _ = sqlstate_of(db, "ALTER TABLE sg_src ADD COLUMN y int")
+    assert st == "55000" and "stop" in detail, (st, msg, detail)
+    # With the gate off, the narrowing commits, and the stop-mode sink fails on it later.
+    db.execute("SELECT sink.alter_sink('sg_tab', '{\"schema.gate\": false}')")
+    db.execute("ALTER TABLE sg_src ADD COLUMN y int")
+    db.execute("UPDATE sg_src SET y = 1 WHERE id = 1")
+    wait_for(lambda: one(db, "SELECT state FROM sink.status WHERE name = 'sg_tab'") == "failed", what="the ungated sink to stop")
+    db.execute("SELECT sink.drop_sink('sg_tab')")
+    db.execute("DROP TABLE sg_src, sg_copy")

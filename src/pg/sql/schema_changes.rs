@@ -3,13 +3,17 @@
 //! altered, which writes the table's shape before and after into the WAL as a
 //! sealed transactional logical message ([`crate::engine::schema_change`]), so
 //! sinks learn of the change at its place in the stream, with or without DML
-//! after it. `sink.source_shapes` keeps each captured table's last shape.
+//! after it. `sink.source_shapes` keeps each captured table's last shape. First,
+//! sinks with `schema.gate` that could not follow the change refuse it
+//! ([`crate::engine::schema_gate`]): the `ALTER TABLE` fails, naming the sink.
 
 use pgrx::prelude::*;
 
-use crate::engine::schema_change::DDL_PREFIX;
+use crate::engine::schema_change::{SchemaChange, DDL_PREFIX};
+use crate::engine::schema_gate;
 use crate::engine::seal;
 use crate::pg::catalog;
+use crate::pg::errors::{fail, Code};
 use crate::pg::identity::as_superuser;
 use crate::pg::spi::{select, select_one, update};
 
@@ -36,26 +40,58 @@ pub(crate) fn record_source_shape(relid: u32) {
 #[pg_extern(volatile)]
 fn report_schema_change(relid: pg_sys::Oid) {
     let relid = relid.to_u32().to_string();
-    as_superuser(|| {
+    let refused = as_superuser(|| {
         if select_one("SELECT 'x' FROM sink.sinks WHERE source = $1::oid::regclass LIMIT 1", &[Some(&relid)]).is_none() {
-            return;
+            return None;
         }
-        let Some(after) = shape_of(&relid) else { return };
+        let Some(after) = shape_of(&relid) else { return None };
         let before = select_one("SELECT shape::text FROM sink.source_shapes WHERE relid = $1::oid", &[Some(&relid)]);
         let same = before.as_deref().is_some_and(|b| {
             serde_json::from_str::<serde_json::Value>(b).ok() == serde_json::from_str::<serde_json::Value>(&after).ok()
         });
         if same {
-            return;
+            return None;
         }
         let payload = format!("{{\"relid\": {relid}, \"before\": {}, \"after\": {after}}}", before.as_deref().unwrap_or("null"));
+        if let Some(refusal) = gate(&relid, &payload) {
+            return Some(refusal);
+        }
         let sealed = seal::seal(&catalog::message_key(), DDL_PREFIX, &payload);
         select("SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text", &[Some(DDL_PREFIX), Some(&sealed)]);
         update(
             "INSERT INTO sink.source_shapes (relid, shape) VALUES ($1::oid, $2::jsonb) ON CONFLICT (relid) DO UPDATE SET shape = EXCLUDED.shape",
             &[Some(&relid), Some(&after)],
         );
+        None
     });
+    if let Some((sink, what, reason)) = refused {
+        fail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("sink \"{sink}\" could not follow this schema change"),
+            Some(format!("Schema change of {what}: {reason}.")),
+            Some(format!(
+                "Prepare the sink's target first and run the ALTER TABLE again, or let the change through with SELECT sink.alter_sink('{sink}', '{{\"schema.gate\": false}}')."
+            )),
+        );
+    }
+}
+
+/// The first sink with `schema.gate` over the table that could not follow the
+/// change: (its name, the change, why).
+fn gate(relid: &str, payload: &str) -> Option<(String, String, String)> {
+    let change = SchemaChange::parse(payload.as_bytes()).ok()?;
+    change.before.as_ref()?;
+    for name in select("SELECT name::text FROM sink.sinks WHERE source = $1::oid::regclass ORDER BY name", &[Some(relid)]).into_iter().flatten().flatten() {
+        let Some(sink) = catalog::find_by_name(&name) else { continue };
+        let Ok(def) = catalog::definition(&sink) else { continue };
+        if !def.schema_gate {
+            continue;
+        }
+        if let Err(reason) = schema_gate::check(&change, &def) {
+            return Some((name, change.describe(), reason));
+        }
+    }
+    None
 }
 
 pgrx::extension_sql!(
@@ -86,8 +122,9 @@ ON CONFLICT (relid) DO NOTHING;
 -- Only the event trigger reports schema changes.
 REVOKE ALL ON FUNCTION sink.report_schema_change(oid) FROM PUBLIC;
 
--- Runs as the extension's owner (report_schema_change is not PUBLIC); a failure
--- here warns and never blocks the user's ALTER TABLE.
+-- Runs as the extension's owner (report_schema_change is not PUBLIC). A sink with
+-- schema.gate refuses a change it could not follow (SQLSTATE 55000): that error
+-- fails the ALTER TABLE; any other failure here only warns.
 CREATE FUNCTION sink.capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -98,7 +135,9 @@ BEGIN
     LOOP
         BEGIN
             PERFORM sink.report_schema_change(r.objid);
-        EXCEPTION WHEN OTHERS THEN
+        EXCEPTION WHEN object_not_in_prerequisite_state THEN
+            RAISE;
+        WHEN OTHERS THEN
             RAISE WARNING 'pg_sink could not report the schema change of %: %', r.objid::pg_catalog.regclass, SQLERRM;
         END;
     END LOOP;
