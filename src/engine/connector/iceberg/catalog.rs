@@ -28,7 +28,8 @@ use iceberg::spec::{TableMetadata, TableMetadataBuilder};
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent};
 
-use super::super::jdbc::{Backend, PgBackend};
+use super::super::jdbc::postgres::PgBackend;
+use super::super::jdbc::Backend;
 use super::super::SqlSession;
 use crate::engine::connector::table::quote_ident;
 use crate::engine::error::{Result, SinkError};

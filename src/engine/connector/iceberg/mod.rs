@@ -48,7 +48,8 @@ use crate::engine::change::Column;
 use crate::engine::envelope::{EnvelopeKind, Payload, RowImage};
 use crate::engine::error::{Result, SinkError};
 use crate::engine::lsn::Lsn;
-use super::jdbc::{Dialect, PgBackend, Target};
+use super::jdbc::postgres::PgBackend;
+use super::jdbc::{Dialect, Target};
 use catalog::{iceberg_error, CatalogDb, SqlHere, Staged};
 use storage::Files;
 

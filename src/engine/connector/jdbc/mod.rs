@@ -17,7 +17,7 @@
 //! `DELETE .. WHERE (key) IN (..)`; append-only batches as multi-row `INSERT`s.
 
 mod mysql;
-mod postgres;
+pub mod postgres;
 pub mod target;
 
 use std::collections::HashMap;
@@ -31,7 +31,6 @@ use crate::engine::error::{Result, SinkError};
 use crate::engine::lsn::Lsn;
 use crate::engine::schema_change::{self, Alteration, SchemaChange};
 
-pub use postgres::PgBackend;
 pub use target::{check_table, compatible, family, parse_target, quote, Backend, Dialect, Family, TableInfo, Target};
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
