@@ -95,6 +95,22 @@ def compare(got, expected):
     assert seen == want, f"missing {list((want - seen).elements())[:2]}, unexpected {list((seen - want).elements())[:2]} ({len(got)} rows, {sum(want.values())} expected)"
 
 
+def commits_then_postgres_fails(db, sink, write):
+    """Pause the sink, make every step fail after delivery (after the commit at
+    the catalog, before the sink's progress is recorded), `write`, resume, let it
+    fail twice or more, then let it go on and catch up. What `write` returned."""
+    db.execute("SELECT sink.pause_sink(%s)", (sink,))
+    db.execute("ALTER SYSTEM SET pg_sink.fail_after_deliver = on")
+    db.execute("SELECT pg_reload_conf()")
+    written = write()
+    db.execute("SELECT sink.resume_sink(%s)", (sink,))
+    wait_for(lambda: one(db, "SELECT errors FROM sink.status WHERE name = %s", sink) >= 2, what="failed attempts")
+    db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
+    db.execute("SELECT pg_reload_conf()")
+    wait_caught_up(db, sink)
+    return written
+
+
 def kill_worker(db, sink):
     pid = one(db, "SELECT pid FROM pg_stat_activity WHERE application_name = %s", f"pg_sink sink {sink}")
     db.execute("SELECT pg_terminate_backend(%s)", (pid,))
@@ -174,15 +190,7 @@ def test_rest_catalog_commit_then_postgres_failure_is_not_repeated(db, rest):
     try:
         wait_started(db, "ice_rest")
         wait_caught_up(db, "ice_rest")
-        db.execute("SELECT sink.pause_sink('ice_rest')")
-        db.execute("ALTER SYSTEM SET pg_sink.fail_after_deliver = on")
-        db.execute("SELECT pg_reload_conf()")
-        expected += insert(db, "ice_rest_src", 101, 400)
-        db.execute("SELECT sink.resume_sink('ice_rest')")
-        wait_for(lambda: one(db, "SELECT errors FROM sink.status WHERE name = 'ice_rest'") >= 2, what="failed attempts")
-        db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
-        db.execute("SELECT pg_reload_conf()")
-        wait_caught_up(db, "ice_rest")
+        expected += commits_then_postgres_fails(db, "ice_rest", lambda: insert(db, "ice_rest_src", 101, 400))
         table, got = iceberg_rows(rest_catalog(rest), "lake.rest_orders")
         compare(got, expected)
         for t in range(4):
@@ -392,15 +400,7 @@ def test_sql_catalog_in_another_database_commit_then_postgres_failure_is_not_rep
     try:
         wait_started(db, "ice_remote")
         wait_caught_up(db, "ice_remote")
-        db.execute("SELECT sink.pause_sink('ice_remote')")
-        db.execute("ALTER SYSTEM SET pg_sink.fail_after_deliver = on")
-        db.execute("SELECT pg_reload_conf()")
-        expected += insert(db, "ice_remote_src", 51, 300)
-        db.execute("SELECT sink.resume_sink('ice_remote')")
-        wait_for(lambda: one(db, "SELECT errors FROM sink.status WHERE name = 'ice_remote'") >= 2, what="failed attempts")
-        db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
-        db.execute("SELECT pg_reload_conf()")
-        wait_caught_up(db, "ice_remote")
+        expected += commits_then_postgres_fails(db, "ice_remote", lambda: insert(db, "ice_remote_src", 51, 300))
         assert one(db, "SELECT to_regclass('public.iceberg_tables') IS NULL"), "nothing in this database"
         from pyiceberg.catalog.sql import SqlCatalog
         catalog = SqlCatalog("pg_sink", uri=f"postgresql+psycopg2://postgres@127.0.0.1:{PORT}/ice_catalog", warehouse=f"file://{wh}")
