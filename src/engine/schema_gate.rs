@@ -11,8 +11,15 @@
 //!   that holds every value of the old one (a widening) is let through.
 //! - `jdbc` on MariaDB/MySQL stops at every change (DDL commits implicitly there).
 //! - `iceberg` keeps a field's type: a retype must be a widening of it.
-//! - Anything else (records of any shape: Kafka, NATS, files, webhooks) follows.
+//! - Anything else (records of any shape: Kafka, NATS, files, webhooks) follows,
+//!   except that an Avro sink with a schema registry asks the registry whether
+//!   the table's new schema is compatible with its subjects' latest versions
+//!   ([`check_registry`]), as the registry would answer the sink's next record.
 
+use super::change::Relation;
+use super::encoder::avro::{debezium_schema, row_schema};
+use super::encoder::registry::Registry;
+use super::encoder::Role;
 use super::envelope::EnvelopeKind;
 use super::options::SinkDefinition;
 use super::schema_change::{Alteration, Handling, SchemaChange};
@@ -50,6 +57,36 @@ pub fn check(change: &SchemaChange, def: &SinkDefinition) -> Result<(), String> 
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// For an Avro sink with a registry: the schemas the sink would register for
+/// `rel` (the table after the change), each checked against its subject's
+/// latest version. Unreachable registries refuse too: the gate fails closed.
+pub fn check_registry(rel: &Relation, def: &SinkDefinition, sink_name: &str) -> Result<(), String> {
+    let Some(settings) = &def.registry else { return Ok(()) };
+    let base = def.connector_options.get("topic").cloned().unwrap_or_else(|| sink_name.to_string());
+    let all: Vec<usize> = (0..rel.columns.len()).collect();
+    let key: Vec<usize> = def.key_columns.iter().filter_map(|k| rel.column_index(k)).collect();
+    let mut checks = Vec::new();
+    if def.value_format == "avro" {
+        let schema = if def.envelope == EnvelopeKind::Debezium { debezium_schema(rel, &all, &def.avro) } else { row_schema(rel, &all, Role::Value, &def.avro) };
+        checks.push((format!("{base}-value"), schema.to_string()));
+    }
+    if def.key_format == "avro" && !key.is_empty() {
+        checks.push((format!("{base}-key"), row_schema(rel, &key, Role::Key, &def.avro).to_string()));
+    }
+    if checks.is_empty() {
+        return Ok(());
+    }
+    let registry = Registry::new(settings).map_err(|e| format!("its schema registry could not be asked: {}", e.summary()))?;
+    for (subject, schema) in checks {
+        match registry.incompatibility(&subject, &schema) {
+            Ok(None) => {}
+            Ok(Some(why)) => return Err(format!("the schema registry finds the new schema incompatible with subject \"{subject}\": {why}")),
+            Err(e) => return Err(format!("its schema registry could not be asked about subject \"{subject}\": {}", e.summary())),
         }
     }
     Ok(())

@@ -593,6 +593,12 @@ fn preview_changes(sink: &SinkRow, pipeline: &mut Pipeline, types: &mut dyn Type
     Ok(Outcome { records: batch.records.len(), preview: batch.records, ..Default::default() })
 }
 
+/// The sink's source as the stream would describe it now (after a DDL of the
+/// current transaction): published columns, resolved types.
+pub(crate) fn current_relation(sink: &SinkRow) -> Arc<Relation> {
+    snapshot_relation(sink, &mut super::spi::CatalogTypes::default())
+}
+
 /// The source's shape as the stream will describe it: published columns, resolved types.
 fn snapshot_relation(sink: &SinkRow, types: &mut dyn TypeResolver) -> Arc<Relation> {
     let oid = sink.source_oid.to_string();

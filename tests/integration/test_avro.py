@@ -261,3 +261,36 @@ def test_registry_over_tls_with_its_ca(db, servers):
         assert st is not None and "schema registry" in m, (st, m, detail)
         assert detail or hint, m
         assert one(db, "SELECT count(*) FROM sink.connections WHERE name = 'csr_tls_bad'") == 0
+
+
+def test_a_gated_avro_sink_refuses_a_change_its_registry_would_refuse(db, csr):
+    """schema.gate with a schema registry: inside the ALTER TABLE, the table's new
+    Avro schema is checked against the subject's latest version (BACKWARD here).
+    Adding a column without NULL DEFAULTS is incompatible: the ALTER TABLE fails
+    with the registry's verdict, the table and the subject stay as they were.
+    Dropping a column is compatible: it goes through, and the sink registers
+    version 2 with its next row and keeps running."""
+    db.execute("DROP TABLE IF EXISTS gate_avro")
+    db.execute("CREATE TABLE gate_avro (id int PRIMARY KEY, a text, b int)")
+    db.execute("INSERT INTO gate_avro VALUES (1, 'x', 1)")
+    db.execute("SELECT sink.create_sink('gate_avro', 'gate_avro', 'kafka', %s::jsonb, envelope => 'upsert', format => 'avro')",
+               (json.dumps({"brokers": BROKERS, "topic": "gate-avro", "csr_connection": csr, "schema.gate": True,
+                            "value_compatibility_level": "BACKWARD"}),))
+    try:
+        wait_started(db, "gate_avro")
+        wait_caught_up(db, "gate_avro")
+        assert registry("GET", "/subjects/gate-avro-value/versions")[1] == [1]
+        st, msg, detail, hint = sqlstate_of(db, "ALTER TABLE gate_avro ADD COLUMN c text")
+        assert st == "55000" and "gate_avro" in msg, (st, msg)
+        assert "incompatible" in detail and "gate-avro-value" in detail, detail
+        assert one(db, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'gate_avro'::regclass AND attname = 'c'") == 0
+        db.execute("ALTER TABLE gate_avro DROP COLUMN b")
+        db.execute("INSERT INTO gate_avro VALUES (2, 'y')")
+        wait_caught_up(db, "gate_avro")
+        assert registry("GET", "/subjects/gate-avro-value/versions")[1] == [1, 2]
+        assert one(db, "SELECT state FROM sink.status WHERE name = 'gate_avro'") == "running"
+        values = [decode(v)[1] for _, _, v, _ in read_topic("gate-avro")]
+        assert values[-1] == {"id": 2, "a": "y"}, values
+    finally:
+        db.execute("SELECT sink.drop_sink('gate_avro', if_exists => true)")
+        db.execute("DROP TABLE IF EXISTS gate_avro")

@@ -204,6 +204,24 @@ impl Registry {
             .ok_or_else(|| SinkError::permanent(format!("schema registry answered without a schema id: {resp}")))
     }
 
+    /// Whether `schema` could be registered under `subject` by the subject's
+    /// compatibility level: `None` if so (or if the subject has no version yet),
+    /// else the registry's reasons.
+    pub fn incompatibility(&self, subject: &str, schema: &str) -> Result<Option<String>> {
+        let body = serde_json::json!({"schema": schema});
+        let (status, resp) = self.call("POST", &format!("/compatibility/subjects/{}/versions/latest?verbose=true", encode_path(subject)), Some(&body))?;
+        match status {
+            200 if resp.get("is_compatible").and_then(|c| c.as_bool()) == Some(true) => Ok(None),
+            200 => {
+                let messages = resp.get("messages").map(|m| m.to_string()).unwrap_or_else(|| "the registry gives no reason".into());
+                Ok(Some(messages))
+            }
+            // No subject or version yet: any first schema is accepted.
+            404 => Ok(None),
+            _ => Err(self.error(&format!("check a schema against subject \"{subject}\""), status, &resp)),
+        }
+    }
+
     /// Set a subject's compatibility level.
     pub fn set_compatibility(&self, subject: &str, level: &str) -> Result<()> {
         let body = serde_json::json!({"compatibility": level});

@@ -87,7 +87,14 @@ fn gate(relid: &str, payload: &str) -> Option<(String, String, String)> {
         if !def.schema_gate {
             continue;
         }
-        if let Err(reason) = schema_gate::check(&change, &def) {
+        let verdict = schema_gate::check(&change, &def).and_then(|()| {
+            if def.registry.is_none() {
+                return Ok(());
+            }
+            let rel = crate::pg::delivery::current_relation(&sink);
+            schema_gate::check_registry(&rel, &def, &sink.name)
+        });
+        if let Err(reason) = verdict {
             return Some((name, change.describe(), reason));
         }
     }
