@@ -17,6 +17,8 @@
 //!   ([`check_registry`]), as the registry would answer the sink's next record.
 
 use super::change::Relation;
+use super::connector::jdbc::{parse_target, Dialect};
+use super::connector::ConnectorConfig;
 use super::encoder::avro::{debezium_schema, row_schema};
 use super::encoder::registry::Registry;
 use super::encoder::Role;
@@ -36,11 +38,10 @@ pub fn check(change: &SchemaChange, def: &SinkDefinition) -> Result<(), String> 
         Handling::Apply => {}
     }
     let connector = def.connector.name;
+    // The jdbc connector's own reading of its URL says which database it is.
     let mysql = connector == "jdbc"
-        && def.connector_options.get("jdbc.url").or_else(|| def.connector_options.get("url")).is_some_and(|u| {
-            let u = u.to_ascii_lowercase();
-            u.contains("mysql:") || u.contains("mariadb:")
-        });
+        && parse_target(&ConnectorConfig { options: def.connector_options.clone(), ..ConnectorConfig::empty() })
+            .is_ok_and(|t| t.dialect == Dialect::MySql);
     if mysql {
         return Err("a jdbc sink into MariaDB or MySQL stops at every schema change (their DDL commits implicitly)".into());
     }

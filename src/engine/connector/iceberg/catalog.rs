@@ -98,12 +98,13 @@ impl SqlHere {
 
     /// Make the catalog's two tables if they are missing (the JDBC catalog's
     /// layout, `iceberg_type` included so that Java's catalog reads them).
-    pub async fn ensure_tables(&self, sql: &mut dyn CatalogDb) -> Result<()> {
+    /// Whether they were there already.
+    pub async fn ensure_tables(&self, sql: &mut dyn CatalogDb) -> Result<bool> {
         let present = sql
             .query_one("SELECT (to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL)::text", &[Some(&self.tables()), Some(&self.namespaces())])
             .await?;
         if present.as_deref() == Some("true") {
-            return Ok(());
+            return Ok(true);
         }
         sql.execute(
             &format!(
@@ -124,7 +125,7 @@ impl SqlHere {
             &[],
         )
         .await?;
-        Ok(())
+        Ok(false)
     }
 
     /// The table's current metadata location, if the catalog has the table.

@@ -110,6 +110,8 @@ pub struct IcebergConnector {
     table: Option<Table>,
     /// The connection to a SQL catalog in another database, once opened.
     remote_db: Option<PgBackend>,
+    /// The SQL catalog's tables were found in place (not just made).
+    catalog_tables_seen: bool,
 }
 
 /// The SQL catalog's database for one call: this one, or the remote one.
@@ -213,6 +215,7 @@ fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
         files,
         table: None,
         remote_db: None,
+        catalog_tables_seen: false,
     }))
 }
 
@@ -338,7 +341,11 @@ impl IcebergConnector {
             Where::Sql(here) => {
                 let mut db = sql_db(&mut self.remote_db, &here.remote, sql).await?;
                 let db = db.get();
-                here.ensure_tables(db).await?;
+                if !self.catalog_tables_seen {
+                    // Once seen they stay (made when missing, in a step that may
+                    // still roll back: only their presence is remembered).
+                    self.catalog_tables_seen = here.ensure_tables(db).await?;
+                }
                 match here.location(db, &ident).await? {
                     Some(loc) => {
                         if let Some(t) = self.table.as_ref().filter(|t| t.metadata_location() == Some(loc.as_str())) {
@@ -486,9 +493,13 @@ impl Connector for IcebergConnector {
 
     async fn deliver(&mut self, batch: &Batch, sql: &mut dyn SqlSession) -> Result<()> {
         let delivered = self.deliver_batch(batch, sql).await;
-        if delivered.as_ref().is_err_and(|e| e.is_transient()) {
-            // A lost connection to a remote catalog is opened again next time.
-            self.remote_db = None;
+        if let Err(e) = &delivered {
+            // Look at the catalog's tables again next time; a lost connection
+            // to a remote catalog is opened again.
+            self.catalog_tables_seen = false;
+            if e.is_transient() {
+                self.remote_db = None;
+            }
         }
         delivered
     }
@@ -516,8 +527,7 @@ impl IcebergConnector {
             }
         }
         let Some(first) = rows.first() else { return Ok(()) };
-        let columns = first.relation.columns.clone();
-        let table = self.load(sql, &columns).await?;
+        let table = self.load(sql, &first.relation.columns).await?;
         if committed_position(&table, &self.sink_uid).is_some_and(|c| batch.position() <= c) {
             // Committed before a crash that lost the sink's own record of it.
             self.table = Some(table);
