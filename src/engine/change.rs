@@ -122,4 +122,17 @@ pub struct Transaction {
     /// True for the rows of the initial snapshot (Debezium `op: "r"`).
     pub snapshot: bool,
     pub changes: Vec<Change>,
+    /// Where the transaction's first change lies in the WAL (its BEGIN message's
+    /// position in the stream); `Lsn::ZERO` when not known.
+    pub first_lsn: Lsn,
+    /// The position of each change in `changes` (the pgoutput message that
+    /// carried it); empty or `Lsn::ZERO` where not known (snapshot rows).
+    pub lsns: Vec<Lsn>,
+}
+
+impl Transaction {
+    /// Rows of the initial snapshot (or an export), read at `lsn`.
+    pub fn snapshot(lsn: Lsn, commit_time_us: i64, changes: Vec<Change>) -> Self {
+        Transaction { xid: 0, commit_lsn: lsn, end_lsn: lsn, commit_time_us, snapshot: true, changes, first_lsn: Lsn::ZERO, lsns: Vec::new() }
+    }
 }

@@ -116,7 +116,7 @@ fn draft_relation(draft: &Draft) -> Option<&Arc<Relation>> {
         Payload::Debezium(e) => e.after.as_ref().or(e.before.as_ref()).map(|r| &r.relation),
         Payload::Truncate(rels) => rels.first(),
         Payload::Tombstone => draft.key.as_ref().map(|k| &k.relation),
-        Payload::Message(_) | Payload::Schema(_) => None,
+        Payload::Message(_) | Payload::Schema(_) | Payload::Transaction(_) => None,
     }
 }
 
@@ -164,6 +164,9 @@ pub fn change_json(draft: &Draft) -> Value {
         }
         Payload::Schema(c) => {
             return json!({"op": "schema", "relid": c.relid});
+        }
+        Payload::Transaction(t) => {
+            return json!({"op": "transaction", "id": t.id, "begin": t.begin});
         }
         Payload::Message(m) => {
             return json!({"op": "message", "prefix": m.prefix, "content_base64": base64::engine::general_purpose::STANDARD.encode(&m.content)});
@@ -296,7 +299,7 @@ mod tests {
     fn drafts(kind: EnvelopeKind, change: Change) -> Vec<Draft> {
         let mut out = Vec::new();
         let tx: Transaction = txn(vec![]);
-        Envelope::new(kind, false, vec!["id".to_string()], "s", "db").apply(&tx, change, &mut out).unwrap();
+        Envelope::new(kind, false, vec!["id".to_string()], "s", "db").apply(&tx, change, tx.commit_lsn, &mut out).unwrap();
         out
     }
 

@@ -52,6 +52,8 @@ pub enum Op {
     Message,
     /// A schema change of the source, for targets that hold tables.
     Schema,
+    /// A transaction's BEGIN or END event (Debezium's transaction metadata).
+    Transaction,
 }
 
 impl Op {
@@ -64,6 +66,7 @@ impl Op {
             Op::Truncate => "truncate",
             Op::Message => "message",
             Op::Schema => "schema",
+            Op::Transaction => "transaction",
         }
     }
     /// Debezium's one-letter operation code.
@@ -76,6 +79,7 @@ impl Op {
             Op::Truncate => "t",
             Op::Message => "m",
             Op::Schema => "s",
+            Op::Transaction => "",
         }
     }
 }
@@ -102,9 +106,14 @@ pub struct SourceInfo {
     pub schema: String,
     pub table: String,
     pub xid: u32,
+    /// The change's position: its own under `debezium.compat` (as Debezium), its
+    /// transaction's commit otherwise.
     pub lsn: Lsn,
     pub commit_time_us: i64,
     pub snapshot: bool,
+    /// The end of the transaction before this one (Debezium's `sequence`, under
+    /// `debezium.compat`); `None` when not known.
+    pub last_commit: Option<Lsn>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +122,32 @@ pub struct DebeziumEvent {
     pub after: Option<RowImage>,
     pub op: Op,
     pub source: SourceInfo,
+    /// Debezium's `transaction` block (`provide.transaction.metadata`).
+    pub transaction: Option<TxBlock>,
+}
+
+/// Where an event stands in its transaction (Debezium's `transaction` block).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxBlock {
+    /// `<xid>:<lsn of the change>`, as Debezium's Postgres connector names it.
+    pub id: String,
+    pub total_order: u64,
+    pub data_collection_order: u64,
+}
+
+/// A transaction's BEGIN or END event (`provide.transaction.metadata`), Debezium's
+/// `TransactionMetadataValue`: its key is `{"id": ..}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxBoundary {
+    pub begin: bool,
+    /// `<xid>:<lsn>`: the BEGIN's position, or the COMMIT's end.
+    pub id: String,
+    /// END: events of the transaction, in all and per `schema.table` in order of
+    /// first appearance.
+    pub event_count: u64,
+    pub data_collections: Vec<(String, u64)>,
+    /// Commit time, milliseconds since the epoch.
+    pub ts_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +166,9 @@ pub enum Payload {
     /// A schema change of the source: applied by targets that hold tables, never
     /// encoded into a record.
     Schema(Arc<super::schema_change::SchemaChange>),
+    /// A transaction's BEGIN or END (Debezium's transaction metadata): Kafka
+    /// sends it to the transaction topic, other targets get it in line.
+    Transaction(Box<TxBoundary>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +198,14 @@ pub struct Envelope {
     /// Debezium's own behaviour in the debezium envelope: a tombstone after each
     /// delete, and a key change as a delete, a tombstone and a create.
     pub debezium_compat: bool,
+    /// Debezium's `provide.transaction.metadata`: BEGIN and END events around each
+    /// transaction's events, and a `transaction` block in each event.
+    pub transaction_metadata: bool,
+    /// The end of the last transaction before the one being applied, kept by the
+    /// pipeline (Debezium's `sequence`).
+    pub last_commit: Option<Lsn>,
+    /// Events of the open transaction: in all, and per `schema.table`.
+    counts: (u64, Vec<(String, u64)>),
     key_cache: HashMap<u32, (Arc<Relation>, Arc<[usize]>, Arc<[usize]>)>,
 }
 
@@ -178,6 +224,9 @@ impl Envelope {
             sink_name: sink_name.into(),
             database: database.into(),
             debezium_compat: false,
+            transaction_metadata: false,
+            last_commit: None,
+            counts: (0, Vec::new()),
             key_cache: HashMap::new(),
         }
     }
@@ -188,8 +237,57 @@ impl Envelope {
         self
     }
 
-    fn event(&self, txn: &Transaction, rel: &Relation, before: Option<RowImage>, after: Option<RowImage>, op: Op) -> Payload {
-        Payload::Debezium(Box::new(DebeziumEvent { before, after, op, source: self.source(txn, rel) }))
+    /// BEGIN and END events, and `transaction` blocks (see [`Envelope::transaction_metadata`]).
+    pub fn transaction_metadata(mut self, on: bool) -> Self {
+        self.transaction_metadata = on;
+        self
+    }
+
+    fn event(&self, txn: &Transaction, rel: &Relation, lsn: Lsn, before: Option<RowImage>, after: Option<RowImage>, op: Op) -> Payload {
+        Payload::Debezium(Box::new(DebeziumEvent { before, after, op, source: self.source(txn, rel, lsn), transaction: None }))
+    }
+
+    fn boundary(txn: &Transaction, begin: bool, at: Lsn, event_count: u64, data_collections: Vec<(String, u64)>) -> Draft {
+        let id = format!("{}:{}", txn.xid, at.0);
+        let ts_ms = txn.commit_time_us.div_euclid(1000);
+        Draft { key: None, payload: Payload::Transaction(Box::new(TxBoundary { begin, id, event_count, data_collections, ts_ms })), op: Op::Transaction }
+    }
+
+    /// A transaction starts (before its first change, or its first part's): its
+    /// BEGIN event under transaction metadata. Snapshot rows have none.
+    pub fn begin(&mut self, txn: &Transaction, out: &mut Vec<Draft>) {
+        self.counts = (0, Vec::new());
+        if self.transaction_metadata && !txn.snapshot {
+            let at = if txn.first_lsn == Lsn::ZERO { txn.commit_lsn } else { txn.first_lsn };
+            out.push(Self::boundary(txn, true, at, 0, Vec::new()));
+        }
+    }
+
+    /// A transaction ends (after its last change): its END event under transaction
+    /// metadata, which counts its events.
+    pub fn end(&mut self, txn: &Transaction, out: &mut Vec<Draft>) {
+        if self.transaction_metadata && !txn.snapshot {
+            let (total, per_table) = std::mem::take(&mut self.counts);
+            out.push(Self::boundary(txn, false, txn.end_lsn, total, per_table));
+        }
+    }
+
+    /// Number the Debezium events in `drafts` within their transaction.
+    fn count(&mut self, txn: &Transaction, lsn: Lsn, drafts: &mut [Draft]) {
+        for draft in drafts {
+            let Payload::Debezium(ev) = &mut draft.payload else { continue };
+            let table = format!("{}.{}", ev.source.schema, ev.source.table);
+            self.counts.0 += 1;
+            let per = match self.counts.1.iter_mut().find(|(t, _)| *t == table) {
+                Some((_, n)) => n,
+                None => {
+                    self.counts.1.push((table, 0));
+                    &mut self.counts.1.last_mut().expect("just pushed").1
+                }
+            };
+            *per += 1;
+            ev.transaction = Some(TxBlock { id: format!("{}:{}", txn.xid, lsn.0), total_order: self.counts.0, data_collection_order: *per });
+        }
     }
 
     /// `(key indices, all-column indices)` for a relation, cached until it changes.
@@ -225,22 +323,33 @@ impl Envelope {
         }
     }
 
-    fn source(&self, txn: &Transaction, rel: &Relation) -> SourceInfo {
+    fn source(&self, txn: &Transaction, rel: &Relation, lsn: Lsn) -> SourceInfo {
         SourceInfo {
             sink_name: self.sink_name.clone(),
             database: self.database.clone(),
             schema: rel.namespace.clone(),
             table: rel.name.clone(),
             xid: txn.xid,
-            lsn: txn.commit_lsn,
+            lsn: if self.debezium_compat { lsn } else { txn.commit_lsn },
             commit_time_us: txn.commit_time_us,
             snapshot: txn.snapshot,
+            last_commit: if txn.snapshot { None } else { self.last_commit },
         }
     }
 
-    /// Append the drafts for one change of `txn` to `out`. Unchanged TOAST cells must
-    /// already be resolved by the caller (see `pipeline`).
-    pub fn apply(&mut self, txn: &Transaction, change: Change, out: &mut Vec<Draft>) -> Result<()> {
+    /// Append the drafts for one change of `txn`, found at `lsn` in the WAL, to
+    /// `out`. Unchanged TOAST cells must already be resolved by the caller (see
+    /// `pipeline`).
+    pub fn apply(&mut self, txn: &Transaction, change: Change, lsn: Lsn, out: &mut Vec<Draft>) -> Result<()> {
+        let start = out.len();
+        self.apply_change(txn, change, lsn, out)?;
+        if self.transaction_metadata && !txn.snapshot {
+            self.count(txn, lsn, &mut out[start..]);
+        }
+        Ok(())
+    }
+
+    fn apply_change(&mut self, txn: &Transaction, change: Change, lsn: Lsn, out: &mut Vec<Draft>) -> Result<()> {
         let insert_op = if txn.snapshot { Op::Snapshot } else { Op::Insert };
         match change {
             Change::Insert { relation, new } => {
@@ -253,7 +362,8 @@ impl Envelope {
                         before: None,
                         after: Some(Self::image(relation, &all, &cells)),
                         op: insert_op,
-                        source: self.source(txn, relation),
+                        source: self.source(txn, relation, lsn),
+                        transaction: None,
                     })),
                     _ => Payload::Row(Self::image(relation, &all, &cells)),
                 };
@@ -291,12 +401,12 @@ impl Envelope {
                         let old_cells: Arc<[Cell]> = old.map(|o| o.cells).unwrap_or_default().into();
                         let old_key = self.key_of(relation, &key, &old_cells);
                         let before = Self::image(relation, &all, &old_cells);
-                        out.push(Draft { key: old_key.clone(), payload: self.event(txn, relation, Some(before), None, Op::Delete), op: Op::Delete });
+                        out.push(Draft { key: old_key.clone(), payload: self.event(txn, relation, lsn, Some(before), None, Op::Delete), op: Op::Delete });
                         out.push(Draft { key: old_key, payload: Payload::Tombstone, op: Op::Delete });
                         let after = Self::image(relation, &all, &cells);
                         out.push(Draft {
                             key: self.key_of(relation, &key, &cells),
-                            payload: self.event(txn, relation, None, Some(after), Op::Insert),
+                            payload: self.event(txn, relation, lsn, None, Some(after), Op::Insert),
                             op: Op::Insert,
                         });
                     }
@@ -308,7 +418,8 @@ impl Envelope {
                                 before,
                                 after: Some(Self::image(relation, &all, &cells)),
                                 op: Op::Update,
-                                source: self.source(txn, relation),
+                                source: self.source(txn, relation, lsn),
+                        transaction: None,
                             })),
                             op: Op::Update,
                         });
@@ -331,7 +442,7 @@ impl Envelope {
                     }
                     EnvelopeKind::Debezium => {
                         let key = self.key_of(relation, &key, &cells);
-                        let event = self.event(txn, relation, Some(Self::image(relation, &all, &cells)), None, Op::Delete);
+                        let event = self.event(txn, relation, lsn, Some(Self::image(relation, &all, &cells)), None, Op::Delete);
                         out.push(Draft { key: key.clone(), payload: event, op: Op::Delete });
                         // Debezium follows a delete with a tombstone for its key, so
                         // compacted topics forget the row.
@@ -355,7 +466,8 @@ impl Envelope {
                                 before: None,
                                 after: None,
                                 op: Op::Truncate,
-                                source: self.source(txn, rel),
+                                source: self.source(txn, rel, lsn),
+                                transaction: None,
                             })),
                             op: Op::Truncate,
                         });
@@ -371,9 +483,10 @@ impl Envelope {
                     schema: String::new(),
                     table: String::new(),
                     xid: txn.xid,
-                    lsn: txn.commit_lsn,
+                    lsn: if self.debezium_compat { lsn } else { txn.commit_lsn },
                     commit_time_us: txn.commit_time_us,
                     snapshot: false,
+                    last_commit: self.last_commit,
                 });
                 out.push(Draft { key: None, payload: Payload::Message(Box::new(MessageEvent { prefix, content, source })), op: Op::Message });
             }
@@ -406,7 +519,7 @@ pub(crate) mod tests {
     }
 
     pub fn txn(changes: Vec<Change>) -> Transaction {
-        Transaction { xid: 7, commit_lsn: Lsn(0x100), end_lsn: Lsn(0x130), commit_time_us: 1_720_032_185_312_345, snapshot: false, changes }
+        Transaction { xid: 7, commit_lsn: Lsn(0x100), end_lsn: Lsn(0x130), commit_time_us: 1_720_032_185_312_345, snapshot: false, changes, first_lsn: Lsn::ZERO, lsns: Vec::new() }
     }
 
     pub fn t(s: &str) -> Cell {
@@ -416,7 +529,7 @@ pub(crate) mod tests {
     fn run(env: &mut Envelope, change: Change) -> Result<Vec<Draft>> {
         let tx = txn(vec![change.clone()]);
         let mut out = vec![];
-        env.apply(&tx, change, &mut out)?;
+        env.apply(&tx, change, tx.commit_lsn, &mut out)?;
         Ok(out)
     }
 

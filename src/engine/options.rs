@@ -53,6 +53,9 @@ pub struct SinkDefinition {
     pub debezium_compat: bool,
     /// Keys and values as Kafka Connect's `{"schema", "payload"}` (`schemas.enable`).
     pub connect_schemas: bool,
+    /// Debezium's transaction metadata (`provide.transaction.metadata`): BEGIN and
+    /// END events, and each event's place in its transaction.
+    pub transaction_metadata: bool,
     /// The most WAL the sink's slot may hold back (`None`: the server's setting).
     pub max_retained_wal: Option<u64>,
     /// What happens past that limit.
@@ -94,6 +97,7 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("unchanged_toast", "an UPDATE's unchanged TOASTed column: fetch (default), placeholder or fail"),
     ("schemas.enable", "debezium.compat: keys and values as Kafka Connect's JSON with schemas, {\"schema\": .., \"payload\": ..} (default false)"),
     ("debezium.compat", "debezium envelope: Debezium's value forms, primary-key record keys, tombstones after deletes (default false)"),
+    ("provide.transaction.metadata", "debezium.compat: BEGIN and END events around each transaction (Kafka: on transaction_topic) and a transaction block in each event (default false)"),
     ("max_retained_wal", "the most WAL the sink's slot may hold back, e.g. 10GB (default: pg_sink.max_retained_wal)"),
     ("wal_retention_policy", "past max_retained_wal: pause (default), fail or resnapshot"),
     ("messages", "prefixes of pg_logical_emit_message(true, prefix, content) messages to deliver, 'a,b' (Debezium: message.prefix.include.list)"),
@@ -190,6 +194,17 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
             .detail("Kafka Connect schemas describe Debezium's value forms.")
             .hint("Set envelope => 'debezium' and \"debezium.compat\": true, or drop schemas.enable."));
     }
+    let transaction_metadata = bool_opt(&mut opts, "provide.transaction.metadata", false)?;
+    if transaction_metadata && !debezium_compat {
+        return Err(SinkError::config("provide.transaction.metadata requires debezium.compat")
+            .detail("Transaction metadata is Debezium's, for events in Debezium's form.")
+            .hint("Set envelope => 'debezium' and \"debezium.compat\": true, or drop provide.transaction.metadata."));
+    }
+    if transaction_metadata && spec.applies_rows {
+        return Err(SinkError::config(format!("connector \"{}\" cannot deliver transaction metadata", spec.name))
+            .detail("It applies each transaction's rows to a table in one transaction of its own; BEGIN and END events are not rows.")
+            .hint("Drop provide.transaction.metadata."));
+    }
     if connect_schemas && key_format != "json" {
         return Err(SinkError::config(format!("schemas.enable needs key format json, not {key_format}")).hint("Drop key_format, or drop schemas.enable."));
     }
@@ -240,6 +255,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         unchanged_toast,
         debezium_compat,
         connect_schemas,
+        transaction_metadata,
         max_retained_wal,
         wal_retention_policy,
         errors_policy,
@@ -470,6 +486,8 @@ mod tests {
             ("file", &[("envelope", "upsert"), ("debezium.compat", "true")], "debezium.compat requires the debezium envelope"),
             ("file", &[("envelope", "debezium"), ("format", "avro"), ("debezium.compat", "on")], "debezium.compat needs value format json"),
             ("file", &[("envelope", "debezium"), ("debezium.compat", "maybe")], "boolean option \"debezium.compat\""),
+            ("file", &[("envelope", "debezium"), ("provide.transaction.metadata", "true")], "provide.transaction.metadata requires debezium.compat"),
+            ("table", &[("envelope", "debezium"), ("debezium.compat", "true"), ("provide.transaction.metadata", "true")], "cannot deliver transaction metadata"),
             ("file", &[("key_not_enforced", "true")], "NOT ENFORCED requires a KEY"),
             ("file", &[("schedule", "hourly")], "invalid value for option \"schedule\""),
             ("file", &[("path", "a"), ("PATH", "b")], "more than once"),

@@ -23,6 +23,8 @@ pub struct Decoder {
     current: Option<Transaction>,
     /// The prefixes of the logical messages handed to the caller; others are skipped.
     pub messages: Vec<String>,
+    /// Position of the message being fed (`Lsn::ZERO` when the caller does not know it).
+    at: Lsn,
 }
 
 struct Reader<'a> {
@@ -116,7 +118,8 @@ impl Decoder {
     pub fn take_pending(&mut self) -> Option<Transaction> {
         let txn = self.current.as_mut()?;
         let changes = std::mem::take(&mut txn.changes);
-        Some(Transaction { changes, ..txn.clone() })
+        let lsns = std::mem::take(&mut txn.lsns);
+        Some(Transaction { changes, lsns, ..txn.clone() })
     }
 
     fn relation(&self, id: u32) -> Result<Arc<Relation>> {
@@ -128,6 +131,7 @@ impl Decoder {
         match &mut self.current {
             Some(txn) => {
                 txn.changes.push(change);
+                txn.lsns.push(self.at);
                 Ok(())
             }
             None => Err(malformed("change outside a transaction")),
@@ -137,6 +141,14 @@ impl Decoder {
     /// Feed one message. Returns a transaction when `msg` is its Commit, and the id of
     /// a relation when `msg` (re)defined one, so the caller can resolve its types.
     pub fn feed(&mut self, msg: &[u8]) -> Result<Decoded> {
+        self.feed_at(msg, Lsn::ZERO)
+    }
+
+    /// [`Decoder::feed`] for a message read at `at` in the stream (the XLogData's
+    /// start, or the `lsn` column of `pg_logical_slot_peek_binary_changes`): the
+    /// changes it carries remember it.
+    pub fn feed_at(&mut self, msg: &[u8], at: Lsn) -> Result<Decoded> {
+        self.at = at;
         let mut r = Reader { buf: msg, pos: 1 };
         let tag = *msg.first().ok_or_else(|| malformed("empty message"))?;
         match tag {
@@ -151,6 +163,8 @@ impl Decoder {
                     commit_time_us: ts + PG_EPOCH_OFFSET_US,
                     snapshot: false,
                     changes: Vec::new(),
+                    first_lsn: at,
+                    lsns: Vec::new(),
                 });
                 Ok(Decoded::Nothing)
             }

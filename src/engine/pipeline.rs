@@ -102,7 +102,8 @@ impl Pipeline {
         Ok(Pipeline {
             decoder,
             envelope: Envelope::new(def.envelope, def.force_append_only, def.key_columns.clone(), sink_name, database)
-                .debezium_compat(def.debezium_compat),
+                .debezium_compat(def.debezium_compat)
+                .transaction_metadata(def.transaction_metadata),
             key_encoder: formats::build(&def.key_format, Role::Key, &ctx)?,
             value_encoder: formats::build(&def.value_format, Role::Value, &ctx)?,
             needs_meta: def.key_format == "avro" || def.value_format == "avro" || def.connect_schemas,
@@ -124,6 +125,18 @@ impl Pipeline {
             snapshot_refusals: false,
             sink_id: 0,
         })
+    }
+
+    /// A step reads again from `confirmed`. The transaction before the next one
+    /// ended there, if the sink ever delivered one (`delivered_before`, for a new
+    /// pipeline) or this pipeline fed one past it: Debezium's `sequence`.
+    pub fn resume(&mut self, confirmed: Lsn, delivered_before: bool) {
+        self.confirmed = confirmed;
+        self.envelope.last_commit = match self.envelope.last_commit {
+            Some(last) if last <= confirmed => Some(last),
+            Some(_) => Some(confirmed),
+            None => delivered_before.then_some(confirmed),
+        };
     }
 
     pub fn new_batch(&self) -> Batch {
@@ -164,7 +177,7 @@ impl Pipeline {
         let part = Part { index: parts.next, last: false, records_before: parts.records_before };
         let mut batch = self.new_batch();
         txn.end_lsn = txn.commit_lsn;
-        self.add_changes(&mut txn, sql, &mut batch)?;
+        self.add_changes(&mut txn, sql, &mut batch, part.index == 0, false)?;
         batch.part = Some(part);
         if let Some(p) = self.parts.as_mut() {
             p.next += 1;
@@ -177,13 +190,19 @@ impl Pipeline {
     /// into `batch`; earlier ones (delivered before a crash) are skipped. `sql` reads
     /// the source (unchanged TOAST values) with the owner's privileges.
     pub fn feed(&mut self, msg: &[u8], resolver: &mut dyn TypeResolver, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
+        self.feed_at(msg, Lsn::ZERO, resolver, sql, batch)
+    }
+
+    /// [`Pipeline::feed`] for a message read at `at` in the stream (`Lsn::ZERO`:
+    /// not known; its changes then count as at their commit).
+    pub fn feed_at(&mut self, msg: &[u8], at: Lsn, resolver: &mut dyn TypeResolver, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
         if msg.first() == Some(&b'B') {
             // A BEGIN starts a transaction afresh (the decoder forgets one left
             // open by a failed step): so do its parts and its records' numbering.
             self.parts = None;
             self.ordinal = 0;
         }
-        match self.decoder.feed(msg)? {
+        match self.decoder.feed_at(msg, at)? {
             Decoded::Nothing => Ok(()),
             Decoded::Message { prefix, content } if prefix == dead_letter::RETRY_PREFIX => {
                 // A dead letter replayed by sink.retry_dead_letters(): its change
@@ -231,17 +250,23 @@ impl Pipeline {
                 }
                 Ok(())
             }
-            Decoded::Commit(txn) => match self.parts.take() {
-                Some(p) if p.skip => Ok(()),
-                // The last part of a large transaction: a batch of its own.
-                Some(p) => {
-                    self.add_transaction(txn, sql, batch)?;
-                    batch.part = Some(Part { index: p.next, last: true, records_before: p.records_before });
-                    Ok(())
-                }
-                None if txn.end_lsn <= self.confirmed => Ok(()),
-                None => self.add_transaction(txn, sql, batch),
-            },
+            Decoded::Commit(mut txn) => {
+                let end = txn.end_lsn;
+                let done = match self.parts.take() {
+                    Some(p) if p.skip => Ok(()),
+                    // The last part of a large transaction: a batch of its own.
+                    Some(p) => {
+                        self.add_changes(&mut txn, sql, batch, false, true)?;
+                        batch.transactions += 1;
+                        batch.part = Some(Part { index: p.next, last: true, records_before: p.records_before });
+                        Ok(())
+                    }
+                    None if txn.end_lsn <= self.confirmed => Ok(()),
+                    None => self.add_transaction(txn, sql, batch),
+                };
+                self.envelope.last_commit = Some(end);
+                done
+            }
         }
     }
 
@@ -252,19 +277,27 @@ impl Pipeline {
 
     /// Encode a whole transaction into `batch` (also used for snapshot rows).
     pub fn add_transaction(&mut self, mut txn: Transaction, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
-        self.add_changes(&mut txn, sql, batch)?;
+        self.add_changes(&mut txn, sql, batch, true, true)?;
         batch.transactions += 1;
         Ok(())
     }
 
-    /// Encode `txn`'s changes into `batch` and extend the batch to its end.
-    fn add_changes(&mut self, txn: &mut Transaction, sql: &mut dyn SqlSession, batch: &mut Batch) -> Result<()> {
+    /// Encode `txn`'s changes into `batch` and extend the batch to its end:
+    /// `first` and `last` say whether they start and end the transaction (they
+    /// are a part of it otherwise).
+    fn add_changes(&mut self, txn: &mut Transaction, sql: &mut dyn SqlSession, batch: &mut Batch, first: bool, last: bool) -> Result<()> {
         if batch.transactions == 0 && batch.records.is_empty() && batch.changes == 0 {
             batch.start_lsn = txn.commit_lsn;
         }
         let changes = std::mem::take(&mut txn.changes);
+        let lsns = std::mem::take(&mut txn.lsns);
         let stamp = Arc::new(TxnStamp { lsn: txn.commit_lsn.to_string(), timestamp: format_millis(txn.commit_time_us) });
-        for mut change in changes {
+        if first {
+            self.drafts.clear();
+            self.envelope.begin(txn, &mut self.drafts);
+            self.add_drafts(txn, &stamp, batch)?;
+        }
+        for (i, mut change) in changes.into_iter().enumerate() {
             if !txn.snapshot && self.skipped.skips(&change) {
                 batch.changes += 1;
                 continue;
@@ -273,8 +306,24 @@ impl Pipeline {
                 batch.changes += 1;
                 continue;
             }
+            let at = lsns.get(i).copied().filter(|l| *l != Lsn::ZERO).unwrap_or(txn.commit_lsn);
             self.drafts.clear();
-            self.envelope.apply(txn, change, &mut self.drafts)?;
+            self.envelope.apply(txn, change, at, &mut self.drafts)?;
+            self.add_drafts(txn, &stamp, batch)?;
+            batch.changes += 1;
+        }
+        if last {
+            self.drafts.clear();
+            self.envelope.end(txn, &mut self.drafts);
+            self.add_drafts(txn, &stamp, batch)?;
+        }
+        batch.end_lsn = batch.end_lsn.max(txn.end_lsn);
+        Ok(())
+    }
+
+    /// Number, encode and add the drafts the envelope made to `batch`.
+    fn add_drafts(&mut self, txn: &Transaction, stamp: &Arc<TxnStamp>, batch: &mut Batch) -> Result<()> {
+        {
             let mut drafts = std::mem::take(&mut self.drafts);
             for draft in drafts.drain(..) {
                 if self.encode && matches!(draft.payload, Payload::Schema(_)) {
@@ -314,13 +363,14 @@ impl Pipeline {
                 });
             }
             self.drafts = drafts;
-            batch.changes += 1;
         }
-        batch.end_lsn = batch.end_lsn.max(txn.end_lsn);
         Ok(())
     }
 
     fn encode_draft(&mut self, draft: &Draft) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+        if let super::envelope::Payload::Transaction(t) = &draft.payload {
+            return Ok((Some(self.key_encoder.encode_transaction_key(&t.id)), self.value_encoder.encode_value(&draft.payload)?));
+        }
         if let super::envelope::Payload::Message(m) = &draft.payload {
             // A message's key is its prefix (Debezium's `{"prefix": ..}` in JSON).
             let key = match self.key_encoder.name() {
@@ -439,6 +489,79 @@ mod tests {
         ]
     }
 
+    /// Values of the batch's records as JSON (`null` for tombstones).
+    fn values(b: &Batch) -> Vec<serde_json::Value> {
+        b.records.iter().map(|r| r.value.as_deref().map_or(serde_json::Value::Null, |v| serde_json::from_slice(v).unwrap())).collect()
+    }
+
+    #[test]
+    fn transaction_metadata_brackets_each_transaction_and_numbers_its_events_as_debezium_does() {
+        let opts = [("envelope", "debezium"), ("debezium.compat", "true"), ("provide.transaction.metadata", "true"), ("path", "/x")];
+        let mut p = pipeline(&opts, 0);
+        p.envelope.key_columns = vec!["id".into()];
+        let rel = relation(1, "public", "t", b'd', &[("id", 23, true), ("v", 25, false)]);
+        // Each message at its own position, as the walsender sends them.
+        let at = [0x90, 0x100, 0x108, 0x118, 0x120, 0x130, 0x140, 0x144, 0x150];
+        let msgs = [
+            rel,
+            begin(0x128, 1_000_000, 7),
+            insert(1, &[Some("1"), Some("a")]),
+            insert(1, &[Some("2"), Some("b")]),
+            delete(1, b'K', &[Some("1"), None]),
+            commit(0x128, 0x130, 1_000_000),
+            begin(0x148, 2_000_000, 8),
+            update(1, None, &[Some("2"), Some("c")]),
+            commit(0x148, 0x150, 2_000_000),
+        ];
+        let mut b = p.new_batch();
+        for (m, a) in msgs.iter().zip(at) {
+            p.feed_at(m, Lsn(a), &mut Resolver(vec![]), &mut NoSql, &mut b).unwrap();
+        }
+        let v = values(&b);
+        let status: Vec<String> = v.iter().map(|e| e.get("status").or(e.get("op")).map_or("tombstone".into(), |s| s.as_str().unwrap().to_string())).collect();
+        assert_eq!(status, ["BEGIN", "c", "c", "d", "tombstone", "END", "BEGIN", "u", "END"]);
+        assert_eq!(v[0], serde_json::json!({"status": "BEGIN", "id": "7:256", "event_count": null, "data_collections": null, "ts_ms": 946684801000i64}));
+        assert_eq!(b.records[0].key.as_deref(), Some(&br#"{"id":"7:256"}"#[..]));
+        assert_eq!(b.records[0].draft.op, crate::engine::envelope::Op::Transaction);
+        // Each event: its own position, its order in the transaction, and the end
+        // of the transaction before it (none known for the first).
+        let blocks: Vec<_> = [1, 2, 3].iter().map(|&i| (v[i]["transaction"].clone(), v[i]["source"]["lsn"].clone(), v[i]["source"]["sequence"].clone())).collect();
+        assert_eq!(blocks[0], (serde_json::json!({"id": "7:264", "total_order": 1, "data_collection_order": 1}), serde_json::json!(0x108), serde_json::json!("[null,\"264\"]")));
+        assert_eq!(blocks[2].0["total_order"], 3, "the tombstone is not an event");
+        assert_eq!(v[5], serde_json::json!({"status": "END", "id": "7:304", "event_count": 3, "data_collections": [{"data_collection": "public.t", "event_count": 3}], "ts_ms": 946684801000i64}));
+        assert_eq!(v[6]["id"], "8:320");
+        assert_eq!(v[7]["source"]["sequence"], "[\"304\",\"324\"]", "after the first commit's end");
+        assert_eq!(v[7]["transaction"]["id"], "8:324");
+        assert_eq!(v[8]["id"], "8:336");
+
+        // A transaction delivered in parts: BEGIN with the first, END (counting
+        // every part) with the last; a step that reads again from a confirmed
+        // position names it as the transaction before.
+        let mut p = pipeline(&opts, 0);
+        p.resume(Lsn(0x130), true);
+        let mut first = p.new_batch();
+        let mut r = Resolver(vec![]);
+        for (m, a) in [(&msgs[0], 0x90), (&msgs[6], 0x140), (&msgs[7], 0x148)] {
+            p.feed_at(m, Lsn(a), &mut r, &mut NoSql, &mut first).unwrap();
+        }
+        let part = p.cut_part(&mut NoSql).unwrap().unwrap();
+        let mut last = p.new_batch();
+        p.feed_at(&insert(1, &[Some("3"), Some("d")]), Lsn(0x14c), &mut r, &mut NoSql, &mut last).unwrap();
+        p.feed_at(&msgs[8], Lsn(0x150), &mut r, &mut NoSql, &mut last).unwrap();
+        let (pv, lv) = (values(&part), values(&last));
+        assert_eq!((pv.len(), pv[0]["status"].as_str(), pv[1]["source"]["sequence"].as_str()), (2, Some("BEGIN"), Some("[\"304\",\"328\"]")));
+        assert_eq!(lv[0]["transaction"], serde_json::json!({"id": "8:332", "total_order": 2, "data_collection_order": 2}));
+        assert_eq!((lv[1]["status"].as_str(), lv[1]["event_count"].as_u64()), (Some("END"), Some(2)));
+
+        // Snapshot rows carry none of it.
+        let relation = p.decoder.relation_mut(1).unwrap().clone();
+        let mut b = p.new_batch();
+        let snap = Transaction::snapshot(Lsn(0x500), 0, vec![Change::Insert { relation, new: vec![Cell::Text("9".into()), Cell::Null] }]);
+        p.add_transaction(snap, &mut NoSql, &mut b).unwrap();
+        let v = values(&b);
+        assert_eq!((v.len(), &v[0]["op"], &v[0]["transaction"], &v[0]["source"]["sequence"]), (1, &serde_json::json!("r"), &serde_json::Value::Null, &serde_json::json!("[null,\"1280\"]")));
+    }
+
     #[test]
     fn skips_confirmed_transactions_and_stamps_headers() {
         let mut p = pipeline(&[("envelope", "upsert"), ("key", "id"), ("path", "/x")], 0x110);
@@ -554,7 +677,7 @@ mod tests {
         let mut p = pipeline(&[base[0], base[1], ("skipped.operations", "c")], 0);
         feed_all(&mut p, &msgs[..1]).unwrap();
         let rel = p.decoder.relation_mut(1).unwrap().clone();
-        let mut txn = Transaction { xid: 0, commit_lsn: Lsn(0x100), end_lsn: Lsn(0x100), commit_time_us: 0, snapshot: true, changes: vec![] };
+        let mut txn = Transaction::snapshot(Lsn(0x100), 0, vec![]);
         txn.changes.push(Change::Insert { relation: rel, new: vec![Cell::Text("1".into()), Cell::Null] });
         let mut b = p.new_batch();
         p.add_transaction(txn, &mut NoSql, &mut b).unwrap();

@@ -247,7 +247,12 @@ impl<'a> Step<'a> {
     /// Feed one pgoutput message; delivers the batch once it is full, and the
     /// open transaction's changes once they make a part.
     pub fn feed(&mut self, msg: &[u8]) -> Result<()> {
-        if let Err(e) = self.pipeline.feed(msg, self.types, self.sql, &mut self.batch) {
+        self.feed_at(msg, Lsn::ZERO)
+    }
+
+    /// [`Step::feed`] for a message read at `at` in the stream.
+    pub fn feed_at(&mut self, msg: &[u8], at: Lsn) -> Result<()> {
+        if let Err(e) = self.pipeline.feed_at(msg, at, self.types, self.sql, &mut self.batch) {
             if !self.pipeline.refused.is_empty() {
                 // The encoder refused a record: end the step before its batch.
                 self.outcome.dead_letters.append(&mut self.pipeline.refused);
@@ -376,7 +381,7 @@ impl<'a> Step<'a> {
             }
             read_any = true;
             match next? {
-                Some(Message::Data { payload, .. }) => {
+                Some(Message::Data { start, payload, .. }) => {
                     if !in_txn && pgoutput::begin_commit_lsn(payload).is_some_and(|l| l > upto) {
                         s.unread();
                         return Ok(true);
@@ -389,7 +394,7 @@ impl<'a> Step<'a> {
                     }
                     // The payload borrows the stream; the commit's end is read first.
                     let last = pgoutput::commit_end_lsn(payload).is_some_and(|l| l >= upto);
-                    self.feed(payload)?;
+                    self.feed_at(payload, start)?;
                     silent_since = std::time::Instant::now();
                     // A transaction whose commit record ends at or past `upto` is
                     // the last one committed before it: nothing more to wait for.

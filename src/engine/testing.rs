@@ -218,7 +218,7 @@ pub mod fixture {
                 (0..take).map(|i| Change::Insert { relation: self.rel.clone(), new: vec![Cell::Text((self.next_id + i).to_string())] }).collect();
             self.left -= take;
             self.next_id += take;
-            Ok(Transaction { xid: 0, commit_lsn: self.lsn, end_lsn: self.lsn, commit_time_us: 0, snapshot: true, changes })
+            Ok(Transaction::snapshot(self.lsn, 0, changes))
         }
     }
 }

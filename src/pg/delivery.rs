@@ -140,6 +140,7 @@ pub use crate::engine::replication::block_signals;
 fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, SinkError> {
     // Options (secrets included) are resolved again only after a definition changed.
     let fingerprint = (sink.id, catalog::definitions_version());
+    let mut fresh = false;
     if session.cached.as_ref().map(|(f, _)| f != &fingerprint).unwrap_or(true) {
         session.cached = None;
         let options = catalog::effective_options(sink)?;
@@ -169,9 +170,14 @@ fn parts<'a>(sink: &SinkRow, session: &'a mut Session) -> Result<&'a mut Parts, 
             connector.set_aside_refusals();
         }
         session.cached = Some((fingerprint, Parts { def, pipeline, connector, stream: None, idle_end: Lsn::ZERO, snapshot_logged: None }));
+        fresh = true;
     }
     let (_, parts) = session.cached.as_mut().ok_or_else(|| SinkError::transient("sink parts unavailable"))?;
-    parts.pipeline.confirmed = sink.confirmed.unwrap_or(Lsn::ZERO);
+    // A new pipeline learns whether the sink's position is the end of a
+    // transaction it delivered (Debezium's `sequence` names it).
+    let delivered = fresh
+        && select_one("SELECT (transactions_delivered > 0)::text FROM sink.progress WHERE sink_id = $1::bigint", &[Some(&sink.id.to_string())]).as_deref() == Some("true");
+    parts.pipeline.resume(sink.confirmed.unwrap_or(Lsn::ZERO), delivered);
     Ok(parts)
 }
 
@@ -296,7 +302,7 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
         Transport::Sql => {
             *stream = None;
             let flushed = wal_flush_lsn();
-            peek(sink, step_limit, |msg| run.feed(msg)).map(|n| ((n as i64) < step_limit, flushed))
+            peek(sink, step_limit, |msg, at| run.feed_at(msg, at)).map(|n| ((n as i64) < step_limit, flushed))
         }
         Transport::Auto | Transport::Walsender => match read_walsender(sink, &mut run, stream, transport, confirmed, step_limit, idle_end) {
             Ok(Read::Upto(caught_up, upto)) => Ok((caught_up, upto)),
@@ -541,12 +547,12 @@ pub fn drop_slot(slot: &str) {
     super::spi::update(SQL, &[Some(slot)]);
 }
 
-const PEEK_SQL: &str = "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
+const PEEK_SQL: &str = "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int, \
                         'proto_version', '1', 'publication_names', $3, 'messages', 'true')";
 
 /// Peek up to `limit` pgoutput messages of the sink's slot, read through a cursor,
-/// and hand each to `feed`. Returns the number of messages read.
-fn peek(sink: &SinkRow, limit: i64, mut feed: impl FnMut(&[u8]) -> Result<(), SinkError>) -> Result<usize, SinkError> {
+/// and hand each to `feed` with its position. Returns the number of messages read.
+fn peek(sink: &SinkRow, limit: i64, mut feed: impl FnMut(&[u8], Lsn) -> Result<(), SinkError>) -> Result<usize, SinkError> {
     let limit_text = limit.to_string();
     let unreadable = |e: pgrx::spi::Error| SinkError::transient(format!("could not read slot \"{}\": {e}", sink.slot_name));
     Spi::connect(|client| {
@@ -561,9 +567,11 @@ fn peek(sink: &SinkRow, limit: i64, mut feed: impl FnMut(&[u8]) -> Result<(), Si
             }
             for row in table {
                 n += 1;
-                let data: Option<&[u8]> = row.get(1).map_err(|e| SinkError::permanent(format!("bad slot row: {e}")))?;
+                let bad = |e: pgrx::spi::Error| SinkError::permanent(format!("bad slot row: {e}"));
+                let at: Option<String> = row.get(1).map_err(bad)?;
+                let data: Option<&[u8]> = row.get(2).map_err(bad)?;
                 if let Some(msg) = data {
-                    feed(msg)?;
+                    feed(msg, at.and_then(|l| l.parse().ok()).unwrap_or(Lsn::ZERO))?;
                 }
             }
             // SAFETY: the rows of this fetch were consumed above; free them now
@@ -577,8 +585,8 @@ fn preview_changes(sink: &SinkRow, pipeline: &mut Pipeline, types: &mut dyn Type
     let mut batch = pipeline.new_batch();
     let mut sql = SpiSession::for_owner(&sink.owner)?;
     let limit = limit.max(1);
-    peek(sink, limit as i64, |msg| {
-        pipeline.feed(msg, types, &mut sql, &mut batch)?;
+    peek(sink, limit as i64, |msg, at| {
+        pipeline.feed_at(msg, at, types, &mut sql, &mut batch)?;
         // A large transaction is not held whole for a preview either: what is
         // beyond the limit is dropped part by part.
         if pipeline.pending_changes() >= limit {
@@ -723,7 +731,7 @@ pub fn report_activity(text: &str) {
 fn snapshot_chunk(cursor: &mut pgrx::spi::SpiCursor<'_>, rel: &Arc<Relation>, lsn: Lsn, rows: i64) -> Result<Transaction, SinkError> {
     let table = cursor.fetch(rows).map_err(|e| SinkError::transient(format!("snapshot read failed: {e}")))?;
     let changes = insert_rows(table, rel)?;
-    Ok(Transaction { xid: 0, commit_lsn: lsn, end_lsn: lsn, commit_time_us: now_us(), snapshot: true, changes })
+    Ok(Transaction::snapshot(lsn, now_us(), changes))
 }
 
 /// The rows of `table` as inserts into `rel`, each cell in its text form.
@@ -912,6 +920,6 @@ impl SnapshotSource for RemoteSnapshot<'_> {
             })
             .collect::<Vec<_>>();
         self.progress.read(changes.len());
-        Ok(Transaction { xid: 0, commit_lsn: self.lsn, end_lsn: self.lsn, commit_time_us: now_us(), snapshot: true, changes })
+        Ok(Transaction::snapshot(self.lsn, now_us(), changes))
     }
 }

@@ -140,6 +140,10 @@ STEPS = [
     ("full", "two deletes in one transaction", [f"DELETE FROM {TABLE} WHERE id = 4", f"DELETE FROM {TABLE} WHERE id = 5"], ["d", "d"], None),
 ]
 EXPECTED_EVENTS = sum(len(s[3]) for s in STEPS)
+# With provide.transaction.metadata: a BEGIN and an END around each step's events.
+EXPECTED_WITH_METADATA = EXPECTED_EVENTS + 2 * len(STEPS)
+# The first step the second sink (under REPLICA IDENTITY FULL) delivers.
+NEW_SINK_STEP = next(i for i, s in enumerate(STEPS, 1) if s[0] == "full")
 
 
 def tools_available():
@@ -163,7 +167,7 @@ def dbz_table(db):
 class Oracle:
     """scripts/debezium.sh run in the background; always stopped by stop()."""
 
-    def __init__(self, extra):
+    def __init__(self, extra, expected=EXPECTED_EVENTS):
         shutil.rmtree(WORK, ignore_errors=True)
         os.makedirs(WORK)
         self.out = os.path.join(WORK, "debezium.jsonl")
@@ -177,10 +181,11 @@ class Oracle:
             "--tombstones.on.delete=false",
             f"--offset.storage.file.filename={os.path.join(WORK, 'offsets.dat')}",
             f"--out={self.out}", f"--ready-file={self.ready}", "--with-keys",
-            f"--max-events={EXPECTED_EVENTS}", "--idle-ms=180000",
+            f"--max-events={expected}", "--idle-ms=180000",
             *extra,
         ]
         self.cmd = [ORACLE, "run", *args]
+        self.expected = expected
         self.log = open(self.log_path, "w")
         self.started = time.time()
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=WORK)
@@ -202,7 +207,7 @@ class Oracle:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"Debezium did not see {EXPECTED_EVENTS} events in {timeout}s:\n{self.tail()}")
+            raise AssertionError(f"Debezium did not see {self.expected} events in {timeout}s:\n{self.tail()}")
 
     def stop(self):
         if self.alive():
@@ -229,20 +234,31 @@ def run_step(db, sqls):
             db.execute(sql, {"big": BIG} if "%(big)s" in sql else None)
 
 
-def create_sink(db, directory, compat, schemas=False):
+def create_sink(db, directory, compat, schemas=False, metadata=False):
     opts = {"path": directory, "unchanged_toast": os.environ.get("PGSINK_DBZ_TOAST", "placeholder")}
     if compat:
         opts["debezium.compat"] = True
     if schemas:
         opts["schemas.enable"] = True
+    if metadata:
+        opts["provide.transaction.metadata"] = True
     db.execute("SELECT sink.create_sink(%s, %s, 'file', %s::jsonb, envelope => 'debezium', snapshot => false)",
                (SINK, TABLE, json.dumps(opts)))
     wait_started(db, SINK)
 
 
-# What the compatible mode still cannot match: the LSN of each change (pgoutput
-# v1 gives the commit's), Debezium's sequence of LSNs, and its version string.
-COMPAT_LEFT = {"source.lsn", "source.sequence", "source.version"}
+# What the compatible mode cannot match: the version string. Besides, the first
+# event of a new sink has no transaction before it (`source.sequence` starts with
+# null), where Debezium, running on, names the last one it saw: see
+# first_of_a_new_sink below.
+COMPAT_LEFT = {"source.version"}
+
+
+def split_transactions(records, dbz):
+    """(data events, BEGIN/END events) of one side."""
+    def boundary(r):
+        return r.get("destination", "").endswith(".transaction") if dbz else isinstance(r["value"], dict) and "status" in r["value"]
+    return [r for r in records if not boundary(r)], [r for r in records if boundary(r)]
 
 
 def split_tombstones(records):
@@ -279,9 +295,9 @@ def unwrap_schemas(records, what):
     return out, keys, values
 
 
-@pytest.mark.parametrize("mode", ["default", "compat", "schemas"])
+@pytest.mark.parametrize("mode", ["default", "compat", "schemas", "metadata", "metadata-schemas"])
 def test_debezium_oracle(db, dbz_table, mode):
-    compat, schemas = mode != "default", mode == "schemas"
+    compat, schemas, metadata = mode != "default", mode.endswith("schemas"), mode.startswith("metadata")
     if not tools_available():
         pytest.fail("java and mvn are needed to run Debezium (scripts/setup.sh installs them)")
     t0 = time.time()
@@ -291,14 +307,16 @@ def test_debezium_oracle(db, dbz_table, mode):
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
         (TABLE,)).fetchall())
 
-    oracle = Oracle(shlex.split(os.environ.get("PGSINK_DBZ_OPTS", "")) + (["--schemas"] if schemas else []))
+    oracle = Oracle(shlex.split(os.environ.get("PGSINK_DBZ_OPTS", "")) + (["--schemas"] if schemas else [])
+                    + (["--provide.transaction.metadata=true"] if metadata else []),
+                    EXPECTED_WITH_METADATA if metadata else EXPECTED_EVENTS)
     try:
         t1 = time.time()
         oracle.wait_streaming(db)
         startup_s = time.time() - t1
 
         dir_a = out_dir("dbz_oracle_a")
-        create_sink(db, dir_a, compat, schemas)
+        create_sink(db, dir_a, compat, schemas, metadata)
         stop_error = None
         phase, dir_b, pg_runs = "default", None, []
         for step_phase, _label, sqls, _ops, pg_ops in STEPS:
@@ -309,7 +327,7 @@ def test_debezium_oracle(db, dbz_table, mode):
                 db.execute("SELECT sink.drop_sink(%s)", (SINK,))
                 db.execute(f"ALTER TABLE {TABLE} REPLICA IDENTITY FULL")
                 dir_b = out_dir("dbz_oracle_b")
-                create_sink(db, dir_b, compat, schemas)
+                create_sink(db, dir_b, compat, schemas, metadata)
                 phase = step_phase
             if pg_ops == "stops":
                 # Everything before must be delivered first: a failing change fails
@@ -348,6 +366,8 @@ def test_debezium_oracle(db, dbz_table, mode):
         pg, pg_keys, pg_values = unwrap_schemas(pg, "pg_sink's")
         assert pg_keys == dbz_keys, f"key schemas differ:\n{sorted(pg_keys)}\n{sorted(dbz_keys)}"
         assert pg_values == dbz_values, f"value schemas differ:\npg_sink: {sorted(pg_values - dbz_values)}\nDebezium: {sorted(dbz_values - pg_values)}"
+    dbz, dbz_tx = split_transactions(dbz, True)
+    pg, pg_tx = split_transactions(pg, False)
     tombstones = 0
     if compat:
         pg, tombstones = split_tombstones(pg)
@@ -381,9 +401,24 @@ def test_debezium_oracle(db, dbz_table, mode):
     assert result["id_mismatches"] == [], "pg_sink's events concern the same rows as Debezium's"
     if compat:
         # Debezium's events, keys, values and fields, but for what COMPAT_LEFT says.
-        left = {d["field"] for d in result["diffs"]}
+        def first_of_a_new_sink(d):
+            return d["field"] == "source.sequence" and d["step"] == NEW_SINK_STEP and str(d["pg"]).startswith("[null,")
+        left = {d["field"] for d in result["diffs"] if not first_of_a_new_sink(d)}
         assert left <= COMPAT_LEFT, f"differences in compatible mode: {summary(result)}"
+        assert [d for d in result["diffs"] if d["field"] == "source.sequence"] == [d for d in result["diffs"] if first_of_a_new_sink(d)]
         assert tombstones == sum(op == "d" for s in STEPS for op in s[3]), "a tombstone after every delete"
+    if metadata:
+        # BEGIN and END, key and value, field for field, around every transaction
+        # pg_sink delivered (not the one the dropped sink's successor never saw).
+        delivered = {e["value"]["source"]["txId"] for e in pg}
+        want = [r for r in dbz_tx if int(r["value"]["id"].split(":")[0]) in delivered]
+        assert len(want) == 2 * len(delivered), "Debezium bracketed each transaction"
+        strip = [{"key": r["key"], "value": r["value"]} for r in want]
+        got = [{"key": r["key"], "value": r["value"]} for r in pg_tx]
+        assert got == strip, f"transaction events differ:\npg_sink:  {got[:4]}\nDebezium: {strip[:4]}"
+        assert all(e["value"]["transaction"] is not None for e in pg), "every event names its transaction"
+    else:
+        assert pg_tx == [] and dbz_tx == []
 
 
 # ---------------------------------------------------------------------------

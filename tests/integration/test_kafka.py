@@ -155,6 +155,50 @@ def test_debezium_and_append_only_envelopes(db, broker):
     db.execute("SELECT sink.drop_sink('k_app')")
 
 
+def test_transaction_metadata_goes_to_the_transaction_topic_exactly_once(db, broker):
+    """Debezium's provide.transaction.metadata: each transaction's BEGIN and END on
+    <topic>.transaction (one partition), in the same Kafka transaction as its
+    events, so a batch Kafka already has is not sent again after a failure on the
+    Postgres side: no BEGIN or END twice, and each END counts its events."""
+    db.execute("DROP TABLE IF EXISTS k_txm")
+    db.execute("CREATE TABLE k_txm (id int PRIMARY KEY, v int)")
+    opts = {"brokers": broker, "topic": "k-txm", "debezium.compat": True, "provide.transaction.metadata": True}
+    db.execute("SELECT sink.create_sink('k_txm', 'k_txm', 'kafka', %s::jsonb, envelope => 'debezium', snapshot => false)", (json.dumps(opts),))
+    wait_started(db, "k_txm")
+    db.execute("SELECT sink.pause_sink('k_txm')")
+    db.execute("ALTER SYSTEM SET pg_sink.fail_after_deliver = on")
+    db.execute("SELECT pg_reload_conf()")
+    db.execute("INSERT INTO k_txm SELECT g, 0 FROM generate_series(1, 5) g")
+    db.execute("UPDATE k_txm SET v = 1 WHERE id = 1")
+    with db.transaction():
+        db.execute("DELETE FROM k_txm WHERE id IN (2, 3)")
+        db.execute("INSERT INTO k_txm VALUES (6, 6)")
+    db.execute("SELECT sink.resume_sink('k_txm')")
+    wait_for(lambda: one(db, "SELECT errors FROM sink.status WHERE name = 'k_txm'") >= 2, what="failed attempts")
+    db.execute("ALTER SYSTEM RESET pg_sink.fail_after_deliver")
+    db.execute("SELECT pg_reload_conf()")
+    wait_caught_up(db, "k_txm")
+    events = [(json.loads(k), json.loads(v)) for _, k, v, _ in read_topic("k-txm") if v is not None]
+    tx = [(p, json.loads(k), json.loads(v)) for p, k, v, _ in read_topic("k-txm.transaction")]
+    assert {p for p, _, _ in tx} == {0}
+    assert [v["status"] for _, _, v in tx] == ["BEGIN", "END"] * 3, "one BEGIN and one END per transaction, none twice"
+    assert all(k == {"id": v["id"]} for _, k, v in tx)
+    by_xid = collections.defaultdict(list)
+    for _, e in events:
+        by_xid[e["source"]["txId"]].append(e)
+    for (_, _, begin), (_, _, end) in zip(tx[::2], tx[1::2]):
+        xid = int(begin["id"].split(":")[0])
+        mine = by_xid.pop(xid)
+        assert end["id"].startswith(f"{xid}:") and end["event_count"] == len(mine)
+        assert end["data_collections"] == [{"data_collection": "public.k_txm", "event_count": len(mine)}]
+        assert [e["transaction"]["total_order"] for e in mine] == list(range(1, len(mine) + 1))
+        assert all(e["transaction"]["id"] == f"{xid}:{e['source']['lsn']}" for e in mine)
+        assert begin["ts_ms"] == end["ts_ms"] == mine[0]["source"]["ts_ms"]
+    assert by_xid == {}, "every event's transaction was bracketed"
+    assert len(events) == 5 + 1 + 3, "5 creates, 1 update, 2 deletes and a create (tombstones aside)"
+    db.execute("SELECT sink.drop_sink('k_txm')")
+
+
 def test_bad_kafka_options_are_refused(db, broker):
     db.execute("DROP TABLE IF EXISTS k_bad")
     db.execute("CREATE TABLE k_bad (id int PRIMARY KEY)")

@@ -183,6 +183,8 @@ impl TableConnector {
             Payload::Debezium(_) => Err(SinkError::permanent("debezium payload in a non-debezium table sink")),
             Payload::Message(_) => Err(SinkError::permanent("a logical message is not a row").hint("A table sink does not take the messages option.")),
             Payload::Schema(change) => self.alter(change, sql),
+            // Rows are applied in the transaction they came in: its bounds are no rows.
+            Payload::Transaction(_) => Ok(()),
         }
     }
 
@@ -291,7 +293,7 @@ mod tests {
         let tx = txn(changes.clone());
         let mut drafts: Vec<Draft> = vec![];
         for c in changes {
-            env.apply(&tx, c, &mut drafts).unwrap();
+            env.apply(&tx, c, tx.commit_lsn, &mut drafts).unwrap();
         }
         Batch {
             records: drafts

@@ -773,6 +773,7 @@ impl Encoder for AvroEncoder {
         match payload {
             Payload::Tombstone | Payload::Truncate(_) => return Ok(None),
             Payload::Message(_) => return Err(SinkError::permanent("a logical message has no Avro form")),
+            Payload::Transaction(_) => return Err(SinkError::permanent("a transaction event has no Avro form here")),
             Payload::Schema(_) => return Ok(None),
             Payload::Row(row) => {
                 let c = self.compiled(&row.relation, &row.indices)?;
@@ -1061,7 +1062,9 @@ mod tests {
                 lsn: Lsn(99),
                 commit_time_us: 5_000_000,
                 snapshot: false,
+                last_commit: None,
             },
+            transaction: None,
         };
         let mut out = Vec::new();
         write_debezium(&ev, &|_| false, &mut out).unwrap();

@@ -154,6 +154,18 @@ fn transaction_schema() -> Value {
     })
 }
 
+/// Debezium's `TransactionMetadataKey`, the key of BEGIN and END events.
+pub const TRANSACTION_KEY_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"id"}],"optional":false,"name":"io.debezium.connector.common.TransactionMetadataKey","version":1}"#;
+
+/// Debezium's `TransactionMetadataValue`, the value of BEGIN and END events.
+pub const TRANSACTION_VALUE_SCHEMA: &str = concat!(
+    r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"status"},{"type":"string","optional":false,"field":"id"},"#,
+    r#"{"type":"int64","optional":true,"field":"event_count"},{"type":"array","items":{"type":"struct","fields":["#,
+    r#"{"type":"string","optional":false,"field":"data_collection"},{"type":"int64","optional":false,"field":"event_count"}],"#,
+    r#""optional":true,"name":"event.collection","version":1},"optional":true,"field":"data_collections"},"#,
+    r#"{"type":"int64","optional":false,"field":"ts_ms"}],"optional":false,"name":"io.debezium.connector.common.TransactionMetadataValue","version":1}"#
+);
+
 /// The value's schema: the `Envelope` of `before`/`after` rows of `image`'s shape.
 pub fn envelope_schema(image: &RowImage, prefix: &str) -> Value {
     let value = row_struct(image, prefix, "Value", true);

@@ -210,7 +210,7 @@ mod tests {
         let row = |id: &str| vec![t(id), t("2024-07-03 16:43:05.5+00"), t(r#"{"a": 1}"#)];
         let run = |env: &mut Envelope, change: Change| {
             let mut out = vec![];
-            env.apply(&txn(vec![change.clone()]), change, &mut out).unwrap();
+            env.apply(&txn(vec![change.clone()]), change, crate::engine::lsn::Lsn(0x100), &mut out).unwrap();
             out
         };
         // An update that changes the key: delete (with the old row), its tombstone, create.

@@ -23,7 +23,7 @@ use serde_json::{Map, Number, Value};
 
 use super::Encoder;
 use crate::engine::change::{Cell, Column};
-use crate::engine::envelope::{DebeziumEvent, MessageEvent, Payload, RowImage, SourceInfo};
+use crate::engine::envelope::{DebeziumEvent, MessageEvent, Payload, RowImage, SourceInfo, TxBlock, TxBoundary};
 use crate::engine::error::{Result, SinkError};
 use crate::engine::types::{PgType, TypeKind};
 
@@ -90,8 +90,62 @@ impl Encoder for JsonEncoder {
             }
             Payload::Message(m) => write_message(m, self.debezium_fields, &mut out),
             Payload::Schema(_) => return Ok(None),
+            Payload::Transaction(t) => {
+                write_boundary(t, &mut out);
+                if self.connect.is_some() {
+                    let mut wrapped = Vec::new();
+                    super::connect::wrap(super::connect::TRANSACTION_VALUE_SCHEMA, &out, &mut wrapped);
+                    return Ok(Some(wrapped));
+                }
+            }
         }
         Ok(Some(out))
+    }
+
+    fn encode_transaction_key(&self, id: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(id.len() + 10);
+        out.extend_from_slice(b"{\"id\":");
+        write_str(id, &mut out);
+        out.push(b'}');
+        if self.connect.is_some() {
+            let mut wrapped = Vec::new();
+            super::connect::wrap(super::connect::TRANSACTION_KEY_SCHEMA, &out, &mut wrapped);
+            return wrapped;
+        }
+        out
+    }
+}
+
+/// A transaction's BEGIN or END event, as Debezium's `TransactionMetadataValue`.
+fn write_boundary(t: &TxBoundary, out: &mut Vec<u8>) {
+    out.extend_from_slice(if t.begin { b"{\"status\":\"BEGIN\",\"id\":" } else { b"{\"status\":\"END\",\"id\":" });
+    write_str(&t.id, out);
+    if t.begin {
+        out.extend_from_slice(b",\"event_count\":null,\"data_collections\":null");
+    } else {
+        out.extend_from_slice(format!(",\"event_count\":{},\"data_collections\":[", t.event_count).as_bytes());
+        for (i, (table, n)) in t.data_collections.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"data_collection\":");
+            write_str(table, out);
+            out.extend_from_slice(format!(",\"event_count\":{n}}}").as_bytes());
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(format!(",\"ts_ms\":{}}}", t.ts_ms).as_bytes());
+}
+
+/// Debezium's `transaction` block of an event, or `null`.
+fn write_tx_block(block: Option<&TxBlock>, out: &mut Vec<u8>) {
+    match block {
+        None => out.extend_from_slice(b"null"),
+        Some(b) => {
+            out.extend_from_slice(b"{\"id\":");
+            write_str(&b.id, out);
+            out.extend_from_slice(format!(",\"total_order\":{},\"data_collection_order\":{}}}", b.total_order, b.data_collection_order).as_bytes());
+        }
     }
 }
 
@@ -214,7 +268,9 @@ fn write_debezium(event: &DebeziumEvent, compat: bool, row: RowWriter, out: &mut
     write_source(&event.source, compat, out);
     out.extend_from_slice(format!(",\"op\":\"{}\",", event.op.debezium_code()).as_bytes());
     write_times(&event.source, compat, out);
-    out.extend_from_slice(b",\"transaction\":null}");
+    out.extend_from_slice(b",\"transaction\":");
+    write_tx_block(event.transaction.as_ref(), out);
+    out.push(b'}');
     Ok(())
 }
 
@@ -235,7 +291,15 @@ fn write_source(src: &SourceInfo, compat: bool, out: &mut Vec<u8>) {
     write_times(src, compat, out);
     out.extend_from_slice(format!(",\"snapshot\":\"{}\",\"db\":", src.snapshot).as_bytes());
     write_str(&src.database, out);
-    out.extend_from_slice(b",\"sequence\":null,\"schema\":");
+    out.extend_from_slice(b",\"sequence\":");
+    if compat {
+        // Debezium's `[<end of the transaction before>, <this change>]`, a string.
+        let last = src.last_commit.map_or("null".to_string(), |l| format!("\"{}\"", l.0));
+        write_str(&format!("[{last},\"{}\"]", src.lsn.0), out);
+    } else {
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b",\"schema\":");
     write_str(&src.schema, out);
     out.extend_from_slice(b",\"table\":");
     write_str(&src.table, out);
@@ -1072,7 +1136,7 @@ mod tests {
         };
         let mut env = Envelope::new(EnvelopeKind::Debezium, false, vec!["id".into()], "orders_sink", "shop");
         let mut out = vec![];
-        env.apply(&txn(vec![change.clone()]), change, &mut out).unwrap();
+        env.apply(&txn(vec![change.clone()]), change, Lsn(0x100), &mut out).unwrap();
         assert_eq!(out.len(), 1);
         let expected = concat!(
             r#"{"before":{"id":1,"name":null},"after":{"id":1,"name":"b"},"#,
@@ -1105,7 +1169,9 @@ mod tests {
                     // Before the epoch: ts_ms rounds down.
                     commit_time_us: -1_500,
                     snapshot,
+                    last_commit: None,
                 },
+                transaction: None,
             }))
         };
         let source = |snapshot: &str| {

@@ -74,7 +74,7 @@ impl Encoder for TextEncoder {
             // A message's content, byte for byte.
             Payload::Message(m) => Ok(Some(m.content.to_vec())),
             Payload::Schema(_) => Ok(None),
-            Payload::Debezium(_) => {
+            Payload::Debezium(_) | Payload::Transaction(_) => {
                 Err(SinkError::permanent(format!("the debezium envelope cannot be encoded as {}", self.name().to_ascii_uppercase())))
             }
         }

@@ -171,6 +171,6 @@ impl SnapshotSource for QueryRows<'_, '_> {
         if !changes.is_empty() {
             self.chunks += 1;
         }
-        Ok(Transaction { xid: 0, commit_lsn: Lsn::ZERO, end_lsn: Lsn::ZERO, commit_time_us: now_us(), snapshot: true, changes })
+        Ok(Transaction::snapshot(Lsn::ZERO, now_us(), changes))
     }
 }

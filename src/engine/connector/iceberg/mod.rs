@@ -517,7 +517,7 @@ impl IcebergConnector {
                     at.push(i);
                 }
                 // The table is a log of inserted rows; schema changes arrive with the rows.
-                Payload::Truncate(_) | Payload::Schema(_) => {}
+                Payload::Truncate(_) | Payload::Schema(_) | Payload::Transaction(_) => {}
                 Payload::Tombstone | Payload::Debezium(_) => {
                     return Err(SinkError::permanent("an Iceberg append-only table cannot apply a delete").hint("Set force_append_only => true."))
                 }

@@ -2,7 +2,7 @@
 //! a sink's flat option map (Materialize's names, librdkafka pass-through), and the
 //! check of a connection's options.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{build, KafkaConnector};
@@ -30,6 +30,7 @@ pub const SPEC: ConnectorSpec = ConnectorSpec {
         ("transactional_id_prefix", "prefix of the transactional id (default pg_sink-<database>-)"),
         ("progress_group_id_prefix", "prefix of the consumer group that reads the progress topic"),
         ("progress_topic", "topic holding sink progress (default _pg_sink-progress-<database>)"),
+        ("transaction_topic", "topic of the BEGIN and END events of provide.transaction.metadata (default <topic>.transaction)"),
         ("progress_topic_replication_factor", "replication factor of a progress topic pg_sink creates"),
         ("topic_partition_count", "partitions of a topic pg_sink creates (default: broker's)"),
         ("topic_replication_factor", "replication factor of a topic pg_sink creates (default: broker's)"),
@@ -59,6 +60,8 @@ pub struct KafkaSettings {
     pub transactional_id: String,
     pub progress_group_id: String,
     pub progress_topic: String,
+    /// Where transactions' BEGIN and END events go (`provide.transaction.metadata`).
+    pub transaction_topic: String,
     pub progress_key: String,
     pub progress_replication_factor: i32,
     pub partition_count: i32,
@@ -120,16 +123,21 @@ pub fn parse_map(name: &str, text: &str) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+fn check_topic_name(topic: &str) -> Result<()> {
+    if topic.is_empty() || topic.len() > 249 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return Err(SinkError::config(format!("invalid Kafka topic name \"{topic}\""))
+            .detail("Topic names have 1 to 249 characters among ASCII letters, digits, '.', '_' and '-'."));
+    }
+    Ok(())
+}
+
 pub fn settings(cfg: &ConnectorConfig) -> Result<KafkaSettings> {
     let topic = cfg
         .get("topic")
         .or_else(|| cfg.get("kafka_topic_name"))
         .map(str::to_string)
         .ok_or_else(|| SinkError::config("connector \"kafka\" requires option \"topic\"").hint("Name the topic, e.g. topic => 'orders'."))?;
-    if topic.is_empty() || topic.len() > 249 || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-        return Err(SinkError::config(format!("invalid Kafka topic name \"{topic}\""))
-            .detail("Topic names have 1 to 249 characters among ASCII letters, digits, '.', '_' and '-'."));
-    }
+    check_topic_name(&topic)?;
     let brokers = cfg
         .get("brokers")
         .or_else(|| cfg.get("broker"))
@@ -148,6 +156,8 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<KafkaSettings> {
     let tx_prefix = cfg.get("transactional_id_prefix").map(str::to_string).unwrap_or_else(|| format!("pg_sink-{}-", cfg.database));
     let group_prefix = cfg.get("progress_group_id_prefix").map(str::to_string).unwrap_or_else(|| format!("pg_sink-{}-", cfg.database));
     let progress_topic = cfg.get("progress_topic").map(str::to_string).unwrap_or_else(|| format!("_pg_sink-progress-{}", cfg.database));
+    let transaction_topic = cfg.get("transaction_topic").map(str::to_string).unwrap_or_else(|| format!("{topic}.transaction"));
+    check_topic_name(&transaction_topic)?;
     let mut client = BTreeMap::new();
     for (opt, prop) in [
         ("security_protocol", "security.protocol"),
@@ -198,6 +208,7 @@ pub fn settings(cfg: &ConnectorConfig) -> Result<KafkaSettings> {
         transactional_id: format!("{tx_prefix}{}", cfg.sink_name),
         progress_group_id: format!("{group_prefix}{}", cfg.sink_name),
         progress_topic,
+        transaction_topic,
         progress_key: cfg.sink_uid.clone(),
         progress_replication_factor: int_option(cfg, "progress_topic_replication_factor", -1, 1)?,
         partition_count: int_option(cfg, "topic_partition_count", -1, 1)?,
@@ -223,7 +234,7 @@ pub fn check_connection(options: &BTreeMap<String, String>) -> Result<()> {
         columns: vec![],
         password_required: false,
     };
-    let connector = KafkaConnector { settings: settings(&cfg)?, state: None, partitioner: HashMap::new() };
+    let connector = KafkaConnector::new(settings(&cfg)?);
     if !connector.settings.validate {
         return Ok(());
     }

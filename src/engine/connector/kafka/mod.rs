@@ -41,6 +41,7 @@ use super::{Batch, Connector, ConnectorConfig, Position, SqlSession};
 use crate::engine::change::{Cell, Relation};
 use crate::engine::connector::table::quote_ident;
 use crate::engine::encoder::hash;
+use crate::engine::envelope::Op;
 use crate::engine::error::{Result, SinkError};
 
 mod config;
@@ -54,7 +55,7 @@ pub use producer::*;
 pub use progress::*;
 
 fn build(cfg: &ConnectorConfig) -> Result<Box<dyn Connector>> {
-    Ok(Box::new(KafkaConnector { settings: settings(cfg)?, state: None, partitioner: HashMap::new() }))
+    Ok(Box::new(KafkaConnector::new(settings(cfg)?)))
 }
 
 struct Running {
@@ -69,9 +70,15 @@ pub struct KafkaConnector {
     state: Option<Running>,
     /// `PARTITION BY` query per relation (id), with the relation it was built for.
     partitioner: HashMap<u32, (Arc<Relation>, String)>,
+    /// The transaction topic exists (made when the first BEGIN or END goes out).
+    transaction_topic_ready: bool,
 }
 
 impl KafkaConnector {
+    pub(super) fn new(settings: KafkaSettings) -> Self {
+        KafkaConnector { settings, state: None, partitioner: HashMap::new(), transaction_topic_ready: false }
+    }
+
     fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.settings.brokers);
@@ -99,6 +106,29 @@ impl KafkaConnector {
             refused(&probe, &self.settings.brokers)
                 .unwrap_or_else(|| SinkError::transient(format!("could not reach Kafka brokers \"{}\": {e}", self.settings.brokers)).hint(hint))
         })
+    }
+
+    /// Create the topic of transactions' BEGIN and END events when missing: one
+    /// partition, so they keep their order, as Debezium advises for its own.
+    async fn ensure_transaction_topic(&mut self) -> Result<()> {
+        let admin = self.admin()?;
+        let topic = &self.settings.transaction_topic;
+        let meta = admin.inner().fetch_metadata(Some(topic), self.settings.timeout).map_err(|e| classify("metadata fetch", &e))?;
+        if !meta.topics().iter().any(|m| m.name() == *topic && m.error().is_none() && !m.partitions().is_empty()) {
+            let opts = AdminOptions::new().operation_timeout(Some(self.settings.timeout));
+            let wanted = NewTopic::new(topic, 1, TopicReplication::Fixed(self.settings.replication_factor));
+            for r in admin.create_topics([&wanted], &opts).await.map_err(|e| classify("topic creation", &e))? {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        return Err(error_for_code(code, format!("could not create Kafka topic \"{topic}\": {code}"))
+                            .hint("Create the transaction topic yourself, or name another with transaction_topic."));
+                    }
+                }
+            }
+        }
+        self.transaction_topic_ready = true;
+        Ok(())
     }
 
     /// Create the data and progress topics when missing.
@@ -251,6 +281,9 @@ impl Connector for KafkaConnector {
         if self.state.is_none() {
             self.start().await?;
         }
+        if !self.transaction_topic_ready && batch.records.iter().any(|r| r.draft.op == Op::Transaction) {
+            self.ensure_transaction_topic().await?;
+        }
         let partitions = self.partitions(batch, sql)?;
         let headers_column = self.settings.headers_column.clone();
         let Some(running) = self.state.as_mut() else {
@@ -260,11 +293,12 @@ impl Connector for KafkaConnector {
             return Ok(());
         }
         let topic = self.settings.topic.clone();
+        let transaction_topic = self.settings.transaction_topic.clone();
         let timeout = self.settings.timeout;
         let result = if self.settings.exactly_once {
             (|| -> Result<()> {
                 running.producer.begin_transaction().map_err(|e| classify("transaction begin", &e))?;
-                send_all(running, &topic, batch, &partitions, headers_column.as_deref())?;
+                send_all(running, (&topic, &transaction_topic), batch, &partitions, headers_column.as_deref())?;
                 let value = progress_value(batch.position(), &self.settings.progress_key);
                 let progress = BaseRecord::with_opaque_to(&self.settings.progress_topic, NOT_A_RECORD).partition(0).key(self.settings.progress_key.as_bytes()).payload(&value);
                 running.producer.send(progress).map_err(|(e, _)| classify("progress produce", &e))?;
@@ -272,7 +306,7 @@ impl Connector for KafkaConnector {
                 running.producer.commit_transaction(timeout).map_err(|e| classify("transaction commit", &e))
             })()
         } else {
-            send_all(running, &topic, batch, &partitions, headers_column.as_deref()).and_then(|_| {
+            send_all(running, (&topic, &transaction_topic), batch, &partitions, headers_column.as_deref()).and_then(|_| {
                 drain(&running.producer, timeout);
                 running.producer.flush(timeout).map_err(|e| classify("flush", &e))
             })
@@ -351,6 +385,7 @@ mod tests {
         assert!(s.exactly_once);
         assert_eq!(s.transactional_id, "pg_sink-shop-orders");
         assert_eq!(s.progress_topic, "_pg_sink-progress-shop");
+        assert_eq!(s.transaction_topic, "t1.transaction", "Debezium's <prefix>.transaction, after the data topic");
         assert_eq!(s.progress_key, "shop-7-123");
         assert_eq!(s.client.get("compression.type").unwrap(), "zstd");
         assert_eq!(s.client.get("linger.ms").unwrap(), "20");
@@ -371,6 +406,7 @@ mod tests {
             (&[("brokers", "h:1")][..], "requires option \"topic\""),
             (&[("topic", "t")][..], "requires option \"brokers\""),
             (&[("topic", "bad topic"), ("brokers", "h:1")][..], "invalid Kafka topic name"),
+            (&[("topic", "t"), ("brokers", "h:1"), ("transaction_topic", "t x")][..], "invalid Kafka topic name \"t x\""),
             (&[("topic", "t"), ("brokers", "h:1"), ("compression_type", "brotli")][..], "COMPRESSION TYPE"),
             (&[("topic", "t"), ("brokers", "h:1"), ("sasl_mechanisms", "GSSAPI")][..], "unsupported SASL mechanism"),
             (&[("topic", "t"), ("brokers", "h:1"), ("topic_partition_count", "0")][..], "topic_partition_count"),

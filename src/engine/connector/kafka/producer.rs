@@ -12,7 +12,7 @@ use rdkafka::ClientContext;
 use super::errors::{classify, is_record_refusal, ClientErrors};
 use super::Running;
 use crate::engine::connector::{Batch, Record};
-use crate::engine::envelope::{Payload, RowImage};
+use crate::engine::envelope::{Op, Payload, RowImage};
 use crate::engine::error::{Result, SinkError};
 
 /// Collects the first per-message delivery error, so a failed batch can say why,
@@ -130,7 +130,9 @@ pub(super) fn drain(producer: &BaseProducer<DeliveryContext>, timeout: Duration)
     }
 }
 
-pub(super) fn send_all(running: &Running, topic: &str, batch: &Batch, partitions: &[i32], headers_column: Option<&str>) -> Result<()> {
+/// Send the batch's records: transactions' BEGIN and END events to `topics.1`
+/// (partition 0), the rest to `topics.0`.
+pub(super) fn send_all(running: &Running, topics: (&str, &str), batch: &Batch, partitions: &[i32], headers_column: Option<&str>) -> Result<()> {
     let mut first_local: Option<SinkError> = None;
     for (i, r) in batch.records.iter().enumerate() {
         if r.commit_lsn < running.committed.lsn {
@@ -145,7 +147,8 @@ pub(super) fn send_all(running: &Running, topic: &str, batch: &Batch, partitions
                 headers = headers.insert(Header { key: &k, value: v.as_deref() });
             }
         }
-        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, i).partition(partitions[i]).headers(headers);
+        let (topic, partition) = if r.draft.op == Op::Transaction { (topics.1, 0) } else { (topics.0, partitions[i]) };
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, i).partition(partition).headers(headers);
         if let Some(k) = &r.key {
             record = record.key(k.as_slice());
         }

@@ -60,7 +60,7 @@ pub fn relation_of(r: &Record) -> Option<&Arc<Relation>> {
         Payload::Row(row) => Some(&row.relation),
         Payload::Tombstone => r.draft.key.as_ref().map(|k| &k.relation),
         Payload::Truncate(rels) => rels.first(),
-        Payload::Debezium(_) | Payload::Message(_) | Payload::Schema(_) => None,
+        Payload::Debezium(_) | Payload::Message(_) | Payload::Schema(_) | Payload::Transaction(_) => None,
     }
 }
 
@@ -74,6 +74,7 @@ fn cells<'a>(r: &'a Record, width: usize) -> Result<Vec<Option<&'a str>>> {
         Payload::Debezium(_) => return Err(SinkError::permanent("a debezium event cannot be written as a CSV or Parquet row")),
         Payload::Message(_) => return Err(SinkError::permanent("a logical message cannot be written as a CSV or Parquet row")),
         Payload::Schema(_) => None,
+        Payload::Transaction(_) => return Err(SinkError::permanent("a transaction event cannot be written as a CSV or Parquet row")),
     };
     if let Some(img) = image {
         for (&i, cell) in img.indices.iter().map(|i| (i, &img.cells[*i])) {
