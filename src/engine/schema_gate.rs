@@ -6,10 +6,11 @@
 //!
 //! The rules are what the sinks do with a change (see [`super::schema_change`]):
 //! - `schema.changes = 'stop'`: any change stops the sink; `ignore`: never refused.
-//! - Targets that apply changes (`table`, `jdbc` on PostgreSQL) cannot change the
-//!   key they upsert by, and convert a retyped column with a cast: only a type
-//!   that holds every value of the old one (a widening) is let through.
-//! - `jdbc` on MariaDB/MySQL stops at every change (DDL commits implicitly there).
+//! - Targets that apply changes (`table`, `jdbc`) cannot change the key they
+//!   upsert by, and convert a retyped column with a cast: only a type that holds
+//!   every value of the old one (a widening) is let through. `jdbc` on
+//!   MariaDB/MySQL also needs a column type there for each added or retyped
+//!   column ([`mysql_type`]).
 //! - `iceberg` keeps a field's type: a retype must be a widening of it.
 //! - Anything else (records of any shape: Kafka, NATS, files, webhooks) follows,
 //!   except that an Avro sink with a schema registry asks the registry whether
@@ -17,7 +18,7 @@
 //!   ([`check_registry`]), as the registry would answer the sink's next record.
 
 use super::change::Relation;
-use super::connector::jdbc::{parse_target, Dialect};
+use super::connector::jdbc::{mysql_type, parse_target, Dialect};
 use super::connector::ConnectorConfig;
 use super::encoder::avro::{debezium_schema, row_schema};
 use super::encoder::registry::Registry;
@@ -43,7 +44,13 @@ pub fn check(change: &SchemaChange, def: &SinkDefinition) -> Result<(), String> 
         && parse_target(&ConnectorConfig { options: def.connector_options.clone(), ..ConnectorConfig::empty() })
             .is_ok_and(|t| t.dialect == Dialect::MySql);
     if mysql {
-        return Err("a jdbc sink into MariaDB or MySQL stops at every schema change (their DDL commits implicitly)".into());
+        for a in &alterations {
+            if let Alteration::Add { column, ty: to } | Alteration::Retype { column, to, .. } = a {
+                if mysql_type(to).is_none() {
+                    return Err(format!("column \"{column}\" becomes {to}, for which its MariaDB/MySQL target has no column type"));
+                }
+            }
+        }
     }
     let applies = matches!(connector, "table" | "jdbc");
     if applies && change.key_changed() && def.envelope == EnvelopeKind::Upsert {
@@ -221,7 +228,10 @@ mod tests {
         let pg = def("jdbc", "upsert", &[("jdbc.url", "jdbc:postgresql://h/db"), ("table.name", "t")]);
         assert!(check(&narrowing, &pg).is_err() && check(&added, &pg).is_ok());
         let my = def("jdbc", "upsert", &[("jdbc.url", "jdbc:mysql://h/db"), ("table.name", "t")]);
-        assert!(check(&added, &my).unwrap_err().contains("MySQL"));
+        assert!(check(&added, &my).is_ok() && check(&widening, &my).is_ok());
+        assert!(check(&narrowing, &my).unwrap_err().contains("not a widening") && check(&rekey, &my).unwrap_err().contains("key"));
+        let arrays = change(&[("id", "integer")], &[("id", "integer"), ("w", "text[]")], &["id"], &["id"]);
+        assert!(check(&arrays, &my).unwrap_err().contains("no column type") && check(&arrays, &pg).is_ok());
         let stop = def("file", "upsert", &[("path", "/x"), ("schema.changes", "stop")]);
         assert!(check(&added, &stop).unwrap_err().contains("stop"));
         let ignore = def("table", "upsert", &[("table", "copy"), ("schema.changes", "ignore")]);

@@ -31,7 +31,7 @@ use crate::engine::error::{Result, SinkError};
 use crate::engine::lsn::Lsn;
 use crate::engine::schema_change::{self, Alteration, SchemaChange};
 
-pub use target::{check_table, compatible, family, parse_target, quote, Backend, Dialect, Family, TableInfo, Target};
+pub use target::{check_table, compatible, family, mysql_type, parse_target, quote, Backend, Dialect, Family, TableInfo, Target};
 
 pub const SPEC: ConnectorSpec = ConnectorSpec {
     name: "jdbc",
@@ -289,7 +289,11 @@ impl JdbcConnector {
             }
             if let Some(barrier) = records.get(end) {
                 if let Payload::Schema(change) = &barrier.draft.payload {
-                    self.alter(change).await?;
+                    if self.target.dialect == Dialect::MySql {
+                        self.alter_mysql(change, barrier.commit_lsn).await?;
+                    } else {
+                        self.alter(change).await?;
+                    }
                 } else {
                     let table = self.target.qualified(&self.target.table);
                     self.backend().await?.execute(&format!("DELETE FROM {table}"), &[]).await?;
@@ -301,19 +305,10 @@ impl JdbcConnector {
     }
 
     /// Follow a schema change of the source in the target's open transaction
-    /// (PostgreSQL). MariaDB and MySQL commit DDL implicitly, which would commit
-    /// the batch's rows without its progress: there the sink stops at the change.
+    /// (PostgreSQL; MariaDB and MySQL: [`JdbcConnector::alter_mysql`]).
     async fn alter(&mut self, change: &SchemaChange) -> Result<()> {
         let d = self.target.dialect;
-        if d == Dialect::MySql {
-            return Err(schema_change::stopped(
-                change,
-                "MariaDB and MySQL commit a DDL statement implicitly, inside the transaction that also records the sink's progress.",
-            ));
-        }
-        if change.key_changed() && self.cfg.envelope == EnvelopeKind::Upsert {
-            return Err(schema_change::stopped(change, "The target table is keyed by the source's key, and a jdbc target does not change its key."));
-        }
+        self.check_key(change)?;
         let table = self.target.qualified(&self.target.table);
         for a in change.alterations() {
             let stmt = match &a {
@@ -334,6 +329,61 @@ impl JdbcConnector {
         }
         self.info = None;
         Ok(())
+    }
+
+    fn check_key(&self, change: &SchemaChange) -> Result<()> {
+        if change.key_changed() && self.cfg.envelope == EnvelopeKind::Upsert {
+            return Err(schema_change::stopped(change, "The target table is keyed by the source's key, and a jdbc target does not change its key."));
+        }
+        Ok(())
+    }
+
+    /// Follow a schema change of the source on MariaDB or MySQL, which commit
+    /// each DDL statement implicitly. The rows before the change commit first,
+    /// with the sink's progress at the change's transaction (`at`, its commit
+    /// LSN: a replay starts with that transaction); then each alteration runs
+    /// unless the table already shows it (a replay after a crash here does not
+    /// repeat it); then a new target transaction takes the rest. Rows of the
+    /// change's own transaction that precede it are applied again by such a
+    /// replay (the same rows under upsert).
+    async fn alter_mysql(&mut self, change: &SchemaChange, at: Lsn) -> Result<()> {
+        self.check_key(change)?;
+        let d = Dialect::MySql;
+        // Types first: a change the target cannot take stops the sink before any DDL.
+        let mut typed = Vec::new();
+        for a in change.alterations() {
+            let ty = match &a {
+                Alteration::Retype { to: ty, .. } | Alteration::Add { ty, .. } => Some(
+                    mysql_type(ty).ok_or_else(|| schema_change::stopped(change, &format!("MariaDB and MySQL have no column type for \"{ty}\".")))?,
+                ),
+                _ => None,
+            };
+            typed.push((a, ty));
+        }
+        self.store_lsn(at).await?;
+        self.commit().await?;
+        let table = self.target.qualified(&self.target.table);
+        for (a, ty) in typed {
+            self.info = None;
+            let info = self.table_info().await?;
+            let has = |c: &str| info.columns.iter().any(|(n, _)| n.eq_ignore_ascii_case(c));
+            let ty = ty.unwrap_or_default();
+            let stmt = match &a {
+                Alteration::Rename { from, to } => (has(from) && !has(to)).then(|| format!("ALTER TABLE {table} RENAME COLUMN {} TO {}", quote(d, from), quote(d, to))),
+                Alteration::Retype { column, .. } => Some(format!("ALTER TABLE {table} MODIFY COLUMN {} {ty}", quote(d, column))),
+                Alteration::Drop { column } => has(column).then(|| format!("ALTER TABLE {table} DROP COLUMN {}", quote(d, column))),
+                Alteration::Add { column, .. } => (!has(column)).then(|| format!("ALTER TABLE {table} ADD COLUMN {} {ty}", quote(d, column))),
+            };
+            if let Some(stmt) = stmt {
+                self.backend()
+                    .await?
+                    .execute(&stmt, &[])
+                    .await
+                    .map_err(|e| schema_change::stopped(change, &format!("The target refused it: {}", e.summary())))?;
+            }
+        }
+        self.info = None;
+        self.begin().await
     }
 
     /// A type name from a schema-change report that the target knows (it goes into
@@ -474,6 +524,10 @@ impl JdbcConnector {
         self.begin().await?;
         let mut refused = Vec::new();
         for (i, r) in batch.records.iter().enumerate().filter(|(_, r)| r.commit_lsn >= stored) {
+            if self.target.dialect == Dialect::MySql && matches!(r.draft.payload, Payload::Schema(_)) {
+                // Its DDL would commit what this rolls back: rows past it are not probed.
+                break;
+            }
             self.backend().await?.execute("SAVEPOINT pg_sink_row", &[]).await?;
             match self.apply(&[r]).await {
                 Ok(()) => {
@@ -556,6 +610,31 @@ mod tests {
 
     fn target(pairs: &[(&str, &str)]) -> Result<Target> {
         parse_target(&ConnectorConfig::for_test(pairs))
+    }
+
+    #[test]
+    fn schema_changes_map_postgres_types_to_mariadb_columns() {
+        let cases = [
+            ("integer", Some("INT")),
+            ("bigint", Some("BIGINT")),
+            ("numeric(8,2)", Some("DECIMAL(8,2)")),
+            ("numeric", Some("DECIMAL(65,30)")),
+            ("numeric(70,2)", None),
+            ("character varying(40)", Some("VARCHAR(40)")),
+            ("character varying", Some("LONGTEXT")),
+            ("text", Some("LONGTEXT")),
+            ("character(5)", Some("CHAR(5)")),
+            ("timestamp(3) with time zone", Some("DATETIME(3)")),
+            ("timestamp without time zone", Some("DATETIME(6)")),
+            ("time(0) without time zone", Some("TIME(0)")),
+            ("jsonb", Some("JSON")),
+            ("uuid", Some("CHAR(36)")),
+            ("integer[]", None),
+            ("tsvector", None),
+        ];
+        for (pg, my) in cases {
+            assert_eq!(mysql_type(pg).as_deref(), my, "{pg}");
+        }
     }
 
     #[test]

@@ -241,6 +241,50 @@ pub fn family(ty: &str) -> Family {
     }
 }
 
+/// The MariaDB/MySQL column type for a PostgreSQL type as `format_type` names it
+/// (a schema change adds or retypes a column to it), holding its values as the
+/// target writes them; `None` when there is none.
+pub fn mysql_type(pg: &str) -> Option<String> {
+    let t = pg.trim().to_ascii_lowercase();
+    if t.ends_with("[]") {
+        return None;
+    }
+    // "timestamp(3) with time zone": the modifier out, the words kept.
+    let (base, args) = match (t.find('('), t.find(')')) {
+        (Some(open), Some(close)) if open < close => (format!("{}{}", t[..open].trim_end(), &t[close + 1..]), Some(&t[open + 1..close])),
+        _ => (t.clone(), None),
+    };
+    let nums: Vec<u32> = args.map(|a| a.split(',').filter_map(|n| n.trim().parse().ok()).collect()).unwrap_or_default();
+    let precision = |max: u32| nums.first().copied().unwrap_or(6).min(max);
+    Some(match base.as_str() {
+        "smallint" => "SMALLINT".into(),
+        "integer" => "INT".into(),
+        "bigint" => "BIGINT".into(),
+        "real" => "FLOAT".into(),
+        "double precision" => "DOUBLE".into(),
+        "boolean" => "BOOLEAN".into(),
+        "numeric" => match nums[..] {
+            [] => "DECIMAL(65,30)".into(),
+            [p] if p <= 65 => format!("DECIMAL({p},0)"),
+            [p, s] if p <= 65 && s <= 30 && s <= p => format!("DECIMAL({p},{s})"),
+            _ => return None,
+        },
+        "text" | "character varying" if nums.is_empty() => "LONGTEXT".into(),
+        "character varying" => format!("VARCHAR({})", nums[0]),
+        "character" => match nums.first().copied().unwrap_or(1) {
+            n if n <= 255 => format!("CHAR({n})"),
+            _ => return None,
+        },
+        "bytea" => "LONGBLOB".into(),
+        "date" => "DATE".into(),
+        "timestamp without time zone" | "timestamp with time zone" => format!("DATETIME({})", precision(6)),
+        "time without time zone" => format!("TIME({})", precision(6)),
+        "json" | "jsonb" => "JSON".into(),
+        "uuid" => "CHAR(36)".into(),
+        _ => return None,
+    })
+}
+
 /// Whether a target column of type `target` takes the text of a source `source` value.
 pub fn compatible(source: &str, target: &str) -> bool {
     if source.eq_ignore_ascii_case(target) {
