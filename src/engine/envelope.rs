@@ -198,6 +198,9 @@ pub struct Envelope {
     /// Debezium's own behaviour in the debezium envelope: a tombstone after each
     /// delete, and a key change as a delete, a tombstone and a create.
     pub debezium_compat: bool,
+    /// Debezium's `tombstones.on.delete` (under `debezium_compat`): a tombstone
+    /// follows each delete.
+    pub tombstones: bool,
     /// Debezium's `provide.transaction.metadata`: BEGIN and END events around each
     /// transaction's events, and a `transaction` block in each event.
     pub transaction_metadata: bool,
@@ -224,6 +227,7 @@ impl Envelope {
             sink_name: sink_name.into(),
             database: database.into(),
             debezium_compat: false,
+            tombstones: true,
             transaction_metadata: false,
             last_commit: None,
             counts: (0, Vec::new()),
@@ -234,6 +238,12 @@ impl Envelope {
     /// Behave as Debezium does (see [`Envelope::debezium_compat`]).
     pub fn debezium_compat(mut self, on: bool) -> Self {
         self.debezium_compat = on;
+        self
+    }
+
+    /// Tombstones after deletes under `debezium_compat` (see [`Envelope::tombstones`]).
+    pub fn tombstones(mut self, on: bool) -> Self {
+        self.tombstones = on;
         self
     }
 
@@ -402,7 +412,9 @@ impl Envelope {
                         let old_key = self.key_of(relation, &key, &old_cells);
                         let before = Self::image(relation, &all, &old_cells);
                         out.push(Draft { key: old_key.clone(), payload: self.event(txn, relation, lsn, Some(before), None, Op::Delete), op: Op::Delete });
-                        out.push(Draft { key: old_key, payload: Payload::Tombstone, op: Op::Delete });
+                        if self.tombstones {
+                            out.push(Draft { key: old_key, payload: Payload::Tombstone, op: Op::Delete });
+                        }
                         let after = Self::image(relation, &all, &cells);
                         out.push(Draft {
                             key: self.key_of(relation, &key, &cells),
@@ -446,7 +458,7 @@ impl Envelope {
                         out.push(Draft { key: key.clone(), payload: event, op: Op::Delete });
                         // Debezium follows a delete with a tombstone for its key, so
                         // compacted topics forget the row.
-                        if self.debezium_compat && key.is_some() {
+                        if self.debezium_compat && self.tombstones && key.is_some() {
                             out.push(Draft { key, payload: Payload::Tombstone, op: Op::Delete });
                         }
                     }

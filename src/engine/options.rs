@@ -53,6 +53,10 @@ pub struct SinkDefinition {
     pub debezium_compat: bool,
     /// Keys and values as Kafka Connect's `{"schema", "payload"}` (`schemas.enable`).
     pub connect_schemas: bool,
+    /// Debezium's handling modes of values (`decimal.handling.mode`, ...).
+    pub debezium_modes: crate::engine::encoder::debezium::Modes,
+    /// A tombstone after each delete (`tombstones.on.delete`, under `debezium.compat`).
+    pub tombstones_on_delete: bool,
     /// Debezium's transaction metadata (`provide.transaction.metadata`): BEGIN and
     /// END events, and each event's place in its transaction.
     pub transaction_metadata: bool,
@@ -97,6 +101,11 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("unchanged_toast", "an UPDATE's unchanged TOASTed column: fetch (default), placeholder or fail"),
     ("schemas.enable", "debezium.compat: keys and values as Kafka Connect's JSON with schemas, {\"schema\": .., \"payload\": ..} (default false)"),
     ("debezium.compat", "debezium envelope: Debezium's value forms, primary-key record keys, tombstones after deletes (default false)"),
+    ("decimal.handling.mode", "debezium.compat: numeric as precise (default: Debezium's bytes), string or double"),
+    ("time.precision.mode", "debezium.compat: adaptive (default), adaptive_time_microseconds or connect (Kafka Connect's Date, Time, Timestamp)"),
+    ("binary.handling.mode", "debezium.compat: bytea as bytes (default), base64, base64-url-safe or hex"),
+    ("interval.handling.mode", "debezium.compat: interval as numeric microseconds (default) or string (ISO 8601)"),
+    ("tombstones.on.delete", "debezium.compat: a tombstone follows each delete (default true)"),
     ("provide.transaction.metadata", "debezium.compat: BEGIN and END events around each transaction (Kafka: on transaction_topic) and a transaction block in each event (default false)"),
     ("max_retained_wal", "the most WAL the sink's slot may hold back, e.g. 10GB (default: pg_sink.max_retained_wal)"),
     ("wal_retention_policy", "past max_retained_wal: pause (default), fail or resnapshot"),
@@ -194,6 +203,23 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
             .detail("Kafka Connect schemas describe Debezium's value forms.")
             .hint("Set envelope => 'debezium' and \"debezium.compat\": true, or drop schemas.enable."));
     }
+    let mut debezium_modes = crate::engine::encoder::debezium::Modes::default();
+    for (option, _) in crate::engine::encoder::debezium::MODE_OPTIONS {
+        if let Some(value) = opts.remove(*option) {
+            if !debezium_compat {
+                return Err(SinkError::config(format!("{option} requires debezium.compat"))
+                    .detail("It is one of Debezium's handling modes, for values in Debezium's forms.")
+                    .hint(format!("Set envelope => 'debezium' and \"debezium.compat\": true, or drop {option}.")));
+            }
+            debezium_modes.set(option, &value)?;
+        }
+    }
+    let tombstones_given = opts.contains_key("tombstones.on.delete");
+    let tombstones_on_delete = bool_opt(&mut opts, "tombstones.on.delete", true)?;
+    if tombstones_given && !debezium_compat {
+        return Err(SinkError::config("tombstones.on.delete requires debezium.compat")
+            .hint("Set envelope => 'debezium' and \"debezium.compat\": true, or drop tombstones.on.delete."));
+    }
     let transaction_metadata = bool_opt(&mut opts, "provide.transaction.metadata", false)?;
     if transaction_metadata && !debezium_compat {
         return Err(SinkError::config("provide.transaction.metadata requires debezium.compat")
@@ -256,6 +282,8 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         debezium_compat,
         connect_schemas,
         transaction_metadata,
+        debezium_modes,
+        tombstones_on_delete,
         max_retained_wal,
         wal_retention_policy,
         errors_policy,
@@ -487,6 +515,9 @@ mod tests {
             ("file", &[("envelope", "debezium"), ("format", "avro"), ("debezium.compat", "on")], "debezium.compat needs value format json"),
             ("file", &[("envelope", "debezium"), ("debezium.compat", "maybe")], "boolean option \"debezium.compat\""),
             ("file", &[("envelope", "debezium"), ("provide.transaction.metadata", "true")], "provide.transaction.metadata requires debezium.compat"),
+            ("file", &[("envelope", "debezium"), ("decimal.handling.mode", "string")], "decimal.handling.mode requires debezium.compat"),
+            ("file", &[("envelope", "debezium"), ("debezium.compat", "true"), ("time.precision.mode", "micro")], "invalid value for option \"time.precision.mode\""),
+            ("file", &[("envelope", "upsert"), ("tombstones.on.delete", "false")], "tombstones.on.delete requires debezium.compat"),
             ("table", &[("envelope", "debezium"), ("debezium.compat", "true"), ("provide.transaction.metadata", "true")], "cannot deliver transaction metadata"),
             ("file", &[("key_not_enforced", "true")], "NOT ENFORCED requires a KEY"),
             ("file", &[("schedule", "hourly")], "invalid value for option \"schedule\""),

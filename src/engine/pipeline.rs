@@ -95,6 +95,7 @@ impl Pipeline {
             subject_base: def.connector_options.get("topic").cloned().unwrap_or_else(|| sink_name.to_string()),
             debezium: def.envelope == EnvelopeKind::Debezium,
             debezium_compat: def.debezium_compat,
+            debezium_modes: def.debezium_modes,
             connect_schemas: def.connect_schemas.then(|| sink_name.to_string()),
         };
         let mut decoder = Decoder::new();
@@ -103,7 +104,8 @@ impl Pipeline {
             decoder,
             envelope: Envelope::new(def.envelope, def.force_append_only, def.key_columns.clone(), sink_name, database)
                 .debezium_compat(def.debezium_compat)
-                .transaction_metadata(def.transaction_metadata),
+                .transaction_metadata(def.transaction_metadata)
+                .tombstones(def.tombstones_on_delete),
             key_encoder: formats::build(&def.key_format, Role::Key, &ctx)?,
             value_encoder: formats::build(&def.value_format, Role::Value, &ctx)?,
             needs_meta: def.key_format == "avro" || def.value_format == "avro" || def.connect_schemas,

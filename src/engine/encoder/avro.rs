@@ -684,6 +684,8 @@ pub struct EncoderContext {
     pub debezium: bool,
     /// ... in Debezium's own value forms (JSON only).
     pub debezium_compat: bool,
+    /// Debezium's handling modes (`debezium.compat`).
+    pub debezium_modes: super::debezium::Modes,
     /// ... wrapped with Kafka Connect schemas, named under this prefix (the
     /// sink's name, Debezium's `topic.prefix`).
     pub connect_schemas: Option<String>,

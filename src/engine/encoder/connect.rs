@@ -27,6 +27,7 @@
 
 use serde_json::{json, Value};
 
+use super::debezium::{BinaryMode, DecimalMode, Modes, TimeMode};
 use crate::engine::change::{Column, Relation};
 use crate::engine::envelope::RowImage;
 use crate::engine::types::{PgType, TypeKind};
@@ -36,8 +37,8 @@ fn named(ty: &str, name: &str) -> Value {
 }
 
 /// A column type's schema, without `optional` and `field`.
-fn type_schema(ty: &PgType, typmod: i32, rel: &Relation) -> Value {
-    let precision = if typmod >= 0 { typmod } else { 6 };
+fn type_schema(ty: &PgType, typmod: i32, rel: &Relation, modes: &Modes) -> Value {
+    let connect = modes.time == TimeMode::Connect;
     match &ty.kind {
         TypeKind::Int2 => json!({"type": "int16"}),
         TypeKind::Int4 => json!({"type": "int32"}),
@@ -45,6 +46,8 @@ fn type_schema(ty: &PgType, typmod: i32, rel: &Relation) -> Value {
         TypeKind::Float4 => json!({"type": "float"}),
         TypeKind::Float8 => json!({"type": "double"}),
         TypeKind::Bool => json!({"type": "boolean"}),
+        TypeKind::Numeric if modes.decimal == DecimalMode::String => json!({"type": "string"}),
+        TypeKind::Numeric if modes.decimal == DecimalMode::Double => json!({"type": "double"}),
         TypeKind::Numeric if typmod >= 4 => {
             let (p, s) = (((typmod - 4) >> 16) & 0xffff, (typmod - 4) & 0xffff);
             json!({"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal", "version": 1,
@@ -55,14 +58,19 @@ fn type_schema(ty: &PgType, typmod: i32, rel: &Relation) -> Value {
             "fields": [{"type": "int32", "optional": false, "field": "scale"}, {"type": "bytes", "optional": false, "field": "value"}],
             "name": "io.debezium.data.VariableScaleDecimal", "version": 1, "doc": "Variable scaled decimal"
         }),
-        TypeKind::Bytea => json!({"type": "bytes"}),
+        TypeKind::Bytea if modes.binary == BinaryMode::Bytes => json!({"type": "bytes"}),
+        TypeKind::Bytea => json!({"type": "string"}),
+        TypeKind::Date if connect => named("int32", "org.apache.kafka.connect.data.Date"),
         TypeKind::Date => named("int32", "io.debezium.time.Date"),
-        TypeKind::Time if precision <= 3 => named("int32", "io.debezium.time.Time"),
+        TypeKind::Time if connect => named("int32", "org.apache.kafka.connect.data.Time"),
+        TypeKind::Time if modes.millis(&ty.kind, typmod) => named("int32", "io.debezium.time.Time"),
         TypeKind::Time => named("int64", "io.debezium.time.MicroTime"),
         TypeKind::TimeTz => named("string", "io.debezium.time.ZonedTime"),
-        TypeKind::Timestamp if precision <= 3 => named("int64", "io.debezium.time.Timestamp"),
+        TypeKind::Timestamp if connect => named("int64", "org.apache.kafka.connect.data.Timestamp"),
+        TypeKind::Timestamp if modes.millis(&ty.kind, typmod) => named("int64", "io.debezium.time.Timestamp"),
         TypeKind::Timestamp => named("int64", "io.debezium.time.MicroTimestamp"),
         TypeKind::TimestampTz => named("string", "io.debezium.time.ZonedTimestamp"),
+        TypeKind::Interval if modes.interval_string => named("string", "io.debezium.time.Interval"),
         TypeKind::Interval => named("int64", "io.debezium.time.MicroDuration"),
         TypeKind::Uuid => named("string", "io.debezium.data.Uuid"),
         TypeKind::Json | TypeKind::Jsonb => named("string", "io.debezium.data.Json"),
@@ -71,7 +79,7 @@ fn type_schema(ty: &PgType, typmod: i32, rel: &Relation) -> Value {
             json!({"type": "string", "name": "io.debezium.data.Enum", "version": 1, "parameters": {"allowed": allowed}})
         }
         TypeKind::Array(elem) => {
-            let mut items = type_schema(elem, -1, rel);
+            let mut items = type_schema(elem, -1, rel, modes);
             items["optional"] = Value::Bool(true);
             json!({"type": "array", "items": items})
         }
@@ -79,8 +87,8 @@ fn type_schema(ty: &PgType, typmod: i32, rel: &Relation) -> Value {
     }
 }
 
-fn column_schema(rel: &Relation, index: usize, column: &Column) -> Value {
-    let mut s = type_schema(&column.ty, column.type_modifier, rel);
+fn column_schema(rel: &Relation, index: usize, column: &Column, modes: &Modes) -> Value {
+    let mut s = type_schema(&column.ty, column.type_modifier, rel, modes);
     let not_null = rel.meta.as_ref().and_then(|m| m.not_null.get(index).copied()).unwrap_or(false);
     s["optional"] = Value::Bool(!not_null);
     s["field"] = Value::String(column.name.clone());
@@ -88,15 +96,15 @@ fn column_schema(rel: &Relation, index: usize, column: &Column) -> Value {
 }
 
 /// The struct of a row image's columns (`<prefix>.<schema>.<table>.Key|Value`).
-fn row_struct(row: &RowImage, prefix: &str, suffix: &str, optional: bool) -> Value {
+fn row_struct(row: &RowImage, prefix: &str, suffix: &str, optional: bool, modes: &Modes) -> Value {
     let rel = &row.relation;
-    let fields: Vec<Value> = row.indices.iter().map(|&i| column_schema(rel, i, &rel.columns[i])).collect();
+    let fields: Vec<Value> = row.indices.iter().map(|&i| column_schema(rel, i, &rel.columns[i], modes)).collect();
     json!({"type": "struct", "fields": fields, "optional": optional, "name": format!("{prefix}.{}.{}.{suffix}", rel.namespace, rel.name)})
 }
 
 /// The key's schema.
-pub fn key_schema(key: &RowImage, prefix: &str) -> Value {
-    row_struct(key, prefix, "Key", false)
+pub fn key_schema(key: &RowImage, prefix: &str, modes: &Modes) -> Value {
+    row_struct(key, prefix, "Key", false, modes)
 }
 
 fn field(mut schema: Value, name: &str) -> Value {
@@ -167,8 +175,8 @@ pub const TRANSACTION_VALUE_SCHEMA: &str = concat!(
 );
 
 /// The value's schema: the `Envelope` of `before`/`after` rows of `image`'s shape.
-pub fn envelope_schema(image: &RowImage, prefix: &str) -> Value {
-    let value = row_struct(image, prefix, "Value", true);
+pub fn envelope_schema(image: &RowImage, prefix: &str, modes: &Modes) -> Value {
+    let value = row_struct(image, prefix, "Value", true, modes);
     let rel = &image.relation;
     json!({
         "type": "struct",
@@ -210,10 +218,16 @@ pub enum Part {
 /// record. Entries hold their relation, so a pointer is never reused while cached.
 #[derive(Debug, Default)]
 pub struct SchemaCache {
+    /// The sink's handling modes, which decide some columns' schemas.
+    modes: Modes,
     entries: std::sync::Mutex<Vec<(Part, std::sync::Arc<crate::engine::change::Relation>, std::sync::Arc<[usize]>, std::sync::Arc<str>)>>,
 }
 
 impl SchemaCache {
+    pub fn new(modes: Modes) -> Self {
+        SchemaCache { modes, ..Default::default() }
+    }
+
     /// Shapes kept (a sink has one table; its shape changes with its schema).
     const KEEP: usize = 8;
 
@@ -223,8 +237,8 @@ impl SchemaCache {
             return s.clone();
         }
         let schema = match part {
-            Part::Key => key_schema(image, prefix),
-            Part::Value => envelope_schema(image, prefix),
+            Part::Key => key_schema(image, prefix, &self.modes),
+            Part::Value => envelope_schema(image, prefix, &self.modes),
         };
         let text: std::sync::Arc<str> = serde_json::to_string(&schema).unwrap_or_else(|_| "null".into()).into();
         if entries.len() >= Self::KEEP {
@@ -261,7 +275,7 @@ mod tests {
         rel.meta = Some(Arc::new(RelationMeta { not_null: vec![true, false, false, false, false, false], ..Default::default() }));
         let rel = Arc::new(rel);
         let image = RowImage { relation: rel.clone(), indices: (0..6).collect::<Vec<_>>().into(), cells: Vec::new().into() };
-        let env = envelope_schema(&image, "srv");
+        let env = envelope_schema(&image, "srv", &Modes::default());
         assert_eq!(env["name"], "srv.public.t.Envelope");
         let after = &fields_of(&env)["after"];
         assert_eq!((after["name"].as_str(), after["optional"].as_bool()), (Some("srv.public.t.Value"), Some(true)));
@@ -272,7 +286,7 @@ mod tests {
         assert_eq!((cols["at"]["name"].as_str(), cols["at3"]["name"].as_str()), (Some("io.debezium.time.MicroTimestamp"), Some("io.debezium.time.Timestamp")));
         assert_eq!(cols["tags"], json!({"type": "array", "items": {"type": "string", "optional": true}, "optional": true, "field": "tags"}));
         let key = RowImage { relation: rel, indices: vec![0].into(), cells: Vec::new().into() };
-        assert_eq!(key_schema(&key, "srv")["fields"], json!([{"type": "int32", "optional": false, "field": "id"}]));
+        assert_eq!(key_schema(&key, "srv", &Modes::default())["fields"], json!([{"type": "int32", "optional": false, "field": "id"}]));
         let mut out = Vec::new();
         wrap(r#"{"type":"int32"}"#, b"7", &mut out);
         assert_eq!(out, br#"{"schema":{"type":"int32"},"payload":7}"#);
@@ -280,7 +294,7 @@ mod tests {
         let cache = SchemaCache::default();
         let first = cache.get(Part::Value, &image, "srv");
         assert!(std::sync::Arc::ptr_eq(&first, &cache.get(Part::Value, &image, "srv")), "cached");
-        assert_eq!(&*first, serde_json::to_string(&envelope_schema(&image, "srv")).unwrap());
-        assert_eq!(&*cache.get(Part::Key, &key, "srv"), serde_json::to_string(&key_schema(&key, "srv")).unwrap());
+        assert_eq!(&*first, serde_json::to_string(&envelope_schema(&image, "srv", &Modes::default())).unwrap());
+        assert_eq!(&*cache.get(Part::Key, &key, "srv"), serde_json::to_string(&key_schema(&key, "srv", &Modes::default())).unwrap());
     }
 }

@@ -24,6 +24,12 @@
 //! [`super::json::cell_to_json`]. Values without a Debezium form here (numeric
 //! NaN, infinite dates and timestamps) keep their text.
 //!
+//! Debezium's other handling modes change some forms ([`Modes`], each under
+//! Debezium's option name): `decimal.handling.mode = string | double`,
+//! `time.precision.mode = adaptive_time_microseconds | connect`,
+//! `binary.handling.mode = base64 | base64-url-safe | hex` and
+//! `interval.handling.mode = string`.
+//!
 //! [`write_row`] is the `json` format's row writer in this mode: the events'
 //! layout stays the `json` format's, with the fields Debezium 3 adds.
 
@@ -37,11 +43,95 @@ use crate::engine::envelope::RowImage;
 use crate::engine::error::{Result, SinkError};
 use crate::engine::types::TypeKind;
 
+/// `decimal.handling.mode`: `numeric` as bytes (precise), its text, or a double.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DecimalMode {
+    #[default]
+    Precise,
+    String,
+    Double,
+}
+
+/// `time.precision.mode`: `adaptive` follows each column's precision;
+/// `adaptive_time_microseconds` makes every `time` microseconds; `connect` uses
+/// Kafka Connect's own Date, Time and Timestamp (milliseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimeMode {
+    #[default]
+    Adaptive,
+    AdaptiveTimeMicroseconds,
+    Connect,
+}
+
+/// `binary.handling.mode`: `bytea` as bytes (base64 in JSON) or as a string.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BinaryMode {
+    #[default]
+    Bytes,
+    Base64,
+    Base64UrlSafe,
+    Hex,
+}
+
+/// Debezium's handling modes of a sink in the compatible mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Modes {
+    pub decimal: DecimalMode,
+    pub time: TimeMode,
+    pub binary: BinaryMode,
+    /// `interval.handling.mode = string`: ISO 8601 durations (`numeric`: microseconds).
+    pub interval_string: bool,
+}
+
+/// The modes' options, as Debezium names them, with their values.
+pub const MODE_OPTIONS: &[(&str, &[&str])] = &[
+    ("decimal.handling.mode", &["precise", "string", "double"]),
+    ("time.precision.mode", &["adaptive", "adaptive_time_microseconds", "connect"]),
+    ("binary.handling.mode", &["bytes", "base64", "base64-url-safe", "hex"]),
+    ("interval.handling.mode", &["numeric", "string"]),
+];
+
+impl Modes {
+    /// Set the mode `option` to `value` (both checked against [`MODE_OPTIONS`]).
+    pub fn set(&mut self, option: &str, value: &str) -> Result<()> {
+        let v = value.trim().to_ascii_lowercase();
+        let bad = || {
+            let allowed = MODE_OPTIONS.iter().find(|(o, _)| *o == option).map_or(&[][..], |(_, v)| *v);
+            SinkError::config(format!("invalid value for option \"{option}\": \"{value}\"")).hint(format!("Use one of: {}.", allowed.join(", ")))
+        };
+        match (option, v.as_str()) {
+            ("decimal.handling.mode", "precise") => self.decimal = DecimalMode::Precise,
+            ("decimal.handling.mode", "string") => self.decimal = DecimalMode::String,
+            ("decimal.handling.mode", "double") => self.decimal = DecimalMode::Double,
+            ("time.precision.mode", "adaptive") => self.time = TimeMode::Adaptive,
+            ("time.precision.mode", "adaptive_time_microseconds") => self.time = TimeMode::AdaptiveTimeMicroseconds,
+            ("time.precision.mode", "connect") => self.time = TimeMode::Connect,
+            ("binary.handling.mode", "bytes") => self.binary = BinaryMode::Bytes,
+            ("binary.handling.mode", "base64") => self.binary = BinaryMode::Base64,
+            ("binary.handling.mode", "base64-url-safe") => self.binary = BinaryMode::Base64UrlSafe,
+            ("binary.handling.mode", "hex") => self.binary = BinaryMode::Hex,
+            ("interval.handling.mode", "numeric") => self.interval_string = false,
+            ("interval.handling.mode", "string") => self.interval_string = true,
+            _ => return Err(bad()),
+        }
+        Ok(())
+    }
+
+    /// `time` and `timestamp` of precision `typmod` in milliseconds (else microseconds).
+    pub fn millis(&self, kind: &TypeKind, typmod: i32) -> bool {
+        match (self.time, kind) {
+            (TimeMode::Connect, _) => true,
+            (TimeMode::AdaptiveTimeMicroseconds, TypeKind::Time) => false,
+            _ => (0..=3).contains(&typmod),
+        }
+    }
+}
+
 /// A row image (or key) with each value in Debezium's form: the `json` format's
 /// row writer for sinks with `debezium.compat`.
-pub fn write_row(row: &RowImage, out: &mut Vec<u8>) -> Result<()> {
+pub fn write_row(row: &RowImage, modes: &Modes, out: &mut Vec<u8>) -> Result<()> {
     write_row_with(row, out, |column, text, out| {
-        write_value(&cell(column, text)?, out);
+        write_value(&cell(column, text, modes)?, out);
         Ok(())
     })
 }
@@ -55,7 +145,7 @@ fn b64(bytes: &[u8]) -> Value {
 }
 
 /// One non-NULL text-format value of `column` in Debezium's form.
-pub fn cell(column: &Column, text: &str) -> Result<Value> {
+pub fn cell(column: &Column, text: &str, modes: &Modes) -> Result<Value> {
     let ty = &column.ty;
     let typmod = column.type_modifier;
     let special = matches!(text, "NaN" | "infinity" | "-infinity" | "Infinity" | "-Infinity");
@@ -63,6 +153,11 @@ pub fn cell(column: &Column, text: &str) -> Result<Value> {
         return cell_to_json(ty, text);
     }
     match &ty.kind {
+        TypeKind::Numeric if modes.decimal == DecimalMode::String => Ok(Value::String(text.to_owned())),
+        TypeKind::Numeric if modes.decimal == DecimalMode::Double => {
+            let v: f64 = text.parse().map_err(|_| SinkError::permanent(format!("malformed {} value: not a number", ty.name)))?;
+            Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
         TypeKind::Numeric if typmod >= 4 => {
             let (precision, scale) = ((((typmod - 4) >> 16) & 0xffff) as u32, ((typmod - 4) & 0xffff) as u32);
             Ok(b64(&decimal_bytes(ty, text, precision, scale)?))
@@ -73,18 +168,22 @@ pub fn cell(column: &Column, text: &str) -> Result<Value> {
         }
         TypeKind::Bytea => {
             let bytes = super::bytea_from_hex(text).ok_or_else(|| SinkError::permanent(format!("malformed {} value: not hex", ty.name)))?;
-            Ok(b64(&bytes))
+            Ok(match modes.binary {
+                BinaryMode::Bytes | BinaryMode::Base64 => b64(&bytes),
+                BinaryMode::Base64UrlSafe => Value::String(base64::engine::general_purpose::URL_SAFE.encode(&bytes)),
+                BinaryMode::Hex => Value::String(text[2..].to_owned()),
+            })
         }
         TypeKind::Json | TypeKind::Jsonb => Ok(Value::String(text.to_owned())),
         TypeKind::Date => Ok(Value::from(date_days(ty, text)?)),
         TypeKind::Time => {
             let micros = time_micros(ty, text)?;
-            Ok(Value::from(if (0..=3).contains(&typmod) { micros / 1000 } else { micros }))
+            Ok(Value::from(if modes.millis(&ty.kind, typmod) { micros / 1000 } else { micros }))
         }
         TypeKind::TimeTz => time_in_utc(column, text).map(Value::String),
         TypeKind::Timestamp => {
             let micros = micros_of(column, text, false)?;
-            Ok(Value::from(if (0..=3).contains(&typmod) { micros.div_euclid(1000) } else { micros }))
+            Ok(Value::from(if modes.millis(&ty.kind, typmod) { micros.div_euclid(1000) } else { micros }))
         }
         TypeKind::TimestampTz => {
             let digits = if (0..=6).contains(&typmod) { typmod as u32 } else { 6 };
@@ -92,10 +191,24 @@ pub fn cell(column: &Column, text: &str) -> Result<Value> {
         }
         TypeKind::Interval => {
             let (months, days, micros) = interval_parts(ty, text)?;
+            if modes.interval_string {
+                return Ok(Value::String(iso_duration(months, days, micros)));
+            }
             Ok(Value::from(i64::from(months) * MONTH_MICROS + i64::from(days) * DAY_MICROS + micros))
         }
         _ => cell_to_json(ty, text),
     }
+}
+
+/// An interval as Debezium's ISO 8601 string (`io.debezium.time.Interval`):
+/// `P<y>Y<m>M<d>DT<h>H<m>M<s>S`, every part written, seconds with their fraction.
+fn iso_duration(months: i32, days: i32, micros: i64) -> String {
+    let (years, months) = (months / 12, months % 12);
+    let (hours, rest) = (micros / 3_600_000_000, micros % 3_600_000_000);
+    let (minutes, rest) = (rest / 60_000_000, rest % 60_000_000);
+    let sign = if rest < 0 { "-" } else { "" };
+    let (secs, frac) = ((rest / 1_000_000).abs(), (rest % 1_000_000).abs());
+    format!("P{years}Y{months}M{days}DT{hours}H{minutes}M{sign}{secs}{}S", fraction(frac))
 }
 
 fn micros_of(column: &Column, text: &str, with_zone: bool) -> Result<i64> {
@@ -190,7 +303,7 @@ mod tests {
             (23, -1, "42", json!(42)),
         ];
         for (oid, typmod, text, want) in cases {
-            assert_eq!(&cell(&col(*oid, *typmod), text).unwrap(), want, "{oid} {text}");
+            assert_eq!(&cell(&col(*oid, *typmod), text, &Modes::default()).unwrap(), want, "{oid} {text}");
         }
     }
 
@@ -205,7 +318,7 @@ mod tests {
             columns: vec![col("id", 23, true), col("at", 1184, false), col("doc", 3802, false)],
             meta: None,
         });
-        let enc = JsonEncoder::with_rows(write_row, true);
+        let enc = JsonEncoder::debezium(Modes::default());
         let mut env = Envelope::new(EnvelopeKind::Debezium, false, vec!["id".into()], "s", "db").debezium_compat(true);
         let row = |id: &str| vec![t(id), t("2024-07-03 16:43:05.5+00"), t(r#"{"a": 1}"#)];
         let run = |env: &mut Envelope, change: Change| {
@@ -247,9 +360,42 @@ mod tests {
         assert!(v.get("ts_us").is_none());
     }
 
+    /// The values Debezium 3.6.1 wrote under its other handling modes (the
+    /// oracle test's "modes" runs).
+    #[test]
+    fn handling_modes_change_the_forms_as_debezium_s_do() {
+        let mut m = Modes::default();
+        for (o, v) in [("decimal.handling.mode", "string"), ("time.precision.mode", "connect"), ("binary.handling.mode", "hex"), ("interval.handling.mode", "string")] {
+            m.set(o, v).unwrap();
+        }
+        let numeric_12_3 = ((12 << 16) | 3) + 4;
+        let cases: &[(u32, i32, &str, Value)] = &[
+            (1700, -1, "12345678901234567890.123456789", json!("12345678901234567890.123456789")),
+            (1700, numeric_12_3, "0.000", json!("0.000")),
+            (17, -1, "\\x00ff10", json!("00ff10")),
+            (1082, -1, "2024-02-29", json!(19782)),
+            (1083, -1, "13:14:15.123456", json!(47_655_123)),
+            (1114, -1, "2024-07-03 18:43:05.312345", json!(1_720_032_185_312i64)),
+            (1186, -1, "1 year 2 mons 3 days 04:05:06.789", json!("P1Y2M3DT4H5M6.789S")),
+            (1186, -1, "-1 days +02:03:00.5", json!("P0Y0M-1DT2H3M0.5S")),
+        ];
+        for (oid, typmod, text, want) in cases {
+            assert_eq!(&cell(&col(*oid, *typmod), text, &m).unwrap(), want, "{oid} {text}");
+        }
+        let mut m = Modes::default();
+        for (o, v) in [("decimal.handling.mode", "double"), ("time.precision.mode", "adaptive_time_microseconds"), ("binary.handling.mode", "base64-url-safe")] {
+            m.set(o, v).unwrap();
+        }
+        assert_eq!(cell(&col(1700, -1), "-2.5", &m).unwrap(), json!(-2.5));
+        assert_eq!(cell(&col(1083, 3), "13:14:15.123", &m).unwrap(), json!(47_655_123_000i64), "time in microseconds at any precision");
+        assert_eq!(cell(&col(1114, 3), "2024-07-03 18:43:05.312", &m).unwrap(), json!(1_720_032_185_312i64), "timestamps stay adaptive");
+        assert_eq!(cell(&col(17, -1), "\\xfbff", &m).unwrap(), json!("-_8="));
+        assert!(m.set("binary.handling.mode", "octal").unwrap_err().hint.unwrap().contains("base64-url-safe"));
+    }
+
     #[test]
     fn a_negative_unconstrained_numeric_keeps_its_sign_and_scale() {
-        let v = cell(&col(1700, -1), "-1.50").unwrap();
+        let v = cell(&col(1700, -1), "-1.50", &Modes::default()).unwrap();
         // -150 at scale 2: two's complement 0xFF6A.
         assert_eq!(v, json!({"scale": 2, "value": "/2o="}));
     }

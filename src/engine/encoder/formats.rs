@@ -2,7 +2,7 @@
 //! which encoder each name builds.
 
 use super::avro::{self, EncoderContext};
-use super::{debezium, json, text, Encoder, Role};
+use super::{json, text, Encoder, Role};
 use crate::engine::error::{Result, SinkError};
 
 /// Formats the engine offers.
@@ -19,7 +19,7 @@ pub fn check_format(format: &str) -> Result<()> {
 pub fn build(format: &str, role: Role, ctx: &EncoderContext) -> Result<Box<dyn Encoder>> {
     match format.to_ascii_lowercase().as_str() {
         "json" if ctx.debezium_compat => {
-            let e = json::JsonEncoder::with_rows(debezium::write_row, true);
+            let e = json::JsonEncoder::debezium(ctx.debezium_modes);
             Ok(Box::new(match &ctx.connect_schemas {
                 Some(prefix) => e.with_connect_schemas(prefix),
                 None => e,

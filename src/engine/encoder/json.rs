@@ -32,9 +32,9 @@ use crate::engine::types::{PgType, TypeKind};
 /// `debezium.compat` ([`super::debezium::write_row`]).
 #[derive(Debug, Clone)]
 pub struct JsonEncoder {
-    rows: RowWriter,
-    /// Debezium events carry the fields Debezium 3 adds (`ts_us`, `ts_ns`, origin).
-    debezium_fields: bool,
+    /// Rows in Debezium's forms under these modes, and Debezium events with the
+    /// fields Debezium 3 adds (`ts_us`, `ts_ns`, origin): `debezium.compat`.
+    debezium: Option<super::debezium::Modes>,
     /// Keys and Debezium values as Kafka Connect's `{"schema", "payload"}`, with
     /// schemas named under this prefix ([`super::connect`]), built once per shape.
     connect: Option<(String, std::sync::Arc<super::connect::SchemaCache>)>,
@@ -42,20 +42,29 @@ pub struct JsonEncoder {
 
 impl Default for JsonEncoder {
     fn default() -> Self {
-        JsonEncoder { rows: write_row, debezium_fields: false, connect: None }
+        JsonEncoder { debezium: None, connect: None }
     }
 }
 
 impl JsonEncoder {
-    /// Row images (and keys) written by `rows`.
-    pub fn with_rows(rows: RowWriter, debezium_fields: bool) -> Self {
-        JsonEncoder { rows, debezium_fields, connect: None }
+    /// Row images (and keys) in Debezium's forms under `modes`, events with
+    /// Debezium 3's fields.
+    pub fn debezium(modes: super::debezium::Modes) -> Self {
+        JsonEncoder { debezium: Some(modes), connect: None }
     }
 
     /// Wrap keys and Debezium values with their Kafka Connect schemas.
     pub fn with_connect_schemas(mut self, prefix: &str) -> Self {
-        self.connect = Some((prefix.to_string(), Default::default()));
+        let cache = super::connect::SchemaCache::new(self.debezium.unwrap_or_default());
+        self.connect = Some((prefix.to_string(), std::sync::Arc::new(cache)));
         self
+    }
+
+    fn row(&self, row: &RowImage, out: &mut Vec<u8>) -> Result<()> {
+        match &self.debezium {
+            Some(modes) => super::debezium::write_row(row, modes, out),
+            None => write_row(row, out),
+        }
     }
 }
 
@@ -66,7 +75,7 @@ impl Encoder for JsonEncoder {
 
     fn encode_key(&self, key: &RowImage) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(64);
-        (self.rows)(key, &mut out)?;
+        self.row(key, &mut out)?;
         if let Some((prefix, cache)) = &self.connect {
             let mut wrapped = Vec::new();
             super::connect::wrap(&cache.get(super::connect::Part::Key, key, prefix), &out, &mut wrapped);
@@ -79,16 +88,16 @@ impl Encoder for JsonEncoder {
         let mut out = Vec::with_capacity(256);
         match payload {
             Payload::Tombstone | Payload::Truncate(_) => return Ok(None),
-            Payload::Row(row) => (self.rows)(row, &mut out)?,
+            Payload::Row(row) => self.row(row, &mut out)?,
             Payload::Debezium(event) => {
-                write_debezium(event, self.debezium_fields, self.rows, &mut out)?;
+                write_debezium(event, self.debezium.is_some(), &|r, o| self.row(r, o), &mut out)?;
                 if let (Some((prefix, cache)), Some(image)) = (&self.connect, event.after.as_ref().or(event.before.as_ref())) {
                     let mut wrapped = Vec::new();
                     super::connect::wrap(&cache.get(super::connect::Part::Value, image, prefix), &out, &mut wrapped);
                     return Ok(Some(wrapped));
                 }
             }
-            Payload::Message(m) => write_message(m, self.debezium_fields, &mut out),
+            Payload::Message(m) => write_message(m, self.debezium.is_some(), &mut out),
             Payload::Schema(_) => return Ok(None),
             Payload::Transaction(t) => {
                 write_boundary(t, &mut out);
@@ -247,12 +256,12 @@ fn write_cell(ty: &PgType, text: &str, out: &mut Vec<u8>) -> Result<()> {
 }
 
 /// How a row image is written (the `json` format's values, or Debezium's).
-pub(crate) type RowWriter = fn(&RowImage, &mut Vec<u8>) -> Result<()>;
+type RowWriter<'a> = &'a dyn Fn(&RowImage, &mut Vec<u8>) -> Result<()>;
 
 /// The Debezium envelope, field for field in the order Debezium's Postgres connector
 /// writes it, with row images written by `row`. `compat` adds the fields Debezium 3
 /// has beside `ts_ms` (`ts_us`, `ts_ns`, the replication origin).
-fn write_debezium(event: &DebeziumEvent, compat: bool, row: RowWriter, out: &mut Vec<u8>) -> Result<()> {
+fn write_debezium(event: &DebeziumEvent, compat: bool, row: RowWriter<'_>, out: &mut Vec<u8>) -> Result<()> {
     let image = |image: &Option<RowImage>, out: &mut Vec<u8>| match image {
         Some(r) => row(r, out),
         None => {
