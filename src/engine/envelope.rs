@@ -124,6 +124,8 @@ pub struct DebeziumEvent {
     pub source: SourceInfo,
     /// Debezium's `transaction` block (`provide.transaction.metadata`).
     pub transaction: Option<TxBlock>,
+    /// The table a truncate event empties (it has no row image to name it).
+    pub truncated: Option<Arc<Relation>>,
 }
 
 /// Where an event stands in its transaction (Debezium's `transaction` block).
@@ -254,7 +256,7 @@ impl Envelope {
     }
 
     fn event(&self, txn: &Transaction, rel: &Relation, lsn: Lsn, before: Option<RowImage>, after: Option<RowImage>, op: Op) -> Payload {
-        Payload::Debezium(Box::new(DebeziumEvent { before, after, op, source: self.source(txn, rel, lsn), transaction: None }))
+        Payload::Debezium(Box::new(DebeziumEvent { before, after, op, source: self.source(txn, rel, lsn), transaction: None, truncated: None }))
     }
 
     fn boundary(txn: &Transaction, begin: bool, at: Lsn, event_count: u64, data_collections: Vec<(String, u64)>) -> Draft {
@@ -374,6 +376,7 @@ impl Envelope {
                         op: insert_op,
                         source: self.source(txn, relation, lsn),
                         transaction: None,
+                        truncated: None,
                     })),
                     _ => Payload::Row(Self::image(relation, &all, &cells)),
                 };
@@ -432,6 +435,7 @@ impl Envelope {
                                 op: Op::Update,
                                 source: self.source(txn, relation, lsn),
                         transaction: None,
+                        truncated: None,
                             })),
                             op: Op::Update,
                         });
@@ -480,6 +484,7 @@ impl Envelope {
                                 op: Op::Truncate,
                                 source: self.source(txn, rel, lsn),
                                 transaction: None,
+                                truncated: Some(rel.clone()),
                             })),
                             op: Op::Truncate,
                         });

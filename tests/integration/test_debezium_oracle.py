@@ -139,9 +139,10 @@ STEPS = [
     ("full", "delete of the TOASTed row", [f"DELETE FROM {TABLE} WHERE id = 1"], ["d"], None),
     ("full", "two deletes in one transaction", [f"DELETE FROM {TABLE} WHERE id = 4", f"DELETE FROM {TABLE} WHERE id = 5"], ["d", "d"], None),
 ]
+# A TRUNCATE, last, for the runs that pass it on (skipped.operations = none;
+# Debezium and pg_sink skip it by default).
+TRUNCATE_STEP = ("full", "truncate", [f"TRUNCATE {TABLE}"], ["t"], None)
 EXPECTED_EVENTS = sum(len(s[3]) for s in STEPS)
-# With provide.transaction.metadata: a BEGIN and an END around each step's events.
-EXPECTED_WITH_METADATA = EXPECTED_EVENTS + 2 * len(STEPS)
 # The first step the second sink (under REPLICA IDENTITY FULL) delivers.
 NEW_SINK_STEP = next(i for i, s in enumerate(STEPS, 1) if s[0] == "full")
 
@@ -299,7 +300,7 @@ def unwrap_schemas(records, what):
 # so their Connect schemas are compared too).
 HANDLING = {
     "handling": {"decimal.handling.mode": "string", "time.precision.mode": "connect", "binary.handling.mode": "hex",
-                 "interval.handling.mode": "string", "tombstones.on.delete": "false"},
+                 "interval.handling.mode": "string", "tombstones.on.delete": "false", "skipped.operations": "none"},
     "handling-alt": {"decimal.handling.mode": "double", "time.precision.mode": "adaptive_time_microseconds",
                      "binary.handling.mode": "base64-url-safe"},
 }
@@ -311,6 +312,10 @@ def test_debezium_oracle(db, dbz_table, mode):
     schemas = mode.endswith("schemas") or mode in HANDLING
     handling = HANDLING.get(mode, {})
     tombstones = handling.get("tombstones.on.delete", "true") == "true"
+    steps = STEPS + ([TRUNCATE_STEP] if handling.get("skipped.operations") == "none" else [])
+    events = sum(len(st[3]) for st in steps)
+    # With provide.transaction.metadata: a BEGIN and an END around each step's events.
+    expected = events + 2 * len(steps) if metadata else events
     if not tools_available():
         pytest.fail("java and mvn are needed to run Debezium (scripts/setup.sh installs them)")
     t0 = time.time()
@@ -323,7 +328,7 @@ def test_debezium_oracle(db, dbz_table, mode):
     oracle = Oracle(shlex.split(os.environ.get("PGSINK_DBZ_OPTS", "")) + (["--schemas"] if schemas else [])
                     + (["--provide.transaction.metadata=true"] if metadata else [])
                     + [f"--{k}={v}" for k, v in handling.items()],
-                    EXPECTED_WITH_METADATA if metadata else EXPECTED_EVENTS)
+                    expected)
     try:
         t1 = time.time()
         oracle.wait_streaming(db)
@@ -333,7 +338,7 @@ def test_debezium_oracle(db, dbz_table, mode):
         create_sink(db, dir_a, compat, schemas, metadata, handling)
         stop_error = None
         phase, dir_b, pg_runs = "default", None, []
-        for step_phase, _label, sqls, _ops, pg_ops in STEPS:
+        for step_phase, _label, sqls, _ops, pg_ops in steps:
             if step_phase != phase:
                 # Collect the first sink's events; after a stop, go on with a new sink
                 # under REPLICA IDENTITY FULL.
@@ -399,9 +404,10 @@ def test_debezium_oracle(db, dbz_table, mode):
     print(f"report: {REPORT_TMP}" + (f" (copied to {DOC})" if os.environ.get("PGSINK_WRITE_REPORT") == "1" else ""))
 
     # What must already agree.
-    assert [e["value"]["op"] for e in dbz] == [op for s in STEPS for op in s[3]], "the oracle saw the expected changes"
+    assert [e["value"]["op"] for e in dbz] == [op for st in steps for op in st[3]], "the oracle saw the expected changes"
     assert result["unpaired_pg"] == [], "pg_sink emitted events for transactions Debezium did not"
-    for step, got in zip(STEPS, result["txns"]):
+    assert len(result["txns"]) == len(steps)
+    for step, got in zip(steps, result["txns"]):
         _phase, label, _sqls, dbz_ops, pg_ops = step
         assert got["dbz_ops"] == dbz_ops, label
         if pg_ops == "stops":
@@ -421,7 +427,7 @@ def test_debezium_oracle(db, dbz_table, mode):
         assert left <= COMPAT_LEFT, f"differences in compatible mode: {summary(result)}"
         assert [d for d in result["diffs"] if d["field"] == "source.sequence"] == [d for d in result["diffs"] if first_of_a_new_sink(d)]
         if tombstones:
-            assert seen_tombstones == sum(op == "d" for s in STEPS for op in s[3]), "a tombstone after every delete"
+            assert seen_tombstones == sum(op == "d" for st in steps for op in st[3]), "a tombstone after every delete"
         else:
             assert all(r["value"] is not None for r in pg), "no tombstones with tombstones.on.delete = false"
     if metadata:
@@ -429,7 +435,7 @@ def test_debezium_oracle(db, dbz_table, mode):
         # pg_sink delivered (not the one the dropped sink's successor never saw).
         delivered = {e["value"]["source"]["txId"] for e in pg}
         want = [r for r in dbz_tx if int(r["value"]["id"].split(":")[0]) in delivered]
-        assert len(want) == 2 * len(delivered), "Debezium bracketed each transaction"
+        assert len(want) == 2 * len(delivered) and len(dbz_tx) == 2 * len(steps), "Debezium bracketed each transaction"
         strip = [{"key": r["key"], "value": r["value"]} for r in want]
         got = [{"key": r["key"], "value": r["value"]} for r in pg_tx]
         assert got == strip, f"transaction events differ:\npg_sink:  {got[:4]}\nDebezium: {strip[:4]}"

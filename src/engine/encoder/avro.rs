@@ -1067,6 +1067,7 @@ mod tests {
                 last_commit: None,
             },
             transaction: None,
+            truncated: None,
         };
         let mut out = Vec::new();
         write_debezium(&ev, &|_| false, &mut out).unwrap();

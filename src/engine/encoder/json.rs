@@ -91,10 +91,18 @@ impl Encoder for JsonEncoder {
             Payload::Row(row) => self.row(row, &mut out)?,
             Payload::Debezium(event) => {
                 write_debezium(event, self.debezium.is_some(), &|r, o| self.row(r, o), &mut out)?;
-                if let (Some((prefix, cache)), Some(image)) = (&self.connect, event.after.as_ref().or(event.before.as_ref())) {
-                    let mut wrapped = Vec::new();
-                    super::connect::wrap(&cache.get(super::connect::Part::Value, image, prefix), &out, &mut wrapped);
-                    return Ok(Some(wrapped));
+                if let Some((prefix, cache)) = &self.connect {
+                    // A truncate has no row: the table's whole shape names its schema.
+                    let whole = event.truncated.as_ref().map(|rel| RowImage {
+                        relation: rel.clone(),
+                        indices: (0..rel.columns.len()).collect::<Vec<_>>().into(),
+                        cells: Vec::new().into(),
+                    });
+                    if let Some(image) = event.after.as_ref().or(event.before.as_ref()).or(whole.as_ref()) {
+                        let mut wrapped = Vec::new();
+                        super::connect::wrap(&cache.get(super::connect::Part::Value, image, prefix), &out, &mut wrapped);
+                        return Ok(Some(wrapped));
+                    }
                 }
             }
             Payload::Message(m) => write_message(m, self.debezium.is_some(), &mut out),
@@ -1181,6 +1189,7 @@ mod tests {
                     last_commit: None,
                 },
                 transaction: None,
+                truncated: None,
             }))
         };
         let source = |snapshot: &str| {
