@@ -13,6 +13,9 @@
 #                                      keyed by the hash of tools/debezium's pom and
 #                                      sources; prints the cache directory
 #   scripts/debezium.sh classpath      build if needed, print the class path
+#   scripts/debezium.sh avro IN OUT    the events of a `run --with-keys --schemas`
+#                                      output under Kafka Connect's Avro mapping:
+#                                      Avro schemas and binary datums per line
 #   scripts/debezium.sh run ARGS...    build if needed, then run the oracle in the
 #                                      foreground (exec: the pid is the JVM's; SIGTERM
 #                                      stops it cleanly, exit status 143)
@@ -51,6 +54,15 @@ build() {
 case "${1:-}" in
   build) build ;;
   classpath) cat "$(build)/classpath" ;;
+  avro)
+    # What the events of a `run --with-keys --schemas` output become under Kafka
+    # Connect's Avro mapping (tools/debezium/.../AvroOfConnect.java).
+    shift
+    [ $# -eq 2 ] || die "usage: debezium.sh avro IN.jsonl OUT.jsonl"
+    java=$(find_java)
+    cp=$(cat "$(build)/classpath")
+    exec "$java" -Xmx512m -cp "$cp" pgsink.tools.AvroOfConnect "$@"
+    ;;
   run)
     shift
     java=$(find_java)

@@ -54,7 +54,7 @@ pub struct SinkDefinition {
     /// Keys and values as Kafka Connect's `{"schema", "payload"}` (`schemas.enable`).
     pub connect_schemas: bool,
     /// Debezium's handling modes of values (`decimal.handling.mode`, ...).
-    pub debezium_modes: crate::engine::encoder::debezium::Modes,
+    pub debezium_modes: crate::engine::encoder::modes::Modes,
     /// A tombstone after each delete (`tombstones.on.delete`, under `debezium.compat`).
     pub tombstones_on_delete: bool,
     /// Debezium's transaction metadata (`provide.transaction.metadata`): BEGIN and
@@ -193,8 +193,8 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
             .detail(format!("The sink's envelope is {}.", envelope.as_str()))
             .hint("Set envelope => 'debezium', or drop debezium.compat."));
     }
-    if debezium_compat && value_format != "json" {
-        return Err(SinkError::config(format!("debezium.compat needs value format json, not {value_format}"))
+    if debezium_compat && !matches!(value_format.as_str(), "json" | "avro") {
+        return Err(SinkError::config(format!("debezium.compat needs value format json or avro, not {value_format}"))
             .hint("Drop the format option (json is the default), or drop debezium.compat."));
     }
     let connect_schemas = bool_opt(&mut opts, "schemas.enable", false)?;
@@ -203,8 +203,8 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
             .detail("Kafka Connect schemas describe Debezium's value forms.")
             .hint("Set envelope => 'debezium' and \"debezium.compat\": true, or drop schemas.enable."));
     }
-    let mut debezium_modes = crate::engine::encoder::debezium::Modes::default();
-    for (option, _) in crate::engine::encoder::debezium::MODE_OPTIONS {
+    let mut debezium_modes = crate::engine::encoder::modes::Modes::default();
+    for (option, _) in crate::engine::encoder::modes::MODE_OPTIONS {
         if let Some(value) = opts.remove(*option) {
             if !debezium_compat {
                 return Err(SinkError::config(format!("{option} requires debezium.compat"))
@@ -512,7 +512,7 @@ mod tests {
             ("file", &[("envelope", "upsert"), ("type", "debezium")], "conflicting options"),
             ("file", &[("envelope", "upsert"), ("force_append_only", "true")], "force_append_only requires"),
             ("file", &[("envelope", "upsert"), ("debezium.compat", "true")], "debezium.compat requires the debezium envelope"),
-            ("file", &[("envelope", "debezium"), ("format", "avro"), ("debezium.compat", "on")], "debezium.compat needs value format json"),
+            ("file", &[("envelope", "debezium"), ("format", "text"), ("debezium.compat", "on")], "debezium.compat needs value format json or avro"),
             ("file", &[("envelope", "debezium"), ("debezium.compat", "maybe")], "boolean option \"debezium.compat\""),
             ("file", &[("envelope", "debezium"), ("provide.transaction.metadata", "true")], "provide.transaction.metadata requires debezium.compat"),
             ("file", &[("envelope", "debezium"), ("decimal.handling.mode", "string")], "decimal.handling.mode requires debezium.compat"),

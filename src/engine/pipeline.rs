@@ -96,6 +96,7 @@ impl Pipeline {
             debezium: def.envelope == EnvelopeKind::Debezium,
             debezium_compat: def.debezium_compat,
             debezium_modes: def.debezium_modes,
+            sink_name: sink_name.to_string(),
             connect_schemas: def.connect_schemas.then(|| sink_name.to_string()),
         };
         let mut decoder = Decoder::new();

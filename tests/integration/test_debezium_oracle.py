@@ -25,7 +25,9 @@ After that change the test drops the sink, sets REPLICA IDENTITY FULL and goes o
 with a new sink of the same name (Debezium keeps running). Needs java (17+) and mvn (scripts/setup.sh installs them).
 PGSINK_DBZ_OPTS adds Debezium options (`--key=value ...`) to the oracle's run.
 """
+import base64
 import hashlib
+import io
 import json
 import os
 import re
@@ -35,9 +37,12 @@ import signal
 import subprocess
 import time
 
+import fastavro
 import pytest
 
 from conftest import PORT, ROOT, file_records, one, out_dir, wait_caught_up, wait_for, wait_started
+from test_avro import BROKERS as KAFKA_BROKERS, csr, decode as avro_decode, registry, servers  # noqa: F401  (fixtures)
+from test_kafka import read_topic
 
 ORACLE = os.path.join(ROOT, "scripts", "debezium.sh")
 DOC = os.path.join(ROOT, "docs", "debezium-differences.md")
@@ -306,6 +311,42 @@ HANDLING = {
 }
 
 
+def drive(db, steps, start, collect):
+    """Run the steps through a sink: start(phase) creates it, collect() takes its
+    events before it is dropped. A change of phase drops the sink, sets REPLICA
+    IDENTITY FULL and starts a new one (Debezium keeps running). Returns the error
+    a sink stopped with at an unchanged TOAST value, if it did."""
+    start("default")
+    stop_error = None
+    phase = "default"
+    for step_phase, _label, sqls, _ops, pg_ops in steps:
+        if step_phase != phase:
+            collect()
+            db.execute("SELECT sink.drop_sink(%s)", (SINK,))
+            db.execute(f"ALTER TABLE {TABLE} REPLICA IDENTITY FULL")
+            start(step_phase)
+            phase = step_phase
+        if pg_ops == "stops":
+            # Everything before must be delivered first: a failing change fails
+            # its whole batch.
+            wait_caught_up(db, SINK)
+        run_step(db, sqls)
+        if pg_ops == "stops":
+            target = one(db, "SELECT pg_current_wal_lsn()::text")
+
+            def settled():
+                st = sink_state(db)
+                if st[0] == "failed":
+                    return st
+                done = one(db, "SELECT p.confirmed_lsn >= %s::pg_lsn FROM sink.progress p JOIN sink.sinks s ON s.id = p.sink_id WHERE s.name = %s", target, SINK)
+                return st if done else None
+            st = wait_for(settled, 120, "the sink to deliver or stop on the unchanged TOAST value")
+            stop_error = st[1] if st[0] == "failed" else None
+    wait_caught_up(db, SINK)
+    collect()
+    return stop_error
+
+
 @pytest.mark.parametrize("mode", ["default", "compat", "schemas", "metadata", "metadata-schemas", "handling", "handling-alt"])
 def test_debezium_oracle(db, dbz_table, mode):
     compat, metadata = mode != "default", mode.startswith("metadata")
@@ -334,38 +375,13 @@ def test_debezium_oracle(db, dbz_table, mode):
         oracle.wait_streaming(db)
         startup_s = time.time() - t1
 
-        dir_a = out_dir("dbz_oracle_a")
-        create_sink(db, dir_a, compat, schemas, metadata, handling)
-        stop_error = None
-        phase, dir_b, pg_runs = "default", None, []
-        for step_phase, _label, sqls, _ops, pg_ops in steps:
-            if step_phase != phase:
-                # Collect the first sink's events; after a stop, go on with a new sink
-                # under REPLICA IDENTITY FULL.
-                pg_runs.append(file_records(dir_a, SINK))
-                db.execute("SELECT sink.drop_sink(%s)", (SINK,))
-                db.execute(f"ALTER TABLE {TABLE} REPLICA IDENTITY FULL")
-                dir_b = out_dir("dbz_oracle_b")
-                create_sink(db, dir_b, compat, schemas, metadata, handling)
-                phase = step_phase
-            if pg_ops == "stops":
-                # Everything before must be delivered first: a failing change fails
-                # its whole batch.
-                wait_caught_up(db, SINK)
-            run_step(db, sqls)
-            if pg_ops == "stops":
-                target = one(db, "SELECT pg_current_wal_lsn()::text")
+        dirs, pg_runs = [], []
 
-                def settled():
-                    st = sink_state(db)
-                    if st[0] == "failed":
-                        return st
-                    done = one(db, "SELECT p.confirmed_lsn >= %s::pg_lsn FROM sink.progress p JOIN sink.sinks s ON s.id = p.sink_id WHERE s.name = %s", target, SINK)
-                    return st if done else None
-                st = wait_for(settled, 120, "the sink to deliver or stop on the unchanged TOAST value")
-                stop_error = st[1] if st[0] == "failed" else None
-        wait_caught_up(db, SINK)
-        pg_runs.append(file_records(dir_b or dir_a, SINK))
+        def start(_phase):
+            dirs.append(out_dir(f"dbz_oracle_{'ab'[len(dirs)]}"))
+            create_sink(db, dirs[-1], compat, schemas, metadata, handling)
+
+        stop_error = drive(db, steps, start, lambda: pg_runs.append(file_records(dirs[-1], SINK)))
         t2 = time.time()
         rc = oracle.wait_exit()
         drain_s = time.time() - t2
@@ -742,3 +758,110 @@ def summary(result):
     for k, fields in by_kind.items():
         parts.append(f"  {k}: {', '.join(dict.fromkeys(fields))}")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Avro: Kafka Connect's Avro mapping of Debezium's events
+
+
+def avro_records(records):
+    """(key, value) of Kafka messages in the registry's wire format, decoded with
+    the registered schemas: [(key schema, key, value schema, value)]."""
+    out = []
+    for _, k, v, _ in records:
+        row = []
+        for data in (k, v):
+            if data is None:
+                row += [None, None]
+                continue
+            sid, datum = avro_decode(data)
+            row += [json.loads(registry("GET", f"/schemas/ids/{sid}")[1]["schema"]), datum]
+        out.append(tuple(row))
+    return out
+
+
+def dbz_avro_records(path):
+    """The same for AvroOfConnect's lines (schemas given, datums in base64)."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            row = [r["destination"]]
+            for part in ("key", "value"):
+                if r[part] is None:
+                    row += [None, None]
+                    continue
+                schema = json.loads(r[f"{part}_schema"])
+                datum = fastavro.schemaless_reader(io.BytesIO(base64.b64decode(r[part])), fastavro.parse_schema(schema))
+                row += [schema, datum]
+            out.append(tuple(row))
+    return out
+
+
+def test_debezium_avro_oracle(db, dbz_table, csr):
+    """pg_sink's debezium envelope in debezium.compat with format avro, to Kafka
+    with Apicurio Registry, against Debezium's own events under Kafka Connect's
+    Avro mapping (tools/debezium AvroOfConnect: Apicurio's AvroData, a port of
+    Confluent's): the same registered key and value schemas (names, namespaces,
+    connect.* properties, logical types), and the same decoded records, transaction
+    BEGIN/END included, apart from the version string, the wall-clock times of the
+    events, and the first event of the second sink's sequence (see COMPAT_LEFT)."""
+    if not tools_available():
+        pytest.fail("java and mvn are needed to run Debezium (scripts/setup.sh installs them)")
+    subprocess.run([ORACLE, "build"], check=True, timeout=1800, stdout=subprocess.DEVNULL)
+    topic = f"dbz-avro-{int(time.time())}"
+    steps = STEPS
+    oracle = Oracle(["--schemas", "--provide.transaction.metadata=true"], EXPECTED_EVENTS + 2 * len(steps))
+    try:
+        oracle.wait_streaming(db)
+
+        def start(_phase):
+            opts = {"brokers": KAFKA_BROKERS, "topic": topic, "csr_connection": csr, "debezium.compat": True,
+                    "provide.transaction.metadata": True, "unchanged_toast": "placeholder"}
+            db.execute("SELECT sink.create_sink(%s, %s, 'kafka', %s::jsonb, envelope => 'debezium', format => 'avro', snapshot => false)",
+                       (SINK, TABLE, json.dumps(opts)))
+            wait_started(db, SINK)
+
+        stop_error = drive(db, steps, start, lambda: None)
+        assert stop_error is None
+        assert oracle.wait_exit() == 0, oracle.tail()
+    finally:
+        oracle.stop()
+        db.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active", (SLOT,))
+        db.execute(f"DROP PUBLICATION IF EXISTS {SLOT}")
+    converted = os.path.join(WORK, "debezium-avro.jsonl")
+    subprocess.run([ORACLE, "avro", oracle.out, converted], check=True, timeout=300)
+    dbz = dbz_avro_records(converted)
+    dbz_data = [r[1:] for r in dbz if not r[0].endswith(".transaction")]
+    dbz_tx = [r[1:] for r in dbz if r[0].endswith(".transaction")]
+    pg_data = [r for r in avro_records(read_topic(topic)) if r[3] is not None]  # tombstones aside
+    pg_tx = avro_records(read_topic(f"{topic}.transaction"))
+
+    def schemas(records, i):
+        return sorted({json.dumps(r[i], sort_keys=True) for r in records if r[i] is not None})
+    for what, d, p in (("data", dbz_data, pg_data), ("transaction", dbz_tx, pg_tx)):
+        for i, part in ((0, "key"), (2, "value")):
+            assert schemas(p, i) == schemas(d, i), f"{what} {part} schemas differ:\npg_sink:  {schemas(p, i)}\nDebezium: {schemas(d, i)}"
+
+    def nan_free(x):
+        # NaN is not equal to itself: compared as its name.
+        if isinstance(x, float) and x != x:
+            return "NaN"
+        if isinstance(x, dict):
+            return {k: nan_free(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [nan_free(v) for v in x]
+        return x
+
+    def comparable(value, first_of_sink):
+        v = {k: nan_free(x) for k, x in value.items() if k not in ("ts_ms", "ts_us", "ts_ns")}
+        if "source" in v:
+            v["source"] = {k: x for k, x in v["source"].items() if k != "version" and not (first_of_sink and k == "sequence")}
+        return v
+    assert len(pg_data) == len(dbz_data) == EXPECTED_EVENTS
+    first_of_second = sum(len(s[3]) for s in steps[:NEW_SINK_STEP - 1])
+    for i, (d, p) in enumerate(zip(dbz_data, pg_data)):
+        assert p[1] == d[1], f"event {i}: keys differ"
+        assert comparable(p[3], i == first_of_second) == comparable(d[3], i == first_of_second), f"event {i} differs:\npg_sink:  {p[3]}\nDebezium: {d[3]}"
+    assert [(p[1], p[3]) for p in pg_tx] == [(d[1], d[3]) for d in dbz_tx], "transaction events differ"
+    db.execute("SELECT sink.drop_sink(%s)", (SINK,))

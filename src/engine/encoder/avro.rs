@@ -685,7 +685,9 @@ pub struct EncoderContext {
     /// ... in Debezium's own value forms (JSON only).
     pub debezium_compat: bool,
     /// Debezium's handling modes (`debezium.compat`).
-    pub debezium_modes: super::debezium::Modes,
+    pub debezium_modes: super::modes::Modes,
+    /// The sink's name: Debezium's `topic.prefix` in Connect schema names.
+    pub sink_name: String,
     /// ... wrapped with Kafka Connect schemas, named under this prefix (the
     /// sink's name, Debezium's `topic.prefix`).
     pub connect_schemas: Option<String>,

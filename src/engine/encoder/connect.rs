@@ -27,7 +27,7 @@
 
 use serde_json::{json, Value};
 
-use super::debezium::{BinaryMode, DecimalMode, Modes, TimeMode};
+use super::modes::{BinaryMode, DecimalMode, Modes, TimeMode};
 use crate::engine::change::{Column, Relation};
 use crate::engine::envelope::RowImage;
 use crate::engine::types::{PgType, TypeKind};

@@ -21,6 +21,7 @@
 
 use serde_json::{Map, Number, Value};
 
+use super::modes::Modes;
 use super::Encoder;
 use crate::engine::change::{Cell, Column};
 use crate::engine::envelope::{DebeziumEvent, MessageEvent, Payload, RowImage, SourceInfo, TxBlock, TxBoundary};
@@ -30,11 +31,15 @@ use crate::engine::types::{PgType, TypeKind};
 /// The `json` encoder. Everything it needs travels with the row image, but how
 /// row images are written: this module's values by default, Debezium's with
 /// `debezium.compat` ([`super::debezium::write_row`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JsonEncoder {
-    /// Rows in Debezium's forms under these modes, and Debezium events with the
-    /// fields Debezium 3 adds (`ts_us`, `ts_ns`, origin): `debezium.compat`.
-    debezium: Option<super::debezium::Modes>,
+    /// How rows are written, when not in this module's forms (Debezium's, under
+    /// `debezium.compat`: [`super::debezium::json_encoder`]).
+    rows: Option<Rows>,
+    /// Debezium events carry the fields Debezium 3 adds (`ts_us`, `ts_ns`, origin).
+    debezium_fields: bool,
+    /// The handling modes that decide some columns' Connect schemas.
+    modes: Modes,
     /// Keys and Debezium values as Kafka Connect's `{"schema", "payload"}`, with
     /// schemas named under this prefix ([`super::connect`]), built once per shape.
     connect: Option<(String, std::sync::Arc<super::connect::SchemaCache>)>,
@@ -42,27 +47,36 @@ pub struct JsonEncoder {
 
 impl Default for JsonEncoder {
     fn default() -> Self {
-        JsonEncoder { debezium: None, connect: None }
+        JsonEncoder { rows: None, debezium_fields: false, modes: Modes::default(), connect: None }
     }
 }
 
+impl std::fmt::Debug for JsonEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonEncoder").field("debezium_fields", &self.debezium_fields).field("modes", &self.modes).finish()
+    }
+}
+
+/// A row writer other than this module's.
+pub type Rows = std::sync::Arc<dyn Fn(&RowImage, &mut Vec<u8>) -> Result<()> + Send + Sync>;
+
 impl JsonEncoder {
-    /// Row images (and keys) in Debezium's forms under `modes`, events with
-    /// Debezium 3's fields.
-    pub fn debezium(modes: super::debezium::Modes) -> Self {
-        JsonEncoder { debezium: Some(modes), connect: None }
+    /// Row images (and keys) written by `rows`, events with Debezium 3's fields,
+    /// Connect schemas under `modes`.
+    pub fn with_rows(rows: Rows, modes: Modes) -> Self {
+        JsonEncoder { rows: Some(rows), debezium_fields: true, modes, connect: None }
     }
 
     /// Wrap keys and Debezium values with their Kafka Connect schemas.
     pub fn with_connect_schemas(mut self, prefix: &str) -> Self {
-        let cache = super::connect::SchemaCache::new(self.debezium.unwrap_or_default());
+        let cache = super::connect::SchemaCache::new(self.modes);
         self.connect = Some((prefix.to_string(), std::sync::Arc::new(cache)));
         self
     }
 
     fn row(&self, row: &RowImage, out: &mut Vec<u8>) -> Result<()> {
-        match &self.debezium {
-            Some(modes) => super::debezium::write_row(row, modes, out),
+        match &self.rows {
+            Some(rows) => rows(row, out),
             None => write_row(row, out),
         }
     }
@@ -90,7 +104,7 @@ impl Encoder for JsonEncoder {
             Payload::Tombstone | Payload::Truncate(_) => return Ok(None),
             Payload::Row(row) => self.row(row, &mut out)?,
             Payload::Debezium(event) => {
-                write_debezium(event, self.debezium.is_some(), &|r, o| self.row(r, o), &mut out)?;
+                write_debezium(event, self.debezium_fields, &|r, o| self.row(r, o), &mut out)?;
                 if let Some((prefix, cache)) = &self.connect {
                     // A truncate has no row: the table's whole shape names its schema.
                     let whole = event.truncated.as_ref().map(|rel| RowImage {
@@ -105,7 +119,7 @@ impl Encoder for JsonEncoder {
                     }
                 }
             }
-            Payload::Message(m) => write_message(m, self.debezium.is_some(), &mut out),
+            Payload::Message(m) => write_message(m, self.debezium_fields, &mut out),
             Payload::Schema(_) => return Ok(None),
             Payload::Transaction(t) => {
                 write_boundary(t, &mut out);

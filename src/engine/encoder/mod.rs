@@ -5,15 +5,19 @@
 //!
 //! * `json` — Materialize's JSON mapping ([`json`]);
 //! * `avro` — generated schemas, optionally registered in a Confluent schema
-//!   registry and framed in its wire format ([`avro`], [`registry`]);
+//!   registry and framed in its wire format ([`avro`], [`registry`]); under
+//!   `debezium.compat`, Kafka Connect's Avro mapping of Debezium's events
+//!   ([`connect_avro`]);
 //! * `text`, `bytes` — one column as text or raw bytes ([`text`]).
 
 pub mod avro;
 pub mod connect;
+pub mod connect_avro;
 pub mod debezium;
 pub mod formats;
 pub mod hash;
 pub mod json;
+pub mod modes;
 pub mod registry;
 pub mod text;
 
