@@ -98,7 +98,7 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("force_append_only", "append-only only: updates become inserts; deletes and truncates are dropped"),
     ("snapshot", "deliver the existing rows first, consistent with the slot (default true)"),
     ("schedule", "continuous (the worker delivers) or manual (only sink.sync() does)"),
-    ("unchanged_toast", "an UPDATE's unchanged TOASTed column: fetch (default), placeholder or fail"),
+    ("unchanged_toast", "an UPDATE's unchanged TOASTed column: fetch (default; placeholder under debezium.compat), placeholder or fail"),
     ("schemas.enable", "debezium.compat: keys and values as Kafka Connect's JSON with schemas, {\"schema\": .., \"payload\": ..} (default false)"),
     ("debezium.compat", "debezium envelope: Debezium's value forms, primary-key record keys, tombstones after deletes (default false)"),
     ("decimal.handling.mode", "debezium.compat: numeric as precise (default: Debezium's bytes), string or double"),
@@ -186,8 +186,10 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
                 .hint("Use continuous (the background worker delivers) or manual (only sink.sync() delivers)."))
         }
     };
-    let unchanged_toast = opts.remove("unchanged_toast").map(|v| UnchangedToast::parse(&v)).transpose()?.unwrap_or_default();
+    let unchanged_toast = opts.remove("unchanged_toast").map(|v| UnchangedToast::parse(&v)).transpose()?;
     let debezium_compat = bool_opt(&mut opts, "debezium.compat", false)?;
+    // Debezium writes its placeholder for a TOASTed value an update left alone.
+    let unchanged_toast = unchanged_toast.unwrap_or(if debezium_compat { UnchangedToast::Placeholder } else { UnchangedToast::default() });
     if debezium_compat && envelope != EnvelopeKind::Debezium {
         return Err(SinkError::config("debezium.compat requires the debezium envelope")
             .detail(format!("The sink's envelope is {}.", envelope.as_str()))
@@ -440,6 +442,18 @@ mod tests {
 
     fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn debezium_compat_takes_debezium_s_placeholder_for_unchanged_toast_unless_told() {
+        let compat = |extra: &[(&str, &str)]| {
+            let mut o = vec![("path", "/tmp/x"), ("envelope", "debezium"), ("debezium.compat", "true")];
+            o.extend_from_slice(extra);
+            parse("file", &opts(&o)).unwrap().unchanged_toast
+        };
+        assert_eq!(compat(&[]), UnchangedToast::Placeholder);
+        assert_eq!(compat(&[("unchanged_toast", "fetch")]), UnchangedToast::Fetch);
+        assert_eq!(parse("file", &opts(&[("path", "/tmp/x"), ("envelope", "debezium")])).unwrap().unchanged_toast, UnchangedToast::Fetch);
     }
 
     #[test]
