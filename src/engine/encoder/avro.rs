@@ -341,7 +341,7 @@ pub fn debezium_schema(rel: &Relation, indices: &[usize], options: &AvroOptions)
 // ---------------------------------------------------------------------------------
 // Binary encoding
 
-fn write_long(n: i64, out: &mut Vec<u8>) {
+pub(crate) fn write_long(n: i64, out: &mut Vec<u8>) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8 & 0x7f) | 0x80);
@@ -350,7 +350,7 @@ fn write_long(n: i64, out: &mut Vec<u8>) {
     out.push(z as u8);
 }
 
-fn write_bytes(b: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn write_bytes(b: &[u8], out: &mut Vec<u8>) {
     write_long(b.len() as i64, out);
     out.extend_from_slice(b);
 }

@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
+use super::avro::{write_bytes, write_long};
 use super::json::JsonEncoder;
 use super::modes::Modes;
 use super::registry::Registry;
@@ -164,20 +165,6 @@ fn record(c: &Value, ns: Option<&str>, defined: &mut HashSet<String>) -> Value {
 
 fn bad(what: &str) -> SinkError {
     SinkError::permanent(format!("could not encode a Debezium event as Avro: {what}"))
-}
-
-fn write_long(n: i64, out: &mut Vec<u8>) {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-fn write_bytes(b: &[u8], out: &mut Vec<u8>) {
-    write_long(b.len() as i64, out);
-    out.extend_from_slice(b);
 }
 
 /// A float of Connect's JSON: a number, or `"NaN"` / `"Infinity"` / `"-Infinity"`.

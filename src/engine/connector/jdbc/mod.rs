@@ -321,13 +321,19 @@ impl JdbcConnector {
                 Alteration::Drop { column } => format!("ALTER TABLE {table} DROP COLUMN IF EXISTS {}", quote(d, column)),
                 Alteration::Add { column, ty } => format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {}", quote(d, column), self.checked_type(change, ty).await?),
             };
-            self.backend()
-                .await?
-                .execute(&stmt, &[])
-                .await
-                .map_err(|e| schema_change::stopped(change, &format!("The target refused it: {}", e.summary())))?;
+            self.run_ddl(change, &stmt).await?;
         }
         self.info = None;
+        Ok(())
+    }
+
+    /// One DDL statement of a schema change; a refusal stops the sink at the change.
+    async fn run_ddl(&mut self, change: &SchemaChange, stmt: &str) -> Result<()> {
+        self.backend()
+            .await?
+            .execute(stmt, &[])
+            .await
+            .map_err(|e| schema_change::stopped(change, &format!("The target refused it: {}", e.summary())))?;
         Ok(())
     }
 
@@ -375,11 +381,7 @@ impl JdbcConnector {
                 Alteration::Add { column, .. } => (!has(column)).then(|| format!("ALTER TABLE {table} ADD COLUMN {} {ty}", quote(d, column))),
             };
             if let Some(stmt) = stmt {
-                self.backend()
-                    .await?
-                    .execute(&stmt, &[])
-                    .await
-                    .map_err(|e| schema_change::stopped(change, &format!("The target refused it: {}", e.summary())))?;
+                self.run_ddl(change, &stmt).await?;
             }
         }
         self.info = None;
