@@ -87,7 +87,9 @@
 #             writes and commits are timed, not reading the rows from the source.
 # Other env: BENCH_FORMAT (json, the default, or avro: plain Avro datums, no
 # registry; the key/value format, which CSV, Parquet and jdbc rows do not use),
-# BENCH_ROWS / BENCH_N (changes), PGSINK_BATCH (if set: ALTER SYSTEM SET
+# BENCH_DEBEZIUM (file and nats sinks: `plain` for the debezium envelope, `compat`
+# for it with debezium.compat, Debezium's own forms; the key/value format is
+# BENCH_FORMAT's), BENCH_ROWS / BENCH_N (changes), PGSINK_BATCH (if set: ALTER SYSTEM SET
 # pg_sink.max_batch_changes + reload before resuming), BENCH_TIMEOUT (seconds per
 # timed phase, default 3600).
 # The last line of output is one JSON object with all the numbers. The cluster is
@@ -360,6 +362,14 @@ elif SINK == "jdbc-postgres":
         t.execute(bench_ceilings.PG_DDL.format(t="bench_ceiling"))
     connector, sink_opts = "jdbc", {"jdbc.url": f"jdbc:postgresql://127.0.0.1:{PORT}/{PG_DB}?user=postgres", "table.name": "bench"}
     sink_desc = f"jdbc, PostgreSQL {PG_DB}, upsert"
+DEBEZIUM = os.environ.get("BENCH_DEBEZIUM", "")
+if DEBEZIUM:
+    if DEBEZIUM not in ("plain", "compat") or SINK not in ("file", "nats"):
+        fail(f"BENCH_DEBEZIUM must be plain or compat, with BENCH_SINK=file or nats, not {DEBEZIUM!r} with {SINK}")
+    ENVELOPE = "debezium"
+    if DEBEZIUM == "compat":
+        sink_opts["debezium.compat"] = True
+    sink_desc = f"{SINK}, debezium{' compat' if DEBEZIUM == 'compat' else ''}, {FORMAT.upper()}"
 conn.execute(
     "SELECT sink.create_sink('bench', 'bench', %s, %s::jsonb, envelope => %s, format => %s, snapshot => false)",
     (connector, json.dumps(sink_opts), ENVELOPE, FORMAT),

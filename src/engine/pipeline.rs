@@ -372,7 +372,7 @@ impl Pipeline {
 
     fn encode_draft(&mut self, draft: &Draft) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
         if let super::envelope::Payload::Transaction(t) = &draft.payload {
-            return Ok((Some(self.key_encoder.encode_transaction_key(&t.id)), self.value_encoder.encode_value(&draft.payload)?));
+            return Ok((Some(self.key_encoder.encode_transaction_key(&t.id)?), self.value_encoder.encode_value(&draft.payload)?));
         }
         if let super::envelope::Payload::Message(m) = &draft.payload {
             // A message's key is its prefix (Debezium's `{"prefix": ..}` in JSON).

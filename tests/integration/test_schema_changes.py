@@ -4,11 +4,13 @@ TABLE of a captured table as a sealed logical message, and `table` and `jdbc`
 dropped, renamed and retyped, also when no row changes after the DDL. Each test
 compares the target with the source, columns and rows, with the worker killed in
 the middle."""
+import decimal
 import json
 
-from conftest import one, wait_caught_up, wait_for, wait_started
+from conftest import one, out_dir, wait_caught_up, wait_for, wait_started
 from test_dead_letters import kill_worker
 from test_jdbc import Target, mariadb, pg_target  # noqa: F401  (the target fixtures)
+from test_object_store import file_objects, read_jsonl, read_parquet
 
 
 def columns(db, table):
@@ -99,6 +101,58 @@ def test_jdbc_postgres_and_mariadb_targets_follow_also_after_a_crash_between_ddl
         db.execute("SELECT sink.drop_sink(%s)", (name,))
     pg.drop_table("sc_j")
     my.drop_table("sc_j")
+
+
+def test_record_targets_follow_in_json_lines_and_parquet_files(db):
+    """JSON lines and Parquet files carry each row in its shape at the time: new
+    fields appear, a Parquet file starts with the new schema. Replayed by key,
+    with a renamed column's old name read as its new one, the files equal the
+    source (the column added last, with no row after it, is NULL everywhere)."""
+    db.execute("DROP TABLE IF EXISTS sc_rec CASCADE")
+    db.execute("CREATE TABLE sc_rec (id int PRIMARY KEY, a int, b text, c text)")
+    d = out_dir("sc_rec")
+    for name, fmt in (("sc_json", "jsonl"), ("sc_parquet", "parquet")):
+        opts = {"location": f"file://{d}", "file_format": fmt}
+        db.execute("SELECT sink.create_sink(%s, 'sc_rec', 'file', %s::jsonb, envelope => 'upsert', snapshot => false)", (name, json.dumps(opts)))
+        wait_started(db, name)
+    alter_in_the_middle_of_traffic(db, "sc_rec", "sc_json")
+    wait_caught_up(db, "sc_json")
+    wait_caught_up(db, "sc_parquet")
+    source = {r[0]: dict(zip(["id", "a", "b2", "d", "e"], r)) for r in rows(db, "sc_rec", ["id", "a", "b2", "d", "e"])}
+
+    def replay(records, fields_of, op_of):
+        state = {}
+        for r in records:
+            f = fields_of(r)
+            if op_of(r) == "delete":
+                state.pop(f["id"], None)
+                continue
+            if "b" in f:
+                f["b2"] = f.pop("b")  # written before the rename
+            state[f["id"]] = {k: f.get(k) for k in ["id", "a", "b2", "d", "e"]}
+        return state
+
+    def numeric(state):
+        # JSON and Parquet carry numeric as its exact text.
+        return {k: {**v, "d": None if v["d"] is None else decimal.Decimal(v["d"])} for k, v in state.items()}
+
+    objects = sorted((k, v) for k, v in file_objects(d, "sc_json").items() if k.endswith(".jsonl"))
+    json_records = [r for _, body in objects for r in read_jsonl(body)]
+    got = replay(json_records, lambda r: dict(r["value"] or r["key"]), lambda r: r["headers"]["pg_sink-op"])
+    assert numeric(got) == source
+    assert any("d" in (r["value"] or {}) for r in json_records) and any("b2" in (r["value"] or {}) for r in json_records)
+
+    files = sorted((k, v) for k, v in file_objects(d, "sc_parquet").items() if k.endswith(".parquet"))
+    schemas = [read_parquet(body)[0] for _, body in files]
+    names = [s.names[3:] for s in schemas]
+    assert names[0] == ["id", "a", "b", "c"] and names[-1] == ["id", "a", "b2", "d"], names
+    assert ["id", "a", "b", "c", "d"] in names, "a file starts with the added column"
+    assert str(schemas[-1].field("a").type) == "int64", "the retyped column is a bigint in the files after it"
+    parquet_records = [r for _, body in files for r in read_parquet(body)[1]]
+    got = replay(parquet_records, lambda r: {k: v for k, v in r.items() if not k.startswith("_pg_sink")}, lambda r: r["_pg_sink_op"])
+    assert numeric(got) == source
+    for name in ("sc_json", "sc_parquet"):
+        db.execute("SELECT sink.drop_sink(%s)", (name,))
 
 
 def test_stop_a_key_change_and_forged_reports(db):

@@ -340,9 +340,8 @@ impl Encoder for ConnectAvroEncoder {
         }
     }
 
-    fn encode_transaction_key(&self, id: &str) -> Vec<u8> {
-        // A key that cannot be encoded is left as the id's text.
-        self.encode(&self.json.encode_transaction_key(id), true).unwrap_or_else(|_| id.as_bytes().to_vec())
+    fn encode_transaction_key(&self, id: &str) -> Result<Vec<u8>> {
+        self.encode(&self.json.encode_transaction_key(id)?, true)
     }
 
     fn strip_prefix(&self) -> usize {

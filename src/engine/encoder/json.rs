@@ -133,7 +133,7 @@ impl Encoder for JsonEncoder {
         Ok(Some(out))
     }
 
-    fn encode_transaction_key(&self, id: &str) -> Vec<u8> {
+    fn encode_transaction_key(&self, id: &str) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(id.len() + 10);
         out.extend_from_slice(b"{\"id\":");
         write_str(id, &mut out);
@@ -141,9 +141,9 @@ impl Encoder for JsonEncoder {
         if self.connect.is_some() {
             let mut wrapped = Vec::new();
             super::connect::wrap(super::connect::TRANSACTION_KEY_SCHEMA, &out, &mut wrapped);
-            return wrapped;
+            return Ok(wrapped);
         }
-        out
+        Ok(out)
     }
 }
 

@@ -32,8 +32,8 @@ pub trait Encoder: Send {
     /// Encode a value; `None` is a tombstone / control record with a null value.
     fn encode_value(&self, payload: &Payload) -> Result<Option<Vec<u8>>>;
     /// The key of a transaction's BEGIN or END event, whose id is `id`.
-    fn encode_transaction_key(&self, id: &str) -> Vec<u8> {
-        id.as_bytes().to_vec()
+    fn encode_transaction_key(&self, id: &str) -> Result<Vec<u8>> {
+        Ok(id.as_bytes().to_vec())
     }
     /// Bytes at the start of an encoded key that are framing, not content (the
     /// registry's magic byte and schema id): partitioning hashes what follows.
