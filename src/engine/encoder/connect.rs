@@ -174,6 +174,11 @@ pub const TRANSACTION_VALUE_SCHEMA: &str = concat!(
     r#"{"type":"int64","optional":false,"field":"ts_ms"}],"optional":false,"name":"io.debezium.connector.common.TransactionMetadataValue","version":1}"#
 );
 
+/// [`TRANSACTION_KEY_SCHEMA`] and [`TRANSACTION_VALUE_SCHEMA`] as shared texts
+/// (one address each, as [`SchemaCache`] gives table shapes).
+pub static TRANSACTION_SCHEMAS: std::sync::LazyLock<(std::sync::Arc<str>, std::sync::Arc<str>)> =
+    std::sync::LazyLock::new(|| (TRANSACTION_KEY_SCHEMA.into(), TRANSACTION_VALUE_SCHEMA.into()));
+
 /// The value's schema: the `Envelope` of `before`/`after` rows of `image`'s shape.
 pub fn envelope_schema(image: &RowImage, prefix: &str, modes: &Modes) -> Value {
     let value = row_struct(image, prefix, "Value", true, modes);

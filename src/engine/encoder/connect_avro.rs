@@ -16,7 +16,7 @@
 //! events by `tools/debezium` (`AvroOfConnect`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -232,7 +232,7 @@ pub fn write_datum(c: &Value, payload: &Value, out: &mut Vec<u8>) -> Result<()> 
     Ok(())
 }
 
-/// A Connect schema's Avro form, its registry id, and the schema itself.
+/// A Connect schema as parsed JSON, and its Avro form's registry id.
 struct Compiled {
     connect: Value,
     id: Option<u32>,
@@ -245,8 +245,9 @@ pub struct ConnectAvroEncoder {
     registry: Option<Registry>,
     subject_base: String,
     compatibility: Option<String>,
-    /// By Connect schema text (one per table shape and event kind).
-    compiled: Mutex<HashMap<String, std::sync::Arc<Compiled>>>,
+    /// By Connect schema: the JSON encoder shares one text per table shape, so
+    /// its address names it (the entry keeps it alive).
+    compiled: Mutex<HashMap<usize, (Arc<str>, Arc<Compiled>)>>,
     /// Subjects whose compatibility level was set.
     levels_set: Mutex<HashSet<String>>,
 }
@@ -281,44 +282,47 @@ impl ConnectAvroEncoder {
         }
     }
 
-    /// Connect's `{"schema", "payload"}` bytes → the framed Avro datum.
-    fn encode(&self, wrapped: &[u8], transaction: bool) -> Result<Vec<u8>> {
-        let v: Value = serde_json::from_slice(wrapped).map_err(|e| bad(&e.to_string()))?;
-        let (schema, payload) = (&v["schema"], &v["payload"]);
-        let text = schema.to_string();
-        let found = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&text).cloned();
-        let compiled = match found {
-            Some(c) => c,
-            None => {
-                let avro = avro_schema(schema).to_string();
-                apache_avro::Schema::parse_str(&avro).map_err(|e| bad(&format!("the mapped schema is not valid Avro: {e}")))?;
-                let id = match &self.registry {
-                    None => None,
-                    Some(reg) => {
-                        let subject = self.subject(transaction);
-                        if let Some(level) = &self.compatibility {
-                            if self.levels_set.lock().unwrap_or_else(|e| e.into_inner()).insert(subject.clone()) {
-                                reg.set_compatibility(&subject, level)?;
-                            }
-                        }
-                        Some(reg.register(&subject, &avro)?)
+    /// The Connect schema's Avro form, made and registered once.
+    fn compiled(&self, schema: &Arc<str>, transaction: bool) -> Result<Arc<Compiled>> {
+        let at = Arc::as_ptr(schema) as *const u8 as usize;
+        if let Some((_, c)) = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&at) {
+            return Ok(c.clone());
+        }
+        let connect: Value = serde_json::from_str(schema).map_err(|e| bad(&e.to_string()))?;
+        let avro = avro_schema(&connect).to_string();
+        apache_avro::Schema::parse_str(&avro).map_err(|e| bad(&format!("the mapped schema is not valid Avro: {e}")))?;
+        let id = match &self.registry {
+            None => None,
+            Some(reg) => {
+                let subject = self.subject(transaction);
+                if let Some(level) = &self.compatibility {
+                    if self.levels_set.lock().unwrap_or_else(|e| e.into_inner()).insert(subject.clone()) {
+                        reg.set_compatibility(&subject, level)?;
                     }
-                };
-                let c = std::sync::Arc::new(Compiled { connect: schema.clone(), id });
-                let mut map = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
-                if map.len() > 64 {
-                    map.clear();
                 }
-                map.insert(text, c.clone());
-                c
+                Some(reg.register(&subject, &avro)?)
             }
         };
-        let mut out = Vec::with_capacity(wrapped.len() / 2);
+        let c = Arc::new(Compiled { connect, id });
+        let mut map = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 64 {
+            map.clear();
+        }
+        map.insert(at, (schema.clone(), c.clone()));
+        Ok(c)
+    }
+
+    /// A payload (Connect's JSON form) with its Connect schema → the framed Avro datum.
+    fn encode(&self, (schema, payload): (Option<Arc<str>>, Vec<u8>), transaction: bool) -> Result<Vec<u8>> {
+        let schema = schema.ok_or_else(|| bad("a record without a Connect schema"))?;
+        let compiled = self.compiled(&schema, transaction)?;
+        let payload: Value = serde_json::from_slice(&payload).map_err(|e| bad(&e.to_string()))?;
+        let mut out = Vec::with_capacity(256);
         if let Some(id) = compiled.id {
             out.push(0);
             out.extend_from_slice(&id.to_be_bytes());
         }
-        write_datum(&compiled.connect, payload, &mut out)?;
+        write_datum(&compiled.connect, &payload, &mut out)?;
         Ok(out)
     }
 }
@@ -329,19 +333,19 @@ impl Encoder for ConnectAvroEncoder {
     }
 
     fn encode_key(&self, key: &RowImage) -> Result<Vec<u8>> {
-        self.encode(&self.json.encode_key(key)?, false)
+        self.encode(self.json.key_parts(key)?, false)
     }
 
     fn encode_value(&self, payload: &Payload) -> Result<Option<Vec<u8>>> {
         let transaction = matches!(payload, Payload::Transaction(_));
-        match self.json.encode_value(payload)? {
+        match self.json.value_parts(payload)? {
             None => Ok(None),
-            Some(wrapped) => self.encode(&wrapped, transaction).map(Some),
+            Some(parts) => self.encode(parts, transaction).map(Some),
         }
     }
 
     fn encode_transaction_key(&self, id: &str) -> Result<Vec<u8>> {
-        self.encode(&self.json.encode_transaction_key(id)?, true)
+        self.encode(self.json.transaction_key_parts(id), true)
     }
 
     fn strip_prefix(&self) -> usize {

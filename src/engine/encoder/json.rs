@@ -19,6 +19,8 @@
 //! Error messages name the column and type but never quote the value: row contents
 //! must not end up in the server log or the sink's status.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Number, Value};
 
 use super::modes::Modes;
@@ -80,28 +82,23 @@ impl JsonEncoder {
             None => write_row(row, out),
         }
     }
-}
 
-impl Encoder for JsonEncoder {
-    fn name(&self) -> &'static str {
-        "json"
-    }
-
-    fn encode_key(&self, key: &RowImage) -> Result<Vec<u8>> {
+    /// A key's payload and, with Connect schemas, its schema (JSON text, shared
+    /// by every key of the shape).
+    pub fn key_parts(&self, key: &RowImage) -> Result<(Option<Arc<str>>, Vec<u8>)> {
         let mut out = Vec::with_capacity(64);
         self.row(key, &mut out)?;
-        if let Some((prefix, cache)) = &self.connect {
-            let mut wrapped = Vec::new();
-            super::connect::wrap(&cache.get(super::connect::Part::Key, key, prefix), &out, &mut wrapped);
-            return Ok(wrapped);
-        }
-        Ok(out)
+        let schema = self.connect.as_ref().map(|(prefix, cache)| cache.get(super::connect::Part::Key, key, prefix));
+        Ok((schema, out))
     }
 
-    fn encode_value(&self, payload: &Payload) -> Result<Option<Vec<u8>>> {
+    /// A value's payload (`None`: a null value) and, with Connect schemas, its
+    /// schema when it has one (JSON text, shared by every value of the shape).
+    pub fn value_parts(&self, payload: &Payload) -> Result<Option<(Option<Arc<str>>, Vec<u8>)>> {
         let mut out = Vec::with_capacity(256);
+        let mut schema = None;
         match payload {
-            Payload::Tombstone | Payload::Truncate(_) => return Ok(None),
+            Payload::Tombstone | Payload::Truncate(_) | Payload::Schema(_) => return Ok(None),
             Payload::Row(row) => self.row(row, &mut out)?,
             Payload::Debezium(event) => {
                 write_debezium(event, self.debezium_fields, &|r, o| self.row(r, o), &mut out)?;
@@ -113,37 +110,58 @@ impl Encoder for JsonEncoder {
                         cells: Vec::new().into(),
                     });
                     if let Some(image) = event.after.as_ref().or(event.before.as_ref()).or(whole.as_ref()) {
-                        let mut wrapped = Vec::new();
-                        super::connect::wrap(&cache.get(super::connect::Part::Value, image, prefix), &out, &mut wrapped);
-                        return Ok(Some(wrapped));
+                        schema = Some(cache.get(super::connect::Part::Value, image, prefix));
                     }
                 }
             }
             Payload::Message(m) => write_message(m, self.debezium_fields, &mut out),
-            Payload::Schema(_) => return Ok(None),
             Payload::Transaction(t) => {
                 write_boundary(t, &mut out);
                 if self.connect.is_some() {
-                    let mut wrapped = Vec::new();
-                    super::connect::wrap(super::connect::TRANSACTION_VALUE_SCHEMA, &out, &mut wrapped);
-                    return Ok(Some(wrapped));
+                    schema = Some(super::connect::TRANSACTION_SCHEMAS.1.clone());
                 }
             }
         }
-        Ok(Some(out))
+        Ok(Some((schema, out)))
     }
 
-    fn encode_transaction_key(&self, id: &str) -> Result<Vec<u8>> {
+    /// The key of a transaction's BEGIN or END, and its Connect schema.
+    pub fn transaction_key_parts(&self, id: &str) -> (Option<Arc<str>>, Vec<u8>) {
         let mut out = Vec::with_capacity(id.len() + 10);
         out.extend_from_slice(b"{\"id\":");
         write_str(id, &mut out);
         out.push(b'}');
-        if self.connect.is_some() {
-            let mut wrapped = Vec::new();
-            super::connect::wrap(super::connect::TRANSACTION_KEY_SCHEMA, &out, &mut wrapped);
-            return Ok(wrapped);
+        (self.connect.as_ref().map(|_| super::connect::TRANSACTION_SCHEMAS.0.clone()), out)
+    }
+}
+
+/// `{"schema": .., "payload": ..}` when there is a schema, else the payload.
+fn wrapped((schema, payload): (Option<Arc<str>>, Vec<u8>)) -> Vec<u8> {
+    match schema {
+        Some(schema) => {
+            let mut out = Vec::with_capacity(schema.len() + payload.len() + 24);
+            super::connect::wrap(&schema, &payload, &mut out);
+            out
         }
-        Ok(out)
+        None => payload,
+    }
+}
+
+impl Encoder for JsonEncoder {
+    fn name(&self) -> &'static str {
+        "json"
+    }
+
+    fn encode_key(&self, key: &RowImage) -> Result<Vec<u8>> {
+        self.key_parts(key).map(wrapped)
+    }
+
+    fn encode_value(&self, payload: &Payload) -> Result<Option<Vec<u8>>> {
+        Ok(self.value_parts(payload)?.map(wrapped))
+    }
+
+    fn encode_transaction_key(&self, id: &str) -> Result<Vec<u8>> {
+        Ok(wrapped(self.transaction_key_parts(id)))
     }
 }
 
