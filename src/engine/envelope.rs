@@ -288,12 +288,13 @@ impl Envelope {
     fn count(&mut self, txn: &Transaction, lsn: Lsn, drafts: &mut [Draft]) {
         for draft in drafts {
             let Payload::Debezium(ev) = &mut draft.payload else { continue };
-            let table = format!("{}.{}", ev.source.schema, ev.source.table);
+            let (schema, table) = (&ev.source.schema, &ev.source.table);
+            let named = |(t, _): &(String, u64)| t.strip_prefix(schema.as_str()).and_then(|r| r.strip_prefix('.')) == Some(table.as_str());
             self.counts.0 += 1;
-            let per = match self.counts.1.iter_mut().find(|(t, _)| *t == table) {
-                Some((_, n)) => n,
+            let per = match self.counts.1.iter().position(named) {
+                Some(i) => &mut self.counts.1[i].1,
                 None => {
-                    self.counts.1.push((table, 0));
+                    self.counts.1.push((format!("{schema}.{table}"), 0));
                     &mut self.counts.1.last_mut().expect("just pushed").1
                 }
             };
@@ -370,14 +371,7 @@ impl Envelope {
                 let cells: Arc<[Cell]> = new.into();
                 let key = self.key_of(relation, &key, &cells);
                 let payload = match self.kind {
-                    EnvelopeKind::Debezium => Payload::Debezium(Box::new(DebeziumEvent {
-                        before: None,
-                        after: Some(Self::image(relation, &all, &cells)),
-                        op: insert_op,
-                        source: self.source(txn, relation, lsn),
-                        transaction: None,
-                        truncated: None,
-                    })),
+                    EnvelopeKind::Debezium => self.event(txn, relation, lsn, None, Some(Self::image(relation, &all, &cells)), insert_op),
                     _ => Payload::Row(Self::image(relation, &all, &cells)),
                 };
                 out.push(Draft { key, payload, op: insert_op });
@@ -429,14 +423,7 @@ impl Envelope {
                         let before = old.map(|o| Self::image(relation, &all, &o.cells.into()));
                         out.push(Draft {
                             key: self.key_of(relation, &key, &cells),
-                            payload: Payload::Debezium(Box::new(DebeziumEvent {
-                                before,
-                                after: Some(Self::image(relation, &all, &cells)),
-                                op: Op::Update,
-                                source: self.source(txn, relation, lsn),
-                        transaction: None,
-                        truncated: None,
-                            })),
+                            payload: self.event(txn, relation, lsn, before, Some(Self::image(relation, &all, &cells)), Op::Update),
                             op: Op::Update,
                         });
                     }

@@ -555,6 +555,14 @@ mod tests {
         assert_eq!((pv.len(), pv[0]["status"].as_str(), pv[1]["source"]["sequence"].as_str()), (2, Some("BEGIN"), Some("[\"304\",\"328\"]")));
         assert_eq!(lv[0]["transaction"], serde_json::json!({"id": "8:332", "total_order": 2, "data_collection_order": 2}));
         assert_eq!((lv[1]["status"].as_str(), lv[1]["event_count"].as_u64()), (Some("END"), Some(2)));
+        // A step that fed commits past the confirmed position and failed reads
+        // again from there: that position is the transaction before.
+        assert_eq!(p.envelope.last_commit, Some(Lsn(0x150)));
+        p.resume(Lsn(0x130), false);
+        assert_eq!(p.envelope.last_commit, Some(Lsn(0x130)));
+        let mut fresh = pipeline(&opts, 0);
+        fresh.resume(Lsn(0x130), false);
+        assert_eq!(fresh.envelope.last_commit, None, "a sink that never delivered names none");
 
         // Snapshot rows carry none of it.
         let relation = p.decoder.relation_mut(1).unwrap().clone();

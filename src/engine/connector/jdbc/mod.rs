@@ -20,7 +20,7 @@ mod mysql;
 pub mod postgres;
 pub mod target;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 
@@ -369,16 +369,23 @@ impl JdbcConnector {
         self.store_lsn(at).await?;
         self.commit().await?;
         let table = self.target.qualified(&self.target.table);
+        // The table's columns as they are now, kept up to date as the alterations run.
+        self.info = None;
+        let mut columns: HashSet<String> = self.table_info().await?.columns.into_iter().map(|(n, _)| n.to_lowercase()).collect();
         for (a, ty) in typed {
-            self.info = None;
-            let info = self.table_info().await?;
-            let has = |c: &str| info.columns.iter().any(|(n, _)| n.eq_ignore_ascii_case(c));
+            let has = |columns: &HashSet<String>, c: &str| columns.contains(&c.to_lowercase());
             let ty = ty.unwrap_or_default();
             let stmt = match &a {
-                Alteration::Rename { from, to } => (has(from) && !has(to)).then(|| format!("ALTER TABLE {table} RENAME COLUMN {} TO {}", quote(d, from), quote(d, to))),
+                Alteration::Rename { from, to } if has(&columns, from) && !has(&columns, to) => {
+                    columns.remove(&from.to_lowercase());
+                    columns.insert(to.to_lowercase());
+                    Some(format!("ALTER TABLE {table} RENAME COLUMN {} TO {}", quote(d, from), quote(d, to)))
+                }
                 Alteration::Retype { column, .. } => Some(format!("ALTER TABLE {table} MODIFY COLUMN {} {ty}", quote(d, column))),
-                Alteration::Drop { column } => has(column).then(|| format!("ALTER TABLE {table} DROP COLUMN {}", quote(d, column))),
-                Alteration::Add { column, .. } => (!has(column)).then(|| format!("ALTER TABLE {table} ADD COLUMN {} {ty}", quote(d, column))),
+                Alteration::Drop { column } if columns.remove(&column.to_lowercase()) => Some(format!("ALTER TABLE {table} DROP COLUMN {}", quote(d, column))),
+                Alteration::Add { column, .. } if columns.insert(column.to_lowercase()) => Some(format!("ALTER TABLE {table} ADD COLUMN {} {ty}", quote(d, column))),
+                // Already as the change leaves it (a replay after a crash here).
+                _ => None,
             };
             if let Some(stmt) = stmt {
                 self.run_ddl(change, &stmt).await?;
