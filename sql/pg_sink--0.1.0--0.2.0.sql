@@ -55,6 +55,35 @@ GRANT SELECT ON dead_letters TO PUBLIC;
 ALTER TABLE dead_letters ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_sees ON dead_letters FOR SELECT USING (EXISTS (SELECT 1 FROM sinks s WHERE s.id = sink_id));
 
+-- A sink's backfill (sink.backfill()): its source read again by key, in chunks,
+-- while its changes stream on (README, "Backfill"). One row per sink, for its
+-- last backfill: where it stands, and when it finished.
+CREATE TABLE backfills (
+    sink_id        bigint PRIMARY KEY REFERENCES sinks (id) ON DELETE CASCADE,
+    -- counts the sink's backfills; watermarks name it, so those of an earlier one are ignored
+    id             bigint NOT NULL,
+    -- rows of the source to read (a condition on its columns); NULL: all
+    filter         text,
+    -- the key the chunks are read in order of
+    key_columns    text[] NOT NULL,
+    -- the key of the last row read: the next chunk starts after it (NULL: at the start)
+    last_key       text[],
+    chunks         bigint NOT NULL DEFAULT 0,
+    rows_read      bigint NOT NULL DEFAULT 0,
+    -- rows delivered as reads (the others the stream carried in newer versions)
+    rows_delivered bigint NOT NULL DEFAULT 0,
+    -- the planner's estimate of the source's rows when it started
+    rows_estimate  bigint,
+    requested_by   regrole NOT NULL,
+    started_at     timestamptz NOT NULL DEFAULT now(),
+    finished_at    timestamptz,
+    -- stopped by sink.cancel_backfill() before it read everything
+    cancelled      boolean NOT NULL DEFAULT false
+);
+GRANT SELECT ON backfills TO PUBLIC;
+ALTER TABLE backfills ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_sees ON backfills FOR SELECT USING (EXISTS (SELECT 1 FROM sinks s WHERE s.id = sink_id));
+
 -- The key of the seals on the extension's own logical messages (dead-letter
 -- replays, schema-change reports): pg_logical_emit_message is open to every
 -- role, so the worker acts only on messages sealed with this key. Random at
@@ -129,9 +158,19 @@ SELECT s.name,
        -- what the worker does now (a snapshot's rows read); superusers and
        -- pg_read_all_stats see it
        (SELECT a.query FROM pg_stat_activity a
-         WHERE a.application_name = 'pg_sink sink ' || s.name AND a.backend_type <> 'walsender' LIMIT 1) AS activity
+         WHERE a.application_name = 'pg_sink sink ' || s.name AND a.backend_type <> 'walsender' LIMIT 1) AS activity,
+       -- the last backfill (sink.backfill()): running or done, rows read, and,
+       -- from the planner's estimate of the source's rows, percent and seconds to go
+       CASE WHEN b.sink_id IS NULL THEN NULL WHEN b.finished_at IS NULL THEN 'running' WHEN b.cancelled THEN 'cancelled' ELSE 'done' END AS backfill,
+       b.rows_read AS backfill_rows,
+       CASE WHEN b.finished_at IS NOT NULL AND NOT b.cancelled THEN 100::float8
+            WHEN coalesce(b.rows_estimate, 0) <= 0 THEN NULL
+            ELSE least(round(100.0 * b.rows_read / b.rows_estimate, 1), 99.9)::float8 END AS backfill_percent,
+       CASE WHEN b.finished_at IS NOT NULL OR b.rows_read = 0 OR coalesce(b.rows_estimate, 0) <= b.rows_read THEN NULL
+            ELSE round(extract(epoch FROM now() - b.started_at)::numeric * (b.rows_estimate - b.rows_read) / b.rows_read)::float8 END AS backfill_eta_seconds
   FROM sinks s
   LEFT JOIN progress p ON p.sink_id = s.id
+  LEFT JOIN backfills b ON b.sink_id = s.id
   LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name AND r.database = current_database();
 GRANT SELECT ON status TO PUBLIC;
 GRANT SELECT (name, kind, owner, created_by, created_at) ON secrets TO PUBLIC;
@@ -244,6 +283,23 @@ BEGIN ATOMIC
 END;
 COMMENT ON FUNCTION sink.await_delivered(text, pg_lsn, interval) IS
     'Wait until the sink has durably delivered everything committed at or before lsn (default: now); returns its confirmed LSN.';
+
+-- pg_sink::pg::sql::backfill::backfill
+CREATE  FUNCTION "backfill"(
+	"name" TEXT, /* & str */
+	"filter" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'backfill_wrapper';
+
+-- pg_sink::pg::sql::backfill::cancel_backfill
+CREATE  FUNCTION "cancel_backfill"(
+	"name" TEXT /* & str */
+) RETURNS bool /* bool */
+STRICT VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'cancel_backfill_wrapper';
 
 -- pg_sink::pg::sql::hashes::crc32
 CREATE  FUNCTION "crc32"(

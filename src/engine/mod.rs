@@ -12,6 +12,7 @@
 //! The Postgres glue (`crate::pg`) feeds messages in, provides a [`connector::SqlSession`]
 //! for in-database targets, and persists the LSN the connector reports durable.
 
+pub mod backfill;
 pub mod change;
 pub mod connector;
 pub mod credential;

@@ -23,6 +23,8 @@ pub struct Decoder {
     current: Option<Transaction>,
     /// The prefixes of the logical messages handed to the caller; others are skipped.
     pub messages: Vec<String>,
+    /// The prefixes of the non-transactional messages handed to the caller.
+    pub signals: Vec<String>,
     /// Position of the message being fed (`Lsn::ZERO` when the caller does not know it).
     at: Lsn,
 }
@@ -120,6 +122,11 @@ impl Decoder {
         let changes = std::mem::take(&mut txn.changes);
         let lsns = std::mem::take(&mut txn.lsns);
         Some(Transaction { changes, lsns, ..txn.clone() })
+    }
+
+    /// The stream's last description of relation `id`, if it sent one.
+    pub fn relation_shape(&self, id: u32) -> Option<&Relation> {
+        self.relations.get(&id).map(|r| &**r)
     }
 
     fn relation(&self, id: u32) -> Result<Arc<Relation>> {
@@ -254,6 +261,8 @@ impl Decoder {
                 let content = r.take(len)?;
                 if transactional && self.current.is_some() && self.messages.iter().any(|p| *p == prefix) {
                     Ok(Decoded::Message { prefix, content: content.to_vec() })
+                } else if !transactional && self.signals.iter().any(|p| *p == prefix) {
+                    Ok(Decoded::Signal { prefix, content: content.to_vec() })
                 } else {
                     Ok(Decoded::Nothing)
                 }
@@ -280,6 +289,9 @@ pub enum Decoded {
     /// A transactional logical message with a prefix the caller asked for
     /// ([`Decoder::messages`]), inside the open transaction.
     Message { prefix: String, content: Vec<u8> },
+    /// A non-transactional logical message with a prefix the caller asked for
+    /// ([`Decoder::signals`]), at its place in the WAL.
+    Signal { prefix: String, content: Vec<u8> },
 }
 
 /// The 8 bytes at `at` as an LSN.

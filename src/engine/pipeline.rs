@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::backfill::{self, Arrived, Chunk, RecentXids};
 use super::change::{Cell, Change, Relation, RelationMeta, Transaction};
 use super::connector::{Batch, Part, Record, SqlSession, TxnStamp};
 use super::dead_letter::{self, DeadLetter, DeadSet};
@@ -69,6 +70,13 @@ pub struct Pipeline {
     pub snapshot_refusals: bool,
     /// The sink's id, that replay messages name (see [`dead_letter::RETRY_PREFIX`]).
     pub sink_id: i64,
+    /// A backfill chunk waiting for its watermark ([`backfill`]).
+    chunk: Option<Chunk>,
+    /// What the last watermark brought, for the step to deliver.
+    arrived: Option<Arrived>,
+    /// Transactions fed lately (a chunk whose snapshot counts one as running is
+    /// read again).
+    recent: RecentXids,
 }
 
 /// The error a step ends with when a record was refused and set aside: the
@@ -100,6 +108,7 @@ impl Pipeline {
             connect_schemas: def.connect_schemas.then(|| sink_name.to_string()),
         };
         let mut decoder = Decoder::new();
+        decoder.signals = vec![backfill::WATERMARK_PREFIX.to_string()];
         decoder.messages = [dead_letter::RETRY_PREFIX, schema_change::DDL_PREFIX].into_iter().map(str::to_string).chain(def.messages.iter().cloned()).collect();
         Ok(Pipeline {
             decoder,
@@ -127,6 +136,9 @@ impl Pipeline {
             refused: Vec::new(),
             snapshot_refusals: false,
             sink_id: 0,
+            chunk: None,
+            arrived: None,
+            recent: RecentXids::default(),
         })
     }
 
@@ -151,6 +163,26 @@ impl Pipeline {
         }
     }
 
+    /// Wait for `chunk`'s watermark. False (and the chunk dropped) when a
+    /// transaction its snapshot counts as running was fed already: read it again.
+    pub fn await_chunk(&mut self, chunk: Chunk) -> bool {
+        if chunk.tainted_by(&self.recent) {
+            return false;
+        }
+        self.chunk = Some(chunk);
+        true
+    }
+
+    /// A backfill chunk is waiting for its watermark.
+    pub fn awaits_chunk(&self) -> bool {
+        self.chunk.is_some()
+    }
+
+    /// What the watermark of the waiting chunk brought, once it came.
+    pub fn take_arrived(&mut self) -> Option<Arrived> {
+        self.arrived.take()
+    }
+
     /// A transaction's BEGIN was fed and its COMMIT not yet.
     pub fn in_transaction(&self) -> bool {
         self.decoder.is_in_transaction()
@@ -170,6 +202,9 @@ impl Pipeline {
         let Some(mut txn) = self.decoder.take_pending() else {
             return Ok(None);
         };
+        if let Some(chunk) = &mut self.chunk {
+            chunk.observe(&txn);
+        }
         // A transaction that starts before the confirmed position was read whole
         // by the step that confirmed it (steps end after a COMMIT, at a keepalive
         // between transactions, or caught up past every commit before them).
@@ -253,7 +288,23 @@ impl Pipeline {
                 }
                 Ok(())
             }
+            Decoded::Signal { prefix, content } => {
+                if prefix == backfill::WATERMARK_PREFIX {
+                    let id = seal::open(&self.message_key, &prefix, &content).and_then(backfill::ChunkId::parse);
+                    if id.is_some() && id == self.chunk.as_ref().map(|c| c.id) {
+                        if let Some(chunk) = self.chunk.take() {
+                            let shape = self.decoder.relation_shape(self.source_oid);
+                            self.arrived = Some(chunk.arrive(at, now_us(), shape));
+                        }
+                    }
+                }
+                Ok(())
+            }
             Decoded::Commit(mut txn) => {
+                self.recent.push(txn.xid);
+                if let Some(chunk) = &mut self.chunk {
+                    chunk.observe(&txn);
+                }
                 let end = txn.end_lsn;
                 let done = match self.parts.take() {
                     Some(p) if p.skip => Ok(()),
@@ -437,6 +488,11 @@ impl Pipeline {
 }
 
 /// Commit time as milliseconds since the epoch with microsecond fraction ("1720032185312.345").
+/// Now, in microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
 pub fn format_millis(us: i64) -> String {
     let ms = us.div_euclid(1000);
     let frac = us.rem_euclid(1000);

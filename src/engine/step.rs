@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 
+use super::backfill::{Advance, Arrived};
 use super::change::Transaction;
 use super::connector::{Batch, Connector, Record, SqlSession};
 use super::dead_letter::{DeadLetter, Policy};
@@ -85,6 +86,9 @@ pub struct Outcome {
     pub dead_letters: Vec<DeadLetter>,
     /// The step ended before a batch holding refused records: run the next one.
     pub refused: bool,
+    /// A backfill chunk's watermark came in this step (the chunk is delivered,
+    /// or to be read again): the glue records where the backfill stands.
+    pub backfill: Option<Advance>,
     /// The step ended at a change the sink cannot take (a permanent error, e.g. a
     /// schema change under `schema.changes = 'stop'`), after delivering what came
     /// before it: record that progress, then fail the sink with this error.
@@ -185,6 +189,9 @@ pub struct Step<'a> {
     /// silent: the worker is told to stop (pause, drop, shutdown), so the step
     /// ends there instead of after all of its slice.
     stop: Option<&'a dyn Fn() -> bool>,
+    /// A backfill chunk's watermark came: the stream read ends there, so the
+    /// next step can read the next chunk.
+    chunk_arrived: bool,
 }
 
 fn stopping() -> SinkError {
@@ -223,6 +230,7 @@ impl<'a> Step<'a> {
             lost_at_start: false,
             refusal: false,
             stop: None,
+            chunk_arrived: false,
         }
     }
 
@@ -265,6 +273,9 @@ impl<'a> Step<'a> {
             }
             return Err(e);
         }
+        if let Some(arrived) = self.pipeline.take_arrived() {
+            return self.deliver_arrived(arrived);
+        }
         if self.batch.part.is_some() {
             // The last part of a large transaction goes alone.
             return self.flush();
@@ -279,6 +290,67 @@ impl<'a> Step<'a> {
         if self.batch.changes >= self.batch_changes {
             self.flush()?;
         }
+        Ok(())
+    }
+
+    /// A backfill chunk's watermark came: what came before it goes first, then
+    /// the chunk's rows, as a batch of their own at the watermark's position.
+    fn deliver_arrived(&mut self, arrived: Arrived) -> Result<()> {
+        self.flush()?;
+        if self.stop_requested() {
+            return Err(stopping());
+        }
+        self.chunk_arrived = true;
+        match arrived {
+            Arrived::Again { id } => {
+                self.outcome.backfill = Some(Advance { id, read: 0, delivered: 0, last_key: None, more: true, again: true });
+            }
+            Arrived::Rows { id, txn, read, last_key, more } => {
+                let end = txn.end_lsn;
+                let before = self.outcome.records;
+                self.deliver_rows(txn, None)?;
+                self.end = self.end.max(end);
+                let delivered = self.outcome.records - before;
+                self.outcome.backfill = Some(Advance { id, read, delivered, last_key, more, again: false });
+            }
+        }
+        Ok(())
+    }
+
+    /// Deliver rows read from the source (a snapshot chunk, numbered `chunk`, or
+    /// a backfill chunk) as a batch of their own. Records the target refuses are
+    /// set aside and the rest sent again at once (every attempt removes at least one).
+    fn deliver_rows(&mut self, txn: Transaction, chunk: Option<u32>) -> Result<()> {
+        let mut batch = self.pipeline.new_batch();
+        batch.snapshot_chunk = chunk;
+        self.pipeline.begin_chunk();
+        self.pipeline.snapshot_refusals = true;
+        let added = self.pipeline.add_transaction(txn, self.sql, &mut batch);
+        self.pipeline.snapshot_refusals = false;
+        added?;
+        for mut d in self.pipeline.refused.drain(..) {
+            d.chunk = chunk;
+            self.outcome.dead_letters.push(d);
+        }
+        loop {
+            match deliver_timed(self.rt, self.connector, self.sql, &batch, &mut self.outcome.batch_ms) {
+                Ok(()) => break,
+                Err(e) if sets_aside(&e, self.pipeline.errors_policy, &batch) => {
+                    self.outcome.dead_letters.extend(dead_letters(&e, self.pipeline.errors_policy, &batch));
+                    let mut i = 0;
+                    batch.records.retain(|_| {
+                        i += 1;
+                        !e.refused.contains(&(i - 1))
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let o = &mut self.outcome;
+        o.changes += batch.changes;
+        o.records += batch.records.len();
+        o.bytes += batch.bytes();
+        self.collect_left_out(&batch);
         Ok(())
     }
 
@@ -396,6 +468,10 @@ impl<'a> Step<'a> {
                     let last = pgoutput::commit_end_lsn(payload).is_some_and(|l| l >= upto);
                     self.feed_at(payload, start)?;
                     silent_since = std::time::Instant::now();
+                    if self.chunk_arrived {
+                        // The next chunk is read by the next step.
+                        return Ok(false);
+                    }
                     // A transaction whose commit record ends at or past `upto` is
                     // the last one committed before it: nothing more to wait for.
                     if last {
@@ -444,38 +520,7 @@ impl<'a> Step<'a> {
             if rows == 0 && chunk > 0 {
                 break;
             }
-            let mut batch = self.pipeline.new_batch();
-            batch.snapshot_chunk = Some(chunk);
-            self.pipeline.begin_chunk();
-            self.pipeline.snapshot_refusals = true;
-            let added = self.pipeline.add_transaction(txn, self.sql, &mut batch);
-            self.pipeline.snapshot_refusals = false;
-            added?;
-            for mut d in self.pipeline.refused.drain(..) {
-                d.chunk = Some(chunk);
-                self.outcome.dead_letters.push(d);
-            }
-            // Records the target refuses are set aside and the chunk is sent again
-            // without them (every attempt removes at least one).
-            loop {
-                match deliver_timed(self.rt, self.connector, self.sql, &batch, &mut self.outcome.batch_ms) {
-                    Ok(()) => break,
-                    Err(e) if sets_aside(&e, self.pipeline.errors_policy, &batch) => {
-                        self.outcome.dead_letters.extend(dead_letters(&e, self.pipeline.errors_policy, &batch));
-                        let mut i = 0;
-                        batch.records.retain(|_| {
-                            i += 1;
-                            !e.refused.contains(&(i - 1))
-                        });
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let o = &mut self.outcome;
-            o.changes += batch.changes;
-            o.records += batch.records.len();
-            o.bytes += batch.bytes();
-            self.collect_left_out(&batch);
+            self.deliver_rows(txn, Some(chunk))?;
             chunk += 1;
             if (rows as i64) < chunk_rows {
                 break;
@@ -490,12 +535,14 @@ impl<'a> Step<'a> {
         if let Err(e) = self.flush() {
             return if self.refusal { self.finish_refused(flushed) } else { Err(e) };
         }
-        if self.outcome.transactions > 0 {
+        let delivered = self.outcome.transactions + usize::from(self.outcome.backfill.as_ref().is_some_and(|a| !a.again));
+        if delivered > 0 {
             self.rt.block_on(self.connector.finish_step())?;
         }
-        let p = progress(self.durable, self.end, quiet, caught_up, flushed, self.outcome.transactions, write_idle);
+        let p = progress(self.durable, self.end, quiet, caught_up, flushed, delivered, write_idle || self.outcome.backfill.is_some());
         let mut outcome = self.outcome;
-        outcome.caught_up = caught_up;
+        // A backfill with chunks still to read is not caught up, whatever the stream.
+        outcome.caught_up = caught_up && outcome.backfill.as_ref().is_none_or(|a| !a.more && !a.again);
         outcome.confirmed = Some(p.confirmed);
         Ok((outcome, p))
     }
@@ -582,6 +629,107 @@ mod tests {
 
     fn parts_step(msgs: &[Vec<u8>], c: &mut MemoryConnector, confirmed: u64, part_changes: usize) -> Result<(Outcome, Progress)> {
         fed_step(msgs, c, confirmed, 100, part_changes, false)
+    }
+
+    /// A backfill chunk of rows 1..=4 of `t(id, v)` read under snapshot
+    /// `100:105:103`, waiting in `p` (sealed watermarks under key `k`).
+    fn backfill_pipeline() -> Pipeline {
+        use crate::engine::backfill::{Chunk, ChunkId, Snapshot};
+        use crate::engine::change::{Cell, Column, Relation};
+        let mut p = fixture::pipeline();
+        p.message_key = b"k".to_vec();
+        p.source_oid = 1;
+        p.sink_id = 9;
+        let cols = [("id", true), ("v", false)];
+        let columns = cols.iter().map(|(n, k)| Column { name: n.to_string(), ty: crate::engine::types::PgType::from_oid(if *k { 23 } else { 25 }), type_modifier: -1, is_identity: *k }).collect();
+        let rel = std::sync::Arc::new(Relation { id: 1, namespace: "public".into(), name: "t".into(), replica_identity: b'd', columns, meta: None });
+        let rows = (1..=4).map(|i| vec![Cell::Text(i.to_string()), Cell::Text("read".into())]).collect();
+        let chunk = Chunk::new(ChunkId { sink: 9, backfill: 1, number: 0 }, rel, &["id".into()], Snapshot::parse("100:105:103").unwrap(), rows, 4).unwrap();
+        assert!(p.await_chunk(chunk));
+        p
+    }
+
+    fn watermark(number: i64) -> Vec<u8> {
+        let payload = crate::engine::backfill::ChunkId { sink: 9, backfill: 1, number }.payload();
+        message(false, crate::engine::backfill::WATERMARK_PREFIX, crate::engine::seal::seal(b"k", crate::engine::backfill::WATERMARK_PREFIX, &payload).as_bytes())
+    }
+
+    #[test]
+    fn a_backfill_chunk_goes_out_at_its_watermark_without_the_rows_the_stream_changed() {
+        let rt = rt();
+        let mut pipeline = backfill_pipeline();
+        let mut c = MemoryConnector::default();
+        let (mut sql, mut types) = (NoSql, NoTypes);
+        let script = vec![
+            Scripted::Data(relation(1, "public", "t", b'd', &[("id", 23, true), ("v", 25, false)])),
+            // Committed before the chunk's snapshot: the chunk has it; kept.
+            Scripted::DataAt(0x100, begin(0x110, 0, 101)),
+            Scripted::DataAt(0x100, update(1, None, &[Some("1"), Some("s1")])),
+            Scripted::DataAt(0x110, commit(0x110, 0x118, 0)),
+            // Running for the snapshot: the stream's row of 2 wins; the chunk's goes.
+            Scripted::DataAt(0x200, begin(0x210, 0, 103)),
+            Scripted::DataAt(0x200, update(1, None, &[Some("2"), Some("s2")])),
+            Scripted::DataAt(0x210, commit(0x210, 0x218, 0)),
+            // A forged watermark and one of another chunk are not acted on.
+            Scripted::DataAt(0x280, message(false, crate::engine::backfill::WATERMARK_PREFIX, b"9:1:0")),
+            Scripted::DataAt(0x290, watermark(5)),
+            Scripted::DataAt(0x300, watermark(0)),
+            // After the watermark, the next step's: a commit record that begins
+            // where the watermark's record ends (a message's position).
+            Scripted::DataAt(0x300, begin(0x300, 0, 106)),
+            Scripted::DataAt(0x300, insert(1, &[Some("7"), Some("s7")])),
+            Scripted::DataAt(0x300, commit(0x300, 0x318, 0)),
+        ];
+        let mut stream = ScriptedStream::new(script);
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn(0x50), 1000);
+        let mut quiet = Lsn::ZERO;
+        let caught_up = step.read_stream(&mut stream, 1000, Lsn(0x9000), &mut quiet).unwrap();
+        assert!(!caught_up, "the step ends at the watermark");
+        let (out, p) = step.finish(caught_up, Lsn(0x9000), None, false).unwrap();
+        assert_eq!(stream.remaining(), 3);
+        // The two transactions, then the chunk's rows 1, 3, 4 as reads.
+        assert_eq!(c.batch_sizes(), vec![(2, 2), (1, 3)]);
+        let keys: Vec<String> = c.batches[1].records.iter().map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap()).collect();
+        assert_eq!(keys, vec!["{\"id\":1}", "{\"id\":3}", "{\"id\":4}"]);
+        // A message's position is its record's end: the chunk lies just before it.
+        assert_eq!((c.batches[1].start_lsn, c.batches[1].end_lsn), (Lsn(0x2FF), Lsn(0x300)));
+        assert_eq!(p, Progress { confirmed: Lsn(0x300), record: true });
+        let a = out.backfill.unwrap();
+        assert_eq!((a.read, a.delivered, a.more, a.again), (4, 3, true, false));
+        assert_eq!(a.last_key, Some(vec![Some("4".to_string())]));
+        assert_eq!(c.finished_steps, 1);
+        // The transaction committed at the watermark's position is not taken for delivered.
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, p.confirmed, 1000);
+        assert!(step.read_stream(&mut stream, 1000, Lsn(0x318), &mut quiet).unwrap());
+        step.finish(true, Lsn(0x318), None, false).unwrap();
+        assert_eq!(c.batch_sizes().last(), Some(&(1, 1)));
+        assert!(c.batches[1].position() < c.batches[2].position() && c.batches[2].start_lsn > c.batches[1].start_lsn);
+    }
+
+    #[test]
+    fn a_chunk_voided_by_a_truncate_is_read_again_and_a_chunk_is_refused_when_a_running_transaction_was_fed() {
+        let rt = rt();
+        let mut pipeline = backfill_pipeline();
+        let mut c = MemoryConnector::default();
+        let (mut sql, mut types) = (NoSql, NoTypes);
+        let mut step = Step::new(&mut pipeline, &mut c, &rt, &mut sql, &mut types, Lsn(0x50), 1000);
+        for m in [relation(1, "public", "t", b'd', &[("id", 23, true), ("v", 25, false)]), begin(0x110, 0, 103), truncate(&[1], 0), commit(0x110, 0x118, 0)] {
+            step.feed(&m).unwrap();
+        }
+        step.feed_at(&watermark(0), Lsn(0x200)).unwrap();
+        // A peek read everything; the backfill still has its chunk to read again.
+        let (out, p) = step.finish(true, Lsn(0x9000), None, false).unwrap();
+        assert!(!out.caught_up);
+        assert!(out.backfill.unwrap().again);
+        assert_eq!(c.batch_sizes(), vec![(1, 0)], "only the truncate (skipped by default)");
+        assert_eq!(p.confirmed, Lsn(0x9000));
+        // Transaction 103 was fed: a chunk whose snapshot counts it as running is refused.
+        use crate::engine::backfill::{Chunk, ChunkId, Snapshot};
+        let rel = std::sync::Arc::new(crate::engine::change::Relation { id: 1, namespace: "public".into(), name: "t".into(), replica_identity: b'd', columns: vec![], meta: None });
+        let chunk = |s: &str| Chunk::new(ChunkId { sink: 9, backfill: 1, number: 1 }, rel.clone(), &[], Snapshot::parse(s).unwrap(), vec![], 10).unwrap();
+        assert!(!pipeline.await_chunk(chunk("100:106:103")));
+        assert!(!pipeline.awaits_chunk());
+        assert!(pipeline.await_chunk(chunk("100:106:105")));
     }
 
     #[test]

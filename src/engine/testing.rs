@@ -20,6 +20,8 @@ use super::types::PgType;
 pub enum Scripted {
     /// A pgoutput message.
     Data(Vec<u8>),
+    /// A pgoutput message read at a position in the WAL.
+    DataAt(u64, Vec<u8>),
     /// A primary keepalive at `end`.
     Keepalive { end: u64, reply: bool },
     /// One poll that finds nothing.
@@ -57,6 +59,7 @@ impl MessageStream for ScriptedStream {
         self.pos += 1;
         match item {
             Scripted::Data(payload) => Ok(Some(Message::Data { start: Lsn::ZERO, end: Lsn::ZERO, payload })),
+            Scripted::DataAt(at, payload) => Ok(Some(Message::Data { start: Lsn(*at), end: Lsn(*at), payload })),
             Scripted::Keepalive { end, reply } => Ok(Some(Message::Keepalive { end: Lsn(*end), reply: *reply })),
             Scripted::Silence => Ok(None),
             Scripted::Fail => Err(SinkError::transient("scripted stream broke")),

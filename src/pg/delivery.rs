@@ -88,6 +88,9 @@ pub struct Session {
     /// `Result`), or its commit failed, after reading from the stream. What it read
     /// was never recorded, so the next step starts over from the catalog.
     uncommitted: bool,
+    /// `sync()` was called in a transaction that had written data: a backfill
+    /// reads no chunk in it (it would see the caller's uncommitted rows).
+    pub caller_wrote: bool,
 }
 
 impl Session {
@@ -255,6 +258,7 @@ pub fn step(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Outcome
 fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Stepped, SinkError> {
     let rt = session.runtime()?;
     let (transport, session_fell_back, stop_requested) = (session.transport, session.fell_back, session.stop_requested);
+    let session_wrote = session.caller_wrote;
     let stop = move || stop_requested.is_some_and(|f| f());
     let Parts { def, pipeline, connector, stream, idle_end, snapshot_logged } = parts(sink, session)?;
     let def = &*def;
@@ -292,6 +296,11 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
     let step_limit = if whole_backlog { i64::from(i32::MAX) } else { gucs::max_step_changes() };
     if def.errors_policy != crate::engine::dead_letter::Policy::Fail {
         pipeline.dead = catalog::dead_set(sink.id, confirmed);
+    }
+    if !pipeline.awaits_chunk() && !session_wrote {
+        if let Some(b) = super::backfill::running(sink.id) {
+            super::backfill::next_chunk(sink, &b, pipeline, snapshot_relation(sink, &mut types))?;
+        }
     }
     let mut sql = SpiSession::for_owner(&sink.owner)?;
     let mut run = Step::new(pipeline, connector.as_mut(), &rt, &mut sql, &mut types, confirmed, gucs::max_batch_changes() as usize)
@@ -334,6 +343,9 @@ fn step_with(sink: &SinkRow, mode: Mode, session: &mut Session) -> Result<Steppe
         catalog::record_progress(sink.id, progress.confirmed, &outcome, caught_up);
     }
     catalog::record_dead_letters(sink, &outcome.dead_letters);
+    if let Some(a) = &outcome.backfill {
+        super::backfill::record(sink.id, a);
+    }
     if let Some(e) = &outcome.stopped {
         // Failed at a change it cannot take, with what came before it delivered.
         warning!("pg_sink sink \"{}\": {} {}", sink.name, e.message, e.hint.as_deref().unwrap_or_default());

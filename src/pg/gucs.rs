@@ -33,6 +33,11 @@ pub static MAX_BATCH_CHANGES: GucSetting<i32> = GucSetting::<i32>::new(20_000);
 /// transaction's size, and leaves transactions of ordinary size whole.
 pub static TRANSACTION_PART_CHANGES: GucSetting<i32> = GucSetting::<i32>::new(100_000);
 
+/// Rows of a backfill chunk (`sink.backfill()`): each chunk is read in one
+/// statement and waits in the worker's memory for its watermark, then is one
+/// step. 10000 rows keep a chunk to a few MB and the steps per second low.
+pub static BACKFILL_CHUNK_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
 /// Changes decoded per step (one transaction). Through SQL, each step is one
 /// decoding pass that restarts at the slot's restart point, so a large step makes
 /// catching up on a backlog one pass instead of many; 1M changes keeps a step to
@@ -186,6 +191,16 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"pg_sink.backfill_chunk_rows",
+        c"Rows of the source a backfill reads per chunk.",
+        c"Each chunk waits in the worker's memory for its watermark, then goes out in one step.",
+        &BACKFILL_CHUNK_ROWS,
+        1,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"pg_sink.max_step_changes",
         c"Maximum changes decoded in one step (one transaction) of a sink.",
         c"A step is delivered in batches of pg_sink.max_batch_changes.",
@@ -264,6 +279,10 @@ pub fn max_batch_changes() -> i64 {
 
 pub fn transaction_part_changes() -> usize {
     TRANSACTION_PART_CHANGES.get().max(1) as usize
+}
+
+pub fn backfill_chunk_rows() -> usize {
+    BACKFILL_CHUNK_ROWS.get().max(1) as usize
 }
 
 pub fn max_step_changes() -> i64 {

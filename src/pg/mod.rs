@@ -8,6 +8,7 @@
 //! driven from the same thread.
 
 pub mod access;
+pub mod backfill;
 pub mod catalog;
 pub mod delivery;
 pub mod errors;

@@ -10,6 +10,7 @@
 //! | [`sync`] | `sync`, `preview` |
 //! | [`export`] | `export` (a query's rows, once, through any connector) |
 //! | [`dead_letters`] | `retry_dead_letters`, `discard_dead_letters` |
+//! | [`backfill`] | `backfill`, `cancel_backfill` |
 //! | [`schema_changes`] | `report_schema_change` (the DDL event trigger's), `relation_shape` |
 //! | [`launcher`] | `start_launcher` (this database's sinks run) |
 //! | [`execute`] | `execute` (Materialize, RisingWave and Kinetica DDL) |
@@ -20,6 +21,7 @@
 //! publications and slots are made under the extension's superuser identity
 //! ([`crate::pg::identity::as_superuser`]). This file holds the checks they share.
 
+pub mod backfill;
 pub mod connections;
 pub mod credentials;
 pub mod dead_letters;

@@ -41,6 +41,8 @@ fn sync(name: &str) -> JsonB {
     let mut set_aside = 0usize;
     let started = std::time::Instant::now();
     let mut session = delivery::Session::default();
+    // SAFETY: a plain read of backend-local transaction state.
+    session.caller_wrote = unsafe { pgrx::pg_sys::GetTopTransactionIdIfAny() != pgrx::pg_sys::InvalidTransactionId };
     with_output_settings(|| {
         deliver_as_superuser(|| loop {
             let current = catalog::find_by_id(sink.id).unwrap_or_else(|| sink.clone());
