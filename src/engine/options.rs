@@ -45,6 +45,9 @@ pub struct SinkDefinition {
     pub key_not_enforced: bool,
     pub force_append_only: bool,
     pub snapshot: bool,
+    /// The initial snapshot read in key-ordered chunks while the stream flows
+    /// (`snapshot.mode = 'incremental'`, resumable) instead of in one consistent pass.
+    pub snapshot_incremental: bool,
     pub schedule: Schedule,
     /// What an UPDATE's unchanged TOAST column carries without REPLICA IDENTITY FULL.
     pub unchanged_toast: UnchangedToast,
@@ -97,6 +100,7 @@ pub const SINK_OPTIONS: &[(&str, &str)] = &[
     ("key_not_enforced", "skip the uniqueness proof of an upsert key (Materialize NOT ENFORCED)"),
     ("force_append_only", "append-only only: updates become inserts; deletes and truncates are dropped"),
     ("snapshot", "deliver the existing rows first, consistent with the slot (default true)"),
+    ("snapshot.mode", "the initial snapshot: consistent (default: one pass under the slot's exported snapshot) or incremental (key-ordered chunks interleaved with the stream, resumed where it stopped after a crash; needs a primary key)"),
     ("schedule", "continuous (the worker delivers) or manual (only sink.sync() does)"),
     ("unchanged_toast", "an UPDATE's unchanged TOASTed column: fetch (default; placeholder under debezium.compat), placeholder or fail"),
     ("schemas.enable", "debezium.compat: keys and values as Kafka Connect's JSON with schemas, {\"schema\": .., \"payload\": ..} (default false)"),
@@ -178,6 +182,14 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
     let key_not_enforced = bool_opt(&mut opts, "key_not_enforced", false)?;
     let force_append_only = bool_opt(&mut opts, "force_append_only", false)?;
     let snapshot = bool_opt(&mut opts, "snapshot", true)?;
+    let snapshot_incremental = match opts.remove("snapshot.mode").as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("consistent") => false,
+        Some("incremental") => true,
+        Some(other) => {
+            return Err(SinkError::config(format!("invalid value for option \"snapshot.mode\": \"{other}\""))
+                .hint("Use consistent (one pass, the default) or incremental (chunks by key while the stream flows, resumable)."))
+        }
+    };
     let schedule = match opts.remove("schedule").as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("continuous") => Schedule::Continuous,
         Some("manual") => Schedule::Manual,
@@ -279,6 +291,7 @@ pub fn parse(connector_name: &str, options: &BTreeMap<String, String>) -> Result
         key_not_enforced,
         force_append_only,
         snapshot,
+        snapshot_incremental,
         schedule,
         unchanged_toast,
         debezium_compat,
@@ -523,6 +536,7 @@ mod tests {
             ("file", &[("format", "xml")], "unknown format"),
             ("file", &[("bogus", "1")], "unknown option \"bogus\""),
             ("file", &[("snapshot", "maybe")], "invalid value for boolean option"),
+            ("file", &[("snapshot.mode", "lazy")], "invalid value for option \"snapshot.mode\""),
             ("file", &[("envelope", "upsert"), ("type", "debezium")], "conflicting options"),
             ("file", &[("envelope", "upsert"), ("force_append_only", "true")], "force_append_only requires"),
             ("file", &[("envelope", "upsert"), ("debezium.compat", "true")], "debezium.compat requires the debezium envelope"),

@@ -61,6 +61,27 @@ pub fn key_columns(source_oid: u32) -> Option<Vec<String>> {
     serde_json::from_str::<Vec<String>>(&json).ok().filter(|k| !k.is_empty())
 }
 
+/// Start a backfill of the sink's source in `key` order (the rows `filter`
+/// picks), replacing a finished one: its id and the planner's estimate of the
+/// source's rows.
+pub fn begin(sink: &SinkRow, key: &[String], filter: Option<&str>, requested_by: &str) -> (Option<i64>, Option<i64>) {
+    let key_json = serde_json::to_string(key).unwrap_or_default();
+    let row = update(
+        "INSERT INTO sink.backfills AS b (sink_id, id, filter, key_columns, rows_estimate, requested_by) \
+         SELECT $1::bigint, 1, $2, ARRAY(SELECT pg_catalog.jsonb_array_elements_text($3::jsonb)), \
+                (SELECT CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END FROM pg_catalog.pg_class c WHERE c.oid = $4::oid), \
+                $5::regrole \
+         ON CONFLICT (sink_id) DO UPDATE SET id = b.id + 1, filter = EXCLUDED.filter, key_columns = EXCLUDED.key_columns, \
+                last_key = NULL, chunks = 0, rows_read = 0, rows_delivered = 0, rows_estimate = EXCLUDED.rows_estimate, \
+                requested_by = EXCLUDED.requested_by, started_at = now(), finished_at = NULL, cancelled = false \
+         RETURNING id::text, rows_estimate::text",
+        &[Some(&sink.id.to_string()), filter, Some(&key_json), Some(&sink.source_oid.to_string()), Some(requested_by)],
+    );
+    let first = row.into_iter().next().unwrap_or_default();
+    let g = |i: usize| first.get(i).cloned().flatten().and_then(|v| v.parse::<i64>().ok());
+    (g(0), g(1))
+}
+
 /// Read the backfill's next chunk and write its watermark, or, when nothing is
 /// left to read, mark the backfill finished.
 pub fn next_chunk(sink: &SinkRow, b: &Running, pipeline: &mut Pipeline, relation: Arc<Relation>) -> Result<(), SinkError> {
@@ -173,6 +194,18 @@ pub fn record(sink_id: i64, a: &Advance) {
             Some(if a.more { "true" } else { "false" }),
         ],
     );
+    if !a.more {
+        snapshot_done(sink_id);
+    }
+}
+
+/// A finished backfill completes the sink's snapshot when that was still to
+/// come (an incremental initial snapshot).
+fn snapshot_done(sink_id: i64) {
+    update(
+        "UPDATE sink.progress SET snapshot_done = true WHERE sink_id = $1::bigint AND NOT snapshot_done",
+        &[Some(&sink_id.to_string())],
+    );
 }
 
 /// Nothing is left to read.
@@ -181,5 +214,6 @@ fn finish(sink_id: i64, id: i64) {
         "UPDATE sink.backfills SET finished_at = now() WHERE sink_id = $1::bigint AND id = $2::bigint AND finished_at IS NULL",
         &[Some(&sink_id.to_string()), Some(&id.to_string())],
     );
+    snapshot_done(sink_id);
     super::delivery::report_activity("streaming");
 }

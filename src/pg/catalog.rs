@@ -287,6 +287,15 @@ pub fn mark_snapshot_done(sink_id: i64, consistent_point: Lsn) {
     );
 }
 
+/// The sink streams from `start`; its snapshot is still to come (an incremental
+/// one, whose backfill sets `snapshot_done` when it finishes).
+pub fn start_streaming(sink_id: i64, start: Lsn) {
+    update(
+        "UPDATE sink.progress SET snapshot_done = false, confirmed_lsn = $2::pg_lsn, confirmed_at = now() WHERE sink_id = $1::bigint",
+        &[Some(&sink_id.to_string()), Some(&start.to_string())],
+    );
+}
+
 /// Whether this transaction (or one of its subtransactions) wrote the sink's
 /// progress row: that progress may still be rolled back.
 pub fn progress_written_by_this_transaction(sink_id: i64) -> bool {

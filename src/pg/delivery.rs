@@ -813,12 +813,22 @@ fn initialize(
             .detail("Creating a replication slot is not possible in a transaction that has written data or uses a transaction-wide snapshot.")
             .hint("Call sink.sync() as the first statement of its own transaction."));
     }
-    let snapshot = def.snapshot;
+    // An incremental snapshot is a backfill that starts with the stream: no
+    // exported snapshot, no lock.
+    let key = if def.snapshot && def.snapshot_incremental { super::backfill::key_columns(sink.source_oid) } else { None };
+    let snapshot = def.snapshot && key.is_none();
     let remote = if snapshot && leftover.is_none() && transport != Transport::Sql { snapshot_session(sink, transport, stop)? } else { None };
     let start = match &remote {
         Some(session) => session.consistent_point,
         None => create_slot_locked(sink, leftover, snapshot)?,
     };
+    if let Some(key) = key {
+        let (_, estimate) = super::backfill::begin(sink, &key, None, &sink.owner);
+        catalog::start_streaming(sink.id, start);
+        let about = estimate.map_or_else(String::new, |n| format!(" of about {n} rows"));
+        crate::pg::events::state_changed(&sink.name, format!("streaming from {start}, incremental snapshot{about} in chunks by {}", key.join(", ")));
+        return Ok(Outcome { initialized: true, confirmed: Some(start), ..Default::default() });
+    }
     let mut outcome = Outcome::default();
     if snapshot {
         let mut sql = SpiSession::for_owner(&sink.owner)?;

@@ -9,6 +9,11 @@ its changes stream on (DBLog watermarks; src/engine/backfill.rs).
   at most the one chunk in flight is read twice.
 * A filter, a manual sink driven by sync(), cancel_backfill(), status, and every
   bad input refused with its SQLSTATE and nothing changed.
+* The initial snapshot as a backfill (`snapshot.mode = 'incremental'`), to a
+  table, a file (debezium) and Kafka (debezium, exactly-once) while a writer
+  runs, every worker SIGKILLed at about half: it resumes at its last chunk (no
+  chunk delivered before the crash is read again but the one in flight), and
+  each target equals the source.
 """
 import collections
 import json
@@ -20,6 +25,7 @@ import time
 
 import pytest
 
+from test_kafka import BROKERS, broker, read_topic  # noqa: F401  (broker is a fixture)
 from conftest import connect, file_records, fresh_one, one, out_dir, reconnect, sqlstate_of, wait_caught_up, wait_for, wait_started, workers_restarted
 
 ROWS = 20_000
@@ -282,3 +288,73 @@ def test_bad_backfills_are_refused_and_change_nothing(db):
         db.execute("SELECT sink.drop_sink(%s)", (s,))
     db.execute("DROP OWNED BY bfe_other")
     db.execute("DROP ROLE bfe_other")
+
+
+def test_an_incremental_snapshot_resumes_after_a_crash_where_it_stopped(db, small_chunks, broker):  # noqa: F811
+    rows = 40_000
+    _source(db, "bfi_src", rows)
+    db.execute("DROP TABLE IF EXISTS bfi_copy")
+    db.execute("CREATE TABLE bfi_copy (id int PRIMARY KEY, v text, n bigint)")
+    d = out_dir("bfi_file")
+    opts = {"snapshot.mode": "incremental"}
+    db.execute("SELECT sink.create_sink('bfi_tab', 'bfi_src', 'table', %s::jsonb, envelope => 'upsert')", (json.dumps({**opts, "table": "bfi_copy"}),))
+    db.execute("SELECT sink.create_sink('bfi_dbz', 'bfi_src', 'file', %s::jsonb, envelope => 'debezium')", (json.dumps({**opts, "path": d}),))
+    db.execute("SELECT sink.create_sink('bfi_kafka', 'bfi_src', 'kafka', %s::jsonb, envelope => 'debezium')",
+               (json.dumps({**opts, "properties.bootstrap.server": BROKERS, "topic": "bfi"}),))
+    sinks = ("bfi_tab", "bfi_dbz", "bfi_kafka")
+    # The sinks stream at once; their snapshots are still to come.
+    wait_for(lambda: one(db, "SELECT count(*) FROM sink.status WHERE name LIKE 'bfi%%' AND confirmed_lsn IS NOT NULL") == 3, 60, "the slots")
+    assert one(db, "SELECT count(*) FROM sink.status WHERE name LIKE 'bfi%%' AND NOT snapshot_done") >= 2
+    w = Writer("bfi_src", rows)
+    w.start()
+    try:
+        # The crash comes once the slowest sink has delivered chunks (Kafka
+        # commits a transaction per chunk and starts later) and the fastest is
+        # half way or more.
+        progress = "SELECT min(b.chunks) >= 2 AND max(b.rows_read) >= %s FROM sink.backfills b JOIN sink.sinks s ON s.id = b.sink_id WHERE s.name LIKE 'bfi%%'"
+        wait_for(lambda: one(db, progress, rows // 2), 180, "the snapshots to be under way")
+        before = {r[0]: r[1] for r in db.execute("SELECT s.name, b.chunks FROM sink.backfills b JOIN sink.sinks s ON s.id = b.sink_id WHERE s.name LIKE 'bfi%'")}
+        pids = [r[0] for r in db.execute("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pg_sink sink bfi%'")]
+        assert len(pids) == 3
+        for p in pids:
+            os.kill(p, signal.SIGKILL)
+        workers_restarted("pg_sink sink bfi%", pids, 3)
+        conn = reconnect()
+        after = {r[0]: r[1] for r in conn.execute("SELECT s.name, b.chunks FROM sink.backfills b JOIN sink.sinks s ON s.id = b.sink_id WHERE s.name LIKE 'bfi%'")}
+        assert all(0 < before[s] <= after[s] for s in sinks), (before, after)
+        assert sum(1 for s in sinks if after[s] < rows // CHUNK) >= 2, ("the crash came before the end", before, after)
+        wait_for(lambda: one(conn, "SELECT bool_and(snapshot_done) FROM sink.status WHERE name LIKE 'bfi%%'"), 240, "the snapshots")
+    finally:
+        w.stop.set()
+        w.join(30)
+    assert w.error is None and w.count > 50, (w.error, w.count)
+    conn = reconnect()
+    for s in sinks:
+        wait_caught_up(conn, s)
+    assert conn.execute("SELECT count(*) FILTER (WHERE backfill = 'done'), min(backfill_percent) FROM sink.status WHERE name LIKE 'bfi%'").fetchone() == (3, 100.0)
+    source = _rows(conn, "bfi_src")
+    assert _rows(conn, "bfi_copy") == source
+    state, reads = _debezium_state(file_records(d, "bfi_dbz"))
+    assert state == source
+    twice = sum(1 for n in reads.values() if n > 1)
+    assert twice <= CHUNK and max(reads.values()) <= 2, f"file: {twice} keys read twice"
+    msgs = read_topic("bfi", timeout=60)
+    kstate, kreads = _debezium_state({"value": json.loads(v) if v else None} for _, _, v, _ in msgs)
+    assert kstate == source
+    ktwice = sum(1 for n in kreads.values() if n > 1)
+    assert ktwice <= CHUNK and max(kreads.values()) <= 2, f"kafka: {ktwice} keys read twice"
+    print(f"chunks at the crash {before}; keys read twice: file {twice}, kafka {ktwice}; writer transactions {w.count}")
+    for s in sinks:
+        conn.execute("SELECT sink.drop_sink(%s)", (s,))
+
+
+def test_an_incremental_snapshot_needs_a_key(db):
+    db.execute("DROP TABLE IF EXISTS bfn_src")
+    db.execute("CREATE TABLE bfn_src (v text)")
+    db.execute("ALTER TABLE bfn_src REPLICA IDENTITY FULL")
+    d = out_dir("bfn")
+    e = sqlstate_of(db, "SELECT sink.create_sink('bfn', 'bfn_src', 'file', %s::jsonb, envelope => 'append-only')", json.dumps({"path": d, "snapshot.mode": "incremental"}))
+    assert e[0] == "55000" and "primary key" in e[1] and e[2] and "consistent" in e[3], e
+    e = sqlstate_of(db, "SELECT sink.create_sink('bfn', 'bfn_src', 'file', %s::jsonb, envelope => 'append-only')", json.dumps({"path": d, "snapshot.mode": "sometimes"}))
+    assert e[0] == "22023" and "snapshot.mode" in e[1], e
+    assert one(db, "SELECT count(*) FROM sink.sinks WHERE name = 'bfn'") == 0

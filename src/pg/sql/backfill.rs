@@ -80,28 +80,14 @@ fn backfill(name: &str, filter: default!(Option<&str>, "NULL")) -> JsonB {
             Some("Wait for it to finish (sink.status.backfill = 'done'), or stop it with sink.cancel_backfill().".into()),
         );
     }
-    let key_json = serde_json::to_string(&key).unwrap_or_default();
-    let row = as_superuser(|| {
-        update(
-            "INSERT INTO sink.backfills AS b (sink_id, id, filter, key_columns, rows_estimate, requested_by) \
-             SELECT $1::bigint, 1, $2, ARRAY(SELECT pg_catalog.jsonb_array_elements_text($3::jsonb)), \
-                    (SELECT CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END FROM pg_catalog.pg_class c WHERE c.oid = $4::oid), \
-                    current_user::regrole \
-             ON CONFLICT (sink_id) DO UPDATE SET id = b.id + 1, filter = EXCLUDED.filter, key_columns = EXCLUDED.key_columns, \
-                    last_key = NULL, chunks = 0, rows_read = 0, rows_delivered = 0, rows_estimate = EXCLUDED.rows_estimate, \
-                    requested_by = EXCLUDED.requested_by, started_at = now(), finished_at = NULL, cancelled = false \
-             RETURNING id::text, rows_estimate::text",
-            &[Some(&id), filter, Some(&key_json), Some(&sink.source_oid.to_string())],
-        )
-    });
-    let first = row.into_iter().next().unwrap_or_default();
-    let g = |i: usize| first.get(i).cloned().flatten();
+    let caller = select_one("SELECT current_user::text", &[]).unwrap_or_default();
+    let (backfill, estimate) = as_superuser(|| crate::pg::backfill::begin(&sink, &key, filter, &caller));
     JsonB(serde_json::json!({
         "sink": name,
-        "backfill": g(0).and_then(|v| v.parse::<i64>().ok()),
+        "backfill": backfill,
         "key": key,
         "filter": filter,
-        "rows_estimate": g(1).and_then(|v| v.parse::<i64>().ok()),
+        "rows_estimate": estimate,
     }))
 }
 

@@ -196,6 +196,7 @@ pub(crate) fn create_sink(
     let visible = src.columns.clone().unwrap_or_else(|| info.columns.clone());
     check_key(&def, &info, &visible);
     check_replica_identity(&def, &src, &info);
+    check_incremental_snapshot(&def, &src, &visible);
     check_headers_column(&def, &src, &visible);
     check_partition_expression(&def, &src);
     check_single_column_formats(&def, &src, &visible);
@@ -487,6 +488,30 @@ fn check_replica_identity(def: &options::SinkDefinition, src: &Source, info: &Ta
                 );
             }
         }
+    }
+}
+
+/// An incremental snapshot reads the source in key order: it needs a key, and
+/// the sink must deliver its columns.
+fn check_incremental_snapshot(def: &options::SinkDefinition, src: &Source, visible: &[String]) {
+    if !(def.snapshot && def.snapshot_incremental) {
+        return;
+    }
+    let Some(key) = crate::pg::backfill::key_columns(src.oid) else {
+        fail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("an incremental snapshot of {} needs a primary key", src.name),
+            Some("It reads the table in key order, chunk after chunk.".into()),
+            Some("Add a primary key (or a unique index made the REPLICA IDENTITY), or use snapshot.mode = 'consistent'.".into()),
+        )
+    };
+    if let Some(missing) = key.iter().find(|k| !visible.contains(k)) {
+        fail(
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("an incremental snapshot needs the key column \"{missing}\" among the sink's columns"),
+            Some(format!("The source's key is {}.", key.join(", "))),
+            Some("Add the key's columns to the sink's column list, or use snapshot.mode = 'consistent'.".into()),
+        );
     }
 }
 
