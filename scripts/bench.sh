@@ -89,7 +89,8 @@
 # registry; the key/value format, which CSV, Parquet and jdbc rows do not use),
 # BENCH_DEBEZIUM (file and nats sinks: `plain` for the debezium envelope, `compat`
 # for it with debezium.compat, Debezium's own forms; the key/value format is
-# BENCH_FORMAT's), BENCH_ROWS / BENCH_N (changes), PGSINK_BATCH (if set: ALTER SYSTEM SET
+# BENCH_FORMAT's), BENCH_ROWS / BENCH_N (changes), BENCH_TXN_ROWS (rows per source
+# transaction, default 50000; N for one transaction of every row), PGSINK_BATCH (if set: ALTER SYSTEM SET
 # pg_sink.max_batch_changes + reload before resuming), BENCH_TIMEOUT (seconds per
 # timed phase, default 3600).
 # The last line of output is one JSON object with all the numbers. The cluster is
@@ -168,7 +169,7 @@ HERE = os.environ["BENCH_HERE"]
 TIMEOUT = float(os.environ["BENCH_TIMEOUT"])
 BATCH = os.environ.get("PGSINK_BATCH") or None
 SINK = os.environ["BENCH_SINK"]
-TXN_ROWS = 50000
+TXN_ROWS = int(os.environ.get("BENCH_TXN_ROWS") or 50000)
 DSN = f"host=127.0.0.1 port={PORT} user=postgres dbname=postgres"
 MIB = 1 << 20
 
@@ -381,7 +382,7 @@ if sink_error():
 conn.execute("SELECT sink.pause_sink('bench')")
 wait_for("the paused sink's worker to exit", lambda: not worker_pids(), timeout=30)
 
-# 5. workload: N inserts in 50000-row transactions, generated server-side
+# 5. workload: N inserts in TXN_ROWS-row transactions, generated server-side
 start_lsn = one("SELECT pg_current_wal_lsn()::text")
 t = time.monotonic()
 for lo in range(1, N + 1, TXN_ROWS):

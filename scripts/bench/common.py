@@ -281,3 +281,15 @@ class Pg:
             self.conn.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def load_bench_table(db, n):
+    """bench(id bigint primary key, payload text, amount numeric(12,2), at
+    timestamptz, tags text[]) with n rows (~100-byte payload), vacuumed and
+    analysed, its pages read once."""
+    db.execute("CREATE TABLE bench (id bigint PRIMARY KEY, payload text, amount numeric(12,2), at timestamptz, tags text[]) WITH (autovacuum_enabled = off)")
+    log(f"loading {n} rows")
+    db.execute("INSERT INTO bench SELECT g, repeat(md5(g::text), 3), g / 100.0, now() - g * interval '1 second', "
+               "ARRAY['a' || g %% 10, 'b', 'c'] FROM generate_series(1, %s) g", (n,))
+    db.execute("VACUUM ANALYZE bench")
+    db.execute("SELECT count(*) FROM bench")

@@ -30,7 +30,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Pg, Services, env_int, log, on_signals_exit, pg_sink_build  # noqa: E402
+from common import Pg, Services, env_int, load_bench_table, log, on_signals_exit, pg_sink_build  # noqa: E402
 
 PORT = env_int("BENCH_PG_PORT", 5493)
 ROOT = "/tmp/pg_sink_benche"
@@ -56,12 +56,7 @@ def main():
         services.start("cluster.sh", env, fresh_cmd="destroy")
         db = Pg(f"host=127.0.0.1 port={PORT} user=postgres dbname=postgres")
         db.execute("CREATE EXTENSION IF NOT EXISTS pg_sink")
-        db.execute("CREATE TABLE bench (id bigint PRIMARY KEY, payload text, amount numeric(12,2), at timestamptz, tags text[]) WITH (autovacuum_enabled = off)")
-        log(f"loading {n} rows")
-        db.execute("INSERT INTO bench SELECT g, repeat(md5(g::text), 3), g / 100.0, now() - g * interval '1 second', "
-                   "ARRAY['a' || g %% 10, 'b', 'c'] FROM generate_series(1, %s) g", (n,))
-        db.execute("VACUUM ANALYZE bench")
-        db.execute("SELECT count(*) FROM bench")
+        load_bench_table(db, n)
         shutil.rmtree(OUT, ignore_errors=True)
         os.makedirs(OUT)
         shutil.chown(OUT, "postgres")

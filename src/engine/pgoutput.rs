@@ -124,11 +124,6 @@ impl Decoder {
         Some(Transaction { changes, lsns, ..txn.clone() })
     }
 
-    /// The stream's last description of relation `id`, if it sent one.
-    pub fn relation_shape(&self, id: u32) -> Option<&Relation> {
-        self.relations.get(&id).map(|r| &**r)
-    }
-
     fn relation(&self, id: u32) -> Result<Arc<Relation>> {
         self.relations.get(&id).cloned().ok_or_else(|| malformed(&format!("change for unknown relation {id}")))
     }

@@ -293,8 +293,7 @@ impl Pipeline {
                     let id = seal::open(&self.message_key, &prefix, &content).and_then(backfill::ChunkId::parse);
                     if id.is_some() && id == self.chunk.as_ref().map(|c| c.id) {
                         if let Some(chunk) = self.chunk.take() {
-                            let shape = self.decoder.relation_shape(self.source_oid);
-                            self.arrived = Some(chunk.arrive(at, now_us(), shape));
+                            self.arrived = Some(chunk.arrive(at, now_us()));
                         }
                     }
                 }
