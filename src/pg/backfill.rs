@@ -143,12 +143,13 @@ fn chunk_query(sink: &SinkRow, b: &Running, rel: &Relation, limit: usize) -> (St
         conditions.push(format!("({}) > ({})", keys.join(", "), placeholders.join(", ")));
         params.extend(last.iter().cloned());
     }
-    // Both were checked as one expression on the source when they were given.
+    // Both were checked as one expression on the source when they were given
+    // (`(f)` parses as one): wrapped once more, each is one term of the AND.
     if let Some(f) = &sink.row_filter {
-        conditions.push(format!("({f})"));
+        conditions.push(format!("(({f}))"));
     }
     if let Some(f) = &b.filter {
-        conditions.push(format!("({f})"));
+        conditions.push(format!("(({f}))"));
     }
     let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
     let query = format!(

@@ -223,14 +223,17 @@ def test_a_filtered_backfill_of_a_manual_sink_runs_in_sync_and_can_be_cancelled(
     d = out_dir("bff_file")
     db.execute("SELECT sink.create_sink('bff', 'bff_src', 'file', %s::jsonb, envelope => 'upsert', snapshot => false)", (json.dumps({"path": d, "schedule": "manual"}),))
     db.execute("SELECT sink.sync('bff')")
-    db.execute("SELECT sink.backfill('bff', 'id % 2 = 0 AND id <= 3000')")
+    # A filter that is one expression only around its own parentheses (an OR of
+    # two parenthesised terms) must not loosen the chunks' key condition.
+    db.execute("SELECT sink.backfill('bff', 'id = 4001) OR (id % 2 = 0 AND id <= 3000')")
     db.execute("UPDATE bff_src SET v = 'changed' WHERE id IN (2, 3)")
     out = one(db, "SELECT sink.sync('bff')")
     assert out["records"] >= 1500
     assert one(db, "SELECT backfill FROM sink.status WHERE name = 'bff'") == "done"
     recs = file_records(d, "bff")
     keys = collections.Counter(r["key"]["id"] for r in recs)
-    assert set(keys) == set(range(2, 3001, 2)) | {3}
+    assert set(keys) == set(range(2, 3001, 2)) | {3, 4001}
+    assert keys[4001] == 1 and keys[4] == 1
     last = {}
     for r in recs:
         last[r["key"]["id"]] = r["value"]
@@ -269,6 +272,9 @@ def test_bad_backfills_are_refused_and_change_nothing(db):
         ("SELECT sink.backfill('bfe_manual')", "55000"),
         ("SELECT sink.backfill('bfe', 'no_such_column > 1')", "42703"),
         ("SELECT sink.backfill('bfe', 'true); DROP TABLE bfe_src; SELECT (1')", "42601"),
+        ("SELECT sink.backfill('bfe', 'true) UNION (SELECT 1')", "42601"),
+        ("SELECT sink.backfill('bfe', 'true)) OR ((true')", "42601"),
+        ("SELECT sink.backfill('bfe', 'true LIMIT 1 --')", "42601"),
         ("SELECT sink.cancel_backfill('bfe_missing')", "42704"),
     ]
     for sql, code in cases:

@@ -7,7 +7,7 @@
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use super::{check_owner, check_sql, one_statement};
+use super::{check_owner, check_sql, one_expression, one_statement};
 use crate::engine::connector::SqlSession;
 use crate::pg::catalog;
 use crate::pg::errors::{fail, Code};
@@ -55,6 +55,7 @@ fn backfill(name: &str, filter: default!(Option<&str>, "NULL")) -> JsonB {
     )
     .unwrap_or_else(|| sink.source_name.clone());
     if let Some(f) = filter {
+        one_expression(f);
         let probe = format!("SELECT 1 FROM {source} WHERE ({f}) LIMIT 0");
         // As the caller (who owns the sink, or is a superuser) ...
         check_sql(&probe, format!("The filter {f} does not work on {source}."), "The filter is a condition on the source's columns, as in a WHERE clause.");

@@ -93,6 +93,66 @@ pub(crate) fn one_statement(sql: &str) -> &str {
     sql
 }
 
+/// Refuse text that is not exactly one SQL expression: `SELECT (<expr>)` must
+/// parse as a plain SELECT of one target and nothing else. A condition spliced
+/// into a statement (a backfill's filter) cannot close its parenthesis and go
+/// on (`true) UNION (SELECT ..`, `true) FROM .. WHERE (..`).
+pub(crate) fn one_expression(expr: &str) {
+    let sql = format!("SELECT ({expr})");
+    let hint = "Give the condition as it would follow WHERE, e.g. 'id > 1000 AND region = ''eu'''.";
+    pgrx::PgTryBuilder::new(|| {
+        one_statement(&sql);
+    })
+    .catch_others(|cause| {
+        let (code, message) = match &cause {
+            pg_sys::panic::CaughtError::PostgresError(r)
+            | pg_sys::panic::CaughtError::ErrorReport(r)
+            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (r.sql_error_code(), r.message().to_string()),
+        };
+        fail(code, message, Some(format!("The filter \"{expr}\" does not parse as one expression.")), Some(hint.into()))
+    })
+    .execute();
+    let Ok(c) = std::ffi::CString::new(sql) else { return };
+    // SAFETY: parses a NUL-terminated string in the current memory context
+    // (one_statement above made sure it parses to one statement); the tree is
+    // only read.
+    let plain = unsafe {
+        let list = pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        let raw = (*(*list).elements).ptr_value as *mut pg_sys::RawStmt;
+        let node = (*raw).stmt;
+        if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_SelectStmt {
+            false
+        } else {
+            let sel = node as *mut pg_sys::SelectStmt;
+            let s = &*sel;
+            s.op == pg_sys::SetOperation::SETOP_NONE
+                && !s.targetList.is_null()
+                && (*s.targetList).length == 1
+                && s.fromClause.is_null()
+                && s.whereClause.is_null()
+                && s.groupClause.is_null()
+                && s.havingClause.is_null()
+                && s.windowClause.is_null()
+                && s.sortClause.is_null()
+                && s.limitCount.is_null()
+                && s.limitOffset.is_null()
+                && s.lockingClause.is_null()
+                && s.withClause.is_null()
+                && s.distinctClause.is_null()
+                && s.intoClause.is_null()
+                && s.valuesLists.is_null()
+        }
+    };
+    if !plain {
+        fail(
+            Code::ERRCODE_SYNTAX_ERROR,
+            "a filter must be one expression",
+            Some(format!("\"{expr}\" is more than a condition on the source's columns.")),
+            Some(hint.into()),
+        );
+    }
+}
+
 /// Run a check query; if Postgres refuses it, raise its error again with our
 /// detail and hint, so the user learns which part of the definition is wrong.
 fn check_sql(sql: &str, detail: String, hint: &str) {
