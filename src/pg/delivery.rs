@@ -3,10 +3,14 @@
 //!
 //! 1. advance the slot to the catalog's confirmed LSN (the catalog is the truth; the
 //!    slot only trails it, so a crash between the two loses nothing);
-//! 2. on first run, create the slot and deliver the snapshot (see [`initialize`]);
-//! 3. peek up to `pg_sink.max_batch_changes` changes, decode, encode;
-//! 4. hand the batch to the connector; once it reports durable, record the new
-//!    confirmed LSN in `sink.progress` (same transaction).
+//! 2. on first run, create the slot and deliver the snapshot (see [`initialize`];
+//!    an incremental one only starts a backfill);
+//! 3. with a backfill running, read its next chunk and write its watermark
+//!    ([`super::backfill`]); the step delivers the chunk when the stream reaches it;
+//! 4. peek up to `pg_sink.max_batch_changes` changes, decode, encode;
+//! 5. hand the batch to the connector; once it reports durable, record the new
+//!    confirmed LSN in `sink.progress` (same transaction), with the backfill's
+//!    last key.
 //!
 //! When the peek comes back short the sink is caught up, and the confirmed LSN moves
 //! to the WAL flush position taken before the peek, so an idle sink's slot never
