@@ -7,7 +7,7 @@
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use super::{check_owner, check_sql, one_expression, one_statement};
+use super::{check_owner, check_sql, one_expression, one_statement, require_started};
 use crate::engine::connector::SqlSession;
 use crate::pg::catalog;
 use crate::pg::errors::{fail, Code};
@@ -23,14 +23,11 @@ fn backfill(name: &str, filter: default!(Option<&str>, "NULL")) -> JsonB {
     crate::pg::version::check();
     let sink = catalog::require(name);
     check_owner(&sink);
-    if sink.confirmed.is_none() {
-        fail(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("sink \"{name}\" has not started"),
-            Some("A backfill reads the source while the sink's stream runs; its slot does not exist yet.".into()),
-            Some("Backfill once the sink has started (sink.status shows a confirmed_lsn).".into()),
-        );
-    }
+    require_started(
+        &sink,
+        "A backfill reads the source while the sink's stream runs; its slot does not exist yet.",
+        "Backfill once the sink has started (sink.status shows a confirmed_lsn).",
+    );
     let Some(key) = crate::pg::backfill::key_columns(sink.source_oid) else {
         fail(
             Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

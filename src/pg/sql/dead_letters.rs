@@ -4,7 +4,7 @@
 
 use pgrx::prelude::*;
 
-use super::check_owner;
+use super::{check_owner, require_started};
 use crate::engine::dead_letter;
 use crate::pg::catalog;
 use crate::pg::errors::{fail, Code};
@@ -21,14 +21,11 @@ fn retry_dead_letters(name: &str, ids: default!(Option<Vec<i64>>, "NULL")) -> i6
     crate::pg::version::check();
     let sink = catalog::require(name);
     check_owner(&sink);
-    if sink.confirmed.is_none() {
-        fail(
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("sink \"{name}\" has not started"),
-            Some("Its replication slot does not exist yet, so nothing written now would reach it.".into()),
-            Some("Retry once the sink has started (sink.status shows a confirmed_lsn).".into()),
-        );
-    }
+    require_started(
+        &sink,
+        "Its replication slot does not exist yet, so nothing written now would reach it.",
+        "Retry once the sink has started (sink.status shows a confirmed_lsn).",
+    );
     lock_sink(sink.id);
     let id = sink.id.to_string();
     let wanted = ids.map(|v| format!("{{{}}}", v.iter().map(i64::to_string).collect::<Vec<_>>().join(",")));

@@ -63,6 +63,15 @@ fn check_owner(sink: &SinkRow) {
     }
 }
 
+/// Refuse a sink whose slot does not exist yet (it has not started): what the
+/// caller asks for needs the sink's stream. `detail` says why, `hint` when to
+/// try again.
+fn require_started(sink: &SinkRow, detail: &str, hint: &str) {
+    if sink.confirmed.is_none() {
+        fail(Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("sink \"{}\" has not started", sink.name), Some(detail.into()), Some(hint.into()));
+    }
+}
+
 /// Refuse SQL text that Postgres parses as anything but exactly one statement.
 /// Every statement built from user text (a row filter, a target table name) and
 /// run with more privileges than the caller goes through this first: text that
