@@ -130,18 +130,27 @@ def _debezium_state(records):
     return state, reads
 
 
-def test_rows_backfilled_while_a_writer_changes_them_end_as_the_source_has_them(db, small_chunks):
-    _source(db, "bf_src")
-    db.execute("DROP TABLE IF EXISTS bf_copy")
-    db.execute("CREATE TABLE bf_copy (id int PRIMARY KEY, v text, n bigint)")
-    d = out_dir("bf_file")
-    # No initial snapshot: the targets start empty, the backfill fills them.
-    db.execute("SELECT sink.create_sink('bf_tab', 'bf_src', 'table', '{\"table\": \"bf_copy\"}', envelope => 'upsert', snapshot => false)")
-    db.execute("SELECT sink.create_sink('bf_dbz', 'bf_src', 'file', %s::jsonb, envelope => 'debezium', snapshot => false)", (json.dumps({"path": d}),))
-    for s in ("bf_tab", "bf_dbz"):
+def _sinks_without_snapshot(db, prefix, rows):
+    """A source of `rows` rows and two sinks created without a snapshot (their
+    targets start empty): `<prefix>_tab` into table `<prefix>_copy` (upsert) and
+    `<prefix>_dbz` into files (debezium); then a writer on the source, started.
+    Returns the file sink's directory and the writer."""
+    _source(db, f"{prefix}_src", rows)
+    db.execute(f"DROP TABLE IF EXISTS {prefix}_copy")
+    db.execute(f"CREATE TABLE {prefix}_copy (id int PRIMARY KEY, v text, n bigint)")
+    d = out_dir(f"{prefix}_file")
+    db.execute(f"SELECT sink.create_sink('{prefix}_tab', '{prefix}_src', 'table', '{{\"table\": \"{prefix}_copy\"}}', envelope => 'upsert', snapshot => false)")
+    db.execute(f"SELECT sink.create_sink('{prefix}_dbz', '{prefix}_src', 'file', %s::jsonb, envelope => 'debezium', snapshot => false)", (json.dumps({"path": d}),))
+    for s in (f"{prefix}_tab", f"{prefix}_dbz"):
         wait_started(db, s)
-    w = Writer("bf_src", ROWS)
+    w = Writer(f"{prefix}_src", rows)
     w.start()
+    return d, w
+
+
+def test_rows_backfilled_while_a_writer_changes_them_end_as_the_source_has_them(db, small_chunks):
+    # No initial snapshot: the targets start empty, the backfill fills them.
+    d, w = _sinks_without_snapshot(db, "bf", ROWS)
     try:
         time.sleep(1)
         out = one(db, "SELECT sink.backfill('bf_tab')")
@@ -175,16 +184,7 @@ def test_rows_backfilled_while_a_writer_changes_them_end_as_the_source_has_them(
 
 
 def test_a_backfill_goes_on_after_its_worker_is_killed(db, small_chunks):
-    _source(db, "bfk_src", 40_000)
-    db.execute("DROP TABLE IF EXISTS bfk_copy")
-    db.execute("CREATE TABLE bfk_copy (id int PRIMARY KEY, v text, n bigint)")
-    d = out_dir("bfk_file")
-    db.execute("SELECT sink.create_sink('bfk_tab', 'bfk_src', 'table', '{\"table\": \"bfk_copy\"}', envelope => 'upsert', snapshot => false)")
-    db.execute("SELECT sink.create_sink('bfk_dbz', 'bfk_src', 'file', %s::jsonb, envelope => 'debezium', snapshot => false)", (json.dumps({"path": d}),))
-    for s in ("bfk_tab", "bfk_dbz"):
-        wait_started(db, s)
-    w = Writer("bfk_src", 40_000)
-    w.start()
+    d, w = _sinks_without_snapshot(db, "bfk", 40_000)
     try:
         db.execute("SELECT sink.backfill('bfk_tab')")
         db.execute("SELECT sink.backfill('bfk_dbz')")
